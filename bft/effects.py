@@ -1,0 +1,85 @@
+"""Effects: what the pure Replica asks its driver (runtime or simulator) to do.
+
+`Replica.step()` and `Replica.tick()` return a list of effects in the order
+they must be carried out. The rule that matters for safety: every `Persist`
+comes before the `Send`/`Broadcast` of a message whose signing it records
+(write-ahead), so a replica that crashes and restarts never signs a vote that
+contradicts one it already sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from bft.messages import Batch, Signed, WireMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Make `record` durable before any later effect runs (write-ahead log)."""
+
+    record: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send `message` to replica `to`."""
+
+    to: int
+    message: WireMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Send `message` to every other replica."""
+
+    message: WireMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Executed:
+    """The replica executed `batch` at `seq` (already applied: for logs, checkers, telemetry)."""
+
+    seq: int
+    view: int
+    digest: bytes
+    batch: Batch
+    results: tuple[bytes, ...]
+    state_digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send the signed reply to client `client`."""
+
+    client: int
+    reply: Signed
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Call `tick()` no later than monotonic time `at` (replaces an earlier SetTimer)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Two validly signed messages from `culprit` that no correct node would send both of."""
+
+    culprit: int
+    kind: str
+    first: Signed
+    second: Signed
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something worth showing or logging: view change, commit, checkpoint, drop..."""
+
+    kind: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Effect = Union[Persist, Send, Broadcast, Executed, Reply, SetTimer, Evidence, Event]
