@@ -17,9 +17,24 @@ from bft.messages import Batch, Signed, WireMessage
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """Make `record` durable before any later effect runs (write-ahead log)."""
+    """Make `record` (bytes, opaque to the driver) durable before any later Send runs.
 
-    record: Any
+    A driver may append several records and sync once, but must sync before it
+    carries out the next Send/Broadcast/Reply (write-ahead).
+    """
+
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SaveSnapshot:
+    """Durably store the application snapshot of checkpoint `seq` (the WAL may then be compacted).
+
+    Records that must survive compaction are re-emitted as `Persist` effects right after it.
+    """
+
+    seq: int
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,4 +97,4 @@ class Event:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Effect = Union[Persist, Send, Broadcast, Executed, Reply, SetTimer, Evidence, Event]
+Effect = Union[Persist, SaveSnapshot, Send, Broadcast, Executed, Reply, SetTimer, Evidence, Event]

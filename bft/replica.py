@@ -1,0 +1,1266 @@
+"""The PBFT replica as a pure, deterministic state machine (sans-I/O).
+
+Inputs: `receive(message, now, wall)` for every message from the network
+(replica messages and client requests alike), `tick(now, wall)` when a timer
+is due, `start(now, wall)` once after construction or recovery. `now` is
+monotonic seconds; `wall` is the interval clock reading used for agreed time.
+Outputs: a list of effects (bft/effects.py) to carry out in order. Nothing
+here touches sockets, threads, clocks or global randomness.
+
+Rules cited as in PROTOCOL.md; sections are those of Castro & Liskov,
+OSDI'99 (section 4.x) and TOCS'02 (state transfer, 5.3).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import cbor2
+
+from bft import codec
+from bft.clock import Interval, accept_batch_time, propose_batch_time
+from bft.config import ClusterConfig
+from bft.crypto import batch_digest, sha256
+from bft.detector import AdaptiveTimeout
+from bft.effects import (
+    Broadcast,
+    Effect,
+    Event,
+    Evidence,
+    Executed,
+    Persist,
+    Reply as ReplyEffect,
+    SaveSnapshot,
+    Send,
+    SetTimer,
+)
+from bft.errors import InvariantViolation, MalformedMessage
+from bft.log import MessageLog, Slot
+from bft.messages import (
+    NULL_BATCH,
+    Batch,
+    Checkpoint,
+    Commit,
+    Fetch,
+    FetchState,
+    NewView,
+    PreparedCert,
+    Prepare,
+    PrePrepare,
+    Proposal,
+    Reply,
+    Request,
+    Signed,
+    StateChunk,
+    Status,
+    ViewChange,
+)
+from bft.viewchange import Geometry, new_view_problem, plan_new_view, view_change_problem
+
+NULL_DIGEST = batch_digest(NULL_BATCH)
+
+# WAL record kinds
+REC_SENT = 1  # a Signed message this replica signed and sent
+REC_PROPOSAL = 2  # a Proposal this replica proposed or accepted (keeps the batch)
+REC_CERT = 3  # a prepared certificate, durable before the COMMIT is sent
+REC_NEW_VIEW = 4  # a NEW-VIEW this replica accepted (it entered that view)
+
+STATE_CHUNK_BYTES = 48 * 1024
+MAX_STATUS_SEQS = 64
+MAX_PENDING_REQUESTS = 50_000
+MAX_RESEND_PER_STATUS = 32
+MAX_TIMEOUT_S = 3600.0
+
+
+@dataclass(slots=True)
+class _Transfer:
+    """A state transfer in progress (TOCS section 5.3)."""
+
+    seq: int
+    digest: bytes
+    proof: tuple[Signed, ...]
+    sources: list[int]
+    attempt: int = 0
+    chunks: dict[int, bytes] | None = None
+    count: int = 0
+    deadline: float = 0.0
+
+
+class Replica:
+    """One PBFT replica. See the module docstring."""
+
+    def __init__(self, config: ClusterConfig, replica_id: int, *, signer: Any, verifier: Any,
+                 app: Any, recovered: tuple[tuple[int, bytes] | None, Iterable[bytes]] | None = None,
+                 digest_every_batch: bool = False) -> None:
+        if not 0 <= replica_id < config.n:
+            raise ValueError(f"replica id {replica_id} not in 0..{config.n - 1}")
+        self.config = config
+        self.id = replica_id
+        self.n = config.n
+        self.f = config.f
+        self.quorum = config.quorum  # 2f+1 when n = 3f+1
+        self.geo = Geometry(config.n, config.f, config.log_window, config.quorum)
+        self.signer = signer
+        self.verifier = verifier
+        self.app = app
+        self.digest_every_batch = digest_every_batch
+        self.limits = config.limits
+
+        self.view = 0
+        self.in_view_change = False
+        self.log = MessageLog(config.log_window)
+        self.last_executed = 0
+        self.last_batch_time = 0
+        self.next_seq = 1  # primary: next sequence number to assign
+        self.batches: dict[bytes, Batch] = {NULL_DIGEST: NULL_BATCH}
+        # exactly-once: client -> (timestamp, result, view)
+        self.client_table: dict[int, tuple[int, bytes]] = {}
+        # requests known but not executed: (client, t) -> Signed request
+        self.pending: collections.OrderedDict[tuple[int, int], Signed] = collections.OrderedDict()
+        self.assigned: dict[tuple[int, int], int] = {}  # (client, t) -> seq, in the log above h
+        # checkpoints: seq -> {replica: Signed Checkpoint}
+        self.checkpoints: dict[int, dict[int, Signed]] = {}
+        self.far_checkpoints: dict[int, Signed] = {}  # replica -> its highest far-ahead checkpoint
+        self.own_snapshots: dict[int, tuple[bytes, bytes]] = {}  # seq -> (digest, snapshot)
+        self.stable_digest = b""
+        self.stable_proof: tuple[Signed, ...] = ()
+        self.stable_snapshot: bytes | None = None
+        # view change state
+        self.view_changes: dict[int, Signed] = {}  # sender -> its highest-view VIEW-CHANGE
+        self.my_view_change: Signed | None = None
+        self.new_view_msg: Signed | None = None  # NEW-VIEW of the current view (view > 0)
+        self.last_good_view = 0  # the last view in which a request executed (4.5 timer reset)
+        self.vc_started_at: float | None = None
+        self.vc_cause = ""
+        self.needed_batches: dict[bytes, int] = {}  # digest -> seq waiting for it
+        # timers
+        self.timeout = AdaptiveTimeout(config.view_change_timeout_min_s,
+                                       config.view_change_timeout_max_s, config.phi_threshold,
+                                       initial_s=config.view_change_timeout_s)
+        self.progress_deadline: float | None = None
+        self.new_view_deadline: float | None = None
+        self.batch_deadline: float | None = None
+        self.status_deadline: float = 0.0
+        self.transfer: _Transfer | None = None
+        self.transfer_target: tuple[int, bytes, tuple[Signed, ...]] | None = None
+        self.last_timer: float | None = None
+        self.evidence_seen: set[tuple] = set()
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._out: list[Effect] = []
+        self._now = 0.0
+        self._wall = Interval(0, 0)
+        self._dirty_persist = False
+        self._recovering = recovered is not None
+        if recovered is not None:
+            self._recover(*recovered)
+
+    # ------------------------------------------------------------------ entry points
+
+    def start(self, now: float, wall: Interval | None = None) -> list[Effect]:
+        """Begin (or resume after recovery): announce status, arm timers."""
+        self._begin(now, wall)
+        if self._recovering:
+            self._event("restart", view=self.view, stable_seq=self.log.low,
+                        last_executed=self.last_executed)
+            if self.in_view_change and self.my_view_change is not None:
+                self._out.append(Broadcast(self.my_view_change))
+                self.new_view_deadline = now + self._vc_timeout()
+        self._send_status()
+        return self._finish()
+
+    def receive(self, message: Any, now: float, wall: Interval | None = None) -> list[Effect]:
+        """Handle one message from the network (already decoded by the codec)."""
+        self._begin(now, wall)
+        try:
+            self._dispatch(message)
+        except MalformedMessage:  # a record or snapshot from a peer that does not decode
+            self._drop("malformed_content")
+        return self._finish()
+
+    def tick(self, now: float, wall: Interval | None = None) -> list[Effect]:
+        """Run whatever timers are due."""
+        self._begin(now, wall)
+        if self.batch_deadline is not None and now >= self.batch_deadline:
+            self.batch_deadline = None
+            self._try_propose(force=True)
+        if self.new_view_deadline is not None and now >= self.new_view_deadline:
+            self.new_view_deadline = None
+            self._start_view_change(self.view + 1, "new_view_timeout")
+        if (self.progress_deadline is not None and now >= self.progress_deadline
+                and not self.in_view_change):
+            self.progress_deadline = None
+            self._start_view_change(self.view + 1, "timeout")
+        if now >= self.status_deadline:
+            self._send_status()
+            self._resend_pending()
+            self._check_transfer()
+        if self.transfer is not None and now >= self.transfer.deadline:
+            self._request_state(retry=True)
+        return self._finish()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _begin(self, now: float, wall: Interval | None) -> None:
+        self._now = now
+        if wall is None:
+            us = int(now * 1_000_000)
+            wall = Interval(us, us)
+        self._wall = wall
+        self._out = []
+
+    def _finish(self) -> list[Effect]:
+        out = self._out
+        nxt = self._next_deadline()
+        if nxt is not None and nxt != self.last_timer:
+            self.last_timer = nxt
+            out.append(SetTimer(nxt))
+        self._out = []
+        return out
+
+    def _next_deadline(self) -> float | None:
+        ds = [d for d in (self.batch_deadline, self.new_view_deadline, self.progress_deadline,
+                          self.status_deadline,
+                          self.transfer.deadline if self.transfer else None) if d is not None]
+        return min(ds) if ds else None
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    def _event(self, event_kind: str, /, **fields: Any) -> None:
+        self._out.append(Event(event_kind, fields))
+
+    def _sign(self, statement: Any) -> Signed:
+        return self.signer.sign(statement)
+
+    def _persist(self, kind: int, message: Any) -> None:
+        self._out.append(Persist(cbor2.dumps([kind, codec.encode(message)])))
+
+    def primary(self, view: int | None = None) -> int:
+        return (self.view if view is None else view) % self.n
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary() == self.id
+
+    @property
+    def stable_seq(self) -> int:
+        return self.log.low
+
+    def _vc_timeout(self) -> float:
+        base = self.timeout.timeout_s(self.primary())
+        return min(base * (2 ** min(self.failed_views, 16)), MAX_TIMEOUT_S)
+
+    @property
+    def failed_views(self) -> int:
+        """Successive views that executed nothing: the view-change timer doubles per each (4.5).
+
+        Derived from view numbers, not counted locally, so every replica waiting for the same
+        view uses the same timer whether it timed out itself or joined."""
+        return max(0, self.view - self.last_good_view - (1 if self.in_view_change else 0))
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, Proposal):
+            if not isinstance(message.pre_prepare.statement, PrePrepare):
+                return self._drop("bad_type")
+            if not self.verifier.verify_deep(message):
+                return self._drop("bad_signature")
+            self._note_arrival(message.pre_prepare.statement.replica)
+            return self._on_proposal(message)
+        if not isinstance(message, Signed):
+            return self._drop("bad_type")
+        if not self.verifier.verify_deep(message):
+            return self._drop("bad_signature")
+        st = message.statement
+        if isinstance(st, Request):
+            return self._on_request(message)
+        if getattr(st, "replica", self.n) >= self.n:
+            return self._drop("unknown_replica")
+        if st.replica == self.id:
+            return self._drop("own_message")
+        self._note_arrival(st.replica)
+        handler = {
+            Prepare: self._on_prepare,
+            Commit: self._on_commit,
+            Checkpoint: self._on_checkpoint,
+            ViewChange: self._on_view_change,
+            NewView: self._on_new_view,
+            Status: self._on_status,
+            Fetch: self._on_fetch,
+            FetchState: self._on_fetch_state,
+            StateChunk: self._on_state_chunk,
+        }.get(type(st))
+        if handler is None:  # PrePrepare without batch, Reply
+            return self._drop("unexpected_type")
+        handler(message)
+
+    def _note_arrival(self, peer: int) -> None:
+        self.timeout.record_arrival(peer, self._now)
+
+    # ------------------------------------------------------------------ requests (4.1)
+
+    def _on_request(self, signed: Signed) -> None:
+        req: Request = signed.statement  # type: ignore[assignment]
+        key = (req.client, req.timestamp)
+        last = self.client_table.get(req.client)
+        if last is not None and req.timestamp <= last[0]:
+            if req.timestamp == last[0]:
+                self._send_reply(req.client, req.timestamp, last[1])
+                self.counters["reply_resent"] += 1
+            else:
+                self._drop("old_request")
+            return
+        if key in self.assigned or key in self.pending:
+            if not self.is_primary and key not in self.assigned:
+                self._out.append(Send(self.primary(), signed))
+            self._drop("duplicate_request")
+            return
+        if len(self.pending) >= MAX_PENDING_REQUESTS:
+            return self._drop("pending_full")
+        self.pending[key] = signed
+        if self.is_primary and not self.in_view_change:
+            self._try_propose()
+        elif not self.in_view_change:
+            # a backup that receives a request relays it to the primary and starts its timer
+            self._out.append(Send(self.primary(), signed))
+            self._arm_progress()
+
+    def _send_reply(self, client: int, timestamp: int, result: bytes) -> None:
+        reply = self._sign(Reply(self.view, timestamp, client, self.id, result))
+        self._out.append(ReplyEffect(client, reply))
+
+    def _arm_progress(self) -> None:
+        if self.progress_deadline is None:
+            self.progress_deadline = self._now + self._vc_timeout()
+
+    # ------------------------------------------------------------------ primary (4.2)
+
+    def _in_flight(self) -> int:
+        return self.next_seq - 1 - self.last_executed
+
+    def _try_propose(self, force: bool = False) -> None:
+        if not self.is_primary or self.in_view_change or self.transfer is not None:
+            return
+        cfg = self.config
+        while self.pending:
+            if self.next_seq > self.log.high or self._in_flight() >= cfg.max_in_flight:
+                return
+            enough = len(self.pending) >= cfg.batch_max_requests
+            if not (enough or force or self._in_flight() == 0):
+                if self.batch_deadline is None:
+                    self.batch_deadline = self._now + cfg.batch_delay_s
+                return
+            force = False
+            self._propose()
+        self.batch_deadline = None
+
+    def _propose(self) -> None:
+        reqs = []
+        size = 0
+        while self.pending and len(reqs) < self.config.batch_max_requests:
+            key, signed = self.pending.popitem(last=False)
+            if key in self.assigned:
+                continue
+            size += len(signed.body) + 80
+            if reqs and size > self.limits.max_message_bytes // 2:
+                self.pending[key] = signed
+                self.pending.move_to_end(key, last=False)
+                break
+            reqs.append(signed)
+            self.assigned[key] = self.next_seq
+        if not reqs:
+            return
+        batch_time = propose_batch_time(self._wall, self.last_batch_time)
+        batch = Batch(batch_time, tuple(reqs))
+        digest = batch_digest(batch)
+        seq = self.next_seq
+        self.next_seq += 1
+        pp = self._sign(PrePrepare(self.view, seq, digest, self.id))
+        proposal = Proposal(pp, batch)
+        slot = self.log.slot(seq)
+        if slot.view != self.view:
+            slot.reset_view(self.view)
+        slot.pre_prepare, slot.digest, slot.batch, slot.fresh = pp, digest, batch, True
+        slot.accepted_at = self._now
+        self.batches[digest] = batch
+        self._persist(REC_PROPOSAL, proposal)
+        self._out.append(Broadcast(proposal))
+        self.counters["proposed"] += 1
+        self._check_prepared(slot)
+
+    # ------------------------------------------------------------------ backup (4.2)
+
+    def _on_proposal(self, proposal: Proposal) -> None:
+        pp_signed = proposal.pre_prepare
+        pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
+        batch = proposal.batch
+        if pp.replica != self.primary(pp.view):
+            return self._drop("pre_prepare_not_from_primary")
+        digest_ok = batch_digest(batch) == pp.digest
+        # a batch someone fetched for a NEW-VIEW re-proposal, or a relay in loss recovery
+        if digest_ok and pp.digest in self.needed_batches:
+            self._got_batch(pp.digest, batch)
+        if pp.view != self.view:
+            return self._drop("wrong_view")
+        if self.in_view_change:
+            return self._drop("in_view_change")
+        if pp.replica == self.id:
+            return self._drop("own_message")
+        if not self.log.in_window(pp.seq):
+            return self._drop("outside_watermarks")
+        slot = self.log.slot(pp.seq)
+        if slot.view != self.view:
+            slot.reset_view(self.view)
+        if slot.pre_prepare is not None:
+            old: PrePrepare = slot.pre_prepare.statement  # type: ignore[assignment]
+            if old.digest != pp.digest:
+                self._evidence(pp.replica, "pre_prepare", slot.pre_prepare, pp_signed,
+                               key=("pp", pp.view, pp.seq))
+                return self._drop("conflicting_pre_prepare")
+            if slot.batch is None and digest_ok:  # re-issued header whose batch we lacked
+                self._got_batch(pp.digest, batch)
+            return self._drop("duplicate_pre_prepare")
+        if not digest_ok:
+            return self._drop("bad_batch_digest")
+        problem = self._batch_problem(batch, pp.seq)
+        if problem == "batch_time_too_far_behind":
+            # delivered late (loss, restart): accept once f+1 backups, one of them correct,
+            # prepared it when it was fresh
+            slot.deferred = proposal
+            self._drop(problem)
+            return self._check_deferred(slot)
+        if problem:
+            return self._drop(problem)
+        self._accept_pre_prepare(slot, pp_signed, batch, fresh=True)
+
+    def _check_deferred(self, slot: Slot) -> None:
+        proposal = slot.deferred
+        if not isinstance(proposal, Proposal) or slot.pre_prepare is not None:
+            return
+        digest = proposal.pre_prepare.statement.digest  # type: ignore[union-attr]
+        primary = self.primary()
+        vouch = sum(1 for r, s in slot.prepares.items()
+                    if r != primary and r != self.id and s.statement.digest == digest)  # type: ignore[union-attr]
+        if vouch >= self.f + 1:
+            slot.deferred = None
+            self.counters["late_pre_prepare_accepted"] += 1
+            self._accept_pre_prepare(slot, proposal.pre_prepare, proposal.batch, fresh=True)
+
+    def _batch_problem(self, batch: Batch, seq: int) -> str | None:
+        """Rules 5 and 6 of PROTOCOL.md for a fresh proposal."""
+        seen: set[tuple[int, int]] = set()
+        for s in batch.requests:
+            r = s.statement
+            if not isinstance(r, Request):
+                return "batch_not_request"
+            key = (r.client, r.timestamp)
+            if key in seen:
+                return "batch_duplicate_request"
+            seen.add(key)
+            last = self.client_table.get(r.client)
+            if last is not None and r.timestamp <= last[0]:
+                return "batch_request_executed"
+            other = self.assigned.get(key)
+            if other is not None and other != seq:
+                return "batch_request_assigned"
+        prev = self._previous_batch_time(seq)
+        reason = accept_batch_time(batch.batch_time, self._wall, prev,
+                                   int(self.config.max_clock_skew_s * 1_000_000))
+        if reason:
+            return "batch_time_" + reason
+        return None
+
+    def _previous_batch_time(self, seq: int) -> int:
+        prev = self.last_batch_time
+        for s in range(seq - 1, self.last_executed, -1):
+            slot = self.log.get(s)
+            if slot is not None and slot.batch is not None and slot.batch.requests:
+                return max(prev, slot.batch.batch_time)
+        return prev
+
+    def _accept_pre_prepare(self, slot: Slot, pp_signed: Signed, batch: Batch | None,
+                            fresh: bool) -> None:
+        pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
+        mine = slot.prepares.get(self.id)
+        if mine is not None and mine.statement.digest != pp.digest:  # type: ignore[union-attr]
+            # we prepared another digest for (v, seq) before (e.g. before a crash): never contradict it
+            return self._drop("contradicts_own_prepare")
+        slot.pre_prepare, slot.digest, slot.fresh = pp_signed, pp.digest, fresh
+        slot.accepted_at = self._now
+        if batch is not None:
+            slot.batch = batch
+            self.batches[pp.digest] = batch
+            for s in batch.requests:
+                r = s.statement
+                self.assigned[(r.client, r.timestamp)] = pp.seq  # type: ignore[union-attr]
+            if fresh:
+                self._persist(REC_PROPOSAL, Proposal(pp_signed, batch))
+        if not self.is_primary:
+            if mine is not None:  # recovered: resend the vote we already signed
+                self._out.append(Broadcast(mine))
+            else:
+                prepare = self._sign(Prepare(pp.view, pp.seq, pp.digest, self.id))
+                slot.prepares[self.id] = prepare
+                slot.sent_prepare = True
+                self._persist(REC_SENT, prepare)
+                self._out.append(Broadcast(prepare))
+        self._arm_progress()
+        self._check_prepared(slot)
+
+    def _on_prepare(self, signed: Signed) -> None:
+        p: Prepare = signed.statement  # type: ignore[assignment]
+        if p.view != self.view or self.in_view_change:
+            return self._drop("wrong_view")
+        if p.replica == self.primary(p.view):
+            return self._drop("prepare_from_primary")
+        if not self.log.in_window(p.seq):
+            return self._drop("outside_watermarks")
+        slot = self.log.slot(p.seq)
+        if slot.view != self.view:
+            slot.reset_view(self.view)
+        old = slot.prepares.get(p.replica)
+        if old is not None:
+            if old.statement.digest != p.digest:  # type: ignore[union-attr]
+                self._evidence(p.replica, "prepare", old, signed, key=("p", p.view, p.seq, p.replica))
+            return self._drop("duplicate_prepare")
+        slot.prepares[p.replica] = signed
+        if slot.deferred is not None:
+            self._check_deferred(slot)
+        self._check_prepared(slot)
+
+    def _check_prepared(self, slot: Slot) -> None:
+        """prepared(v, seq, d): pre-prepare + 2f matching PREPAREs from distinct backups (4.2)."""
+        if slot.prepared or slot.pre_prepare is None or slot.batch is None:
+            return
+        matching = [s for r, s in slot.prepares.items()
+                    if s.statement.digest == slot.digest and r != self.primary()]  # type: ignore[union-attr]
+        if len(matching) < self.quorum - 1:
+            return
+        slot.prepared = True
+        slot.cert = PreparedCert(slot.pre_prepare, tuple(sorted(
+            matching, key=lambda s: s.statement.replica))[: self.quorum - 1])  # type: ignore[union-attr]
+        pp: PrePrepare = slot.pre_prepare.statement  # type: ignore[assignment]
+        commit = self._sign(Commit(pp.view, pp.seq, pp.digest, self.id))
+        slot.commits[self.id] = commit
+        slot.sent_commit = True
+        self._persist(REC_CERT, slot.cert)
+        self._persist(REC_SENT, commit)
+        self._out.append(Broadcast(commit))
+        self._check_committed(slot)
+
+    def _on_commit(self, signed: Signed) -> None:
+        c: Commit = signed.statement  # type: ignore[assignment]
+        if c.view != self.view or self.in_view_change:
+            return self._drop("wrong_view")
+        if not self.log.in_window(c.seq):
+            return self._drop("outside_watermarks")
+        slot = self.log.slot(c.seq)
+        if slot.view != self.view:
+            slot.reset_view(self.view)
+        old = slot.commits.get(c.replica)
+        if old is not None:
+            if old.statement.digest != c.digest:  # type: ignore[union-attr]
+                self._evidence(c.replica, "commit", old, signed, key=("c", c.view, c.seq, c.replica))
+            return self._drop("duplicate_commit")
+        slot.commits[c.replica] = signed
+        self._check_committed(slot)
+
+    def _check_committed(self, slot: Slot) -> None:
+        """committed-local: prepared + 2f+1 matching COMMITs, own included (4.2)."""
+        if not slot.prepared or slot.decided is not None:
+            return
+        if slot.matching(slot.commits) < self.quorum:
+            return
+        slot.decided = slot.digest
+        self._execute_ready()
+
+    # ------------------------------------------------------------------ execution
+
+    def _execute_ready(self) -> None:
+        progressed = False
+        while True:
+            slot = self.log.get(self.last_executed + 1)
+            if slot is None or slot.decided is None or slot.batch is None:
+                break
+            if batch_digest(slot.batch) != slot.decided:
+                raise InvariantViolation(f"batch of seq {slot.seq} does not match its digest")
+            self._execute(slot)
+            progressed = True
+        if progressed:
+            self.last_good_view = 0  # the last view in which a request executed (4.5 timer reset)
+            self.progress_deadline = None
+            if self._has_outstanding_work():
+                self._arm_progress()
+            if self.is_primary:
+                self._try_propose()
+
+    def _has_outstanding_work(self) -> bool:
+        if self.pending:
+            return True
+        return any(s.seq > self.last_executed and s.pre_prepare is not None
+                   for s in self.log.slots.values())
+
+    def _execute(self, slot: Slot) -> None:
+        from bft.app import ExecContext
+
+        batch = slot.batch
+        assert batch is not None
+        seq = slot.seq
+        results = []
+        for index, s in enumerate(batch.requests):
+            r: Request = s.statement  # type: ignore[assignment]
+            key = (r.client, r.timestamp)
+            self.pending.pop(key, None)
+            self.assigned.pop(key, None)
+            last = self.client_table.get(r.client)
+            if last is not None and r.timestamp <= last[0]:
+                results.append(last[1] if r.timestamp == last[0] else b"")
+                continue  # exactly-once: never execute twice
+            ctx = ExecContext(seq=seq, index=index, batch_time_us=batch.batch_time,
+                              client=r.client, timestamp=r.timestamp)
+            result = self.app.execute(r.op, ctx)
+            self.client_table[r.client] = (r.timestamp, result)
+            results.append(result)
+            self._send_reply(r.client, r.timestamp, result)
+        if batch.requests:
+            self.last_batch_time = max(self.last_batch_time, batch.batch_time)
+        self.last_executed = seq
+        self.counters["executed_batches"] += 1
+        self.counters["executed_requests"] += len(batch.requests)
+        checkpoint = seq % self.config.checkpoint_interval == 0
+        snapshot = state_digest = None
+        if checkpoint or self.digest_every_batch:
+            snapshot = self._snapshot()
+            state_digest = sha256(snapshot)
+        self._out.append(Executed(seq, self.view, slot.decided or b"", batch, tuple(results),
+                                  state_digest or b""))
+        if checkpoint:
+            assert snapshot is not None and state_digest is not None
+            self.own_snapshots[seq] = (state_digest, snapshot)
+            cp = self._sign(Checkpoint(seq, state_digest, self.id))
+            self._persist(REC_SENT, cp)
+            self._out.append(Broadcast(cp))
+            self._add_checkpoint(cp)
+
+    # ------------------------------------------------------------------ snapshot of replica state
+
+    def _snapshot(self) -> bytes:
+        table = sorted((c, t, r) for c, (t, r) in self.client_table.items())
+        return cbor2.dumps([self.app.snapshot(), [list(x) for x in table], self.last_batch_time],
+                           canonical=True)
+
+    def _restore(self, snapshot: bytes) -> None:
+        try:
+            app_snap, table, last_bt = cbor2.loads(snapshot)
+            client_table = {}
+            for c, t, r in table:
+                if type(c) is not int or type(t) is not int or not isinstance(r, bytes):
+                    raise ValueError("bad client table")
+                client_table[c] = (t, r)
+            if type(last_bt) is not int:
+                raise ValueError("bad batch time")
+        except (ValueError, TypeError, cbor2.CBORDecodeError) as e:
+            raise MalformedMessage(f"bad snapshot: {e}") from e
+        try:
+            self.app.restore(app_snap)
+        except ValueError as e:
+            raise MalformedMessage(f"bad app snapshot: {e}") from e
+        self.client_table = client_table
+        self.last_batch_time = last_bt
+
+    # ------------------------------------------------------------------ checkpoints (4.3)
+
+    def _on_checkpoint(self, signed: Signed) -> None:
+        cp: Checkpoint = signed.statement  # type: ignore[assignment]
+        if cp.seq <= self.log.low or cp.seq % self.config.checkpoint_interval:
+            return self._drop("old_checkpoint")
+        if cp.seq > self.log.high + self.config.log_window:
+            return self._far_checkpoint(signed)
+        self._add_checkpoint(signed)
+
+    def _far_checkpoint(self, signed: Signed) -> None:
+        """A checkpoint far beyond our window (we are far behind): keep only each replica's
+        highest one (bounded memory) and look for 2f+1 that match."""
+        cp: Checkpoint = signed.statement  # type: ignore[assignment]
+        old = self.far_checkpoints.get(cp.replica)
+        if old is not None and old.statement.seq >= cp.seq:  # type: ignore[union-attr]
+            return self._drop("old_checkpoint")
+        self.far_checkpoints[cp.replica] = signed
+        matching = tuple(s for s in self.far_checkpoints.values()
+                         if (s.statement.seq, s.statement.state_digest)  # type: ignore[union-attr]
+                         == (cp.seq, cp.state_digest))
+        if len(matching) >= self.quorum:
+            self.far_checkpoints = {}
+            self._on_stable_proof(cp.seq, cp.state_digest, matching)
+
+    def _add_checkpoint(self, signed: Signed) -> None:
+        cp: Checkpoint = signed.statement  # type: ignore[assignment]
+        votes = self.checkpoints.setdefault(cp.seq, {})
+        old = votes.get(cp.replica)
+        if old is not None:
+            if old.statement.state_digest != cp.state_digest:  # type: ignore[union-attr]
+                self._evidence(cp.replica, "checkpoint", old, signed, key=("cp", cp.seq, cp.replica))
+            return
+        votes[cp.replica] = signed
+        matching = [s for s in votes.values()
+                    if s.statement.state_digest == cp.state_digest]  # type: ignore[union-attr]
+        if len(matching) >= self.quorum and cp.seq > self.log.low:
+            self._on_stable_proof(cp.seq, cp.state_digest, tuple(matching))
+
+    def _on_stable_proof(self, seq: int, digest: bytes, proof: tuple[Signed, ...]) -> None:
+        """2f+1 matching CHECKPOINTs make seq stable; a replica behind or diverged fetches state."""
+        own = self.own_snapshots.get(seq)
+        if own is not None and own[0] == digest:
+            self._make_stable(seq, digest, proof, own[1])
+            return
+        if own is not None or self.last_executed >= seq:
+            self._event("diverged", seq=seq)  # our state differs from the proven one
+        self.transfer_target = (seq, digest, proof)
+        if self.last_executed >= seq or not self._can_catch_up(seq):
+            self._start_transfer()
+
+    def _can_catch_up(self, seq: int) -> bool:
+        """Whether the log already holds every decided batch up to seq (no transfer needed)."""
+        return all((s := self.log.get(q)) is not None and s.decided is not None
+                   for q in range(self.last_executed + 1, seq + 1))
+
+    def _make_stable(self, seq: int, digest: bytes, proof: tuple[Signed, ...],
+                     snapshot: bytes) -> None:
+        self.log.advance(seq)
+        self.stable_digest, self.stable_proof, self.stable_snapshot = digest, proof, snapshot
+        for s in [s for s in self.checkpoints if s <= seq]:
+            del self.checkpoints[s]
+        for s in [s for s in self.own_snapshots if s <= seq]:
+            del self.own_snapshots[s]
+        for k in [k for k, v in self.assigned.items() if v <= seq]:
+            del self.assigned[k]
+        live = {s.digest for s in self.log.slots.values() if s.digest} | {
+            s.decided for s in self.log.slots.values() if s.decided}
+        self.batches = {d: b for d, b in self.batches.items() if d in live or d == NULL_DIGEST}
+        if self.transfer_target and self.transfer_target[0] <= seq:
+            self.transfer_target = None
+        self._event("checkpoint_stable", seq=seq, digest=digest.hex()[:16])
+        # compact the WAL: snapshot, then re-persist what must survive it
+        self._out.append(SaveSnapshot(seq, cbor2.dumps(
+            [seq, digest, snapshot, [codec.encode(s) for s in proof]])))
+        self._persist_survivors()
+        if self.is_primary:
+            self._try_propose()
+
+    def _persist_survivors(self) -> None:
+        if self.my_view_change is not None:
+            self._persist(REC_SENT, self.my_view_change)
+        if self.new_view_msg is not None:
+            self._persist(REC_NEW_VIEW, self.new_view_msg)
+        for slot in sorted(self.log.slots.values(), key=lambda s: s.seq):
+            if slot.pre_prepare is not None and slot.batch is not None:
+                self._persist(REC_PROPOSAL, Proposal(slot.pre_prepare, slot.batch))
+            if slot.sent_prepare and self.id in slot.prepares:
+                self._persist(REC_SENT, slot.prepares[self.id])
+            if slot.cert is not None:
+                self._persist(REC_CERT, slot.cert)
+            if slot.sent_commit and self.id in slot.commits:
+                self._persist(REC_SENT, slot.commits[self.id])
+
+    # ------------------------------------------------------------------ state transfer (TOCS 5.3)
+
+    def _check_transfer(self) -> None:
+        target = self.transfer_target
+        if target is None or self.transfer is not None:
+            return
+        if self.last_executed >= target[0] and target[0] <= self.log.low:
+            self.transfer_target = None
+            return
+        own = self.own_snapshots.get(target[0])
+        if own is not None and own[0] == target[1]:
+            self._make_stable(target[0], target[1], target[2], own[1])
+            return
+        self._start_transfer()
+
+    def _start_transfer(self) -> None:
+        if self.transfer_target is None:
+            return
+        seq, digest, proof = self.transfer_target
+        if self.transfer is not None and self.transfer.seq >= seq:
+            return
+        sources = sorted({s.statement.replica for s in proof} - {self.id})  # type: ignore[union-attr]
+        if not sources:
+            return
+        self.transfer = _Transfer(seq, digest, proof, sources)
+        self._event("state_transfer_start", seq=seq, behind=seq - self.last_executed)
+        self._request_state(retry=False)
+
+    def _request_state(self, retry: bool) -> None:
+        t = self.transfer
+        if t is None:
+            return
+        if retry:
+            t.attempt += 1
+            self.counters["state_transfer_retries"] += 1
+        t.chunks, t.count = {}, 0
+        source = t.sources[t.attempt % len(t.sources)]
+        t.deadline = self._now + max(self._vc_timeout(), 0.5)
+        self._out.append(Send(source, self._sign(FetchState(t.seq, t.digest, self.id))))
+
+    def _on_fetch_state(self, signed: Signed) -> None:
+        req: FetchState = signed.statement  # type: ignore[assignment]
+        if req.seq != self.log.low or self.stable_snapshot is None or req.state_digest != self.stable_digest:
+            return self._drop("no_such_state")
+        data = self.stable_snapshot
+        count = max(1, -(-len(data) // STATE_CHUNK_BYTES))
+        for i in range(count):
+            chunk = StateChunk(req.seq, req.state_digest, i, count,
+                               data[i * STATE_CHUNK_BYTES:(i + 1) * STATE_CHUNK_BYTES], self.id)
+            self._out.append(Send(req.replica, self._sign(chunk)))
+        self.counters["state_chunks_sent"] += count
+
+    def _on_state_chunk(self, signed: Signed) -> None:
+        c: StateChunk = signed.statement  # type: ignore[assignment]
+        t = self.transfer
+        if t is None or c.seq != t.seq or c.state_digest != t.digest or t.chunks is None:
+            return self._drop("unexpected_state_chunk")
+        max_chunks = self.limits.max_message_bytes // STATE_CHUNK_BYTES * 64 + 1
+        if c.count == 0 or c.count > max_chunks or c.index >= c.count or (t.count and c.count != t.count):
+            return self._drop("bad_state_chunk")
+        t.count = c.count
+        t.chunks[c.index] = c.data
+        if len(t.chunks) < t.count:
+            return
+        data = b"".join(t.chunks[i] for i in range(t.count))
+        if sha256(data) != t.digest:
+            self._event("state_transfer_mismatch", seq=t.seq, source=c.replica)
+            return self._request_state(retry=True)
+        self._install_state(t.seq, t.digest, t.proof, data)
+
+    def _install_state(self, seq: int, digest: bytes, proof: tuple[Signed, ...], data: bytes) -> None:
+        self._restore(data)
+        behind = seq - self.last_executed
+        self.last_executed = seq
+        self.transfer = None
+        for key in [k for k in self.pending if self.client_table.get(k[0], (0,))[0] >= k[1]]:
+            del self.pending[key]
+        if self.next_seq <= seq:
+            self.next_seq = seq + 1
+        self._event("state_transfer", seq=seq, behind=behind)
+        self._make_stable(seq, digest, proof, data)
+        self._execute_ready()
+
+    # ------------------------------------------------------------------ evidence
+
+    def _evidence(self, culprit: int, kind: str, first: Signed, second: Signed, key: tuple) -> None:
+        if key in self.evidence_seen:
+            return
+        self.evidence_seen.add(key)
+        self._out.append(Evidence(culprit, kind, first, second))
+        self._event("evidence", culprit=culprit, kind=kind)
+        view = getattr(second.statement, "view", None)
+        if culprit == self.primary() and view == self.view and not self.in_view_change:
+            self._start_view_change(self.view + 1, "evidence")
+
+    # ------------------------------------------------------------------ view change (4.4)
+
+    def _start_view_change(self, new_view: int, cause: str) -> None:
+        if new_view <= self.view and self.in_view_change:
+            return
+        if not self.in_view_change:
+            self.vc_started_at = self._now
+        self.view = new_view
+        self.in_view_change = True
+        self.vc_cause = cause
+        self.progress_deadline = None
+        self.batch_deadline = None
+        prepared = tuple(s.cert for s in sorted(self.log.slots.values(), key=lambda s: s.seq)
+                         if s.cert is not None and s.seq > self.log.low)
+        vc = self._sign(ViewChange(new_view, self.log.low, self.stable_digest if self.log.low else b"\0" * 32,
+                                   self.stable_proof if self.log.low else (), prepared, self.id))
+        self.my_view_change = vc
+        self.view_changes[self.id] = vc
+        self._persist(REC_SENT, vc)
+        self._out.append(Broadcast(vc))
+        self.new_view_deadline = None
+        self._arm_new_view_timer()
+        self.counters["view_changes_started"] += 1
+        self._event("view_change_start", view=new_view, cause=cause, at=self._now)
+        self._maybe_send_new_view()
+
+    def _arm_new_view_timer(self) -> None:
+        """4.5: the NEW-VIEW timer starts once 2f+1 VIEW-CHANGEs for our target view are in, so
+        a replica alone in a view change waits there instead of racing to ever higher views."""
+        if not self.in_view_change or self.new_view_deadline is not None:
+            return
+        count = sum(1 for s in self.view_changes.values()
+                    if s.statement.view == self.view)  # type: ignore[union-attr]
+        if count >= self.quorum:
+            self.new_view_deadline = self._now + self._vc_timeout()
+
+    def _on_view_change(self, signed: Signed) -> None:
+        vc: ViewChange = signed.statement  # type: ignore[assignment]
+        if vc.view <= self.view and not (self.in_view_change and vc.view == self.view):
+            if vc.view < self.view or not self.in_view_change:
+                # a peer behind us: help it with the NEW-VIEW we entered
+                if self.new_view_msg is not None and vc.view <= self.view and not self.in_view_change:
+                    self._out.append(Send(vc.replica, self.new_view_msg))
+                return self._drop("old_view_change")
+        problem = view_change_problem(self.geo, vc)
+        if problem:
+            return self._drop("bad_view_change:" + problem)
+        old = self.view_changes.get(vc.replica)
+        if old is not None and old.statement.view >= vc.view:  # type: ignore[union-attr]
+            return self._drop("duplicate_view_change")
+        self.view_changes[vc.replica] = signed
+        # join: f+1 view changes for views above ours move us to the smallest of them (4.5)
+        higher = sorted(s.statement.view for s in self.view_changes.values()  # type: ignore[union-attr]
+                        if s.statement.view > self.view)  # type: ignore[union-attr]
+        if len(higher) >= self.f + 1:
+            target = higher[-(self.f + 1)]  # the smallest view at least f+1 replicas want
+            self._start_view_change(target, "join")
+            return
+        self._arm_new_view_timer()
+        self._maybe_send_new_view()
+
+    def _maybe_send_new_view(self) -> None:
+        if not self.in_view_change or self.primary() != self.id:
+            return
+        vcs = [s for s in self.view_changes.values()
+               if s.statement.view == self.view]  # type: ignore[union-attr]
+        if len(vcs) < self.quorum:
+            return
+        vcs = sorted(vcs, key=lambda s: s.statement.replica)[: self.quorum]  # type: ignore[union-attr]
+        plan = plan_new_view([s.statement for s in vcs], NULL_DIGEST)  # type: ignore[misc]
+        pps = tuple(self._sign(PrePrepare(self.view, seq, d, self.id)) for seq, d in plan.digests)
+        nv = self._sign(NewView(self.view, tuple(vcs), pps, self.id))
+        self._persist(REC_SENT, nv)
+        self._out.append(Broadcast(nv))
+        self._enter_view(nv, plan)
+
+    def _on_new_view(self, signed: Signed) -> None:
+        nv: NewView = signed.statement  # type: ignore[assignment]
+        if nv.view < self.view or (nv.view == self.view and not self.in_view_change):
+            return self._drop("old_new_view")
+        problem, plan = new_view_problem(self.geo, nv, NULL_DIGEST)
+        if problem:
+            return self._drop(problem)
+        assert plan is not None
+        self._persist(REC_NEW_VIEW, signed)
+        self._enter_view(signed, plan)
+
+    def _enter_view(self, nv_signed: Signed, plan: Any) -> None:
+        nv: NewView = nv_signed.statement  # type: ignore[assignment]
+        started = self.vc_started_at
+        self.view = nv.view
+        self.in_view_change = False
+        self.new_view_msg = nv_signed
+        self.my_view_change = None
+        self.new_view_deadline = None
+        self.view_changes = {r: s for r, s in self.view_changes.items()
+                             if s.statement.view > self.view}  # type: ignore[union-attr]
+        self.counters["views_entered"] += 1
+        self._event("new_view", view=self.view, primary=self.primary(), cause=self.vc_cause,
+                    duration_s=(self._now - started) if started is not None else 0.0)
+        self.vc_started_at = None
+        # adopt the checkpoint min_s if we are behind it
+        cp: ViewChange = plan.checkpoint
+        if cp.stable_seq > self.log.low:
+            self.transfer_target = (cp.stable_seq, cp.state_digest, cp.checkpoint_proof)
+            own = self.own_snapshots.get(cp.stable_seq)
+            if own is not None and own[0] == cp.state_digest:
+                self._make_stable(cp.stable_seq, cp.state_digest, cp.checkpoint_proof, own[1])
+            elif self.last_executed >= cp.stable_seq or not self._can_catch_up(cp.stable_seq):
+                self._start_transfer()
+        for slot in self.log.slots.values():
+            slot.reset_view(self.view)
+        self.needed_batches = {}
+        for pp_signed in nv.pre_prepares:
+            pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
+            if pp.seq <= self.log.low:
+                continue
+            slot = self.log.slot(pp.seq)
+            batch = self.batches.get(pp.digest)
+            if slot.decided is not None and slot.decided != pp.digest:
+                raise InvariantViolation(
+                    f"NEW-VIEW re-proposes seq {pp.seq} with a digest other than the committed one")
+            if batch is None:
+                cert = plan.certs.get(pp.seq)
+                self.needed_batches[pp.digest] = pp.seq
+                holders = [s.statement.replica for s in cert.prepares] if cert else []  # type: ignore[union-attr]
+                fetch = self._sign(Fetch(pp.view, pp.seq, pp.digest, self.id))
+                targets = sorted(set(holders + [cert.pre_prepare.statement.replica]) - {self.id}) \
+                    if cert else []  # type: ignore[union-attr]
+                for r in targets or [x for x in range(self.n) if x != self.id]:
+                    self._out.append(Send(r, fetch))
+            self._accept_pre_prepare(slot, pp_signed, batch, fresh=False)
+        self.next_seq = max(plan.max_s, self.last_executed, self.log.low) + 1
+        # requests not in the log get a fresh chance with the new primary
+        self.progress_deadline = None
+        if self.is_primary:
+            for key in [k for k in self.pending if k in self.assigned]:
+                del self.pending[key]
+            self._try_propose(force=True)
+        elif self.pending:
+            for signed in list(self.pending.values())[:MAX_RESEND_PER_STATUS]:
+                self._out.append(Send(self.primary(), signed))
+        if self._has_outstanding_work():
+            self._arm_progress()
+        self._execute_ready()
+
+    def _got_batch(self, digest: bytes, batch: Batch) -> None:
+        seq = self.needed_batches.pop(digest, None)
+        self.batches[digest] = batch
+        if seq is None:
+            return
+        slot = self.log.get(seq)
+        if slot is not None and slot.digest == digest and slot.batch is None:
+            slot.batch = batch
+            for s in batch.requests:
+                r = s.statement
+                self.assigned[(r.client, r.timestamp)] = seq  # type: ignore[union-attr]
+            self._check_prepared(slot)
+            self._check_committed(slot)
+            self._execute_ready()
+
+    def _on_fetch(self, signed: Signed) -> None:
+        req: Fetch = signed.statement  # type: ignore[assignment]
+        batch = self.batches.get(req.digest)
+        if batch is None:
+            return self._drop("fetch_unknown_batch")
+        slot = self.log.get(req.seq)
+        pp = slot.pre_prepare if slot is not None and slot.pre_prepare is not None else None
+        if pp is None or pp.statement.digest != req.digest:  # type: ignore[union-attr]
+            if slot is not None and slot.cert is not None and \
+                    slot.cert.pre_prepare.statement.digest == req.digest:  # type: ignore[union-attr]
+                pp = slot.cert.pre_prepare
+            else:
+                return self._drop("fetch_unknown_batch")
+        self._out.append(Send(req.replica, Proposal(pp, batch)))
+
+    # ------------------------------------------------------------------ loss recovery (status)
+
+    def _send_status(self) -> None:
+        self.status_deadline = self._now + self.config.status_interval_s
+        prepared, committed = [], []
+        for seq in sorted(self.log.slots):
+            if seq <= self.last_executed:
+                continue
+            s = self.log.slots[seq]
+            if s.decided is not None:
+                committed.append(seq)
+            elif s.prepared:
+                prepared.append(seq)
+            if len(prepared) + len(committed) >= MAX_STATUS_SEQS:
+                break
+        st = Status(self.view, self.log.low, self.last_executed, tuple(prepared), tuple(committed),
+                    1 if self.in_view_change else 0, self.id)
+        self._out.append(Broadcast(self._sign(st)))
+
+    def _resend_pending(self) -> None:
+        """A backup re-forwards requests the primary has not ordered yet (they may have been lost)."""
+        if self.is_primary or self.in_view_change:
+            return
+        sent = 0
+        for key, signed in self.pending.items():
+            if key in self.assigned:
+                continue
+            self._out.append(Send(self.primary(), signed))
+            sent += 1
+            if sent >= MAX_RESEND_PER_STATUS:
+                break
+
+    def _on_status(self, signed: Signed) -> None:
+        st: Status = signed.statement  # type: ignore[assignment]
+        peer = st.replica
+        out = self._out
+        if st.view < self.view or (st.view == self.view and st.in_view_change and not self.in_view_change):
+            if self.in_view_change and self.my_view_change is not None:
+                out.append(Send(peer, self.my_view_change))
+            elif self.new_view_msg is not None:
+                out.append(Send(peer, self.new_view_msg))
+            return
+        if st.view > self.view or (st.in_view_change and self.in_view_change):
+            if self.in_view_change and self.my_view_change is not None and st.view == self.view:
+                out.append(Send(peer, self.my_view_change))
+            return
+        if self.in_view_change:
+            return
+        # same view, both in normal operation
+        if st.stable_seq < self.log.low and st.last_executed < self.log.low and self.stable_proof:
+            for cp in self.stable_proof:
+                out.append(Send(peer, cp))
+        if st.last_executed < self.log.low:
+            return
+        have_prepared = set(st.prepared) | set(st.committed)
+        have_committed = set(st.committed)
+        sent = 0
+        for seq in sorted(self.log.slots):
+            if seq <= st.last_executed:
+                continue
+            if sent >= MAX_RESEND_PER_STATUS:
+                break
+            slot = self.log.slots[seq]
+            if slot.view != self.view or slot.pre_prepare is None:
+                continue
+            if seq not in have_prepared:
+                if slot.batch is not None:
+                    out.append(Send(peer, Proposal(slot.pre_prepare, slot.batch)))
+                if self.id in slot.prepares and slot.sent_prepare:
+                    out.append(Send(peer, slot.prepares[self.id]))
+                sent += 1
+            if seq not in have_committed and slot.sent_commit and self.id in slot.commits:
+                out.append(Send(peer, slot.commits[self.id]))
+                sent += 1
+
+    # ------------------------------------------------------------------ recovery from the WAL
+
+    def _recover(self, snapshot: tuple[int, bytes] | None, records: Iterable[bytes]) -> None:
+        """Reload the last stable snapshot and the records after it (crash recovery)."""
+        if snapshot is not None:
+            seq, data = snapshot
+            s_seq, digest, snap, proof_bytes = cbor2.loads(data)
+            proof = tuple(codec.decode_untrusted(b, self.limits) for b in proof_bytes)
+            self._restore(snap)
+            self.last_executed = s_seq
+            self.next_seq = s_seq + 1
+            self.log.advance(s_seq)
+            self.stable_digest, self.stable_proof, self.stable_snapshot = digest, proof, snap  # type: ignore[assignment]
+        max_view = 0
+        entered_view = 0
+        for raw in records:
+            kind, body = cbor2.loads(raw)
+            msg = codec.decode_untrusted(body, self.limits) if kind != REC_CERT else None
+            if kind == REC_CERT:
+                cert = _decode_cert(body, self.limits)
+                pp = cert.pre_prepare.statement
+                if pp.seq > self.log.low:  # type: ignore[union-attr]
+                    slot = self.log.slot(pp.seq)  # type: ignore[union-attr]
+                    if slot.cert is None or slot.cert.pre_prepare.statement.view <= pp.view:  # type: ignore[union-attr]
+                        slot.cert = cert
+                continue
+            if kind == REC_PROPOSAL:
+                assert isinstance(msg, Proposal)
+                pp = msg.pre_prepare.statement
+                self.batches[pp.digest] = msg.batch  # type: ignore[union-attr]
+                if pp.seq > self.log.low:  # type: ignore[union-attr]
+                    slot = self.log.slot(pp.seq)  # type: ignore[union-attr]
+                    if slot.view != pp.view:  # type: ignore[union-attr]
+                        slot.reset_view(pp.view)  # type: ignore[union-attr]
+                    slot.pre_prepare, slot.digest, slot.batch = msg.pre_prepare, pp.digest, msg.batch  # type: ignore[union-attr]
+                    for r in msg.batch.requests:
+                        self.assigned[(r.statement.client, r.statement.timestamp)] = pp.seq  # type: ignore[union-attr]
+                    if pp.replica == self.id:  # type: ignore[union-attr]
+                        self.next_seq = max(self.next_seq, pp.seq + 1)  # type: ignore[union-attr]
+                max_view = max(max_view, pp.view)  # type: ignore[union-attr]
+                continue
+            if kind == REC_NEW_VIEW:
+                assert isinstance(msg, Signed)
+                nv = msg.statement
+                if nv.view >= entered_view:  # type: ignore[union-attr]
+                    entered_view = nv.view  # type: ignore[union-attr]
+                    self.new_view_msg = msg
+                max_view = max(max_view, nv.view)  # type: ignore[union-attr]
+                continue
+            assert isinstance(msg, Signed)
+            st = msg.statement
+            if isinstance(st, (Prepare, Commit)):
+                max_view = max(max_view, st.view)
+                if st.seq > self.log.low:
+                    slot = self.log.slot(st.seq)
+                    if slot.view != st.view:
+                        slot.reset_view(st.view)
+                    if isinstance(st, Prepare):
+                        slot.prepares[self.id] = msg
+                        slot.sent_prepare = True
+                        slot.digest = st.digest
+                    else:
+                        slot.commits[self.id] = msg
+                        slot.sent_commit = True
+            elif isinstance(st, ViewChange):
+                if st.view >= max_view:
+                    max_view = st.view
+                    self.my_view_change = msg
+                    self.view_changes[self.id] = msg
+            elif isinstance(st, NewView):
+                if st.view >= entered_view:
+                    entered_view = st.view
+                    self.new_view_msg = msg
+                max_view = max(max_view, st.view)
+                if st.replica == self.id:
+                    self.next_seq = max(self.next_seq, max((p.statement.seq for p in st.pre_prepares),  # type: ignore[union-attr]
+                                                           default=0) + 1)
+            elif isinstance(st, Checkpoint):
+                pass
+        self.view = max_view
+        if self.my_view_change is not None and self.my_view_change.statement.view > entered_view:  # type: ignore[union-attr]
+            self.view = self.my_view_change.statement.view  # type: ignore[union-attr]
+            self.in_view_change = True
+        else:
+            self.my_view_change = None
+            self.view_changes.pop(self.id, None)
+        # votes of an earlier view than the current one are stale: keep only certs/batches
+        for slot in self.log.slots.values():
+            if slot.view != self.view:
+                slot.reset_view(self.view)
+                # keep the batch a certificate refers to
+                if slot.cert is not None:
+                    d = slot.cert.pre_prepare.statement.digest  # type: ignore[union-attr]
+                    slot.batch = self.batches.get(d)
+            elif slot.pre_prepare is not None and slot.digest is not None:
+                slot.accepted_at = 0.0
+        if self.in_view_change:
+            for slot in self.log.slots.values():
+                slot.reset_view(self.view)
+        elif self.new_view_msg is not None and entered_view == self.view:
+            for pp_signed in self.new_view_msg.statement.pre_prepares:  # type: ignore[union-attr]
+                pp = pp_signed.statement
+                if pp.seq <= self.log.low:  # type: ignore[union-attr]
+                    continue
+                slot = self.log.slot(pp.seq)  # type: ignore[union-attr]
+                if slot.view != self.view:
+                    slot.reset_view(self.view)
+                if slot.pre_prepare is None:
+                    slot.pre_prepare, slot.digest, slot.fresh = pp_signed, pp.digest, False  # type: ignore[union-attr]
+                    slot.batch = slot.batch or self.batches.get(pp.digest)  # type: ignore[union-attr]
+        for slot in self.log.slots.values():
+            if slot.pre_prepare is not None and self.id in slot.prepares:
+                self._check_prepared_quiet(slot)
+
+    def _check_prepared_quiet(self, slot: Slot) -> None:
+        """After recovery: a slot whose certificate we persisted counts as prepared again."""
+        if slot.cert is not None and slot.cert.pre_prepare.statement.view == slot.view:  # type: ignore[union-attr]
+            slot.prepared = True
+
+    # ------------------------------------------------------------------ observability
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "view": self.view,
+            "primary": self.primary(),
+            "in_view_change": self.in_view_change,
+            "last_executed": self.last_executed,
+            "stable_seq": self.log.low,
+            "low_watermark": self.log.low,
+            "high_watermark": self.log.high,
+            "pending_requests": len(self.pending),
+            "log_slots": len(self.log),
+            "state_transfer": self.transfer.seq if self.transfer else None,
+            "drops": dict(self.drops),
+            "counters": dict(self.counters),
+        }
+
+
+def _decode_cert(body: bytes, limits: codec.Limits) -> PreparedCert:
+    """A PreparedCert from our own WAL (a carrier, not a top-level message)."""
+    try:
+        raw = cbor2.loads(body)
+        tag, pp_raw, prepares_raw = raw
+        if tag != PreparedCert.TAG:
+            raise ValueError("not a certificate")
+        pp = codec.decode_untrusted(cbor2.dumps(pp_raw, canonical=True), limits)
+        prepares = tuple(codec.decode_untrusted(cbor2.dumps(p, canonical=True), limits)
+                         for p in prepares_raw)
+    except (ValueError, TypeError, cbor2.CBORDecodeError) as e:
+        raise MalformedMessage(f"bad certificate record: {e}") from e
+    return PreparedCert(pp, prepares)  # type: ignore[arg-type]

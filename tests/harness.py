@@ -1,0 +1,166 @@
+"""A tiny step-by-step network of pure replicas for protocol unit tests.
+
+In the spirit of etcd-raft's test `network`: messages are queued, delivered
+in order (through the real codec), and a test can drop, cut or isolate nodes.
+No randomness, no wall clock: `now` is advanced by the test.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+from bft import codec
+from bft.app import ExecContext, KVStore, Ops  # noqa: F401  (re-exported for tests)
+from bft.config import ClusterConfig
+from bft.crypto import SimKeys
+from bft.effects import Broadcast, Evidence, Executed, Persist, Reply, SaveSnapshot, Send, SetTimer
+from bft.messages import Request, Signed
+from bft.replica import Replica
+from bft.storage import MemoryStorage
+
+
+class Net:
+    def __init__(self, n: int = 4, *, seed: int = 1, clients: int = 4, **overrides: Any) -> None:
+        overrides.setdefault("batch_delay_s", 0.0)
+        self.config = ClusterConfig.local(n, clients=clients, **overrides)
+        self.keys = SimKeys(seed, n_replicas=n, n_clients=clients)
+        self.now = 0.0
+        self.queue: deque[tuple[int, int, Any]] = deque()  # (src, dst, message)
+        self.storage = [MemoryStorage() for _ in range(n)]
+        self.replicas: list[Replica | None] = [self._make(i) for i in range(n)]
+        self.timers: dict[int, float] = {}
+        self.executed: dict[int, list[Executed]] = {i: [] for i in range(n)}
+        self.replies: dict[int, list[Signed]] = {}
+        self.evidence: list[Evidence] = []
+        self.events: list[tuple[int, Any]] = []
+        self.cut: set[tuple[int, int]] = set()  # (src, dst) links that drop
+        self.filter: Callable[[int, int, Any], bool] | None = None  # False drops
+        self.client_ts: dict[int, int] = {}
+        self.sent_count = 0
+        for i in range(n):
+            self._apply(i, self.replicas[i].start(self.now))  # type: ignore[union-attr]
+
+    @property
+    def n(self) -> int:
+        return self.config.n
+
+    def _make(self, i: int, recovered: Any = None) -> Replica:
+        return Replica(self.config, i, signer=self.keys.signer("replica", i),
+                       verifier=self.keys.verifier(), app=KVStore(), recovered=recovered,
+                       digest_every_batch=True)
+
+    # -- effects
+    def _apply(self, i: int, effects: list[Any]) -> None:
+        carry: list[bytes] | None = None
+        for e in effects:
+            if isinstance(e, Persist):
+                if carry is not None:
+                    carry.append(e.record)
+                else:
+                    self.storage[i].append(e.record)
+                continue
+            if carry is not None:
+                self.storage[i].write_snapshot(snap.seq, snap.data, carry_over=carry)
+                carry = None
+            if isinstance(e, SaveSnapshot):
+                snap, carry = e, []
+            elif isinstance(e, Send):
+                self.storage[i].sync()
+                self.queue.append((i, e.to, e.message))
+            elif isinstance(e, Broadcast):
+                self.storage[i].sync()
+                for j in range(self.n):
+                    if j != i:
+                        self.queue.append((i, j, e.message))
+            elif isinstance(e, Reply):
+                self.storage[i].sync()
+                self.replies.setdefault(e.client, []).append(e.reply)
+            elif isinstance(e, Executed):
+                self.executed[i].append(e)
+            elif isinstance(e, SetTimer):
+                self.timers[i] = e.at
+            elif isinstance(e, Evidence):
+                self.evidence.append(e)
+            else:
+                self.events.append((i, e))
+        if carry is not None:
+            self.storage[i].write_snapshot(snap.seq, snap.data, carry_over=carry)
+        self.storage[i].sync()
+
+    # -- driving
+    def request(self, client: int, op: bytes, to: int | None = None, timestamp: int | None = None) -> Signed:
+        t = timestamp if timestamp is not None else self.client_ts.get(client, 0) + 1
+        self.client_ts[client] = max(self.client_ts.get(client, 0), t)
+        signed = self.keys.signer("client", client).sign(Request(op, t, client))
+        targets = range(self.n) if to is None else [to]
+        for j in targets:
+            self.queue.append((-1, j, signed))
+        return signed
+
+    def deliver(self, max_steps: int = 100_000) -> int:
+        steps = 0
+        while self.queue and steps < max_steps:
+            src, dst, msg = self.queue.popleft()
+            steps += 1
+            if (src, dst) in self.cut or self.replicas[dst] is None:
+                continue
+            if self.filter is not None and not self.filter(src, dst, msg):
+                continue
+            wire = codec.decode_untrusted(codec.encode(msg), self.config.limits)
+            self.sent_count += 1
+            self._apply(dst, self.replicas[dst].receive(wire, self.now))  # type: ignore[union-attr]
+        return steps
+
+    def advance(self, seconds: float, step: float = 0.05) -> None:
+        """Move time forward, firing due timers and delivering messages."""
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(end, self.now + step)
+            for i, r in enumerate(self.replicas):
+                if r is not None and self.timers.get(i, float("inf")) <= self.now:
+                    self._apply(i, r.tick(self.now))
+            self.deliver()
+
+    def crash(self, i: int) -> None:
+        self.replicas[i] = None
+        self.storage[i].crash()
+        self.timers.pop(i, None)
+
+    def restart(self, i: int) -> None:
+        st = self.storage[i]
+        r = self._make(i, recovered=(st.load_snapshot(), st.records()))
+        self.replicas[i] = r
+        self._apply(i, r.start(self.now))
+
+    def isolate(self, i: int) -> None:
+        for j in range(-1, self.n):
+            self.cut.add((i, j))
+            self.cut.add((j, i))
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+    # -- observations
+    def completed(self, client: int, timestamp: int) -> bytes | None:
+        """The result f+1 replicas agree on for (client, timestamp), if any."""
+        votes: dict[bytes, set[int]] = {}
+        for s in self.replies.get(client, []):
+            r = s.statement
+            if r.timestamp == timestamp:
+                votes.setdefault(r.result, set()).add(r.replica)
+        for result, who in votes.items():
+            if len(who) >= self.config.f + 1:
+                return result
+        return None
+
+    def executed_ops(self, i: int) -> list[tuple[int, int]]:
+        out = []
+        for e in self.executed[i]:
+            for s in e.batch.requests:
+                out.append((s.statement.client, s.statement.timestamp))
+        return out
+
+    def digests(self) -> dict[int, bytes]:
+        return {i: self.executed[i][-1].state_digest for i in range(self.n)
+                if self.executed[i] and self.replicas[i] is not None}

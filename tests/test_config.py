@@ -1,0 +1,513 @@
+"""bft.config: the shipped configs, the TOML layout, every validation error, keyrings."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bft import messages as m
+from bft.codec import Limits
+from bft.config import (
+    ClientEntry,
+    ClusterConfig,
+    NodeAddress,
+    default_state_dir,
+    load_keyring,
+    parse_address,
+    resolve_key_dir,
+)
+from bft.crypto import Ed25519Keys, save_private_key, save_public_key
+from bft.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+BASE = """\
+[cluster]
+name = "test"
+f = 1
+
+[[nodes]]
+id = 0
+address = "127.0.0.1:7000"
+
+[[nodes]]
+id = 1
+address = "127.0.0.1:7001"
+
+[[nodes]]
+id = 2
+address = "127.0.0.1:7002"
+
+[[nodes]]
+id = 3
+address = "127.0.0.1:7003"
+
+[clients]
+count = 2
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "cluster.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------
+# Loading what is valid
+# --------------------------------------------------------------------------
+
+
+def test_local_4_loads():
+    config = ClusterConfig.load(CONFIGS / "local-4.toml")
+    assert (config.name, config.n, config.f, config.quorum, config.weak) == ("local-4", 4, 1, 3, 2)
+    assert [(n.id, n.host, n.port) for n in config.nodes] == [
+        (i, "127.0.0.1", 7100 + i) for i in range(4)
+    ]
+    assert config.monitor == ("127.0.0.1", 7199)
+    assert [c.id for c in config.clients] == [0, 1, 2, 3]
+    assert config.key_dir is None
+    assert config.log_window % config.checkpoint_interval == 0
+    assert config.source == CONFIGS / "local-4.toml"
+
+
+def test_local_7_loads():
+    config = ClusterConfig.load(CONFIGS / "local-7.toml")
+    assert (config.n, config.f, config.quorum, config.weak) == (7, 2, 5, 3)
+    assert len({node.port for node in config.nodes}) == 7
+
+
+def test_minimal_config_gets_the_defaults(tmp_path):
+    config = ClusterConfig.load(write(tmp_path, BASE))
+    defaults = ClusterConfig.local(4)
+    for attr in (
+        "batch_max_requests",
+        "batch_delay_s",
+        "max_in_flight",
+        "checkpoint_interval",
+        "log_window",
+        "view_change_timeout_s",
+        "fsync",
+        "limits",
+        "max_datagram_bytes",
+    ):
+        assert getattr(config, attr) == getattr(defaults, attr)
+    assert config.monitor is None and config.metrics_port is None and config.key_dir is None
+
+
+def test_every_section_is_read(tmp_path):
+    text = (
+        BASE
+        + """
+[telemetry]
+monitor = "[::1]:7999"
+metrics_port = 9100
+
+[batching]
+max_requests = 10
+delay_s = 0
+max_in_flight = 4
+
+[checkpoints]
+interval = 16
+log_window = 64
+
+[timeouts]
+view_change_s = 2
+view_change_min_s = 0.5
+view_change_max_s = 20.0
+phi_threshold = 5.0
+client_s = 3.0
+max_clock_skew_s = 0.5
+
+[network]
+max_datagram_bytes = 1200
+status_interval_s = 0.5
+
+[storage]
+fsync = "never"
+
+[limits]
+max_op_bytes = 1024
+"""
+    )
+    config = ClusterConfig.load(write(tmp_path, text))
+    assert config.monitor == ("::1", 7999)
+    assert config.metrics_port == 9100
+    assert (config.batch_max_requests, config.batch_delay_s, config.max_in_flight) == (10, 0.0, 4)
+    assert (config.checkpoint_interval, config.log_window) == (16, 64)
+    assert config.view_change_timeout_s == 2.0 and isinstance(config.view_change_timeout_s, float)
+    assert (config.view_change_timeout_min_s, config.view_change_timeout_max_s) == (0.5, 20.0)
+    assert (config.phi_threshold, config.client_timeout_s, config.max_clock_skew_s) == (
+        5.0,
+        3.0,
+        0.5,
+    )
+    assert (config.max_datagram_bytes, config.status_interval_s) == (1200, 0.5)
+    assert config.fsync == "never"
+    assert config.limits == Limits(max_op_bytes=1024)
+
+
+def test_clients_as_tables_with_inline_keys(tmp_path):
+    keys = Ed25519Keys(0, 8, seed=1, admin=False)
+    text = BASE.replace(
+        "[clients]\ncount = 2\n",
+        f"""
+[[clients]]
+id = 7
+public_key = "{keys.public_keys[("client", 7)].hex()}"
+
+[[clients]]
+id = 3
+""",
+    )
+    config = ClusterConfig.load(write(tmp_path, text))
+    assert config.clients == (ClientEntry(7, keys.public_keys[("client", 7)]), ClientEntry(3))
+    assert config.client(3) == ClientEntry(3)
+    with pytest.raises(ConfigError):
+        config.client(0)
+
+
+def test_nodes_are_kept_in_id_order(tmp_path):
+    text = (
+        BASE.replace("id = 0\n", "id = 9\n")
+        .replace("id = 3\n", "id = 0\n")
+        .replace("id = 9\n", "id = 3\n")
+    )
+    config = ClusterConfig.load(write(tmp_path, text))
+    assert [node.id for node in config.nodes] == [0, 1, 2, 3]
+    assert config.node(0).port == 7003 and config.node(3).port == 7000
+
+
+def test_relative_key_dir_is_taken_from_the_config_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    text = BASE.replace("f = 1\n", 'f = 1\nkey_dir = "keys"\n')
+    config = ClusterConfig.load(write(tmp_path / "sub", text))
+    assert config.key_dir == (tmp_path / "sub" / "keys").absolute()
+    assert resolve_key_dir(config) == config.key_dir
+    assert resolve_key_dir(config, tmp_path / "other") == tmp_path / "other"
+
+
+def test_default_key_dir_is_in_the_state_dir():
+    config = ClusterConfig.local(4)
+    assert default_state_dir(config) == Path("state") / "local-4"
+    assert resolve_key_dir(config) == Path("state") / "local-4" / "keys"
+
+
+def test_name_defaults_to_the_file_name(tmp_path):
+    config = ClusterConfig.load(write(tmp_path, BASE.replace('name = "test"\n', ""), "prod.toml"))
+    assert config.name == "prod"
+
+
+def test_local_and_derived_values():
+    config = ClusterConfig.local(4)
+    assert (config.n, config.f, config.quorum, config.weak) == (4, 1, 3, 2)
+    assert [config.primary(v) for v in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert config.node(2) == NodeAddress(2, "127.0.0.1", 7102)
+    assert str(config.node(2)) == "127.0.0.1:7102"
+    assert ClusterConfig.local(7).f == 2
+    assert ClusterConfig.local(1).f == 0
+    custom = ClusterConfig.local(4, base_port=9000, clients=0, batch_max_requests=1)
+    assert custom.node(0).port == 9000 and custom.clients == () and custom.batch_max_requests == 1
+    with pytest.raises(ConfigError) as info:
+        config.node(4)
+    assert info.value.field == "nodes"
+
+
+def test_quorums_intersect_in_a_correct_replica():
+    """Any two quorums share f+1 replicas, and n-f replicas (the correct ones) form a quorum."""
+    for n in range(1, 40):
+        for f in range((n - 1) // 3 + 1):
+            config = ClusterConfig.local(n, f=f)
+            assert 2 * config.quorum - n >= f + 1, (n, f)
+            assert config.quorum <= n - f, (n, f)
+            if n == 3 * f + 1:
+                assert config.quorum == 2 * f + 1
+
+
+def test_direct_construction_validates_too():
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.local(4, f=2)
+    assert info.value.field == "cluster.f"
+    with pytest.raises(ConfigError) as info:
+        replace(ClusterConfig.local(4), log_window=100)
+    assert info.value.field == "checkpoints.log_window"
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.local(4, monitor=("127.0.0.1", 7101))  # node 1's address
+    assert info.value.field == "telemetry.monitor"
+
+
+def test_parse_address():
+    assert parse_address("example.org:80") == ("example.org", 80)
+    assert parse_address("[fe80::1]:7000") == ("fe80::1", 7000)
+    for bad in (
+        "example.org",
+        "::1:7000",
+        "[::1]7000",
+        "host:0",
+        "host:65536",
+        "host:x",
+        ":7000",
+        "a..b:7000",
+        "-bad:7000",
+        "1.2.3.999:7000",
+        7000,
+    ):
+        with pytest.raises(ConfigError):
+            parse_address(bad)
+
+
+# --------------------------------------------------------------------------
+# Every error names the file and the field
+# --------------------------------------------------------------------------
+
+
+def edit(old: str, new: str):
+    def apply(text: str) -> str:
+        assert old in text
+        return text.replace(old, new, 1)
+
+    return apply
+
+
+def add(extra: str):
+    return lambda text: text + "\n" + extra + "\n"
+
+
+ERROR_CASES = {
+    # name: (change to BASE, field named in the error)
+    "too few nodes for f": (edit("f = 1", "f = 2"), "cluster.f"),
+    "negative f": (edit("f = 1", "f = -1"), "cluster.f"),
+    "f as string": (edit("f = 1", 'f = "1"'), "cluster.f"),
+    "f missing": (edit("f = 1\n", ""), "cluster.f"),
+    "bad name": (edit('name = "test"', 'name = "my cluster"'), "cluster.name"),
+    "name not a string": (edit('name = "test"', "name = 4"), "cluster.name"),
+    "unknown cluster key": (edit("f = 1", "f = 1\nfaults = 1"), "cluster.faults"),
+    "key_dir not a string": (edit("f = 1", "f = 1\nkey_dir = 3"), "cluster.key_dir"),
+    "duplicate node id": (edit("id = 1\n", "id = 0\n"), "nodes[1].id"),
+    "node id out of range": (edit("id = 3\n", "id = 5\n"), "nodes[3].id"),
+    "negative node id": (edit("id = 3\n", "id = -3\n"), "nodes[3].id"),
+    "node id as string": (edit("id = 3\n", 'id = "3"\n'), "nodes[3].id"),
+    "duplicate address": (edit("127.0.0.1:7001", "127.0.0.1:7000"), "nodes[1].address"),
+    "port zero": (edit("127.0.0.1:7002", "127.0.0.1:0"), "nodes[2].address"),
+    "port too big": (edit("127.0.0.1:7002", "127.0.0.1:70000"), "nodes[2].address"),
+    "no port": (edit("127.0.0.1:7002", "127.0.0.1"), "nodes[2].address"),
+    "bad ipv4": (edit("127.0.0.1:7002", "300.0.0.1:7002"), "nodes[2].address"),
+    "bad host name": (edit("127.0.0.1:7002", "my_host!:7002"), "nodes[2].address"),
+    "ipv6 without brackets": (edit("127.0.0.1:7002", "::1:7002"), "nodes[2].address"),
+    "unspecified address": (edit("127.0.0.1:7002", "0.0.0.0:7002"), "nodes[2].address"),
+    "address not a string": (edit('"127.0.0.1:7002"', "7002"), "nodes[2].address"),
+    "address missing": (edit('address = "127.0.0.1:7002"\n', ""), "nodes[2].address"),
+    "unknown node key": (edit("id = 2\n", "id = 2\nport = 7002\n"), "nodes[2].port"),
+    "bad node key hex": (edit("id = 2\n", 'id = 2\npublic_key = "zz"\n'), "nodes[2].public_key"),
+    "short node key": (edit("id = 2\n", 'id = 2\npublic_key = "abcd"\n'), "nodes[2].public_key"),
+    "node key not a string": (edit("id = 2\n", "id = 2\npublic_key = 5\n"), "nodes[2].public_key"),
+    "no nodes": (lambda text: text.split("[[nodes]]")[0] + "[clients]\ncount = 2\n", "nodes"),
+    "nodes not tables": (
+        lambda text: (
+            'nodes = ["127.0.0.1:7000"]\n' + text.split("[[nodes]]")[0] + "[clients]\ncount = 2\n"
+        ),
+        "nodes[0]",
+    ),
+    "no clients": (edit("[clients]\ncount = 2\n", ""), "clients"),
+    "negative client count": (edit("count = 2", "count = -1"), "clients.count"),
+    "client count as string": (edit("count = 2", 'count = "2"'), "clients.count"),
+    "unknown clients key": (edit("count = 2", "count = 2\nnumber = 3"), "clients.number"),
+    "duplicate client id": (
+        edit("[clients]\ncount = 2\n", "[[clients]]\nid = 1\n[[clients]]\nid = 1\n"),
+        "clients[1].id",
+    ),
+    "client without id": (
+        edit("[clients]\ncount = 2\n", '[[clients]]\npublic_key = "00"\n'),
+        "clients[0].id",
+    ),
+    "unknown section": (add("[timeout]\nclient_s = 1.0"), "timeout"),
+    "section not a table": (lambda text: "timeouts = 3\n" + text, "timeouts"),
+    "unknown timeouts key": (add("[timeouts]\nview_change = 1.0"), "timeouts.view_change"),
+    "timeout as string": (add('[timeouts]\nview_change_s = "fast"'), "timeouts.view_change_s"),
+    "timeout as bool": (add("[timeouts]\nclient_s = true"), "timeouts.client_s"),
+    "negative timeout": (add("[timeouts]\nclient_s = -1.0"), "timeouts.client_s"),
+    "zero min timeout": (add("[timeouts]\nview_change_min_s = 0"), "timeouts.view_change_min_s"),
+    "huge timeout": (add("[timeouts]\nview_change_max_s = 1e9"), "timeouts.view_change_max_s"),
+    "min above base": (add("[timeouts]\nview_change_min_s = 2.0"), "timeouts.view_change_min_s"),
+    "base above max": (add("[timeouts]\nview_change_s = 20.0"), "timeouts.view_change_max_s"),
+    "zero phi": (add("[timeouts]\nphi_threshold = 0"), "timeouts.phi_threshold"),
+    "negative skew": (add("[timeouts]\nmax_clock_skew_s = -0.1"), "timeouts.max_clock_skew_s"),
+    "zero status interval": (add("[network]\nstatus_interval_s = 0"), "network.status_interval_s"),
+    "tiny datagrams": (add("[network]\nmax_datagram_bytes = 100"), "network.max_datagram_bytes"),
+    "huge datagrams": (add("[network]\nmax_datagram_bytes = 70000"), "network.max_datagram_bytes"),
+    "zero checkpoint interval": (add("[checkpoints]\ninterval = 0"), "checkpoints.interval"),
+    "window not a multiple": (
+        add("[checkpoints]\ninterval = 100\nlog_window = 250"),
+        "checkpoints.log_window",
+    ),
+    "window as float": (add("[checkpoints]\nlog_window = 256.0"), "checkpoints.log_window"),
+    "empty batches": (add("[batching]\nmax_requests = 0"), "batching.max_requests"),
+    "negative batch delay": (add("[batching]\ndelay_s = -1"), "batching.delay_s"),
+    "in flight beyond window": (add("[batching]\nmax_in_flight = 1000"), "batching.max_in_flight"),
+    "bad fsync": (add('[storage]\nfsync = "sometimes"'), "storage.fsync"),
+    "fsync as bool": (add("[storage]\nfsync = true"), "storage.fsync"),
+    "unknown limit": (add("[limits]\nmax_size = 10"), "limits.max_size"),
+    "zero limit": (add("[limits]\nmax_op_bytes = 0"), "limits.max_op_bytes"),
+    "limit as string": (add('[limits]\nmax_depth = "16"'), "limits.max_depth"),
+    "bad monitor": (add('[telemetry]\nmonitor = "nowhere"'), "telemetry.monitor"),
+    "monitor on a node": (add('[telemetry]\nmonitor = "127.0.0.1:7003"'), "telemetry.monitor"),
+    "metrics ports overflow": (add("[telemetry]\nmetrics_port = 65534"), "telemetry.metrics_port"),
+    "metrics port as string": (add('[telemetry]\nmetrics_port = "9100"'), "telemetry.metrics_port"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_errors_name_file_and_field(tmp_path, case):
+    change, field = ERROR_CASES[case]
+    path = write(tmp_path, change(BASE))
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.load(path)
+    error = info.value
+    assert error.file == str(path)
+    assert error.field == field
+    assert str(path) in str(error) and field in str(error)
+
+
+def test_typos_get_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.load(write(tmp_path, BASE + "\n[timeout]\nclient_s = 1.0\n"))
+    assert "timeouts" in info.value.fix
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.load(write(tmp_path, BASE + "\n[timeouts]\nclient = 1.0\n"))
+    assert "client_s" in info.value.fix
+
+
+def test_too_few_nodes_says_how_to_fix(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.load(write(tmp_path, BASE.replace("f = 1", "f = 2")))
+    assert "3f+1" in str(info.value)
+    assert "7" in info.value.fix and "1" in info.value.fix
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.load(path)
+    assert info.value.file == str(path)
+    assert "not found" in str(info.value)
+
+
+def test_a_directory_is_not_a_config(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.load(tmp_path)
+    assert info.value.file == str(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"[cluster\nname = 1\n", b"f = = 1\n", b"\xff\xfe[x]\n"])
+def test_invalid_toml(tmp_path, content):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.load(path)
+    assert info.value.file == str(path)
+
+
+def test_from_dict_without_a_file():
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_dict(
+            {"cluster": {"f": 0}, "nodes": [{"id": 0, "address": "h:1"}], "clients": {"count": 1}}
+        )
+    assert info.value.field == "cluster.name" and info.value.file is None
+    config = ClusterConfig.from_dict(
+        {
+            "cluster": {"name": "one", "f": 0},
+            "nodes": [{"id": 0, "address": "h:1"}],
+            "clients": {"count": 1},
+        }
+    )
+    assert config.n == 1 and config.source is None
+
+
+# --------------------------------------------------------------------------
+# Keyrings
+# --------------------------------------------------------------------------
+
+
+def write_keys(directory: Path, keys: Ed25519Keys) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for (kind, id), private in keys.private_keys.items():
+        stem = "admin" if kind == "admin" else f"{kind}-{id}"
+        save_private_key(directory / f"{stem}.key", private)
+        save_public_key(directory / f"{stem}.pub", private)
+
+
+def test_keyring_from_key_files(tmp_path):
+    config = ClusterConfig.local(4, clients=2)
+    keys = Ed25519Keys(4, 2, seed=3)
+    write_keys(tmp_path / "keys", keys)
+    keyring = load_keyring(config, tmp_path / "keys")
+    assert keyring.public_keys == keys.public_keys
+    signed = keyring.signer("replica", 2).sign(
+        m.Prepare(view=0, seq=1, digest=bytes(32), replica=2)
+    )
+    assert keyring.verifier().verify(signed)
+
+
+def test_keyring_missing_key_says_run_keygen(tmp_path):
+    config = ClusterConfig.local(4, clients=2)
+    keys = Ed25519Keys(4, 2, seed=3)
+    write_keys(tmp_path, keys)
+    (tmp_path / "client-1.pub").unlink()
+    with pytest.raises(ConfigError) as info:
+        load_keyring(config, tmp_path)
+    assert info.value.file == str(tmp_path / "client-1.pub")
+    assert "bft keygen" in str(info.value)
+    (tmp_path / "admin.pub").write_text("garbage\n")
+    with pytest.raises(ConfigError):
+        load_keyring(replace(config, clients=(ClientEntry(0),)), tmp_path)
+
+
+def test_keyring_prefers_inline_keys_and_catches_disagreement(tmp_path):
+    keys = Ed25519Keys(4, 1, seed=3)
+    write_keys(tmp_path, keys)
+    other = Ed25519Keys(4, 1, seed=4)
+    base = ClusterConfig.local(4, clients=1)
+    # Inline key and file agree: fine.
+    agreeing = replace(
+        base,
+        nodes=tuple(
+            replace(node, public_key=keys.public_keys[("replica", node.id)]) for node in base.nodes
+        ),
+    )
+    assert load_keyring(agreeing, tmp_path).public_keys == keys.public_keys
+    # Inline only (no file): used.
+    (tmp_path / "replica-0.pub").unlink()
+    assert (
+        load_keyring(agreeing, tmp_path).public_keys[("replica", 0)]
+        == keys.public_keys[("replica", 0)]
+    )
+    # Inline and file disagree: an error naming the config field.
+    disagreeing = replace(
+        base,
+        nodes=(
+            agreeing.nodes[0],
+            replace(base.nodes[1], public_key=other.public_keys[("replica", 1)]),
+            *base.nodes[2:],
+        ),
+    )
+    with pytest.raises(ConfigError) as info:
+        load_keyring(disagreeing, tmp_path)
+    assert info.value.field == "nodes[1].public_key"
+
+
+def test_keyring_private_key_must_match(tmp_path):
+    keys = Ed25519Keys(4, 1, seed=3)
+    write_keys(tmp_path, keys)
+    other = Ed25519Keys(4, 1, seed=4)
+    save_private_key(tmp_path / "replica-1.key", other.private_keys[("replica", 1)], force=True)
+    keyring = load_keyring(ClusterConfig.local(4, clients=1), tmp_path)
+    with pytest.raises(ConfigError) as info:
+        keyring.signer("replica", 1)
+    assert info.value.file == str(tmp_path / "replica-1.key")
+    (tmp_path / "replica-2.key").unlink()
+    with pytest.raises(ConfigError) as info:
+        keyring.private_key("replica", 2)
+    assert "bft keygen" in str(info.value)
