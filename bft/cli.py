@@ -11,12 +11,15 @@ status 2, never a traceback. A bug (anything else) still shows its traceback.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from bft.config import (
     ClusterConfig,
+    default_state_dir,
     format_address,
     identities,
     inline_public_key,
@@ -26,6 +29,7 @@ from bft.config import (
 )
 from bft.crypto import generate_private_key, public_key_bytes, save_private_key, save_public_key
 from bft.errors import ConfigError
+from transport.udp import TransportError
 
 __all__ = ["EXPECTED_ERRORS", "CliError", "build_parser", "main"]
 
@@ -35,7 +39,8 @@ class CliError(Exception):
 
 
 #: Errors printed as `bft: error: ...` with exit status 2.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CliError, ConfigError, OSError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CliError, ConfigError, OSError,
+                                                     TransportError)
 
 EXIT_USAGE = 2
 
@@ -176,6 +181,384 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# State directory and keys (shared by node, up, client)
+# --------------------------------------------------------------------------
+
+
+def _state_dir(config: ClusterConfig, state_dir: Path | None) -> Path:
+    return Path(state_dir) if state_dir is not None else default_state_dir(config)
+
+
+def _key_dir(config: ClusterConfig, state_dir: Path | None, key_dir: Path | None = None) -> Path:
+    if key_dir is not None:
+        return Path(key_dir)
+    if config.key_dir is not None:
+        return config.key_dir
+    return _state_dir(config, state_dir) / "keys"
+
+
+def _ensure_local_keys(config: ClusterConfig, key_dir: Path) -> bool:
+    """Generate every missing key pair of a local cluster (first start). True if any was made."""
+    made = False
+    for kind, id in identities(config):
+        if inline_public_key(config, (kind, id)) is not None:
+            continue
+        stem = key_file_stem(kind, id)
+        if (key_dir / f"{stem}.key").exists() or (key_dir / f"{stem}.pub").exists():
+            continue
+        key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = generate_private_key()
+        save_private_key(key_dir / f"{stem}.key", key)
+        save_public_key(key_dir / f"{stem}.pub", key)
+        made = True
+    return made
+
+
+def _load_config(path: Path) -> ClusterConfig:
+    if not Path(path).exists():
+        raise CliError(f"config file not found: {path}")
+    return ClusterConfig.load(path)
+
+
+# --------------------------------------------------------------------------
+# bft node
+# --------------------------------------------------------------------------
+
+
+def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "node", help="run one replica of a cluster (the multi-host way)",
+        description="Run one replica of the cluster described by CONFIG. Its write-ahead log "
+        "and JSON-lines log live in the state directory; keys are read from the key "
+        "directory (run `bft keygen CONFIG` first). Stops cleanly on SIGINT/SIGTERM.")
+    parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
+    parser.add_argument("--id", type=int, required=True, help="this node's id in the config")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="state directory (default: state/<cluster name>)")
+    parser.add_argument("--key-dir", type=Path, default=None,
+                        help="key directory (default: the config's key_dir, else STATE_DIR/keys)")
+    parser.add_argument("--fsync", choices=["always", "never"], default=None,
+                        help="WAL fsync policy (default: the config's, normally always)")
+    parser.add_argument("--events", action="store_true",
+                        help="also print one line per event on stdout")
+    parser.set_defaults(handler=cmd_node)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    import trio
+
+    from bft.node import Node, serve_until_signal
+
+    config = _load_config(args.config)
+    config.node(args.id)  # a clear error for an id not in the config
+    state_dir = _state_dir(config, args.state_dir)
+    keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
+    node = Node(config, args.id, signer=keyring.signer("replica", args.id),
+                verifier=keyring.verifier(), state_dir=state_dir, fsync=args.fsync,
+                log_echo=False, on_effect=_event_printer(args.id) if args.events else None)
+    node.open()  # bind and recover before announcing: errors surface here
+    (state_dir / f"node-{args.id}.pid").write_text(f"{os.getpid()}\n")
+    me = config.node(args.id)
+    print(f"node {args.id} listening on {me} (view {node.replica.view}, "
+          f"executed {node.replica.last_executed})", flush=True)
+    trio.run(serve_until_signal, node)
+    return 0
+
+
+def _event_printer(node_id: int):  # type: ignore[no-untyped-def]
+    from bft.effects import Event, Evidence, Executed
+
+    last = {"t": 0.0, "n": 0}
+
+    def show(e: object) -> None:
+        import time as _time
+
+        if isinstance(e, Executed):
+            last["n"] += len(e.batch.requests)
+            now = _time.monotonic()
+            if now - last["t"] >= 1.0:
+                print(f"commit seq={e.seq} view={e.view} requests={last['n']}", flush=True)
+                last["t"], last["n"] = now, 0
+        elif isinstance(e, Event):
+            fields = " ".join(f"{k}={v}" for k, v in e.fields.items())
+            print(f"{e.kind} {fields}", flush=True)
+        elif isinstance(e, Evidence):
+            print(f"evidence culprit={e.culprit} kind={e.kind}", flush=True)
+
+    return show
+
+
+# --------------------------------------------------------------------------
+# bft client
+# --------------------------------------------------------------------------
+
+
+def _add_client_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "client", help="run one operation against a running cluster",
+        description="Send one operation to the cluster and print the agreed result (f+1 "
+        "matching replies). Exits 1 when no agreed result arrives within --timeout.",
+        epilog="operations: put KEY VALUE [--fence NAME:TOKEN] | get KEY | delete KEY "
+        "[--fence NAME:TOKEN] | cas KEY OLD NEW (OLD '-' for absent) | lock NAME --ttl S | "
+        "unlock NAME TOKEN")
+    parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
+    parser.add_argument("--id", type=int, default=0, help="client id (default 0)")
+    parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--key-dir", type=Path, default=None)
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    parser.add_argument("--ttl", type=float, default=None, help="lease in seconds (lock)")
+    parser.add_argument("--fence", default=None, metavar="NAME:TOKEN",
+                        help="fencing token for put/delete/cas")
+    parser.add_argument("op", choices=["put", "get", "delete", "cas", "lock", "unlock"])
+    parser.add_argument("args", nargs="*", help="the operation's arguments")
+    parser.set_defaults(handler=cmd_client)
+
+
+def _parse_client_op(args: argparse.Namespace) -> bytes:
+    from bft.app import Ops
+
+    a = args.args
+    want = {"put": 2, "get": 1, "delete": 1, "cas": 3, "lock": 1, "unlock": 2}[args.op]
+    if len(a) != want:
+        raise CliError(f"'{args.op}' takes {want} argument(s), got {len(a)}")
+    fence = None
+    if args.fence is not None:
+        name, _, token = args.fence.rpartition(":")
+        if not name or not token.isdigit():
+            raise CliError(f"--fence must be NAME:TOKEN, got {args.fence!r}")
+        fence = (name, int(token))
+    if args.op == "put":
+        return Ops.put(a[0], a[1].encode(), fence=fence)
+    if args.op == "get":
+        return Ops.get(a[0])
+    if args.op == "delete":
+        return Ops.delete(a[0], fence=fence)
+    if args.op == "cas":
+        old = None if a[1] == "-" else a[1].encode()
+        return Ops.cas(a[0], old, a[2].encode(), fence=fence)
+    if args.op == "lock":
+        if args.ttl is None or args.ttl <= 0:
+            raise CliError("lock needs --ttl SECONDS (> 0)")
+        return Ops.lock(a[0], int(args.ttl * 1000))
+    if not a[1].isdigit():
+        raise CliError(f"unlock TOKEN must be a number, got {a[1]!r}")
+    return Ops.unlock(a[0], int(a[1]))
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    import trio
+
+    from bft.app import decode_result
+    from bft.node import ClientError, ClusterClient, next_client_timestamp
+
+    config = _load_config(args.config)
+    op = _parse_client_op(args)
+    if args.id not in {c.id for c in config.clients}:
+        raise CliError(f"client id {args.id} is not in {args.config} "
+                       f"(clients: {', '.join(str(c.id) for c in config.clients)})")
+    state_dir = _state_dir(config, args.state_dir)
+    keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
+
+    async def go() -> bytes:
+        client = ClusterClient(config, args.id, signer=keyring.signer("client", args.id),
+                               verifier=keyring.verifier(),
+                               first_timestamp=next_client_timestamp(state_dir, args.id))
+        try:
+            return await client.call(op, timeout_s=args.timeout)
+        finally:
+            client.close()
+
+    try:
+        result = trio.run(go)
+    except ClientError as exc:
+        print(f"bft: error: {exc}", file=sys.stderr)
+        return 1
+    print(decode_result(result))
+    return 0
+
+
+# --------------------------------------------------------------------------
+# bft up: a local cluster, one process per node
+# --------------------------------------------------------------------------
+
+
+def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "up", help="start every node of a config as local processes",
+        description="Start every node of CONFIG as its own process on this machine (keys are "
+        "generated into the state directory on first start), optionally drive a "
+        "client load, and print events as lines. Stops every node on exit, Ctrl-C, "
+        "SIGTERM or after --duration. Each node's pid is written to "
+        "STATE_DIR/node-N.pid.")
+    parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="state directory (default: state/<cluster name>)")
+    parser.add_argument("--no-tui", action="store_true", help="print events as lines")
+    parser.add_argument("--load", type=float, default=0.0, metavar="OPS_PER_S",
+                        help="background client load in operations per second (0: none)")
+    parser.add_argument("--duration", type=float, default=None, metavar="S",
+                        help="stop after this many seconds")
+    parser.add_argument("--fsync", choices=["always", "never"], default=None)
+    parser.set_defaults(handler=cmd_up)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import trio
+
+    config = _load_config(args.config)
+    state_dir = _state_dir(config, args.state_dir)
+    key_dir = _key_dir(config, args.state_dir)
+    if _ensure_local_keys(config, key_dir):
+        print(f"generated keys in {key_dir}", flush=True)
+    load_keyring(config, key_dir)  # clear error now rather than in every child
+    return trio.run(run_cluster, args.config, config, state_dir, key_dir, args.load,
+                    args.duration, args.fsync)
+
+
+async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path, key_dir: Path,
+                      load_ops_per_s: float = 0.0, duration_s: float | None = None,
+                      fsync: str | None = None, out=None) -> int:  # type: ignore[no-untyped-def]
+    """Run every node of `config` as a child process until a signal or `duration_s`.
+
+    Children are started with `python -m bft node ... --events`; their output is printed
+    with a `[node N]` prefix. On exit every child gets SIGTERM, then SIGKILL after 5 s.
+    Returns 0, or 1 if a node failed to start."""
+    import signal
+
+    import trio
+
+    out = out or sys.stdout
+    state_dir.mkdir(parents=True, exist_ok=True)
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        return await _supervise(config_path, config, state_dir, key_dir, load_ops_per_s,
+                                duration_s, fsync, signals, say)
+
+
+async def _supervise(config_path, config, state_dir, key_dir, load_ops_per_s, duration_s,  # type: ignore[no-untyped-def]
+                     fsync, signals, say) -> int:
+    import subprocess
+    from functools import partial
+
+    import trio
+
+    failed: list[str] = []
+
+    async def pump(node_id: int, proc: trio.Process, ready: trio.Event) -> None:
+        buf = b""
+        assert proc.stdout is not None
+        async for chunk in proc.stdout:
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if "listening on" in text:
+                    ready.set()
+                say(f"[node {node_id}] {text}")
+        code = await proc.wait()
+        if not ready.is_set():
+            failed.append(f"node {node_id} exited with status {code} before it started")
+            ready.set()
+        else:
+            say(f"[node {node_id}] exited with status {code}")
+
+    async with trio.open_nursery() as nursery:
+        readies = []
+        for node in config.nodes:
+            cmd = [sys.executable, "-m", "bft", "node", str(config_path), "--id", str(node.id),
+                   "--state-dir", str(state_dir), "--key-dir", str(key_dir), "--events"]
+            if fsync:
+                cmd += ["--fsync", fsync]
+            proc = await nursery.start(partial(
+                trio.run_process, cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, check=False, start_new_session=True))
+            (state_dir / f"node-{node.id}.pid").write_text(f"{proc.pid}\n")
+            ready = trio.Event()
+            readies.append(ready)
+            nursery.start_soon(pump, node.id, proc, ready)
+        say(f"started {config.n} nodes of {config.name} (f={config.f}); state in {state_dir}; "
+            "Ctrl-C stops the cluster")
+        with trio.move_on_after(15):
+            for r in readies:
+                await r.wait()
+        if failed:
+            for f in failed:
+                say(f"bft: error: {f}")
+            nursery.cancel_scope.cancel()
+            return 1
+        if load_ops_per_s > 0:
+            nursery.start_soon(_drive_load, config, state_dir, key_dir, load_ops_per_s, say)
+        with trio.move_on_after(duration_s if duration_s is not None else math.inf) as timer:
+            async for _ in signals:
+                say("stopping the cluster")
+                break
+        if timer.cancelled_caught:
+            say(f"duration of {duration_s:g} s reached: stopping the cluster")
+        nursery.cancel_scope.cancel()
+    return 0
+
+
+async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops_per_s: float,
+                      say) -> None:  # type: ignore[no-untyped-def]
+    """Closed-loop clients paced to `ops_per_s` in total; prints throughput once a second."""
+    import random
+
+    import trio
+
+    from bft.app import Ops
+    from bft.node import ClientError, ClusterClient, next_client_timestamp
+
+    keyring = load_keyring(config, key_dir)
+    clients = [c.id for c in config.clients][: max(1, min(len(config.clients), int(ops_per_s // 50) + 1))]
+    done: list[float] = []
+    errors = [0]
+    rng = random.Random(0)
+
+    async def one(cid: int) -> None:
+        client = ClusterClient(config, cid, signer=keyring.signer("client", cid),
+                               verifier=keyring.verifier(),
+                               first_timestamp=next_client_timestamp(state_dir, cid))
+        interval = len(clients) / ops_per_s
+        next_at = trio.current_time()
+        try:
+            while True:
+                key = f"k{rng.randrange(1000)}"
+                t0 = trio.current_time()
+                try:
+                    await client.call(Ops.put(key, b"%d" % rng.randrange(10**6)), timeout_s=5)
+                    done.append(trio.current_time() - t0)
+                except ClientError:
+                    errors[0] += 1
+                next_at = max(next_at + interval, trio.current_time())
+                await trio.sleep_until(next_at)
+        finally:
+            client.close()
+
+    async def report() -> None:
+        total = 0
+        while True:
+            await trio.sleep(1.0)
+            batch, done[:] = list(done), []
+            total += len(batch)
+            if batch:
+                batch.sort()
+                p50 = batch[len(batch) // 2] * 1000
+                p99 = batch[min(len(batch) - 1, int(len(batch) * 0.99))] * 1000
+                say(f"[load] {len(batch)} ops/s  p50 {p50:.1f} ms  p99 {p99:.1f} ms  "
+                    f"total {total}  errors {errors[0]}")
+            else:
+                say(f"[load] 0 ops/s  total {total}  errors {errors[0]}")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report)
+        for cid in clients:
+            nursery.start_soon(one, cid)
+
+
+# --------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------
 
@@ -187,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A Byzantine-tolerant agreement network over UDP (PBFT).",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_up_parser(subparsers)
+    _add_node_parser(subparsers)
+    _add_client_parser(subparsers)
     _add_keygen_parser(subparsers)
     _add_config_parser(subparsers)
     return parser

@@ -1,0 +1,436 @@
+"""The Trio runtime: where the pure Replica and Client meet sockets, clocks and disks.
+
+`Node` runs one replica: a UDP endpoint (transport/), the write-ahead log
+(bft/storage.py), the monotonic clock for timers and an interval clock for
+agreed time. One task drives everything (no interleaving of replica steps):
+
+    wait for datagrams or the next timer
+    -> decode (bad bytes are counted and dropped) -> replica.receive / tick
+    -> carry out the effects of the whole drained batch in order:
+       persist (one fsync per batch), then send, then reply.
+
+Persisting every record before any message of the same batch leaves the
+process is the write-ahead rule (PROTOCOL.md "Crash recovery").
+
+`ClusterClient` is the network side of the pure `bft.client.Client`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from bft import codec
+from bft.app import KVStore
+from bft.client import Client, ClientTimer, Completed, Failed, SendAll, SendTo
+from bft.clock import Interval
+from bft.config import ClusterConfig
+from bft.effects import (
+    Broadcast,
+    Event,
+    Evidence,
+    Executed,
+    Persist,
+    Reply,
+    SaveSnapshot,
+    Send,
+    SetTimer,
+)
+from bft.errors import MalformedMessage
+from bft.messages import Request, Signed
+from bft.replica import Replica
+from bft.storage import WalStorage
+from transport.udp import UdpEndpoint
+
+CLIENT_SENDER_BASE = 1 << 31  # frame sender ids of clients (replicas use 0..n-1)
+DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
+
+
+# ---------------------------------------------------------------------- clocks
+
+
+def read_interval_clock(uncertainty_us: int = DEFAULT_CLOCK_UNCERTAINTY_US,
+                        offset_s: float = 0.0) -> Interval:
+    """The time-of-day as an interval [earliest, latest] (a confidence interval, as
+    TrueTime): used only for agreed batch time, never to measure durations."""
+    now_us = time.time_ns() // 1000 + int(offset_s * 1e6)
+    return Interval(now_us - uncertainty_us, now_us + uncertainty_us)
+
+
+# ---------------------------------------------------------------------- logging
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg and any `extra={"fields": {...}}`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, sort_keys=True)
+
+
+def json_logger(name: str, path: Path | None, *, echo: bool = False) -> logging.Logger:
+    """A logger writing JSON lines to `path` (and plain lines to stderr if `echo`)."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(JsonFormatter())
+        logger.addHandler(handler)
+    if echo:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(name)s %(message)s"))
+        logger.addHandler(h)
+    return logger
+
+
+# ---------------------------------------------------------------------- node
+
+
+@dataclass
+class NodeStats:
+    received: int = 0
+    sent: int = 0
+    steps: int = 0
+    batches: int = 0
+    commits: int = 0
+    executed_requests: int = 0
+    view_changes: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+    commit_latency_s: list[float] = field(default_factory=list)
+
+
+class Node:
+    """One replica process: `await node.run()` until cancelled (SIGINT/SIGTERM)."""
+
+    def __init__(self, config: ClusterConfig, node_id: int, *, signer: Any, verifier: Any,
+                 state_dir: Path, app: Any = None, fsync: str | None = None,
+                 clock: Callable[[], Interval] | None = None,
+                 on_effect: Callable[[Any], None] | None = None,
+                 log_echo: bool = False) -> None:
+        self.config = config
+        self.id = node_id
+        self.signer = signer
+        self.verifier = verifier
+        self.state_dir = Path(state_dir)
+        self.app = app if app is not None else KVStore()
+        self.fsync = fsync or config.fsync
+        self.clock = clock or read_interval_clock
+        self.on_effect = on_effect
+        self.log = json_logger(f"bft.node.{node_id}",
+                               self.state_dir / f"node-{node_id}.log.jsonl", echo=log_echo)
+        self.stats = NodeStats()
+        self.client_addrs: dict[int, Any] = {}
+        self.replica: Replica | None = None
+        self.endpoint: UdpEndpoint | None = None
+        self.storage: WalStorage | None = None
+        self._deadline = math.inf
+        self._encoded: dict[int, bytes] = {}
+        self.started = trio.Event()
+
+    # -- lifecycle
+
+    def open(self) -> None:
+        """Bind the socket, open the WAL, recover the replica (raises clear errors)."""
+        me = self.config.node(self.id)
+        peers = {n.id: n.address for n in self.config.nodes if n.id != self.id}
+        self.endpoint = UdpEndpoint(self.id, me.host, me.port, peers=peers,
+                                    max_datagram_bytes=self.config.max_datagram_bytes,
+                                    max_message_bytes=self.config.limits.max_message_bytes)
+        self.storage = WalStorage(self.state_dir / f"wal-{self.id}", fsync=self.fsync)  # type: ignore[arg-type]
+        if self.storage.recovered:
+            self.log.warning("wal repaired on open", extra={"fields": {
+                "event": "wal_repaired", **dict(self.storage.recovered)}})
+        snapshot = self.storage.load_snapshot()
+        records = self.storage.records()
+        recovered = (snapshot, records) if (snapshot is not None or records) else None
+        self.replica = Replica(self.config, self.id, signer=self.signer, verifier=self.verifier,
+                               app=self.app, recovered=recovered)
+        self.log.info("node started", extra={"fields": {
+            "event": "start", "id": self.id, "address": f"{me.host}:{me.port}",
+            "recovered_records": len(records), "snapshot_seq": snapshot[0] if snapshot else None,
+            "view": self.replica.view, "last_executed": self.replica.last_executed}})
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+        if self.storage is not None:
+            self.storage.close()
+        self.log.info("node stopped", extra={"fields": {"event": "stop", **self.summary()}})
+        for h in list(self.log.handlers):
+            h.flush()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled. Opens (if not yet) and closes the node."""
+        if self.replica is None:
+            self.open()
+        assert self.replica is not None and self.endpoint is not None
+        try:
+            await self._carry_out(self.replica.start(trio.current_time(), self.clock()))
+            self.started.set()
+            task_status.started()
+            await self._loop()
+        finally:
+            self.close()
+
+    async def _loop(self) -> None:
+        replica, endpoint = self.replica, self.endpoint
+        assert replica is not None and endpoint is not None
+        limits = self.config.limits
+        while True:
+            batch = []
+            with trio.move_on_at(self._deadline):
+                batch = await endpoint.receive_batch()
+            effects: list[Any] = []
+            now = trio.current_time()
+            wall = self.clock()
+            for rec in batch:
+                self.stats.received += 1
+                try:
+                    msg = codec.decode_untrusted(rec.payload, limits)
+                except MalformedMessage:
+                    self.stats.drops["malformed"] += 1
+                    continue
+                if isinstance(msg, Signed) and isinstance(msg.statement, Request):
+                    if self.verifier.verify(msg):
+                        self.client_addrs[msg.statement.client] = rec.addr
+                self.stats.steps += 1
+                effects.extend(replica.receive(msg, now, wall))
+            if now >= self._deadline:
+                self._deadline = math.inf
+                effects.extend(replica.tick(now, wall))
+            if effects:
+                await self._carry_out(effects)
+
+    # -- effects
+
+    def _encode(self, message: Any) -> bytes:
+        key = id(message)
+        data = self._encoded.get(key)
+        if data is None:
+            data = self._encoded[key] = codec.encode(message)
+        return data
+
+    async def _carry_out(self, effects: list[Any]) -> None:
+        """Persist (then one sync), then send and reply, in order."""
+        storage, endpoint = self.storage, self.endpoint
+        assert storage is not None and endpoint is not None
+        outgoing: list[Any] = []
+        carry: list[bytes] | None = None
+        snap: SaveSnapshot | None = None
+        for e in effects:
+            if isinstance(e, Persist):
+                if carry is not None:
+                    carry.append(e.record)
+                else:
+                    storage.append(e.record)
+                continue
+            if carry is not None and snap is not None:
+                storage.write_snapshot(snap.seq, snap.data, carry_over=carry)
+                carry = snap = None
+            if isinstance(e, SaveSnapshot):
+                snap, carry = e, []
+            elif isinstance(e, (Send, Broadcast, Reply)):
+                outgoing.append(e)
+            elif isinstance(e, SetTimer):
+                self._deadline = e.at
+            else:
+                self._observe(e)
+        if carry is not None and snap is not None:
+            storage.write_snapshot(snap.seq, snap.data, carry_over=carry)
+        storage.sync()
+        self._encoded.clear()
+        for e in outgoing:
+            if isinstance(e, Send):
+                await endpoint.send(e.to, self._encode(e.message))
+                self.stats.sent += 1
+            elif isinstance(e, Broadcast):
+                data = self._encode(e.message)
+                for peer in self.config.nodes:
+                    if peer.id != self.id:
+                        await endpoint.send(peer.id, data)
+                        self.stats.sent += 1
+            else:
+                addr = self.client_addrs.get(e.client)
+                if addr is not None:
+                    await endpoint.send_to(addr, self._encode(e.reply))
+                else:
+                    self.stats.drops["reply_no_address"] += 1
+        self._encoded.clear()
+
+    def _observe(self, e: Any) -> None:
+        if self.on_effect is not None:
+            self.on_effect(e)
+        if isinstance(e, Executed):
+            self.stats.commits += 1
+            self.stats.executed_requests += len(e.batch.requests)
+            if e.seq % 100 == 0 or len(e.batch.requests) == 0:
+                self.log.info("executed", extra={"fields": {
+                    "event": "executed", "seq": e.seq, "view": e.view,
+                    "requests": len(e.batch.requests)}})
+        elif isinstance(e, Event):
+            if e.kind == "view_change_start":
+                self.stats.view_changes += 1
+            self.log.info(e.kind, extra={"fields": {"event": e.kind, **e.fields}})
+        elif isinstance(e, Evidence):
+            self.log.warning("evidence", extra={"fields": {
+                "event": "evidence", "culprit": e.culprit, "kind": e.kind}})
+
+    # -- observability
+
+    def summary(self) -> dict[str, Any]:
+        r = self.replica
+        out: dict[str, Any] = {
+            "received": self.stats.received, "sent": self.stats.sent,
+            "commits": self.stats.commits, "executed_requests": self.stats.executed_requests,
+            "drops": dict(self.stats.drops),
+        }
+        if r is not None:
+            out.update(view=r.view, last_executed=r.last_executed, stable_seq=r.stable_seq,
+                       replica_drops=dict(r.drops))
+        if self.endpoint is not None and not self.endpoint.closed:
+            out["transport"] = self.endpoint.statistics()
+        return out
+
+    def state_digest(self) -> bytes:
+        assert self.replica is not None
+        return self.replica.app.digest()
+
+
+async def serve_until_signal(node: Node) -> None:
+    """Run `node` until SIGINT or SIGTERM, then shut down cleanly."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.run)
+            async for sig in signals:
+                node.log.info("signal", extra={"fields": {"event": "signal", "signal": int(sig)}})
+                nursery.cancel_scope.cancel()
+                break
+
+
+# ---------------------------------------------------------------------- client
+
+
+class ClientError(Exception):
+    """A client operation did not complete (timeout, no f+1 matching replies)."""
+
+
+class ClusterClient:
+    """Async client of a cluster: `await client.call(op)` returns the agreed result."""
+
+    def __init__(self, config: ClusterConfig, client_id: int, *, signer: Any, verifier: Any,
+                 host: str | None = None, first_timestamp: int | None = None) -> None:
+        self.config = config
+        self.id = client_id
+        bind_host = host or config.nodes[0].host
+        peers = {n.id: n.address for n in config.nodes}
+        self.endpoint = UdpEndpoint(CLIENT_SENDER_BASE + client_id, bind_host, 0, peers=peers,
+                                    max_datagram_bytes=config.max_datagram_bytes,
+                                    max_message_bytes=config.limits.max_message_bytes)
+        if first_timestamp is None:
+            # a logical clock seeded from the time of day so a restarted client moves on
+            first_timestamp = time.time_ns() // 1000
+        self.client = Client(config, client_id, signer, verifier, first_timestamp=first_timestamp)
+        self._timer = math.inf
+
+    def close(self) -> None:
+        self.endpoint.close()
+
+    async def __aenter__(self) -> ClusterClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    async def _do(self, effects: list[Any]) -> Completed | Failed | None:
+        done = None
+        for e in effects:
+            if isinstance(e, SendTo):
+                await self.endpoint.send(e.replica, codec.encode(e.request))
+            elif isinstance(e, SendAll):
+                data = codec.encode(e.request)
+                for n in self.config.nodes:
+                    await self.endpoint.send(n.id, data)
+            elif isinstance(e, ClientTimer):
+                self._timer = e.at
+            elif isinstance(e, (Completed, Failed)):
+                done = e
+        return done
+
+    async def call(self, op: bytes, timeout_s: float = 10.0) -> bytes:
+        """Submit `op`, wait for f+1 matching replies; ClientError after `timeout_s`."""
+        deadline = trio.current_time() + timeout_s
+        done = await self._do(self.client.submit(op, trio.current_time(), deadline=deadline))
+        while done is None:
+            with trio.move_on_at(min(self._timer, deadline + 0.001)):
+                for rec in await self.endpoint.receive_batch():
+                    try:
+                        msg = codec.decode_untrusted(rec.payload, self.config.limits)
+                    except MalformedMessage:
+                        continue
+                    if isinstance(msg, Signed):
+                        done = await self._do(self.client.receive(msg, trio.current_time())) or done
+                        if done is not None:
+                            break
+            now = trio.current_time()
+            if done is None and now >= self._timer:
+                self._timer = math.inf
+                done = await self._do(self.client.tick(now))
+            if done is None and now > deadline + 0.5:
+                raise ClientError(f"no f+1 matching replies within {timeout_s} s")
+        if isinstance(done, Failed):
+            raise ClientError(
+                f"no f+1 = {self.config.f + 1} matching replies within {timeout_s} s ({done.reason})")
+        return done.result
+
+
+def default_client_timestamp_file(state_dir: Path, client_id: int) -> Path:
+    return state_dir / f"client-{client_id}.last"
+
+
+def next_client_timestamp(state_dir: Path | None, client_id: int) -> int:
+    """A request-number start above any this client used before (kept in the state dir).
+
+    The time of day may step back (NTP); the stored number makes sure a restarted client
+    never reuses a request number its replicas already executed."""
+    now_us = time.time_ns() // 1000
+    if state_dir is None:
+        return now_us
+    path = default_client_timestamp_file(state_dir, client_id)
+    try:
+        last = int(path.read_text().strip())
+    except (OSError, ValueError):
+        last = 0
+    start = max(now_us, last + 1)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(start + 1_000_000))  # reserve a million request numbers
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return start
