@@ -311,7 +311,7 @@ class Node:
         }
         if r is not None:
             out.update(view=r.view, last_executed=r.last_executed, stable_seq=r.stable_seq,
-                       replica_drops=dict(r.drops))
+                       state_digest=r.app.digest().hex(), replica_drops=dict(r.drops))
         if self.endpoint is not None and not self.endpoint.closed:
             out["transport"] = self.endpoint.statistics()
         return out
