@@ -559,6 +559,29 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
 
 
 # --------------------------------------------------------------------------
+# bft sim
+# --------------------------------------------------------------------------
+
+
+def _add_sim_parser(subparsers: argparse._SubParsersAction) -> None:
+    from adversary.simcli import add_sim_arguments
+
+    parser = subparsers.add_parser(
+        "sim", help="run the deterministic simulator (same seed, same run)",
+        description="Run n pure replicas and clients in the deterministic simulator over a "
+        "simulated network with faults; check safety and liveness after every step. "
+        "Exits 0 when every check holds, 1 when any fails.")
+    add_sim_arguments(parser)
+    parser.set_defaults(handler=cmd_sim)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from adversary.simcli import run_sim_command
+
+    return run_sim_command(args)
+
+
+# --------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------
 
@@ -573,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up_parser(subparsers)
     _add_node_parser(subparsers)
     _add_client_parser(subparsers)
+    _add_sim_parser(subparsers)
     _add_keygen_parser(subparsers)
     _add_config_parser(subparsers)
     return parser

@@ -147,6 +147,7 @@ class Replica:
         self.transfer_target: tuple[int, bytes, tuple[Signed, ...]] | None = None
         self.last_timer: float | None = None
         self.evidence_seen: set[tuple] = set()
+        self.diverged: set[int] = set()  # checkpoint seqs where our digest differed from the proof
         self.drops: collections.Counter[str] = collections.Counter()
         self.counters: collections.Counter[str] = collections.Counter()
         self._out: list[Effect] = []
@@ -250,7 +251,9 @@ class Replica:
         return self.log.low
 
     def _vc_timeout(self) -> float:
-        base = self.timeout.timeout_s(self.primary())
+        # loss recovery (status every status_interval_s) gets a few rounds before the primary
+        # is suspected, whatever the detector says
+        base = max(self.timeout.timeout_s(self.primary()), 3 * self.config.status_interval_s)
         return min(base * (2 ** min(self.failed_views, 16)), MAX_TIMEOUT_S)
 
     @property
@@ -315,8 +318,10 @@ class Replica:
                 self._drop("old_request")
             return
         if key in self.assigned or key in self.pending:
-            if not self.is_primary and key not in self.assigned:
-                self._out.append(Send(self.primary(), signed))
+            if not self.is_primary and not self.in_view_change:
+                if key not in self.assigned:
+                    self._out.append(Send(self.primary(), signed))
+                self._arm_progress()  # the client is still waiting: it must execute in time
             self._drop("duplicate_request")
             return
         if len(self.pending) >= MAX_PENDING_REQUESTS:
@@ -711,13 +716,17 @@ class Replica:
         if len(matching) >= self.quorum and cp.seq > self.log.low:
             self._on_stable_proof(cp.seq, cp.state_digest, tuple(matching))
 
+    def _diverged_at(self, seq: int) -> bool:
+        return seq in self.diverged
+
     def _on_stable_proof(self, seq: int, digest: bytes, proof: tuple[Signed, ...]) -> None:
         """2f+1 matching CHECKPOINTs make seq stable; a replica behind or diverged fetches state."""
         own = self.own_snapshots.get(seq)
         if own is not None and own[0] == digest:
             self._make_stable(seq, digest, proof, own[1])
             return
-        if own is not None or self.last_executed >= seq:
+        if own is not None:
+            self.diverged.add(seq)
             self._event("diverged", seq=seq)  # our state differs from the proven one
         self.transfer_target = (seq, digest, proof)
         if self.last_executed >= seq or not self._can_catch_up(seq):
@@ -743,6 +752,9 @@ class Replica:
         self.batches = {d: b for d, b in self.batches.items() if d in live or d == NULL_DIGEST}
         if self.transfer_target and self.transfer_target[0] <= seq:
             self.transfer_target = None
+        if self.transfer is not None and self.transfer.seq <= seq:
+            self.transfer = None
+        self.diverged = {d for d in self.diverged if d > seq}
         self._event("checkpoint_stable", seq=seq, digest=digest.hex()[:16])
         # compact the WAL: snapshot, then re-persist what must survive it
         self._out.append(SaveSnapshot(seq, cbor2.dumps(
@@ -837,6 +849,10 @@ class Replica:
         self._install_state(t.seq, t.digest, t.proof, data)
 
     def _install_state(self, seq: int, digest: bytes, proof: tuple[Signed, ...], data: bytes) -> None:
+        if seq <= self.last_executed and not self._diverged_at(seq):
+            self.transfer = None  # we caught up through the log meanwhile: never roll back
+            self._drop("stale_state_transfer")
+            return
         self._restore(data)
         behind = seq - self.last_executed
         self.last_executed = seq
@@ -971,8 +987,12 @@ class Replica:
                 self._make_stable(cp.stable_seq, cp.state_digest, cp.checkpoint_proof, own[1])
             elif self.last_executed >= cp.stable_seq or not self._can_catch_up(cp.stable_seq):
                 self._start_transfer()
+        # requests of batches that the new view does not re-propose go back to pending
+        orphans = [s for slot in self.log.slots.values() if slot.batch is not None
+                   and slot.decided is None for s in slot.batch.requests]
         for slot in self.log.slots.values():
             slot.reset_view(self.view)
+        self.assigned = {}
         self.needed_batches = {}
         for pp_signed in nv.pre_prepares:
             pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
@@ -993,6 +1013,16 @@ class Replica:
                 for r in targets or [x for x in range(self.n) if x != self.id]:
                     self._out.append(Send(r, fetch))
             self._accept_pre_prepare(slot, pp_signed, batch, fresh=False)
+        for slot in self.log.slots.values():
+            if slot.decided is not None and slot.batch is not None:
+                for r in slot.batch.requests:
+                    self.assigned.setdefault((r.statement.client, r.statement.timestamp), slot.seq)  # type: ignore[union-attr]
+        for signed in orphans:
+            r = signed.statement
+            key = (r.client, r.timestamp)  # type: ignore[union-attr]
+            last = self.client_table.get(key[0])
+            if key not in self.assigned and (last is None or last[0] < key[1]):
+                self.pending.setdefault(key, signed)
         self.next_seq = max(plan.max_s, self.last_executed, self.log.low) + 1
         # requests not in the log get a fresh chance with the new primary
         self.progress_deadline = None

@@ -1,0 +1,852 @@
+"""The deterministic simulator: pure replicas and clients over a simulated network.
+
+One process, one thread, no trio: a heap of `(virtual_time, counter, event)`,
+one `random.Random(seed)` for every decision the network and the workload
+make, the pure `Replica`s (bft/replica.py) and `Client`s (bft/client.py), and
+the checkers (adversary/checkers.py), fed after every step. The same
+`SimConfig` gives the same run, bit for bit: same events, same messages, same
+`SimResult` apart from `wall_seconds` (which is only measured, never used).
+Nothing here iterates over a set or a dict whose order depends on hashing,
+and nothing reads the wall clock to decide anything.
+
+What is simulated:
+
+* Network: every message between two endpoints (replica or client) is
+  encoded with `bft.codec.encode` and decoded on delivery with
+  `decode_untrusted` (skip with `codec=False` for speed). Each transmission is
+  dropped with probability `drop`, duplicated with `duplicate`, delayed by a
+  uniform draw from the link's `delay_ms` range (per-link overrides in
+  `link_delay_ms`), and with probability `reorder` delayed by up to
+  `reorder_ms` more (so it overtakes or is overtaken). A `Partition` cuts
+  replica-to-replica links between its groups from `start_s` until
+  `heal_s` (checked when a message is sent; replicas named in no group form
+  one more group together; clients reach everyone).
+* Crashes: `Crash(node, at_s, restart_s)` discards the node's volatile state
+  at `at_s` (its `MemoryStorage` survives, minus unsynced records) and, if
+  `restart_s` is set, builds a new replica from it:
+  `Replica(recovered=(storage.load_snapshot(), storage.records()))`.
+* Silent nodes: `Silence(node, start_s, end_s)` keeps the node running but
+  discards everything it sends in that window.
+* Clocks: replica i reads `SkewedClock(clock_skew_s[i], 0, clock_uncertainty_us)`
+  at true time `SIM_EPOCH_S + now` as its `wall` interval.
+* Timers: the replica's latest `SetTimer` is honoured, and every replica is
+  also ticked every `status_interval_s` (a timer lost in a corner case then
+  costs a little time, never liveness).
+* Workload: `clients` closed-loop clients each issue `requests` random KV ops
+  (put/get/cas/delete over `key_count` keys, so histories conflict, and lock
+  sessions: lock, fenced put, unlock).
+
+Pluggable nodes: `node_factory(ctx) -> node` builds the node of one replica
+incarnation (default: `ctx.make_replica()`), and `wrap_node(ctx, node) ->
+node` may wrap it; a node is anything with `start/receive/tick(now, wall) ->
+list[Effect]` (and ideally `view`, `last_executed`, `statistics()`). The
+adversary uses this to filter and rewrite a replica's inputs and outputs.
+Nodes listed in `byzantine` are not judged by the checkers.
+
+Use: `Simulation(SimConfig(seed=1, nodes=4)).run(until_s=60.0) -> SimResult`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from adversary.checkers import CheckerSuite
+from bft import codec
+from bft.app import KVStore, decode_result_untrusted, ops
+from bft.client import Client, ClientTimer, Completed, Failed, SendAll, SendTo
+from bft.clock import SkewedClock
+from bft.config import ClusterConfig
+from bft.effects import (
+    Broadcast,
+    Event,
+    Evidence,
+    Executed,
+    Persist,
+    Reply,
+    SaveSnapshot,
+    Send,
+    SetTimer,
+)
+from bft.errors import ConfigError, InvariantViolation, MalformedMessage
+from bft.storage import MemoryStorage
+
+#: The true time (Unix seconds) at virtual time 0, for the replicas' wall clocks.
+SIM_EPOCH_S = 1_600_000_000.0
+
+Address = tuple[str, int]  # ("replica", i) or ("client", c)
+
+
+# --------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """Replica groups that cannot reach each other from `start_s` until `heal_s` (None: never)."""
+
+    groups: tuple[tuple[int, ...], ...]
+    start_s: float
+    heal_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """Replica `node` crashes at `at_s` and, if `restart_s` is set, restarts from its storage."""
+
+    node: int
+    at_s: float
+    restart_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Replica `node` sends nothing from `start_s` until `end_s` (None: never again)."""
+
+    node: int
+    start_s: float = 0.0
+    end_s: float | None = None
+
+
+@dataclass(slots=True)
+class SimConfig:
+    """Everything that defines a run. Equal configs give equal runs.
+
+    `cluster` (a ClusterConfig) wins over `nodes` and `cluster_overrides`;
+    otherwise the cluster is `ClusterConfig.local(nodes, clients=clients,
+    **cluster_overrides)`. Probabilities are in [0, 1]; times in virtual
+    seconds unless the name says `_ms`.
+    """
+
+    seed: int = 0
+    nodes: int = 4
+    cluster: ClusterConfig | None = None
+    cluster_overrides: Mapping[str, Any] = field(default_factory=dict)
+    clients: int = 2
+    requests: int = 10
+    key_count: int = 3
+    lock_fraction: float = 0.1
+    think_ms: tuple[float, float] = (0.0, 0.0)
+    delay_ms: tuple[float, float] = (1.0, 5.0)
+    link_delay_ms: Mapping[tuple[int, int], tuple[float, float]] = field(default_factory=dict)
+    drop: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    reorder_ms: float | None = None  # extra delay bound; default 4 x the upper delay
+    partitions: tuple[Partition, ...] = ()
+    crashes: tuple[Crash, ...] = ()
+    silent: tuple[Silence, ...] = ()
+    byzantine: frozenset[int] = frozenset()
+    clock_skew_s: Mapping[int, float] = field(default_factory=dict)
+    clock_uncertainty_us: int = 1000
+    codec: bool = True
+    crypto: str = "sim"  # "sim" (HMAC SimKeys) or "ed25519"
+    digest_every_batch: bool = True
+    node_factory: Callable[[NodeContext], Any] | None = None
+    wrap_node: Callable[[NodeContext, Any], Any] | None = None
+    liveness_bound_s: float = 30.0
+    faults_end_s: float | None = None  # default: when the last scheduled fault ends
+    drain_s: float = 1.0
+    max_events: int = 5_000_000
+
+    def build_cluster(self) -> ClusterConfig:
+        """The cluster configuration of this run."""
+        if self.cluster is not None:
+            return self.cluster
+        overrides = dict(self.cluster_overrides)
+        overrides.setdefault("clients", self.clients)
+        return ClusterConfig.local(self.nodes, **overrides)
+
+    def validate(self, cluster: ClusterConfig) -> None:
+        """Raise ConfigError naming the field when a value is out of range."""
+        def bad(name: str, message: str) -> ConfigError:
+            return ConfigError(message, field=name)
+
+        n = cluster.n
+        for name in ("drop", "duplicate", "reorder", "lock_fraction"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise bad(name, f"must be a probability in [0, 1], got {p}")
+        for name in ("delay_ms", "think_ms"):
+            lo, hi = getattr(self, name)
+            if not 0.0 <= lo <= hi:
+                raise bad(name, f"must be LO:HI with 0 <= LO <= HI, got {lo}:{hi}")
+        for link, (lo, hi) in self.link_delay_ms.items():
+            if not 0.0 <= lo <= hi:
+                raise bad("link_delay_ms", f"link {link}: need 0 <= LO <= HI")
+        if self.clients < 0 or self.requests < 0 or self.key_count < 1:
+            raise bad("clients", "clients and requests must be >= 0, key_count >= 1")
+        if self.clients > len(cluster.clients):
+            raise bad("clients", f"{self.clients} clients but the cluster config lists "
+                      f"{len(cluster.clients)}")
+        ids = [*(c.node for c in self.crashes), *(s.node for s in self.silent), *self.byzantine]
+        ids += [i for p in self.partitions for g in p.groups for i in g]
+        for i in ids:
+            if not 0 <= i < n:
+                raise bad("nodes", f"replica id {i} is not in 0..{n - 1}")
+        crashed = [c.node for c in self.crashes]
+        if len(set(crashed)) != len(crashed):
+            raise bad("crashes", "at most one crash per replica")
+        for c in self.crashes:
+            if c.at_s < 0 or (c.restart_s is not None and c.restart_s <= c.at_s):
+                raise bad("crashes", f"replica {c.node}: need 0 <= crash time < restart time")
+        for p in self.partitions:
+            if p.heal_s is not None and p.heal_s <= p.start_s:
+                raise bad("partitions", "a partition must heal after it starts")
+            flat = [i for g in p.groups for i in g]
+            if len(set(flat)) != len(flat):
+                raise bad("partitions", "a replica appears in two groups")
+        if self.crypto not in ("sim", "ed25519"):
+            raise bad("crypto", f"must be 'sim' or 'ed25519', got {self.crypto!r}")
+        if self.liveness_bound_s <= 0 or self.drain_s < 0:
+            raise bad("liveness_bound_s", "must be positive (drain_s >= 0)")
+
+
+# --------------------------------------------------------------------------
+# Nodes
+# --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class NodeContext:
+    """What a node factory or wrapper may use to build one replica incarnation.
+
+    `rng` is this incarnation's own Random, derived from the run's seed, so an
+    adversary's choices do not disturb the network's random stream.
+    """
+
+    replica_id: int
+    incarnation: int
+    config: ClusterConfig
+    keys: Any
+    signer: Any
+    verifier: Any
+    app: Any
+    recovered: tuple[tuple[int, bytes] | None, list[bytes]] | None
+    rng: random.Random
+    digest_every_batch: bool = True
+
+    def make_replica(self) -> Any:
+        """The honest `Replica` for this context."""
+        from bft.replica import Replica
+
+        return Replica(self.config, self.replica_id, signer=self.signer, verifier=self.verifier,
+                       app=self.app, recovered=self.recovered,
+                       digest_every_batch=self.digest_every_batch)
+
+
+def default_node_factory(ctx: NodeContext) -> Any:
+    """An honest replica."""
+    return ctx.make_replica()
+
+
+# --------------------------------------------------------------------------
+# Workload
+# --------------------------------------------------------------------------
+
+
+class Workload:
+    """A client's random op stream: conflicting KV ops over a few keys, and lock sessions.
+
+    Draws from the simulation's Random only, in the order ops are issued.
+    A lock session: `lock`; if granted, a put fenced with the token, then
+    `unlock` (as far as the request budget allows).
+    """
+
+    def __init__(self, client_id: int, requests: int, key_count: int, lock_fraction: float,
+                 rng: random.Random) -> None:
+        self.client_id = client_id
+        self.remaining = requests
+        self.keys = [f"k{i}" for i in range(key_count)]
+        self.locks = ["L0", "L1"]
+        self.lock_fraction = lock_fraction
+        self.rng = rng
+        self.seen: dict[str, bytes | None] = {}
+        self.holding: tuple[str, int] | None = None
+        self.fenced_put_done = False
+        self._last: tuple[str, str] | None = None  # (kind, key or lock) of the op in flight
+        self._issued = 0
+
+    def next_op(self) -> bytes:
+        """The next op (call only while `remaining > 0`)."""
+        rng = self.rng
+        self.remaining -= 1
+        self._issued += 1
+        value = f"c{self.client_id}.{self._issued}".encode()
+        if self.holding is not None:
+            lock, token = self.holding
+            if not self.fenced_put_done:
+                self.fenced_put_done = True
+                key = rng.choice(self.keys)
+                self._last = ("put", key)
+                self.seen[key] = value
+                return ops.put(key, value, fence=(lock, token))
+            self.holding = None
+            self._last = ("unlock", lock)
+            return ops.unlock(lock, token)
+        if rng.random() < self.lock_fraction:
+            lock = rng.choice(self.locks)
+            self._last = ("lock", lock)
+            return ops.lock(lock, rng.choice((200, 1000, 5000)))
+        key = rng.choice(self.keys)
+        kind = rng.choices(("put", "get", "cas", "delete"), weights=(35, 30, 20, 15))[0]
+        self._last = (kind, key)
+        if kind == "put":
+            return ops.put(key, value)
+        if kind == "get":
+            return ops.get(key)
+        if kind == "delete":
+            return ops.delete(key)
+        return ops.cas(key, self.seen.get(key), value)
+
+    def observe(self, result: bytes) -> None:
+        """Learn from the accepted result of the op in flight (values seen, lock grants)."""
+        if self._last is None:
+            return
+        kind, name = self._last
+        self._last = None
+        try:
+            decoded = decode_result_untrusted(result)
+        except MalformedMessage:
+            return
+        if kind == "lock" and decoded.kind == "granted" and decoded.token is not None:
+            self.holding = (name, decoded.token)
+            self.fenced_put_done = False
+        elif kind == "get":
+            self.seen[name] = decoded.value if decoded.kind == "value" else None
+        elif kind == "cas" and decoded.kind == "cas_failed":
+            self.seen[name] = decoded.value
+        elif kind == "delete" and decoded.kind in ("ok", "not_found"):
+            self.seen[name] = None
+
+
+# --------------------------------------------------------------------------
+# Result
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    """What a run did and whether every check held. `to_dict()` is JSON-ready.
+
+    `view_changes` counts the distinct views above 0 that some correct replica
+    moved to (including views of view changes that did not complete);
+    `final_view` is the highest view of a correct live replica at the end.
+    `state_digests` maps each correct live replica to the hex digest of its
+    application state at the end, `last_executed` to its last executed seq.
+    """
+
+    seed: int
+    nodes: int
+    f: int
+    clients: int
+    requests: int
+    completed_requests: int
+    committed_seq: int
+    safety_ok: bool
+    liveness_ok: bool
+    violations: tuple[str, ...]
+    view_changes: int
+    final_view: int
+    messages_sent: int
+    messages_delivered: int
+    messages_dropped: int
+    virtual_seconds: float
+    wall_seconds: float
+    steps: int
+    correct: tuple[int, ...]
+    byzantine: tuple[int, ...]
+    faults_end_s: float | None  # None: some fault never ends (an unhealed partition)
+    state_digests: dict[str, str]
+    last_executed: dict[str, int]
+    events: dict[str, int]
+    network: dict[str, Any]
+    checkers: dict[str, Any]
+    trace_hash: str
+
+    @property
+    def ok(self) -> bool:
+        """True when every safety and liveness check held."""
+        return self.safety_ok and self.liveness_ok
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, dicts, numbers, strings) for JSON."""
+        d = asdict(self)
+        d["violations"] = list(self.violations)
+        d["correct"] = list(self.correct)
+        d["byzantine"] = list(self.byzantine)
+        return d
+
+
+# --------------------------------------------------------------------------
+# The simulation
+# --------------------------------------------------------------------------
+
+
+class Simulation:
+    """One simulated run. `run(until_s)` may be called once."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.cfg = config
+        self.cluster = config.build_cluster()
+        config.validate(self.cluster)
+        self.n = self.cluster.n
+        self.rng = random.Random(config.seed)
+        if config.crypto == "ed25519":
+            from bft.crypto import Ed25519Keys
+
+            self.keys: Any = Ed25519Keys(self.n, len(self.cluster.clients), seed=config.seed)
+        else:
+            from bft.crypto import SimKeys
+
+            self.keys = SimKeys(config.seed, n_replicas=self.n,
+                                n_clients=len(self.cluster.clients))
+        self.verifier = self.keys.verifier()
+
+        crashed_for_good = {c.node for c in config.crashes if c.restart_s is None}
+        self.byzantine = frozenset(config.byzantine)
+        self.correct = tuple(i for i in range(self.n)
+                             if i not in self.byzantine and i not in crashed_for_good)
+        self._judged = frozenset(self.correct)
+        self.faults_end_s = self._faults_end()
+        #: The last scheduled fault change (finite); the run never stops before it.
+        self._last_fault_s = max(
+            [0.0] + [t for p in config.partitions for t in (p.start_s, p.heal_s) if t is not None]
+            + [t for c in config.crashes for t in (c.at_s, c.restart_s) if t is not None]
+            + [t for s in config.silent for t in (s.start_s, s.end_s) if t is not None])
+        self.checkers = CheckerSuite(self.correct, self.verifier,
+                                     liveness_bound_s=config.liveness_bound_s,
+                                     faults_end_s=self.faults_end_s)
+
+        self.storage = [MemoryStorage() for _ in range(self.n)]
+        self.nodes: list[Any | None] = [None] * self.n
+        self.apps: list[Any | None] = [None] * self.n
+        self.incarnation = [0] * self.n
+        self.timer_gen = [0] * self.n
+        self.clocks = [SkewedClock(float(config.clock_skew_s.get(i, 0.0)), 0.0,
+                                   config.clock_uncertainty_us) for i in range(self.n)]
+        self.max_view = [0] * self.n
+        self.views_entered: set[int] = set()
+
+        self.clients = [Client(self.cluster, c, self.keys.signer("client", c), self.keys.verifier())
+                        for c in range(config.clients)]
+        self.workloads = [Workload(c, config.requests, config.key_count, config.lock_fraction,
+                                   self.rng) for c in range(config.clients)]
+        self.client_timer_gen = [0] * config.clients
+        self.clients_done = 0
+        self.completed = 0
+
+        self._heap: list[tuple[float, int, str, tuple[Any, ...]]] = []
+        self._counter = 0
+        self.now = 0.0
+        self.steps = 0
+        self.trace = hashlib.sha256()
+        self.net: dict[str, int] = {"sent": 0, "delivered": 0, "duplicated": 0, "reordered": 0}
+        self.drops: dict[str, int] = {}
+        self.events: dict[str, int] = {}  # Event kinds (and evidence) of judged replicas
+        self.faults: dict[str, int] = {}  # crashes, restarts carried out
+        self.sim_violations: list[str] = []
+        self.invariant_broken = False
+        self._ran = False
+
+    # -- scheduling ------------------------------------------------------
+
+    def _push(self, at: float, kind: str, *args: Any) -> None:
+        self._counter += 1
+        heapq.heappush(self._heap, (at, self._counter, kind, args))
+
+    def _faults_end(self) -> float:
+        cfg = self.cfg
+        if cfg.faults_end_s is not None:
+            return cfg.faults_end_s
+        end = 0.0
+        for p in cfg.partitions:
+            end = max(end, p.heal_s if p.heal_s is not None else math.inf)
+        for c in cfg.crashes:
+            end = max(end, c.at_s if c.restart_s is None else c.restart_s)
+        for s in cfg.silent:
+            end = max(end, s.end_s if s.end_s is not None else s.start_s)
+        return end
+
+    # -- the run ---------------------------------------------------------
+
+    def run(self, until_s: float) -> SimResult:
+        """Run until virtual time `until_s`, or earlier: `drain_s` after every client is done
+        and the last scheduled fault (crash, restart, partition, silence change) happened."""
+        if self._ran:
+            raise RuntimeError("a Simulation runs once; make a new one")
+        self._ran = True
+        started = time.perf_counter()  # measured for the report only
+        cfg = self.cfg
+        for i in range(self.n):
+            self._push(0.0, "start", i)
+        for crash in cfg.crashes:
+            self._push(crash.at_s, "crash", crash.node)
+            if crash.restart_s is not None:
+                self._push(crash.restart_s, "restart", crash.node)
+        for c in range(cfg.clients):
+            if cfg.requests > 0:
+                self._push(self.rng.uniform(0.0, 0.01), "submit", c)
+            else:
+                self.clients_done += 1
+        stop_at = until_s
+        if self.clients_done == len(self.clients):
+            stop_at = min(stop_at, self._last_fault_s + cfg.drain_s)
+        end = stop_at
+        while self._heap:
+            at, _, kind, args = self._heap[0]
+            if at > stop_at:
+                break
+            heapq.heappop(self._heap)
+            self.now = at
+            try:
+                getattr(self, "_on_" + kind)(*args)
+            except InvariantViolation as exc:  # a bug in a node: report it with the seed
+                self.sim_violations.append(
+                    f"simulation: {kind} {args[0]!r} at {self.now:.6f} s raised "
+                    f"InvariantViolation: {exc}")
+                self.invariant_broken = True
+                end = self.now
+                break
+            self.steps += 1
+            self.checkers.check(self.now)
+            if self.clients_done == len(self.clients):
+                # drain: stop drain_s after the last fault once the correct replicas that are up
+                # agree on how far they executed (a restarted one may still be catching up;
+                # give it up to the liveness bound)
+                quiet_at = max(self.now, self._last_fault_s) + cfg.drain_s
+                if not self._converged():
+                    quiet_at = max(quiet_at, min(until_s, self._last_fault_s + cfg.liveness_bound_s))
+                stop_at = end = min(until_s, quiet_at)
+            if self.steps >= cfg.max_events:
+                self.sim_violations.append(
+                    f"simulation: event budget of {cfg.max_events} steps exhausted at "
+                    f"{self.now:.3f} s")
+                end = self.now
+                break
+        self.now = end
+        self.checkers.finish(end)
+        return self._result(time.perf_counter() - started)
+
+    def _converged(self) -> bool:
+        done = {getattr(self.nodes[i], "last_executed", None) for i in self.correct
+                if self.nodes[i] is not None and not self._silent(i)}
+        return len(done) <= 1
+
+    # -- replicas --------------------------------------------------------
+
+    def _wall(self, i: int) -> Any:
+        return self.clocks[i].read(SIM_EPOCH_S + self.now)
+
+    def _build_node(self, i: int, recovered: Any) -> Any:
+        cfg = self.cfg
+        inc = self.incarnation[i]
+        app = KVStore()
+        self.apps[i] = app
+        ctx = NodeContext(
+            replica_id=i, incarnation=inc, config=self.cluster, keys=self.keys,
+            signer=self.keys.signer("replica", i), verifier=self.keys.verifier(), app=app,
+            recovered=recovered, rng=random.Random(f"{cfg.seed}/replica/{i}/{inc}"),
+            digest_every_batch=cfg.digest_every_batch,
+        )
+        node = (cfg.node_factory or default_node_factory)(ctx)
+        if cfg.wrap_node is not None:
+            node = cfg.wrap_node(ctx, node)
+        return node
+
+    def _on_start(self, i: int) -> None:
+        node = self._build_node(i, None)
+        self.nodes[i] = node
+        self._apply(i, node.start(self.now, self._wall(i)))
+        self._push(self.now + self.cluster.status_interval_s, "periodic", i, self.incarnation[i])
+
+    def _on_crash(self, i: int) -> None:
+        if self.nodes[i] is None:
+            return
+        self.nodes[i] = None
+        self.apps[i] = None
+        self.incarnation[i] += 1
+        lost = self.storage[i].crash()
+        self._count(self.faults, "crashes")
+        self._trace("crash", str(i), str(lost).encode())
+
+    def _on_restart(self, i: int) -> None:
+        self.incarnation[i] += 1
+        storage = self.storage[i]
+        node = self._build_node(i, (storage.load_snapshot(), storage.records()))
+        self.nodes[i] = node
+        self._count(self.faults, "restarts")
+        self._trace("restart", str(i), b"")
+        self.checkers.on_restart(i, getattr(node, "last_executed", 0), self.now)
+        self._apply(i, node.start(self.now, self._wall(i)))
+        self._push(self.now + self.cluster.status_interval_s, "periodic", i, self.incarnation[i])
+
+    def _on_timer(self, i: int, inc: int, gen: int) -> None:
+        node = self.nodes[i]
+        if node is None or inc != self.incarnation[i] or gen != self.timer_gen[i]:
+            return
+        self._apply(i, node.tick(self.now, self._wall(i)))
+
+    def _on_periodic(self, i: int, inc: int) -> None:
+        node = self.nodes[i]
+        if node is None or inc != self.incarnation[i]:
+            return
+        self._apply(i, node.tick(self.now, self._wall(i)))
+        self._push(self.now + self.cluster.status_interval_s, "periodic", i, inc)
+
+    def _silent(self, i: int) -> bool:
+        return any(s.node == i and s.start_s <= self.now
+                   and (s.end_s is None or self.now < s.end_s) for s in self.cfg.silent)
+
+    def _apply(self, i: int, effects: list[Any]) -> None:
+        """Carry out replica i's effects in order (sync storage before anything leaves)."""
+        storage = self.storage[i]
+        judged = i in self._judged
+        dirty = False
+        src: Address = ("replica", i)
+        for e in effects:
+            if isinstance(e, Persist):
+                storage.append(e.record)
+                dirty = True
+            elif isinstance(e, SaveSnapshot):
+                storage.write_snapshot(e.seq, e.data)
+            elif isinstance(e, (Send, Broadcast, Reply)):
+                if dirty:
+                    storage.sync()
+                    dirty = False
+                if self._silent(i):
+                    self._count(self.drops, "silent")
+                    continue
+                if isinstance(e, Send):
+                    if not 0 <= e.to < self.n:
+                        self._count(self.drops, "bad_destination")
+                        continue
+                    self._transmit(src, ("replica", e.to), e.message)
+                elif isinstance(e, Broadcast):
+                    payload = self._encode(e.message)
+                    for j in range(self.n):
+                        if j != i:
+                            self._transmit(src, ("replica", j), e.message, payload)
+                else:
+                    if not 0 <= e.client < len(self.clients):
+                        self._count(self.drops, "bad_destination")
+                        continue
+                    self._transmit(src, ("client", e.client), e.reply)
+            elif isinstance(e, Executed):
+                self.checkers.on_executed(i, e, self.now)
+            elif isinstance(e, SetTimer):
+                self.timer_gen[i] += 1
+                self._push(max(e.at, self.now), "timer", i, self.incarnation[i], self.timer_gen[i])
+            elif isinstance(e, Evidence):
+                if judged:
+                    self._count(self.events, "evidence")
+                self.checkers.on_evidence(i, e, self.now)
+            elif isinstance(e, Event):
+                if judged:
+                    self._count(self.events, e.kind)
+                if e.kind == "state_transfer":
+                    self.checkers.on_state_transfer(i, int(e.fields["seq"]), self.now)
+            else:
+                raise TypeError(f"replica {i} returned an unknown effect {e!r}")
+        if dirty:
+            storage.sync()
+        node = self.nodes[i]
+        view = getattr(node, "view", 0) if node is not None else 0
+        if judged and view > self.max_view[i]:
+            self.views_entered.update(range(self.max_view[i] + 1, view + 1))
+            self.max_view[i] = view
+
+    # -- network ---------------------------------------------------------
+
+    def _encode(self, message: Any) -> Any:
+        return codec.encode(message) if self.cfg.codec else message
+
+    def _link_delay_s(self, src: Address, dst: Address) -> float:
+        lo, hi = self.cfg.delay_ms
+        if src[0] == "replica" and dst[0] == "replica":
+            lo, hi = self.cfg.link_delay_ms.get((src[1], dst[1]), (lo, hi))
+        return self.rng.uniform(lo, hi) / 1000.0
+
+    def _partitioned(self, src: Address, dst: Address) -> bool:
+        if src[0] != "replica" or dst[0] != "replica":
+            return False
+        for p in self.cfg.partitions:
+            active = p.start_s <= self.now and (p.heal_s is None or self.now < p.heal_s)
+            if active and self._group(p, src[1]) != self._group(p, dst[1]):
+                return True
+        return False
+
+    @staticmethod
+    def _group(p: Partition, i: int) -> int:
+        for g, members in enumerate(p.groups):
+            if i in members:
+                return g
+        return -1
+
+    def _transmit(self, src: Address, dst: Address, message: Any, payload: Any = None) -> None:
+        cfg = self.cfg
+        rng = self.rng
+        if payload is None:
+            payload = self._encode(message)
+        self.net["sent"] += 1
+        if self._partitioned(src, dst):
+            self._count(self.drops, "partition")
+            self._trace("cut", f"{src}>{dst}", payload)
+            return
+        if cfg.drop > 0 and rng.random() < cfg.drop:
+            self._count(self.drops, "loss")
+            self._trace("drop", f"{src}>{dst}", payload)
+            return
+        copies = 2 if cfg.duplicate > 0 and rng.random() < cfg.duplicate else 1
+        if copies == 2:
+            self.net["duplicated"] += 1
+        for _ in range(copies):
+            delay = self._link_delay_s(src, dst)
+            if cfg.reorder > 0 and rng.random() < cfg.reorder:
+                extra_ms = cfg.reorder_ms if cfg.reorder_ms is not None else 4 * cfg.delay_ms[1]
+                delay += rng.uniform(0.0, extra_ms) / 1000.0
+                self.net["reordered"] += 1
+            self._trace("send", f"{src}>{dst}@{self.now + delay!r}", payload)
+            self._push(self.now + delay, "deliver", src, dst, payload)
+
+    def _decode(self, payload: Any) -> Any:
+        if not self.cfg.codec:
+            return payload
+        try:
+            return codec.decode_untrusted(payload, self.cluster.limits)
+        except MalformedMessage:
+            self._count(self.drops, "malformed")
+            return None
+
+    def _on_deliver(self, src: Address, dst: Address, payload: Any) -> None:
+        kind, j = dst
+        if kind == "replica":
+            node = self.nodes[j]
+            if node is None:
+                self._count(self.drops, "crashed")
+                return
+            message = self._decode(payload)
+            if message is None:
+                return
+            self.net["delivered"] += 1
+            self._apply(j, node.receive(message, self.now, self._wall(j)))
+        else:
+            message = self._decode(payload)
+            if message is None:
+                return
+            self.net["delivered"] += 1
+            self._apply_client(j, self.clients[j].receive(message, self.now))
+
+    # -- clients ---------------------------------------------------------
+
+    def _on_submit(self, c: int) -> None:
+        client, workload = self.clients[c], self.workloads[c]
+        op = workload.next_op()
+        effects = client.submit(op, self.now)
+        timestamp = client.outstanding_timestamp
+        assert timestamp is not None
+        self.checkers.on_invoke(c, timestamp, op, self.now)
+        self._apply_client(c, effects)
+
+    def _on_client_timer(self, c: int, gen: int) -> None:
+        if gen == self.client_timer_gen[c]:
+            self._apply_client(c, self.clients[c].tick(self.now))
+
+    def _apply_client(self, c: int, effects: list[Any]) -> None:
+        src: Address = ("client", c)
+        for e in effects:
+            if isinstance(e, SendTo):
+                self._transmit(src, ("replica", e.replica), e.request)
+            elif isinstance(e, SendAll):
+                payload = self._encode(e.request)
+                for j in range(self.n):
+                    self._transmit(src, ("replica", j), e.request, payload)
+            elif isinstance(e, ClientTimer):
+                self.client_timer_gen[c] += 1
+                self._push(max(e.at, self.now), "client_timer", c, self.client_timer_gen[c])
+            elif isinstance(e, Completed):
+                self.completed += 1
+                self.checkers.on_complete(c, e.timestamp, e.result, self.now)
+                self.workloads[c].observe(e.result)
+                self._trace("complete", f"c{c}/{e.timestamp}", e.result)
+                self._next_request(c)
+            elif isinstance(e, Failed):  # only with a deadline, which the simulator never sets
+                self._count(self.faults, "client_failed")
+                self._next_request(c)
+
+    def _next_request(self, c: int) -> None:
+        if self.workloads[c].remaining <= 0:
+            self.clients_done += 1
+            return
+        lo, hi = self.cfg.think_ms
+        think_s = self.rng.uniform(lo, hi) / 1000.0 if hi > 0 else 0.0
+        self._push(self.now + think_s, "submit", c)
+
+    # -- bookkeeping -----------------------------------------------------
+
+    @staticmethod
+    def _count(counter: dict[str, int], key: str) -> None:
+        counter[key] = counter.get(key, 0) + 1
+
+    def _trace(self, kind: str, where: str, payload: Any) -> None:
+        data = payload if isinstance(payload, bytes) else repr(payload).encode()
+        self.trace.update(f"{kind}|{self.now!r}|{where}|{len(data)}|".encode())
+        self.trace.update(data)
+
+    def _result(self, wall_seconds: float) -> SimResult:
+        cfg = self.cfg
+        checkers = self.checkers
+        live = [i for i in self.correct if self.nodes[i] is not None]
+        state_digests = {}
+        last_executed = {}
+        for i in live:
+            app = self.apps[i]
+            if app is not None and hasattr(app, "digest"):
+                state_digests[str(i)] = app.digest().hex()
+            last_executed[str(i)] = int(getattr(self.nodes[i], "last_executed", 0))
+        final_view = max((int(getattr(self.nodes[i], "view", 0)) for i in live), default=0)
+        violations = tuple(checkers.violations) + tuple(self.sim_violations)
+        dropped = sum(self.drops.values())
+        network = {**self.net, "dropped": dict(sorted(self.drops.items())),
+                   **dict(sorted(self.faults.items()))}
+        return SimResult(
+            seed=cfg.seed,
+            nodes=self.n,
+            f=self.cluster.f,
+            clients=len(self.clients),
+            requests=len(self.clients) * cfg.requests,
+            completed_requests=self.completed,
+            committed_seq=checkers.agreement.committed_seq,
+            safety_ok=checkers.safety_ok and not self.invariant_broken,
+            liveness_ok=checkers.liveness_ok and not self.sim_violations,
+            violations=violations,
+            view_changes=len(self.views_entered),
+            final_view=final_view,
+            messages_sent=self.net["sent"],
+            messages_delivered=self.net["delivered"],
+            messages_dropped=dropped,
+            virtual_seconds=round(self.now, 9),
+            wall_seconds=round(wall_seconds, 6),
+            steps=self.steps,
+            correct=self.correct,
+            byzantine=tuple(sorted(self.byzantine)),
+            faults_end_s=None if math.isinf(self.faults_end_s) else self.faults_end_s,
+            state_digests=state_digests,
+            last_executed=last_executed,
+            events=dict(sorted(self.events.items())),
+            network=network,
+            checkers=checkers.data(),
+            trace_hash=self.trace.hexdigest(),
+        )
+
+
+def simulate(config: SimConfig, until_s: float = 60.0) -> SimResult:
+    """Shorthand: `Simulation(config).run(until_s)`."""
+    return Simulation(config).run(until_s)

@@ -1,0 +1,342 @@
+"""`bft sim`: run the deterministic simulator from the command line.
+
+`add_sim_arguments(parser)` adds the options to an argparse (sub)parser;
+`run_sim_command(args) -> int` runs the simulation and prints a summary (or,
+with `--json`, one JSON object holding the `SimResult` fields). The exit code
+is 0 when every check held and 1 when any failed. A bad argument is reported
+by argparse (usage and exit code 2), never as a traceback.
+
+Examples:
+
+    bft sim --nodes 4 --seed 7 --clients 3 --requests 50 --drop 0.05
+    bft sim --seed 1 --crash 0@0.5 --restart 0@3 --partition '0,1|2,3@2:5'
+    bft sim --config configs/local4.toml --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import secrets
+import sys
+from typing import Any
+
+from adversary.sim import Crash, Partition, Silence, SimConfig, Simulation
+from bft.errors import ConfigError
+
+# --------------------------------------------------------------------------
+# Argument types (raise ArgumentTypeError: argparse turns it into a usage error)
+# --------------------------------------------------------------------------
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{what}: expected a finite number, got {text!r}")
+    return value
+
+
+def _node_id(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: expected a replica id, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{what}: replica ids are >= 0, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A probability in [0, 1]."""
+    value = _number(text, "probability")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"probability must be in [0, 1], got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A time in seconds, > 0."""
+    value = _number(text, "seconds")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text!r}")
+    return value
+
+
+def delay_range(text: str) -> tuple[float, float]:
+    """`LO:HI` milliseconds, 0 <= LO <= HI (or one number for a fixed delay)."""
+    parts = text.split(":")
+    if len(parts) == 1:
+        parts = [parts[0], parts[0]]
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected LO:HI milliseconds, got {text!r}")
+    lo, hi = (_number(p, "delay") for p in parts)
+    if not 0.0 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 0 <= LO <= HI, got {text!r}")
+    return (lo, hi)
+
+
+def _time_window(text: str, what: str) -> tuple[float, float | None]:
+    """`START[:END]` in seconds (END empty or missing: never)."""
+    start_text, _, end_text = text.partition(":")
+    start = _number(start_text, what) if start_text else 0.0
+    end = _number(end_text, what) if end_text else None
+    if start < 0:
+        raise argparse.ArgumentTypeError(f"{what}: times are >= 0, got {text!r}")
+    if end is not None and end <= start:
+        raise argparse.ArgumentTypeError(f"{what}: the end must come after the start in {text!r}")
+    return start, end
+
+
+def partition_spec(text: str) -> Partition:
+    """`0,1|2,3@START[:HEAL]`: replica groups cut off from each other in that window."""
+    groups_text, at, window = text.partition("@")
+    groups = []
+    for group in groups_text.split("|"):
+        ids = tuple(_node_id(x.strip(), "partition") for x in group.split(",") if x.strip())
+        if not ids:
+            raise argparse.ArgumentTypeError(f"partition: empty group in {text!r}")
+        groups.append(ids)
+    if len(groups) < 2:
+        raise argparse.ArgumentTypeError(
+            f"partition: need at least two groups separated by '|', got {text!r}")
+    flat = [i for g in groups for i in g]
+    if len(set(flat)) != len(flat):
+        raise argparse.ArgumentTypeError(f"partition: a replica is in two groups in {text!r}")
+    start, heal = _time_window(window, "partition") if at else (0.0, None)
+    return Partition(tuple(groups), start, heal)
+
+
+def crash_spec(text: str) -> tuple[int, float]:
+    """`ID[@T]`: replica ID crashes at T seconds (default 0)."""
+    node_text, at, time_text = text.partition("@")
+    node = _node_id(node_text, "crash")
+    when = _number(time_text, "crash") if at else 0.0
+    if when < 0:
+        raise argparse.ArgumentTypeError(f"crash: time must be >= 0, got {text!r}")
+    return node, when
+
+
+def restart_spec(text: str) -> tuple[int, float]:
+    """`ID@T`: replica ID restarts from its storage at T seconds."""
+    node_text, at, time_text = text.partition("@")
+    if not at:
+        raise argparse.ArgumentTypeError(f"restart: expected ID@SECONDS, got {text!r}")
+    node = _node_id(node_text, "restart")
+    when = _number(time_text, "restart")
+    if when <= 0:
+        raise argparse.ArgumentTypeError(f"restart: time must be > 0, got {text!r}")
+    return node, when
+
+
+def silent_spec(text: str) -> Silence:
+    """`ID[@START[:END]]`: replica ID sends nothing in that window (default: always)."""
+    node_text, at, window = text.partition("@")
+    node = _node_id(node_text, "silent")
+    start, end = _time_window(window, "silent") if at else (0.0, None)
+    return Silence(node, start, end)
+
+
+# --------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------
+
+
+def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `bft sim` options to `parser`."""
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--nodes", type=positive_int, default=None, metavar="N",
+                      help="number of replicas of a local cluster (default 4)")
+    size.add_argument("--config", default=None, metavar="FILE",
+                      help="cluster config (TOML) to simulate instead of a local cluster")
+    parser.add_argument("--seed", type=non_negative_int, default=None, metavar="S",
+                        help="random seed (a random one is chosen and printed if omitted)")
+    parser.add_argument("--clients", type=non_negative_int, default=2, metavar="C",
+                        help="closed-loop clients (default 2)")
+    parser.add_argument("--requests", type=non_negative_int, default=10, metavar="R",
+                        help="requests per client (default 10)")
+    parser.add_argument("--keys", type=positive_int, default=3, metavar="K",
+                        help="distinct keys the workload uses (default 3)")
+    parser.add_argument("--drop", type=probability, default=0.0, metavar="P",
+                        help="probability that a message is lost")
+    parser.add_argument("--duplicate", type=probability, default=0.0, metavar="P",
+                        help="probability that a message is delivered twice")
+    parser.add_argument("--reorder", type=probability, default=0.0, metavar="P",
+                        help="probability that a message gets an extra random delay")
+    parser.add_argument("--delay-ms", type=delay_range, default=(1.0, 5.0), metavar="LO:HI",
+                        help="one-way delay range in milliseconds (default 1:5)")
+    parser.add_argument("--partition", type=partition_spec, action="append", default=[],
+                        metavar="SPEC",
+                        help="e.g. '0,1|2,3@2:5': groups cut apart from 2 s to 5 s (repeatable)")
+    parser.add_argument("--crash", type=crash_spec, action="append", default=[],
+                        metavar="ID[@T]", help="crash replica ID at T seconds (repeatable)")
+    parser.add_argument("--restart", type=restart_spec, action="append", default=[],
+                        metavar="ID@T", help="restart a crashed replica at T seconds (repeatable)")
+    parser.add_argument("--silent", type=silent_spec, action="append", default=[],
+                        metavar="ID[@T1[:T2]]",
+                        help="replica ID sends nothing from T1 to T2 (repeatable)")
+    parser.add_argument("--checkpoint-interval", type=positive_int, default=None, metavar="K",
+                        help="override the cluster's checkpoint interval (small values "
+                             "exercise checkpoints and state transfer in short runs)")
+    parser.add_argument("--log-window", type=positive_int, default=None, metavar="L",
+                        help="override the cluster's log window (a multiple of K)")
+    parser.add_argument("--until", type=seconds, default=120.0, metavar="SECONDS",
+                        help="virtual time limit (default 120; the run stops earlier once "
+                             "every request completed)")
+    parser.add_argument("--liveness-bound", type=seconds, default=30.0, metavar="SECONDS",
+                        help="a request must complete this long after faults stop (default 30)")
+    parser.add_argument("--ed25519", action="store_true",
+                        help="sign with Ed25519 instead of the simulator's fast HMAC keys")
+    parser.add_argument("--no-codec", action="store_true",
+                        help="skip encoding and decoding every message (faster)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object with the result instead of a summary")
+    parser.set_defaults(sim_parser=parser)
+
+
+def _error(args: argparse.Namespace, message: str) -> None:
+    parser = getattr(args, "sim_parser", None)
+    if parser is None:
+        parser = argparse.ArgumentParser(prog="bft sim")
+    parser.error(message)  # exits with status 2
+
+
+def build_sim_config(args: argparse.Namespace) -> SimConfig:
+    """The SimConfig the arguments describe (argparse error on inconsistent ones)."""
+    cluster = None
+    if args.config is not None:
+        from bft.config import ClusterConfig
+
+        try:
+            cluster = ClusterConfig.load(args.config)
+        except (ConfigError, OSError) as exc:
+            _error(args, f"--config: {exc}")
+    crashes = []
+    restarts: dict[int, float] = {}
+    for node, when in args.restart:
+        if node in restarts:
+            _error(args, f"--restart: replica {node} restarts twice")
+        restarts[node] = when
+    seen = set()
+    for node, when in args.crash:
+        if node in seen:
+            _error(args, f"--crash: replica {node} crashes twice")
+        seen.add(node)
+        restart = restarts.pop(node, None)
+        if restart is not None and restart <= when:
+            _error(args, f"--restart: replica {node} restarts at {restart} s, "
+                         f"not after its crash at {when} s")
+        crashes.append(Crash(node, when, restart))
+    if restarts:
+        _error(args, f"--restart: replica {min(restarts)} has no --crash")
+    overrides = {name: value for name, value in (
+        ("checkpoint_interval", args.checkpoint_interval), ("log_window", args.log_window))
+        if value is not None}
+    if cluster is not None and overrides:
+        import dataclasses
+
+        try:
+            cluster = dataclasses.replace(cluster, **overrides)
+        except ConfigError as exc:
+            _error(args, str(exc))
+    seed = args.seed
+    if seed is None:
+        seed = secrets.randbits(32)
+    config = SimConfig(
+        seed=seed,
+        nodes=args.nodes if args.nodes is not None else 4,
+        cluster=cluster,
+        cluster_overrides=overrides,
+        clients=args.clients,
+        requests=args.requests,
+        key_count=args.keys,
+        delay_ms=args.delay_ms,
+        drop=args.drop,
+        duplicate=args.duplicate,
+        reorder=args.reorder,
+        partitions=tuple(args.partition),
+        crashes=tuple(crashes),
+        silent=tuple(args.silent),
+        codec=not args.no_codec,
+        crypto="ed25519" if args.ed25519 else "sim",
+        liveness_bound_s=args.liveness_bound,
+    )
+    return config
+
+
+def run_sim_command(args: argparse.Namespace) -> int:
+    """Run `bft sim`; 0 when every check held, 1 otherwise."""
+    config = build_sim_config(args)
+    try:
+        simulation = Simulation(config)
+    except ConfigError as exc:
+        _error(args, str(exc))
+        raise  # not reached: _error exits
+    if args.seed is None:
+        print(f"bft sim: seed {config.seed} (replay with --seed {config.seed})",
+              file=sys.stderr if args.json else sys.stdout, flush=True)
+    result = simulation.run(args.until)
+    if args.json:
+        print(json.dumps(result.to_dict(), sort_keys=True))
+    else:
+        print(format_summary(result))
+    return 0 if result.ok else 1
+
+
+def format_summary(result: Any) -> str:
+    """A short human-readable report of a SimResult."""
+    per_client = result.requests // max(result.clients, 1)
+    lines = [
+        (f"bft sim: seed {result.seed}, {result.nodes} replicas (f={result.f}), "
+         f"{result.clients} clients x {per_client} requests"),
+        (f"  completed {result.completed_requests}/{result.requests} requests, "
+         f"committed seq {result.committed_seq}, {result.view_changes} view changes "
+         f"(final view {result.final_view})"),
+        (f"  messages: {result.messages_sent} sent, {result.messages_delivered} delivered, "
+         f"{result.messages_dropped} dropped"),
+        (f"  time: {result.virtual_seconds:.3f} s virtual, {result.wall_seconds:.3f} s wall, "
+         f"{result.steps} steps"),
+    ]
+    checks = ", ".join(f"{name} {'ok' if data['ok'] else 'FAILED'}"
+                       for name, data in result.checkers.items())
+    lines.append(f"  checks: {checks}")
+    for violation in result.violations:
+        lines.append(f"  violation: {violation}")
+    lines.append(f"  result: {'PASS' if result.ok else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (`python -m adversary.simcli`)."""
+    parser = argparse.ArgumentParser(prog="bft sim", description=__doc__.splitlines()[0])
+    add_sim_arguments(parser)
+    return run_sim_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""The PBFT client protocol, pure (sans-I/O): one outstanding request at a time.
+
+OSDI'99 section 4.1 and PROTOCOL.md "Requests and replies" / "Loss recovery":
+
+* `submit(op, now)` signs `REQUEST<op, t, c>` with a strictly increasing
+  request number `t` and sends it to the primary of the view the client
+  believes in.
+* `receive(signed_reply, now)` accepts a `REPLY` only if it is validly signed
+  by a replica of the cluster, names this client and the outstanding request
+  number. The result is accepted once `f+1` distinct replicas reported the
+  same `(t, result)`: at least one of them is correct, so the result is the
+  one the correct replicas computed.
+* `tick(now)`: when no accepted result arrived within `client_timeout_s`, the
+  request is sent again: first once more to the primary, then to every
+  replica (a backup that has not seen it ordered forwards it to the primary
+  and starts its view-change timer). The wait between retransmissions doubles
+  up to `max_backoff` times the base timeout (the retransmit cap). The client
+  never gives up on its own; it reports `Failed` only when the caller passed a
+  `deadline` to `submit` and the deadline passed.
+
+The client drives nothing itself: every method returns a list of
+`ClientEffect`s for the caller (runtime or simulator) to carry out in order.
+A `ClientTimer(at)` asks to call `tick()` no later than `at`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bft.messages import Reply, Request, Signed
+
+# --------------------------------------------------------------------------
+# Effects
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendTo:
+    """Send the signed request to replica `replica`."""
+
+    replica: int
+    request: Signed
+
+
+@dataclass(frozen=True, slots=True)
+class SendAll:
+    """Send the signed request to every replica."""
+
+    request: Signed
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """Request `timestamp` completed with `result` (f+1 matching replies), after `latency_s`."""
+
+    timestamp: int
+    result: bytes
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Request `timestamp` was abandoned (only ever when the caller set a deadline)."""
+
+    timestamp: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTimer:
+    """Call `tick()` no later than `at` (replaces an earlier ClientTimer)."""
+
+    at: float
+
+
+ClientEffect = SendTo | SendAll | Completed | Failed | ClientTimer
+
+
+class _Signer(Protocol):
+    def sign(self, statement: Any) -> Signed: ...
+
+
+class _Verifier(Protocol):
+    def verify(self, signed: Signed) -> bool: ...
+
+
+@dataclass(slots=True)
+class _Outstanding:
+    """The one request in flight."""
+
+    signed: Signed
+    timestamp: int
+    submitted_at: float
+    deadline: float | None
+    next_retransmit_at: float
+    retransmits: int = 0
+    # replica id -> (view, result): the FIRST valid reply of each replica counts.
+    replies: dict[int, tuple[int, bytes]] | None = None
+
+
+class ClientBusy(Exception):
+    """`submit` was called while a request is still outstanding (a caller bug)."""
+
+
+class Client:
+    """A closed-loop PBFT client: at most one request outstanding.
+
+    Guarantees:
+    * request numbers are strictly increasing, starting at `first_timestamp`
+      (a restarted client must pass a number above every one it used before);
+    * `Completed` is emitted at most once per request, only after `f+1`
+      distinct replicas sent validly signed replies with equal
+      `(timestamp, result)`. A replica is counted once per request: its first
+      valid reply counts, later different replies from it are ignored (a
+      correct replica never changes a result, so this only limits a liar);
+    * replies that are badly signed, for another client or request, from an
+      unknown replica, or not replies at all are dropped and counted by reason
+      in `statistics()["drops"]`, never raised.
+    """
+
+    def __init__(self, config: Any, client_id: int, signer: _Signer, verifier: _Verifier, *,
+                 first_timestamp: int = 1, max_backoff: int = 8,
+                 primary_retransmits: int = 1) -> None:
+        if first_timestamp < 1:
+            raise ValueError("first_timestamp must be >= 1")
+        if max_backoff < 1:
+            raise ValueError("max_backoff must be >= 1")
+        self._config = config
+        self.client_id = client_id
+        self._signer = signer
+        self._verifier = verifier
+        self._next_timestamp = first_timestamp
+        self._max_backoff = max_backoff
+        self._primary_retransmits = primary_retransmits
+        self._outstanding: _Outstanding | None = None
+        #: The view the client believes current (learned from accepted replies).
+        self.view = 0
+        self._stats: dict[str, int] = {
+            "submitted": 0, "completed": 0, "failed": 0, "retransmits": 0,
+            "broadcasts": 0, "replies_received": 0, "replies_counted": 0,
+        }
+        self._drops: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- API
+
+    @property
+    def busy(self) -> bool:
+        """True while a request is outstanding."""
+        return self._outstanding is not None
+
+    @property
+    def outstanding_timestamp(self) -> int | None:
+        """The request number in flight, or None."""
+        return self._outstanding.timestamp if self._outstanding else None
+
+    def submit(self, op: bytes, now: float, *, deadline: float | None = None) -> list[ClientEffect]:
+        """Sign and send `op` as the next request; `deadline` (absolute) enables `Failed`.
+
+        Raises `ClientBusy` if a request is outstanding (closed loop).
+        """
+        if self._outstanding is not None:
+            raise ClientBusy(f"client {self.client_id}: request "
+                             f"{self._outstanding.timestamp} still outstanding")
+        timestamp = self._next_timestamp
+        self._next_timestamp += 1
+        signed = self._signer.sign(Request(op=op, timestamp=timestamp, client=self.client_id))
+        timeout_s = self._config.client_timeout_s
+        self._outstanding = _Outstanding(
+            signed=signed, timestamp=timestamp, submitted_at=now, deadline=deadline,
+            next_retransmit_at=now + timeout_s, replies={},
+        )
+        self._stats["submitted"] += 1
+        return [SendTo(self._config.primary(self.view), signed), self._timer()]
+
+    def receive(self, signed_reply: Any, now: float) -> list[ClientEffect]:
+        """Take a reply from the network; may complete the outstanding request."""
+        self._stats["replies_received"] += 1
+        if not isinstance(signed_reply, Signed) or not isinstance(signed_reply.statement, Reply):
+            return self._drop("not_a_reply")
+        reply: Reply = signed_reply.statement
+        if reply.client != self.client_id:
+            return self._drop("other_client")
+        if not 0 <= reply.replica < self._config.n:
+            return self._drop("unknown_replica")
+        out = self._outstanding
+        if out is None or reply.timestamp != out.timestamp:
+            return self._drop("stale_timestamp")
+        if not self._verifier.verify(signed_reply):
+            return self._drop("bad_signature")
+        assert out.replies is not None
+        if reply.replica in out.replies:
+            return self._drop("duplicate_replica")
+        out.replies[reply.replica] = (reply.view, reply.result)
+        self._stats["replies_counted"] += 1
+        matching = [view for view, result in out.replies.values() if result == reply.result]
+        if len(matching) < self._config.weak:
+            return []
+        # f+1 distinct replicas agree: at least one correct replica is in view >= the
+        # (f+1)-th highest view they report, so adopting it never follows a lone liar.
+        views = sorted((view for view, _ in out.replies.values()), reverse=True)
+        self.view = max(self.view, views[self._config.weak - 1])
+        self._outstanding = None
+        self._stats["completed"] += 1
+        return [Completed(out.timestamp, reply.result, now - out.submitted_at)]
+
+    def tick(self, now: float) -> list[ClientEffect]:
+        """Retransmit or fail the outstanding request if its time has come."""
+        out = self._outstanding
+        if out is None:
+            return []
+        if out.deadline is not None and now >= out.deadline:
+            self._outstanding = None
+            self._stats["failed"] += 1
+            return [Failed(out.timestamp, f"deadline passed after {out.retransmits} retransmits")]
+        if now < out.next_retransmit_at:
+            return [self._timer()]
+        out.retransmits += 1
+        self._stats["retransmits"] += 1
+        backoff = min(2 ** (out.retransmits - 1), self._max_backoff)
+        out.next_retransmit_at = now + self._config.client_timeout_s * backoff
+        effects: list[ClientEffect]
+        if out.retransmits <= self._primary_retransmits:
+            effects = [SendTo(self._config.primary(self.view), out.signed)]
+        else:
+            self._stats["broadcasts"] += 1
+            effects = [SendAll(out.signed)]
+        effects.append(self._timer())
+        return effects
+
+    def statistics(self) -> dict:
+        """Counters: submitted, completed, failed, retransmits, broadcasts, replies, drops."""
+        stats: dict[str, Any] = dict(self._stats)
+        stats["view"] = self.view
+        stats["outstanding"] = self.outstanding_timestamp
+        stats["drops"] = dict(sorted(self._drops.items()))
+        return stats
+
+    # ------------------------------------------------------------- helpers
+
+    def _timer(self) -> ClientTimer:
+        out = self._outstanding
+        assert out is not None
+        at = out.next_retransmit_at
+        if out.deadline is not None:
+            at = min(at, out.deadline)
+        return ClientTimer(at)
+
+    def _drop(self, reason: str) -> list[ClientEffect]:
+        self._drops[reason] = self._drops.get(reason, 0) + 1
+        return []

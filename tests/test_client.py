@@ -1,0 +1,253 @@
+"""Client protocol (PROTOCOL.md "Requests and replies", "Loss recovery"; OSDI'99 section 4.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bft.client import (
+    Client,
+    ClientBusy,
+    ClientTimer,
+    Completed,
+    Failed,
+    SendAll,
+    SendTo,
+)
+from bft.crypto import SimKeys
+from bft.messages import Reply, Request, Signed
+
+N_CLIENTS = 3
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    """The part of ClusterConfig the client reads (n = 4, f = 1)."""
+
+    n: int = 4
+    f: int = 1
+    client_timeout_s: float = 1.0
+
+    @property
+    def weak(self) -> int:
+        return self.f + 1
+
+    def primary(self, view: int) -> int:
+        return view % self.n
+
+
+def make_config():
+    """The real ClusterConfig when bft/config.py is there, else the fake with the same fields."""
+    try:
+        from bft.config import ClusterConfig
+    except ImportError:
+        return FakeConfig()
+    return ClusterConfig.local(n=4, client_timeout_s=1.0)
+
+
+@pytest.fixture
+def keys() -> SimKeys:
+    return SimKeys(1, n_replicas=4, n_clients=N_CLIENTS)
+
+
+@pytest.fixture
+def client(keys: SimKeys) -> Client:
+    return Client(make_config(), 0, keys.signer("client", 0), keys.verifier())
+
+
+def reply(keys: SimKeys, replica: int, timestamp: int, result: bytes, *, view: int = 0,
+          client: int = 0) -> Signed:
+    return keys.signer("replica", replica).sign(
+        Reply(view=view, timestamp=timestamp, client=client, replica=replica, result=result))
+
+
+def completions(effects) -> list[Completed]:
+    return [e for e in effects if isinstance(e, Completed)]
+
+
+def test_submit_signs_request_and_sends_to_primary(client: Client, keys: SimKeys) -> None:
+    effects = client.submit(b"op", now=10.0)
+    assert isinstance(effects[0], SendTo) and effects[0].replica == 0
+    signed = effects[0].request
+    assert signed.statement == Request(op=b"op", timestamp=1, client=0)
+    assert keys.verifier().verify(signed)
+    assert effects[1] == ClientTimer(11.0)
+
+
+def test_timestamps_strictly_increase(client: Client, keys: SimKeys) -> None:
+    seen = []
+    for i in range(3):
+        signed = client.submit(b"x", now=float(i))[0].request
+        seen.append(signed.statement.timestamp)
+        ts = signed.statement.timestamp
+        client.receive(reply(keys, 1, ts, b"r"), now=i + 0.1)
+        client.receive(reply(keys, 2, ts, b"r"), now=i + 0.2)
+        assert not client.busy
+    assert seen == [1, 2, 3]
+
+
+def test_first_timestamp_respected(keys: SimKeys) -> None:
+    c = Client(make_config(), 1, keys.signer("client", 1), keys.verifier(), first_timestamp=42)
+    assert c.submit(b"x", now=0.0)[0].request.statement.timestamp == 42
+
+
+def test_completes_on_f_plus_one_matching_replies(client: Client, keys: SimKeys) -> None:
+    client.submit(b"op", now=0.0)
+    assert client.receive(reply(keys, 0, 1, b"ok"), now=0.5) == []
+    effects = client.receive(reply(keys, 3, 1, b"ok"), now=0.75)
+    assert effects == [Completed(1, b"ok", 0.75)]
+    assert not client.busy
+    # Late replies for a completed request change nothing.
+    assert client.receive(reply(keys, 1, 1, b"ok"), now=0.8) == []
+    assert client.statistics()["completed"] == 1
+
+
+def test_mismatched_results_not_accepted(client: Client, keys: SimKeys) -> None:
+    client.submit(b"op", now=0.0)
+    assert client.receive(reply(keys, 0, 1, b"lie"), now=0.1) == []
+    assert client.receive(reply(keys, 1, 1, b"truth"), now=0.2) == []
+    assert client.busy
+    # The third distinct replica decides: two now match on "truth".
+    assert completions(client.receive(reply(keys, 2, 1, b"truth"), now=0.3)) == [
+        Completed(1, b"truth", 0.3)]
+
+
+def test_one_replica_counts_once_first_reply_wins(client: Client, keys: SimKeys) -> None:
+    client.submit(b"op", now=0.0)
+    assert client.receive(reply(keys, 0, 1, b"a"), now=0.1) == []
+    # The same replica repeating or changing its answer never makes a quorum alone.
+    assert client.receive(reply(keys, 0, 1, b"a"), now=0.2) == []
+    assert client.receive(reply(keys, 0, 1, b"b"), now=0.3) == []
+    assert client.busy
+    # Replica 0's first answer ("a") is the one that counts.
+    assert client.receive(reply(keys, 1, 1, b"b"), now=0.4) == []
+    assert completions(client.receive(reply(keys, 2, 1, b"a"), now=0.5)) == [
+        Completed(1, b"a", 0.5)]
+    assert client.statistics()["drops"]["duplicate_replica"] == 2
+
+
+def test_bad_signatures_ignored(client: Client, keys: SimKeys) -> None:
+    client.submit(b"op", now=0.0)
+    good = reply(keys, 1, 1, b"ok")
+    forged = Signed(body=good.body, signature=bytes(64), statement=good.statement)
+    # Replica 2's reply signed with replica 3's key: a forgery too.
+    body_of_2 = reply(keys, 2, 1, b"ok")
+    stolen = Signed(body=body_of_2.body, signature=reply(keys, 3, 1, b"ok").signature,
+                    statement=body_of_2.statement)
+    assert client.receive(forged, now=0.1) == []
+    assert client.receive(stolen, now=0.1) == []
+    assert client.receive(reply(keys, 0, 1, b"ok"), now=0.2) == []
+    assert client.busy
+    assert client.statistics()["drops"]["bad_signature"] == 2
+    # The forgeries did not use up replica 1's or 2's vote.
+    assert completions(client.receive(good, now=0.3)) == [Completed(1, b"ok", 0.3)]
+
+
+def test_replies_for_others_or_non_replicas_ignored(client: Client, keys: SimKeys) -> None:
+    client.submit(b"op", now=0.0)
+    assert client.receive(reply(keys, 0, 1, b"ok", client=1), now=0.1) == []  # other client
+    assert client.receive(reply(keys, 1, 7, b"ok"), now=0.1) == []  # other timestamp
+    request = keys.signer("client", 0).sign(Request(op=b"x", timestamp=1, client=0))
+    assert client.receive(request, now=0.1) == []  # not a reply
+    # A replica id outside the cluster, even correctly signed by a larger key set.
+    big = SimKeys(1, n_replicas=10, n_clients=N_CLIENTS)
+    assert client.receive(reply(big, 7, 1, b"ok"), now=0.1) == []
+    drops = client.statistics()["drops"]
+    assert drops == {"other_client": 1, "stale_timestamp": 1, "not_a_reply": 1,
+                     "unknown_replica": 1}
+    assert client.busy
+    assert client.receive(reply(keys, 0, 1, b"ok"), now=0.2) == []  # only one vote so far
+
+
+def test_retransmit_to_primary_then_broadcast(client: Client) -> None:
+    signed = client.submit(b"op", now=0.0)[0].request
+    assert client.tick(0.5) == [ClientTimer(1.0)]  # not yet
+    first = client.tick(1.0)
+    assert first[0] == SendTo(0, signed)
+    second_at = first[1].at
+    assert second_at == pytest.approx(2.0)
+    assert client.tick(second_at - 0.01) == [ClientTimer(second_at)]
+    second = client.tick(second_at)
+    assert second[0] == SendAll(signed)
+    third = client.tick(second[1].at)
+    assert third[0] == SendAll(signed)
+    # Backoff doubles between retransmissions and stays capped.
+    waits = []
+    now = third[1].at
+    for _ in range(8):
+        effects = client.tick(now)
+        assert isinstance(effects[0], SendAll)
+        waits.append(effects[1].at - now)
+        now = effects[1].at
+    assert waits[-1] == waits[-2] == pytest.approx(8.0)
+    stats = client.statistics()
+    assert stats["retransmits"] == 11 and stats["broadcasts"] == 10
+    assert client.busy  # no deadline: never gives up
+
+
+def test_failed_only_with_deadline(client: Client, keys: SimKeys) -> None:
+    client.submit(b"op", now=0.0, deadline=2.5)
+    effects = client.tick(1.0)
+    assert isinstance(effects[0], SendTo)
+    assert effects[1] == ClientTimer(2.0)
+    effects = client.tick(2.0)
+    assert isinstance(effects[0], SendAll)
+    assert effects[1] == ClientTimer(2.5)  # the deadline comes before the next retransmit
+    effects = client.tick(2.5)
+    assert len(effects) == 1 and isinstance(effects[0], Failed) and effects[0].timestamp == 1
+    assert not client.busy
+    # The next request gets a fresh number; replies to the failed one are ignored.
+    signed = client.submit(b"op2", now=3.0)[0].request
+    assert signed.statement.timestamp == 2
+    assert client.receive(reply(keys, 0, 1, b"ok"), now=3.1) == []
+    assert client.receive(reply(keys, 1, 1, b"ok"), now=3.1) == []
+    assert client.busy
+
+
+def test_submit_while_busy_raises(client: Client) -> None:
+    client.submit(b"op", now=0.0)
+    with pytest.raises(ClientBusy):
+        client.submit(b"op2", now=0.1)
+
+
+def test_learns_view_from_replies(client: Client, keys: SimKeys) -> None:
+    client.submit(b"op", now=0.0)
+    client.receive(reply(keys, 1, 1, b"ok", view=5), now=0.1)
+    client.receive(reply(keys, 2, 1, b"ok", view=5), now=0.2)
+    assert client.view == 5
+    assert client.submit(b"op2", now=1.0)[0].replica == 5 % 4
+
+
+def test_lone_liar_cannot_move_the_view(client: Client, keys: SimKeys) -> None:
+    client.submit(b"op", now=0.0)
+    client.receive(reply(keys, 3, 1, b"ok", view=1000), now=0.1)
+    client.receive(reply(keys, 1, 1, b"ok", view=0), now=0.2)
+    assert not client.busy
+    assert client.view == 0
+
+
+@settings(max_examples=50)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([b"a", b"b", b"c"])),
+                max_size=12))
+def test_completion_needs_f_plus_one_distinct_matching(replies: list[tuple[int, bytes]]) -> None:
+    """Property: completes exactly when f+1 distinct replicas' first replies match."""
+    keys = SimKeys(2, n_replicas=4, n_clients=1)
+    c = Client(make_config(), 0, keys.signer("client", 0), keys.verifier())
+    c.submit(b"op", now=0.0)
+    first: dict[int, bytes] = {}
+    expected = None
+    got = None
+    for replica, result in replies:
+        first.setdefault(replica, result)
+        if expected is None:
+            counts = [r for r in first.values() if r == first[replica]]
+            if len(counts) >= 2:
+                expected = first[replica]
+        done = completions(c.receive(reply(keys, replica, 1, result), now=1.0))
+        if done:
+            assert got is None
+            got = done[0].result
+    assert got == expected
