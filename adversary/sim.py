@@ -451,6 +451,7 @@ class Simulation:
         self.net: dict[str, int] = {"sent": 0, "delivered": 0, "duplicated": 0, "reordered": 0}
         self.drops: dict[str, int] = {}
         self.events: dict[str, int] = {}  # Event kinds (and evidence) of judged replicas
+        self.event_log: list[tuple[float, int, str, dict]] = []  # (time, node, kind, fields)
         self.faults: dict[str, int] = {}  # crashes, restarts carried out
         self.sim_violations: list[str] = []
         self.invariant_broken = False
@@ -641,6 +642,8 @@ class Simulation:
                     self._transmit(src, ("client", e.client), e.reply)
             elif isinstance(e, Executed):
                 self.checkers.on_executed(i, e, self.now)
+                if len(self.event_log) < 20_000:
+                    self.event_log.append((self.now, i, "executed", {"seq": e.seq, "view": e.view}))
             elif isinstance(e, SetTimer):
                 self.timer_gen[i] += 1
                 self._push(max(e.at, self.now), "timer", i, self.incarnation[i], self.timer_gen[i])
@@ -649,6 +652,8 @@ class Simulation:
                     self._count(self.events, "evidence")
                 self.checkers.on_evidence(i, e, self.now)
             elif isinstance(e, Event):
+                if len(self.event_log) < 20_000:
+                    self.event_log.append((self.now, i, e.kind, e.fields))
                 if judged:
                     self._count(self.events, e.kind)
                 if e.kind == "state_transfer":

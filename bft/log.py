@@ -30,6 +30,9 @@ class Slot:
     cert: PreparedCert | None = None  # highest-view prepared certificate
     batch: Batch | None = None  # the batch for `digest` (or decided digest)
     decided: bytes | None = None  # committed-local digest
+    commit_cert: tuple[Signed, ...] = ()  # the 2f+1 matching COMMITs (one view) that decided it
+    decided_pp: Signed | None = None  # a pre-prepare signed for the decided digest
+    old_commits: dict = field(default_factory=dict)  # (view, digest) -> {replica: Signed}
     accepted_at: float | None = None
     deferred: object = None  # a Proposal held back until f+1 backups vouch for its late batch_time
 

@@ -72,6 +72,7 @@ MAX_STATUS_SEQS = 64
 MAX_PENDING_REQUESTS = 50_000
 MAX_RESEND_PER_STATUS = 32
 MAX_TIMEOUT_S = 3600.0
+MAX_OLD_COMMITS_PER_REPLICA = 4  # per slot: bounds what a lying replica can make us keep
 
 
 @dataclass(slots=True)
@@ -408,7 +409,7 @@ class Replica:
         digest_ok = batch_digest(batch) == pp.digest
         # a batch someone fetched for a NEW-VIEW re-proposal, or a relay in loss recovery
         if digest_ok and pp.digest in self.needed_batches:
-            self._got_batch(pp.digest, batch)
+            self._got_batch(pp.digest, batch, pp_signed)
         if pp.view != self.view:
             return self._drop("wrong_view")
         if self.in_view_change:
@@ -427,7 +428,7 @@ class Replica:
                                key=("pp", pp.view, pp.seq))
                 return self._drop("conflicting_pre_prepare")
             if slot.batch is None and digest_ok:  # re-issued header whose batch we lacked
-                self._got_batch(pp.digest, batch)
+                self._got_batch(pp.digest, batch, pp_signed)
             return self._drop("duplicate_pre_prepare")
         if not digest_ok:
             return self._drop("bad_batch_digest")
@@ -559,8 +560,10 @@ class Replica:
 
     def _on_commit(self, signed: Signed) -> None:
         c: Commit = signed.statement  # type: ignore[assignment]
-        if c.view != self.view or self.in_view_change:
+        if c.view > self.view:
             return self._drop("wrong_view")
+        if c.view < self.view or self.in_view_change:
+            return self._on_certificate_commit(signed)
         if not self.log.in_window(c.seq):
             return self._drop("outside_watermarks")
         slot = self.log.slot(c.seq)
@@ -574,13 +577,61 @@ class Replica:
         slot.commits[c.replica] = signed
         self._check_committed(slot)
 
+    def _on_certificate_commit(self, signed: Signed) -> None:
+        """A COMMIT of an earlier view, relayed by a peer with its commit certificate: 2f+1
+        matching COMMITs of one view for (seq, d) mean f+1 correct replicas prepared d there,
+        so d is committed at seq (4.2, 4.4): a replica that lagged behind may execute it."""
+        c: Commit = signed.statement  # type: ignore[assignment]
+        if not self.log.in_window(c.seq) or c.seq <= self.last_executed:
+            return self._drop("old_commit")
+        slot = self.log.slot(c.seq)
+        if slot.decided is not None:
+            return self._drop("old_commit")
+        mine = sum(1 for votes in slot.old_commits.values() if c.replica in votes)
+        if mine >= MAX_OLD_COMMITS_PER_REPLICA:
+            return self._drop("old_commit_limit")
+        votes = slot.old_commits.setdefault((c.view, c.digest), {})
+        votes[c.replica] = signed
+        if len(votes) >= self.quorum:
+            self._decide_by_certificate(slot, c.digest, tuple(votes.values())[: self.quorum])
+
+    def _decide_by_certificate(self, slot: Slot, digest: bytes, cert: tuple[Signed, ...]) -> None:
+        slot.decided = digest
+        slot.commit_cert = cert
+        slot.old_commits = {}
+        self.counters["decided_by_certificate"] += 1
+        if slot.batch is None or batch_digest(slot.batch) != digest:
+            slot.batch = self.batches.get(digest)
+        if slot.pre_prepare is not None and slot.pre_prepare.statement.digest == digest:  # type: ignore[union-attr]
+            slot.decided_pp = slot.pre_prepare
+        if slot.batch is None:
+            self.needed_batches[digest] = slot.seq
+            fetch = self._sign(Fetch(self.view, slot.seq, digest, self.id))
+            for s in cert:
+                if s.statement.replica != self.id:  # type: ignore[union-attr]
+                    self._out.append(Send(s.statement.replica, fetch))  # type: ignore[union-attr]
+            return
+        self._execute_ready()
+
     def _check_committed(self, slot: Slot) -> None:
         """committed-local: prepared + 2f+1 matching COMMITs, own included (4.2)."""
-        if not slot.prepared or slot.decided is not None:
+        if slot.decided is not None:
+            return
+        if not slot.prepared:
+            # 2f+1 matching COMMITs decide the seq even where we missed the prepare phase
+            by_digest: dict[bytes, list[Signed]] = {}
+            for c in slot.commits.values():
+                by_digest.setdefault(c.statement.digest, []).append(c)  # type: ignore[union-attr]
+            for digest, votes in by_digest.items():
+                if len(votes) >= self.quorum:
+                    self._decide_by_certificate(slot, digest, tuple(votes[: self.quorum]))
             return
         if slot.matching(slot.commits) < self.quorum:
             return
         slot.decided = slot.digest
+        slot.decided_pp = slot.pre_prepare
+        slot.commit_cert = tuple(s for s in slot.commits.values()
+                                 if s.statement.digest == slot.digest)[: self.quorum]  # type: ignore[union-attr]
         self._execute_ready()
 
     # ------------------------------------------------------------------ execution
@@ -1037,12 +1088,18 @@ class Replica:
             self._arm_progress()
         self._execute_ready()
 
-    def _got_batch(self, digest: bytes, batch: Batch) -> None:
+    def _got_batch(self, digest: bytes, batch: Batch, pp: Signed | None = None) -> None:
         seq = self.needed_batches.pop(digest, None)
         self.batches[digest] = batch
         if seq is None:
             return
         slot = self.log.get(seq)
+        if slot is not None and slot.decided == digest and slot.batch is None:
+            slot.batch = batch
+            if slot.decided_pp is None and pp is not None:
+                slot.decided_pp = pp
+            self._execute_ready()
+            return
         if slot is not None and slot.digest == digest and slot.batch is None:
             slot.batch = batch
             for s in batch.requests:
@@ -1063,6 +1120,9 @@ class Replica:
             if slot is not None and slot.cert is not None and \
                     slot.cert.pre_prepare.statement.digest == req.digest:  # type: ignore[union-attr]
                 pp = slot.cert.pre_prepare
+            elif slot is not None and slot.decided_pp is not None and \
+                    slot.decided_pp.statement.digest == req.digest:  # type: ignore[union-attr]
+                pp = slot.decided_pp
             else:
                 return self._drop("fetch_unknown_batch")
         self._out.append(Send(req.replica, Proposal(pp, batch)))
@@ -1103,6 +1163,7 @@ class Replica:
         st: Status = signed.statement  # type: ignore[assignment]
         peer = st.replica
         out = self._out
+        self._relay_decided(st)
         if st.view < self.view or (st.view == self.view and st.in_view_change and not self.in_view_change):
             if self.in_view_change and self.my_view_change is not None:
                 out.append(Send(peer, self.my_view_change))
@@ -1116,7 +1177,9 @@ class Replica:
         if self.in_view_change:
             return
         # same view, both in normal operation
-        if st.stable_seq < self.log.low and st.last_executed < self.log.low and self.stable_proof:
+        if st.stable_seq < self.log.low and self.stable_proof:
+            # the peer lacks our stable checkpoint (lost CHECKPOINTs): its watermarks are stuck
+            # below ours until it has the proof (and state, if it is also behind in execution)
             for cp in self.stable_proof:
                 out.append(Send(peer, cp))
         if st.last_executed < self.log.low:
@@ -1141,6 +1204,23 @@ class Replica:
             if seq not in have_committed and slot.sent_commit and self.id in slot.commits:
                 out.append(Send(peer, slot.commits[self.id]))
                 sent += 1
+
+    def _relay_decided(self, st: Status) -> None:
+        """A peer that executed less than we did gets, for each seq it lacks, the commit
+        certificate and the batch (whatever view either of us is in)."""
+        if st.last_executed >= self.last_executed or st.last_executed < self.log.low:
+            return
+        sent = 0
+        for seq in range(st.last_executed + 1, self.last_executed + 1):
+            slot = self.log.get(seq)
+            if slot is None or not slot.commit_cert or slot.batch is None or slot.decided_pp is None:
+                continue
+            for c in slot.commit_cert:
+                self._out.append(Send(st.replica, c))
+            self._out.append(Send(st.replica, Proposal(slot.decided_pp, slot.batch)))
+            sent += 1
+            if sent >= MAX_RESEND_PER_STATUS:
+                break
 
     # ------------------------------------------------------------------ recovery from the WAL
 
