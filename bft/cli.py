@@ -393,7 +393,9 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="state directory (default: state/<cluster name>)")
-    parser.add_argument("--no-tui", action="store_true", help="print events as lines")
+    parser.add_argument("--no-tui", action="store_true",
+                        help="print events as lines instead of opening the dashboard (the "
+                        "default when stdout is not a terminal)")
     parser.add_argument("--load", type=float, default=0.0, metavar="OPS_PER_S",
                         help="background client load in operations per second (0: none)")
     parser.add_argument("--duration", type=float, default=None, metavar="S",
@@ -411,8 +413,80 @@ def cmd_up(args: argparse.Namespace) -> int:
     if _ensure_local_keys(config, key_dir):
         print(f"generated keys in {key_dir}", flush=True)
     load_keyring(config, key_dir)  # clear error now rather than in every child
+    if not args.no_tui and sys.stdout.isatty() and config.monitor is not None:
+        return _up_with_dashboard(args.config, config, state_dir, key_dir, args.load,
+                                  args.duration, args.fsync)
     return trio.run(run_cluster, args.config, config, state_dir, key_dir, args.load,
                     args.duration, args.fsync)
+
+
+def _node_command(config_path: Path, node_id: int, state_dir: Path, key_dir: Path,
+                  fsync: str | None, events: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "bft", "node", str(config_path), "--id", str(node_id),
+           "--state-dir", str(state_dir), "--key-dir", str(key_dir)]
+    if events:
+        cmd.append("--events")
+    if fsync:
+        cmd += ["--fsync", fsync]
+    return cmd
+
+
+def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path, key_dir: Path,
+                       load_ops_per_s: float, duration_s: float | None, fsync: str | None) -> int:
+    """`bft up` in a terminal: nodes as child processes, the dashboard in the foreground;
+    quitting the dashboard (q) stops every node."""
+    import subprocess
+    import threading
+
+    import trio
+
+    from tui.app import DashboardApp
+    from tui.commands import _check_bindable
+
+    assert config.monitor is not None
+    _check_bindable(config.monitor)
+    keyring = load_keyring(config, key_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen] = []
+    out = open(state_dir / "up.log", "a", encoding="utf-8")  # noqa: SIM115
+    try:
+        for node in config.nodes:
+            proc = subprocess.Popen(
+                _node_command(config_path, node.id, state_dir, key_dir, fsync, events=True),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+            procs.append(proc)
+            (state_dir / f"node-{node.id}.pid").write_text(f"{proc.pid}\n")
+        if load_ops_per_s > 0:
+            def say(line: str) -> None:
+                print(line, file=out, flush=True)
+
+            threading.Thread(target=trio.run, daemon=True, args=(
+                _drive_load, config, state_dir, key_dir, load_ops_per_s, say)).start()
+        app = DashboardApp(config, keyring.verifier(), keyring.signer("admin", 0),
+                           listen=config.monitor)
+        if duration_s is not None:
+            threading.Timer(duration_s, lambda: app.call_from_thread(app.exit)).start()
+        app.run()
+    finally:
+        _stop_children(procs)
+        out.close()
+    return 0
+
+
+def _stop_children(procs: list) -> None:  # type: ignore[type-arg]
+    """SIGTERM every child we started, then SIGKILL what is still alive after 5 s."""
+    import subprocess
+
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path, key_dir: Path,
@@ -468,10 +542,7 @@ async def _supervise(config_path, config, state_dir, key_dir, load_ops_per_s, du
     async with trio.open_nursery() as nursery:
         readies = []
         for node in config.nodes:
-            cmd = [sys.executable, "-m", "bft", "node", str(config_path), "--id", str(node.id),
-                   "--state-dir", str(state_dir), "--key-dir", str(key_dir), "--events"]
-            if fsync:
-                cmd += ["--fsync", fsync]
+            cmd = _node_command(config_path, node.id, state_dir, key_dir, fsync, events=True)
             proc = await nursery.start(partial(
                 trio.run_process, cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, check=False, start_new_session=True))
@@ -597,6 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_parser(subparsers)
     _add_client_parser(subparsers)
     _add_sim_parser(subparsers)
+    from tui.commands import add_tui_parsers  # here: tui.commands imports from this module
+
+    add_tui_parsers(subparsers)
     _add_keygen_parser(subparsers)
     _add_config_parser(subparsers)
     return parser

@@ -50,9 +50,23 @@ from bft.errors import MalformedMessage
 from bft.messages import Request, Signed
 from bft.replica import Replica
 from bft.storage import WalStorage
+from bft.telemetry import (
+    ClearBehaviour,
+    ControlGate,
+    Crash,
+    Cut,
+    Heal,
+    Pause,
+    Resume,
+    SetBehaviour,
+    TelemetryAggregator,
+    is_control,
+    is_telemetry,
+)
 from transport.udp import UdpEndpoint
 
 CLIENT_SENDER_BASE = 1 << 31  # frame sender ids of clients (replicas use 0..n-1)
+MAX_PAUSED_BACKLOG = 20_000  # datagrams held while paused (like a kernel buffer); more are dropped
 DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
 
 
@@ -151,6 +165,17 @@ class Node:
         self._deadline = math.inf
         self._encoded: dict[int, bytes] = {}
         self.started = trio.Event()
+        wall_us = time.time_ns() // 1000
+        self.telemetry = (TelemetryAggregator(node_id, signer, first_seq_no=wall_us)
+                          if config.monitor else None)
+        self._telemetry_out: list[bytes] = []
+        # commands numbered before this process started (within the clock skew) are stale
+        self.control = ControlGate(node_id, last_seq_no=wall_us - int(config.max_clock_skew_s * 1e6))
+        self.paused_until = 0.0
+        self._backlog: list[Any] = []
+        self.behaviour = ""  # the adversary behaviour switched on from the dashboard, if any
+        self.cut_peers: set[int] = set()
+        self._peer_of_addr = {n.address: n.id for n in config.nodes}
 
     # -- lifecycle
 
@@ -176,11 +201,11 @@ class Node:
             "view": self.replica.view, "last_executed": self.replica.last_executed}})
 
     def close(self) -> None:
+        self.log.info("node stopped", extra={"fields": {"event": "stop", **self.summary()}})
         if self.endpoint is not None:
             self.endpoint.close()
         if self.storage is not None:
             self.storage.close()
-        self.log.info("node stopped", extra={"fields": {"event": "stop", **self.summary()}})
         for h in list(self.log.handlers):
             h.flush()
 
@@ -200,31 +225,144 @@ class Node:
     async def _loop(self) -> None:
         replica, endpoint = self.replica, self.endpoint
         assert replica is not None and endpoint is not None
-        limits = self.config.limits
         while True:
+            wake = self._deadline
+            if self.telemetry is not None:
+                wake = min(wake, self.telemetry.next_due())
+            if self.paused_until:
+                wake = min(wake, self.paused_until)
             batch = []
-            with trio.move_on_at(self._deadline):
+            with trio.move_on_at(wake):
                 batch = await endpoint.receive_batch()
             effects: list[Any] = []
             now = trio.current_time()
             wall = self.clock()
             for rec in batch:
                 self.stats.received += 1
-                try:
-                    msg = codec.decode_untrusted(rec.payload, limits)
-                except MalformedMessage:
-                    self.stats.drops["malformed"] += 1
+                payload = rec.payload
+                if is_control(payload):
+                    cmd = self.control.accept(payload, self.verifier)
+                    if cmd is not None:
+                        await self._obey(cmd, now)
                     continue
-                if isinstance(msg, Signed) and isinstance(msg.statement, Request):
-                    if self.verifier.verify(msg):
-                        self.client_addrs[msg.statement.client] = rec.addr
-                self.stats.steps += 1
-                effects.extend(replica.receive(msg, now, wall))
-            if now >= self._deadline:
+                if is_telemetry(payload):
+                    self.stats.drops["telemetry_to_node"] += 1
+                    continue
+                if self.cut_peers and self._peer_of_addr.get(rec.addr) in self.cut_peers:
+                    self.stats.drops["cut"] += 1
+                    continue
+                if self.paused_until:
+                    if len(self._backlog) < MAX_PAUSED_BACKLOG:
+                        self._backlog.append(rec)
+                    else:
+                        self.stats.drops["paused_overflow"] += 1
+                    continue
+                effects.extend(self._step(rec, now, wall))
+            if self.paused_until and now >= self.paused_until:
+                effects.extend(self._resume(now, wall))
+            if not self.paused_until and now >= self._deadline:
                 self._deadline = math.inf
                 effects.extend(replica.tick(now, wall))
             if effects:
                 await self._carry_out(effects)
+            if self.telemetry is not None and now >= self.telemetry.next_due():
+                self._telemetry_out.extend(self.telemetry.poll(now, self._telemetry_status))
+            if self._telemetry_out:
+                await self._send_telemetry()
+
+    def _step(self, rec: Any, now: float, wall: Interval) -> list[Any]:
+        assert self.replica is not None
+        try:
+            msg = codec.decode_untrusted(rec.payload, self.config.limits)
+        except MalformedMessage:
+            self.stats.drops["malformed"] += 1
+            return []
+        if isinstance(msg, Signed) and isinstance(msg.statement, Request):
+            if self.verifier.verify(msg):
+                self.client_addrs[msg.statement.client] = rec.addr
+        self.stats.steps += 1
+        return self.replica.receive(msg, now, wall)
+
+    def _resume(self, now: float, wall: Interval) -> list[Any]:
+        """End a pause: process what arrived meanwhile, stale as it is (a GC pause)."""
+        assert self.replica is not None
+        self.paused_until = 0.0
+        backlog, self._backlog = self._backlog, []
+        self.log.info("resumed", extra={"fields": {"event": "resumed", "backlog": len(backlog)}})
+        effects: list[Any] = []
+        for rec in backlog:
+            effects.extend(self._step(rec, now, wall))
+        self._deadline = math.inf
+        effects.extend(self.replica.tick(now, wall))
+        return effects
+
+    # -- control (admin-signed commands from the dashboard or `bft ctl`)
+
+    async def _obey(self, cmd: Any, now: float) -> None:
+        action = cmd.action
+        self.log.warning("control", extra={"fields": {"event": "control", "action": cmd.describe()}})
+        if self.telemetry is not None:
+            self._telemetry_out.extend(self.telemetry.observe(
+                Event("control", {"action": cmd.describe()}), now))
+        if isinstance(action, Pause):
+            self.paused_until = now + action.duration_ms / 1000
+        elif isinstance(action, Resume):
+            if self.paused_until:
+                self.paused_until = now  # the loop resumes at once
+        elif isinstance(action, Cut):
+            peers = set(action.peers) or {n.id for n in self.config.nodes}
+            self.cut_peers = peers - {self.id}
+        elif isinstance(action, Heal):
+            self.cut_peers = set()
+        elif isinstance(action, SetBehaviour):
+            self.set_behaviour(action.name, dict(action.params))
+        elif isinstance(action, ClearBehaviour):
+            self.set_behaviour("", {})
+        elif isinstance(action, Crash):
+            self.log.warning("crash", extra={"fields": {"event": "crash"}})
+            for h in self.log.handlers:
+                h.flush()
+            os._exit(137)  # no clean close: recovery goes through the WAL
+
+    def set_behaviour(self, name: str, params: dict[str, Any]) -> None:
+        """Switch an adversary behaviour on ("" = honest). Hook for the adversary package."""
+        hook = getattr(self, "behaviour_hook", None)
+        if hook is None and name:
+            self.log.warning("behaviour unavailable", extra={"fields": {
+                "event": "behaviour_unavailable", "behaviour": name}})
+            return
+        if hook is not None:
+            hook(name, params)
+        self.behaviour = name
+
+    # -- telemetry
+
+    def _telemetry_status(self) -> dict[str, Any]:
+        assert self.replica is not None
+        st = self.replica.statistics()
+        drops: Counter[str] = Counter(st.get("drops", {}))
+        drops.update(self.stats.drops)
+        if self.endpoint is not None:
+            tstats = self.endpoint.statistics()
+            drops.update({k: v for k, v in dict(tstats.get("drops", {})).items()
+                          if isinstance(v, int)})
+        drops.update({f"control_{k}": v for k, v in self.control.statistics().get("drops", {}).items()
+                      if isinstance(v, int)})
+        now = trio.current_time()
+        suspected = {p: phi for p, phi in self.replica.timeout.suspected(now).items()
+                     if isinstance(p, int)}
+        st.update(msgs_in=self.stats.received, msgs_out=self.stats.sent, drops=dict(drops),
+                  behaviour=self.behaviour, paused=bool(self.paused_until), suspected=suspected)
+        return st
+
+    async def _send_telemetry(self) -> None:
+        assert self.endpoint is not None
+        out, self._telemetry_out = self._telemetry_out, []
+        monitor = self.config.monitor
+        if monitor is None:
+            return
+        for payload in out:
+            await self.endpoint.send_to(monitor, payload)
 
     # -- effects
 
@@ -266,12 +404,14 @@ class Node:
         self._encoded.clear()
         for e in outgoing:
             if isinstance(e, Send):
+                if e.to in self.cut_peers:
+                    continue
                 await endpoint.send(e.to, self._encode(e.message))
                 self.stats.sent += 1
             elif isinstance(e, Broadcast):
                 data = self._encode(e.message)
                 for peer in self.config.nodes:
-                    if peer.id != self.id:
+                    if peer.id != self.id and peer.id not in self.cut_peers:
                         await endpoint.send(peer.id, data)
                         self.stats.sent += 1
             else:
@@ -285,6 +425,8 @@ class Node:
     def _observe(self, e: Any) -> None:
         if self.on_effect is not None:
             self.on_effect(e)
+        if self.telemetry is not None:
+            self._telemetry_out.extend(self.telemetry.observe(e, trio.current_time()))
         if isinstance(e, Executed):
             self.stats.commits += 1
             self.stats.executed_requests += len(e.batch.requests)

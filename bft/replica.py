@@ -148,7 +148,8 @@ class Replica:
         self.transfer_target: tuple[int, bytes, tuple[Signed, ...]] | None = None
         self.last_timer: float | None = None
         self.evidence_seen: set[tuple] = set()
-        self.diverged: set[int] = set()  # checkpoint seqs where our digest differed from the proof
+        self.diverged: set[int] = set()
+        self.heard_from: dict[int, float] = {}  # peer -> last time a valid message came  # checkpoint seqs where our digest differed from the proof
         self.drops: collections.Counter[str] = collections.Counter()
         self.counters: collections.Counter[str] = collections.Counter()
         self._out: list[Effect] = []
@@ -194,7 +195,13 @@ class Replica:
         if (self.progress_deadline is not None and now >= self.progress_deadline
                 and not self.in_view_change):
             self.progress_deadline = None
-            self._start_view_change(self.view + 1, "timeout")
+            if self._isolated(now):
+                # nobody to form a quorum with: a view change could not complete, and would
+                # leave us alone in it once the network heals. Wait (loss recovery goes on).
+                self.counters["view_change_deferred_isolated"] += 1
+                self._arm_progress()
+            else:
+                self._start_view_change(self.view + 1, "timeout")
         if now >= self.status_deadline:
             self._send_status()
             self._resend_pending()
@@ -304,6 +311,13 @@ class Replica:
 
     def _note_arrival(self, peer: int) -> None:
         self.timeout.record_arrival(peer, self._now)
+        self.heard_from[peer] = self._now
+
+    def _isolated(self, now: float) -> bool:
+        """Fewer than quorum-1 peers heard from within the last few status intervals."""
+        recent = now - 3 * self.config.status_interval_s - self._vc_timeout()
+        heard = sum(1 for t in self.heard_from.values() if t >= recent)
+        return heard < self.quorum - 1
 
     # ------------------------------------------------------------------ requests (4.1)
 
@@ -1163,6 +1177,12 @@ class Replica:
         st: Status = signed.statement  # type: ignore[assignment]
         peer = st.replica
         out = self._out
+        if st.stable_seq < self.log.low and self.stable_proof:
+            # the peer lacks our stable checkpoint (lost CHECKPOINTs, or it was cut off): its
+            # watermarks are stuck below ours until it has the proof. Checkpoints do not
+            # depend on views, so this goes first, whatever views the two of us are in.
+            for cp in self.stable_proof:
+                out.append(Send(peer, cp))
         self._relay_decided(st)
         if st.view < self.view or (st.view == self.view and st.in_view_change and not self.in_view_change):
             if self.in_view_change and self.my_view_change is not None:
@@ -1177,11 +1197,6 @@ class Replica:
         if self.in_view_change:
             return
         # same view, both in normal operation
-        if st.stable_seq < self.log.low and self.stable_proof:
-            # the peer lacks our stable checkpoint (lost CHECKPOINTs): its watermarks are stuck
-            # below ours until it has the proof (and state, if it is also behind in execution)
-            for cp in self.stable_proof:
-                out.append(Send(peer, cp))
         if st.last_executed < self.log.low:
             return
         have_prepared = set(st.prepared) | set(st.committed)

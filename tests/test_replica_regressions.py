@@ -1,0 +1,72 @@
+"""Regression tests for replica bugs found by the real-process cluster tests.
+
+Each test is the smallest deterministic replay (tests/harness.py: pure replicas,
+a step network, no wall clock) of a failure seen over real UDP.
+"""
+
+from __future__ import annotations
+
+from harness import Net, Ops
+
+SEED = 1
+
+
+def _partition_node_3_with_work_pending() -> tuple[Net, dict[str, bool]]:
+    """Node 3 learns of a request, then is cut off before it executes: its progress timer
+    fires and it starts a view change alone (view 1) while the others go on in view 0
+    and move their stable checkpoint past node 3's log window (K = 4, L = 8)."""
+    print(f"seed={SEED}")
+    net = Net(4, seed=SEED, checkpoint_interval=4, log_window=8)
+    cut = {"on": True}
+    # node 3 hears clients (-1) but no replica, and no replica hears it
+    net.filter = lambda src, dst, msg: not cut["on"] or src == -1 or 3 not in (src, dst)
+    net.request(0, Ops.put("a", b"1"))  # a client broadcast: node 3 now waits for it
+    net.deliver()
+    net.advance(2)  # today: node 3's progress timer fires and it moves to view 1 alone
+    for k in range(20):
+        net.request(1, Ops.put(f"k{k}", b"v"), to=0)
+        net.deliver()
+    net.advance(1)
+    assert net.replicas[0].view == 0 and net.replicas[0].stable_seq == 20
+    return net, cut
+
+
+def test_replica_alone_in_a_view_change_gets_the_stable_checkpoint_after_heal():
+    """State transfer (TOCS 5.3) and loss recovery: once the partition heals, a replica
+    behind the others' stable checkpoint learns its proof and fetches the state, whatever
+    view it is in. Checkpoints are not bound to a view.
+
+    Fails today: `Replica._on_status` returns early when the sender's view differs
+    (`st.view < self.view`: node 3 only re-sends its VIEW-CHANGE; `st.view > self.view`:
+    the others ignore node 3's STATUS) before the branch that sends the stable
+    checkpoint proof to a peer that is behind, so node 3 stays at seq 0 until new
+    checkpoints happen to be broadcast."""
+    net, cut = _partition_node_3_with_work_pending()
+    cut["on"] = False
+    net.advance(5)  # no client traffic after the heal: only STATUS-driven recovery
+    r3 = net.replicas[3]
+    assert r3.last_executed >= net.replicas[0].stable_seq, (
+        f"node 3 executed {r3.last_executed}, others' stable checkpoint is "
+        f"{net.replicas[0].stable_seq}"
+    )
+
+
+def test_replica_alone_in_a_view_change_catches_up_with_the_others_after_heal():
+    """After the partition heals and clients go on, the replica that started a view change
+    alone ends up with the same executed prefix and state as the others.
+
+    Fails today: node 3 stays in view 1 (in a view change nobody else joins: f+1 VIEW-CHANGEs
+    are needed), drops every view-0 PRE-PREPARE/PREPARE/COMMIT as `wrong_view`, and only
+    moves by checkpoint state transfer, so it lags the others by up to K-1 sequence numbers
+    forever (until some later view change), never replies to those requests, and its state
+    digest differs from theirs."""
+    net, cut = _partition_node_3_with_work_pending()
+    cut["on"] = False
+    net.advance(2)
+    for k in range(10):
+        net.request(2, Ops.put(f"z{k}", b"v"), to=0)
+        net.deliver()
+    net.advance(5)
+    executed = [r.last_executed for r in net.replicas]
+    assert len(set(executed)) == 1, f"last executed per replica: {executed}"
+    assert len({r.app.digest() for r in net.replicas}) == 1

@@ -1,0 +1,518 @@
+"""A Trio UDP endpoint: framed, fragmented, checksummed messages of opaque bytes.
+
+`UdpEndpoint` owns one non-blocking UDP socket (IPv4 or IPv6). Sending frames a
+payload (`transport.frame`) with the endpoint's message-id counter and sends
+each datagram; receiving drains datagrams, drops and counts anything unusable,
+reassembles fragments (`transport.reassembly`) and hands out complete messages
+as `Received(addr, sender_id, payload)`.
+
+Receive path. Receiving is pull-based: the task that calls `receive_batch()`
+(or `receive()`, or iterates) waits with `trio.lowlevel.wait_readable` and then
+drains the socket with non-blocking `recvfrom` until it would block (or
+`max_batch` datagrams were read). This was chosen over a background task
+feeding a memory channel because it has less overhead per message: no second
+task, no channel hand-off and no task switch per message, one scheduler pass per
+batch (measured on a pre-filled socket with 64-byte messages: about 3.7 us per
+message, 270k/s, against 8.4 us, 120k/s, through a channel). It also needs no
+extra queue to bound: while nobody receives, datagrams wait in the kernel's
+receive buffer (SO_RCVBUF, raised to `socket_buffer_bytes`), and when that is
+full the kernel drops them, which is UDP's own backpressure.
+One task at a time may receive (Trio raises BusyResourceError otherwise).
+
+Nothing a peer sends makes the endpoint raise: garbage, corrupt, oversize and
+truncated datagrams, ICMP-caused errors and unreachable destinations are all
+counted in `statistics()` and dropped. Local misuse raises: using a closed
+endpoint (trio.ClosedResourceError), a payload over `max_message_bytes`, a
+peer address that does not resolve to the endpoint's family (TransportError).
+
+Addresses are `(host, port)`: `("127.0.0.1", 9000)`, `("::1", 9000)`. A host
+name given to the constructor or to `set_peer` is resolved once, there (a
+blocking lookup, meant for startup); `send_to` takes numeric addresses only,
+such as those of received messages. Received IPv6
+addresses are given as `(host, port)` unless they carry a scope id, in which case
+the kernel's 4-tuple is kept so that the address can be replied to.
+
+Fault injection: `send_filter` and `recv_filter` see every datagram (after
+framing on send, before decoding on receive) as `filter(datagram, addr)` and
+return the datagrams to pass on now, as `(datagram, addr)` pairs: none to drop,
+two to duplicate, altered bytes to corrupt. To delay, a send filter keeps the
+datagram and sends it later with `send_datagram` (which bypasses the filter).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import re
+import secrets
+import socket
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple, Self
+
+import trio
+
+from transport.frame import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FRAME_DROP_REASONS,
+    MAX_MESSAGE_ID,
+    MAX_SENDER_ID,
+    OVERHEAD_BYTES,
+    FrameError,
+    decode_frame_untrusted,
+    encode_frames,
+)
+from transport.reassembly import REASSEMBLY_DROP_REASONS, Reassembler
+
+Address = tuple[Any, ...]
+DatagramFilter = Callable[[bytes, Address], Iterable[tuple[bytes, Address]]]
+
+#: Fits one Ethernet MTU with IPv6 and UDP headers (1500 - 40 - 8 = 1452).
+DEFAULT_MAX_DATAGRAM_BYTES = 1400
+#: The largest UDP payload over IPv4.
+MAX_UDP_PAYLOAD_BYTES = 65507
+DEFAULT_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BATCH = 1024
+
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0)
+
+#: Every receive drop reason of the endpoint (frame, size and reassembly reasons).
+RECEIVE_DROP_REASONS = tuple(
+    dict.fromkeys(("oversize",) + FRAME_DROP_REASONS + REASSEMBLY_DROP_REASONS)
+)
+
+
+class TransportError(Exception):
+    """A local problem with the endpoint: cannot bind, bad peer address, misuse."""
+
+
+class Received(NamedTuple):
+    """One complete message: who sent it (source address and claimed sender id)."""
+
+    addr: Address
+    sender_id: int
+    payload: bytes
+
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+
+
+def _resolve(
+    host: str, port: int, *, family: int = socket.AF_UNSPEC, passive: bool = False
+) -> tuple[int, Address]:
+    """(family, sockaddr) of `host` and `port`; TransportError if there is none.
+
+    An IP literal is converted without any lookup. A host name is resolved once,
+    here, with a blocking lookup (so: at startup, not on a hot path); a string that
+    is neither is refused without a lookup.
+    """
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise TransportError(f"port {port!r} of {host!r} is not in 0..65535")
+    flags = socket.AI_NUMERICSERV | (socket.AI_PASSIVE if passive else 0)
+    try:
+        literal = ipaddress.ip_address(host.split("%", 1)[0])
+    except (ValueError, AttributeError):
+        literal = None
+    if literal is not None:
+        literal_family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        if family not in (socket.AF_UNSPEC, literal_family):
+            raise TransportError(f"address {host!r} is not of the address family {family!r}")
+        flags |= socket.AI_NUMERICHOST
+    elif (
+        not isinstance(host, str)
+        or not _HOST_NAME.fullmatch(host)
+        or (host.rstrip(".").rsplit(".", 1)[-1].isdigit())
+    ):
+        raise TransportError(f"{host!r} is neither a numeric IP address nor a host name")
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM, 0, flags)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise TransportError(f"cannot resolve {host!r} port {port}: {exc}") from None
+    if not infos:
+        raise TransportError(f"{host!r} has no address")
+    found_family, _, _, _, sockaddr = infos[0]
+    return found_family, sockaddr
+
+
+def _normal_address(family: int, sockaddr: Address) -> Address:
+    if family == socket.AF_INET6 and sockaddr[3] == 0:
+        return (sockaddr[0], sockaddr[1])
+    return tuple(sockaddr)
+
+
+class UdpEndpoint:
+    """A bound UDP socket that sends and receives whole messages of opaque bytes.
+
+    Guarantees: a received message is byte-identical to what some sender passed
+    to `send`/`send_to` (up to a CRC32C collision or a forger: frames are not
+    authenticated); a message is delivered at most once while its id is in the
+    reassembler's recent window (see `transport.reassembly`); fragments of a
+    message are reassembled per `(source address, sender id)`; nothing received
+    raises; memory held for partial messages is bounded by the reassembler.
+    Delivery itself is not guaranteed (UDP).
+    """
+
+    def __init__(
+        self,
+        sender_id: int,
+        host: str,
+        port: int,
+        *,
+        peers: Mapping[int, tuple[str, int]] | None = None,
+        max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        reassembler: Reassembler | None = None,
+        socket_buffer_bytes: int = DEFAULT_SOCKET_BUFFER_BYTES,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        first_message_id: int | None = None,
+        send_filter: DatagramFilter | None = None,
+        recv_filter: DatagramFilter | None = None,
+    ) -> None:
+        """Bind a UDP socket to `host` (an IP address, or a host name resolved now)
+        and `port` (0 picks a free port).
+
+        Raises TransportError, naming the address, if it cannot bind (port in use,
+        address not local, no such host) or a peer address is unusable.
+        `reassembler` defaults to `Reassembler(max_message_bytes)` with its default
+        bounds. The message-id counter starts at
+        `first_message_id`, by default a random 48-bit number, so that a restarted
+        sender's ids are not taken for recent duplicates.
+        """
+        if not 0 <= sender_id <= MAX_SENDER_ID:
+            raise TransportError(f"sender_id {sender_id} is not a u32")
+        if not OVERHEAD_BYTES < max_datagram_bytes <= MAX_UDP_PAYLOAD_BYTES:
+            raise TransportError(
+                f"max_datagram_bytes must be in ({OVERHEAD_BYTES}, {MAX_UDP_PAYLOAD_BYTES}], "
+                f"not {max_datagram_bytes}"
+            )
+        if max_batch < 1:
+            raise TransportError("max_batch must be >= 1")
+        self.sender_id = sender_id
+        self.max_datagram_bytes = max_datagram_bytes
+        self.max_message_bytes = max_message_bytes
+        self.max_batch = max_batch
+        self.send_filter = send_filter
+        self.recv_filter = recv_filter
+        self._reassembler = (
+            reassembler if reassembler is not None else Reassembler(max_message_bytes)
+        )
+        if first_message_id is None:
+            first_message_id = secrets.randbits(48)
+        self._next_message_id = first_message_id & MAX_MESSAGE_ID
+
+        family, sockaddr = _resolve(host, port, passive=True)
+        self.family = family
+        self._peers: dict[int, Address] = {}
+        for peer_id, addr in (peers or {}).items():  # before binding: nothing to undo
+            self.set_peer(peer_id, addr)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(sockaddr)
+        except OSError as exc:
+            sock.close()
+            where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+            if exc.errno == errno.EACCES:
+                raise TransportError(f"cannot bind UDP {where}: permission denied") from exc
+            if exc.errno == errno.EADDRINUSE:
+                raise TransportError(f"cannot bind UDP {where}: address already in use") from exc
+            raise TransportError(f"cannot bind UDP {where}: {exc.strerror or exc}") from exc
+        self._sock = sock
+        self.rcvbuf_bytes = self._set_buffer(socket.SO_RCVBUF, socket_buffer_bytes)
+        self.sndbuf_bytes = self._set_buffer(socket.SO_SNDBUF, socket_buffer_bytes)
+        self.address: Address = _normal_address(family, sock.getsockname())
+        self._closed = False
+
+        self._pending: deque[Received] = deque()
+        self._drops: Counter[str] = Counter()
+        self._send_errors: Counter[str] = Counter()
+        self._recv_errors: Counter[str] = Counter()
+        self._sent_messages = 0
+        self._sent_datagrams = 0
+        self._sent_bytes = 0
+        self._received_datagrams = 0
+        self._received_bytes = 0
+        self._received_messages = 0
+
+    def _set_buffer(self, option: int, size: int) -> int:
+        """Ask for `size` bytes; return what the kernel reports it granted (Linux caps
+        the request at net.core.[rw]mem_max and reports twice what it allows for
+        payload, to cover its bookkeeping)."""
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:
+            pass  # keep the default; the granted size below tells
+        return self._sock.getsockopt(socket.SOL_SOCKET, option)
+
+    # ------------------------------------------------------------------ peers
+
+    def set_peer(self, peer_id: int, addr: tuple[str, int]) -> None:
+        """Add or change the address of `peer_id`: an IP address of this endpoint's
+        family, or a host name resolved now (blocking) to one. TransportError if
+        there is none."""
+        family, sockaddr = _resolve(addr[0], addr[1], family=self.family)
+        self._peers[peer_id] = _normal_address(family, sockaddr)
+
+    @property
+    def peers(self) -> Mapping[int, Address]:
+        """The peer table (a copy)."""
+        return dict(self._peers)
+
+    # ------------------------------------------------------------------ life
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close the socket; a task waiting to receive gets trio.ClosedResourceError.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            trio.lowlevel.notify_closing(self._sock)
+        except RuntimeError:
+            pass  # closed outside a Trio run: nobody can be waiting on it
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    # ------------------------------------------------------------------ send
+
+    async def send(self, peer_id: int, payload: bytes) -> bool:
+        """Send `payload` to the peer `peer_id` of the peer table.
+
+        Returns True if every datagram was handed to the kernel; False (counted)
+        for an unknown peer or a send error. Never raises for network conditions.
+        """
+        addr = self._peers.get(peer_id)
+        if addr is None:
+            self._send_errors["unknown_peer"] += 1
+            await trio.lowlevel.checkpoint()
+            return False
+        return await self.send_to(addr, payload)
+
+    async def send_to(self, addr: Address, payload: bytes) -> bool:
+        """Send `payload` to the numeric address `addr` as one message (one or more
+        datagrams under a fresh message id).
+
+        Cancellation: a send cancelled before it starts sends nothing; once started
+        it runs to the end unless the kernel's send buffer is full, in which case a
+        cancel while waiting for room leaves the message partly sent (the receiver
+        drops the incomplete partial when it expires).
+
+        Returns True if every datagram was handed to the kernel. An unreachable
+        destination or an ICMP-caused error is counted in
+        `statistics()["send_errors"]` and returns False; it never raises. Raises
+        trio.ClosedResourceError if the endpoint is closed and TransportError for a
+        payload over `max_message_bytes` (a bug of the caller: the receiver would
+        drop it).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("the UDP endpoint is closed")
+        if len(payload) > self.max_message_bytes:
+            raise TransportError(
+                f"payload of {len(payload)} bytes exceeds max_message_bytes "
+                f"{self.max_message_bytes}"
+            )
+        message_id = self._next_message_id
+        self._next_message_id = (message_id + 1) & MAX_MESSAGE_ID
+        datagrams = encode_frames(self.sender_id, message_id, payload, self.max_datagram_bytes)
+        self._sent_messages += 1
+        ok = True
+        send_filter = self.send_filter
+        for datagram in datagrams:
+            if send_filter is None:
+                sent = await self._send_one(datagram, addr)
+            else:
+                sent = True
+                for out, out_addr in send_filter(datagram, addr):
+                    sent = await self._send_one(out, out_addr) and sent
+            if not sent:
+                ok = False
+                break  # the message cannot complete without this fragment
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return ok
+
+    async def send_datagram(self, datagram: bytes, addr: Address) -> bool:
+        """Send one raw datagram as is (no framing, no send_filter): for fault
+        injection and tests. Same error handling as `send_to`."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("the UDP endpoint is closed")
+        ok = await self._send_one(datagram, addr)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return ok
+
+    async def _send_one(self, datagram: bytes, addr: Address) -> bool:
+        retried_refusal = False
+        while True:
+            try:
+                self._sock.sendto(datagram, addr)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._sock)
+                continue
+            except ConnectionRefusedError:
+                # An ICMP error left by an earlier datagram (to any destination)
+                # surfaced on this call. Count it and try this datagram once more.
+                self._send_errors["refused"] += 1
+                self._drain_error_queue()
+                if retried_refusal:
+                    return False
+                retried_refusal = True
+                continue
+            except OSError as exc:
+                self._send_errors[_errno_key(exc)] += 1
+                return False
+            self._sent_datagrams += 1
+            self._sent_bytes += len(datagram)
+            return True
+
+    # --------------------------------------------------------------- receive
+
+    async def receive(self) -> Received:
+        """The next complete message. Waits for one; raises trio.ClosedResourceError
+        once the endpoint is closed. Checkpoints at least once per drained batch
+        (a message already drained is returned without waiting)."""
+        if not self._pending:
+            self._pending.extend(await self.receive_batch())
+        return self._pending.popleft()
+
+    async def receive_batch(self) -> list[Received]:
+        """Every complete message available now (at least one; waits for one).
+
+        The fast path: one scheduler pass per batch of up to `max_batch` datagrams.
+        Raises trio.ClosedResourceError once the endpoint is closed.
+        """
+        if self._pending:
+            await trio.lowlevel.checkpoint()  # before taking them: a cancel loses nothing
+            batch = list(self._pending)
+            self._pending.clear()
+            return batch
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("the UDP endpoint is closed")
+            await trio.lowlevel.wait_readable(self._sock)
+            batch = self._drain()
+            if batch:
+                return batch
+
+    def __aiter__(self) -> UdpEndpoint:
+        return self
+
+    async def __anext__(self) -> Received:
+        return await self.receive()
+
+    def _drain(self) -> list[Received]:
+        """Read datagrams until the socket would block (or max_batch); return the
+        messages they complete. Never raises for anything received."""
+        out: list[Received] = []
+        if self._closed:
+            return out
+        recvfrom = self._sock.recvfrom
+        bufsize = self.max_datagram_bytes + 1  # one more byte reveals a truncated datagram
+        now = trio.current_time()
+        recv_filter = self.recv_filter
+        datagrams = 0
+        received_bytes = 0
+        for _ in range(self.max_batch):
+            try:
+                data, addr = recvfrom(bufsize)
+            except BlockingIOError:
+                break
+            except ConnectionRefusedError:
+                # Linux reports an ICMP port-unreachable for an earlier send here.
+                self._recv_errors["refused"] += 1
+                self._drain_error_queue()
+                continue
+            except OSError as exc:
+                self._recv_errors[_errno_key(exc)] += 1
+                self._drain_error_queue()
+                break
+            datagrams += 1
+            received_bytes += len(data)
+            if recv_filter is None:
+                self._accept(data, addr, now, out)
+            else:
+                for data_out, addr_out in recv_filter(data, addr):
+                    self._accept(data_out, addr_out, now, out)
+        self._received_datagrams += datagrams
+        self._received_bytes += received_bytes
+        self._received_messages += len(out)
+        return out
+
+    def _accept(self, data: bytes, addr: Address, now: float, out: list[Received]) -> None:
+        if len(data) > self.max_datagram_bytes:
+            self._drops["oversize"] += 1
+            return
+        try:
+            frame = decode_frame_untrusted(data, max_message_bytes=self.max_message_bytes)
+        except FrameError as exc:
+            self._drops[exc.reason] += 1
+            return
+        if len(addr) == 4:
+            addr = (addr[0], addr[1]) if addr[3] == 0 else addr
+        message = self._reassembler.add((addr, frame.sender_id), frame, now)
+        if message is not None:
+            out.append(Received(addr, frame.sender_id, message))
+
+    def _drain_error_queue(self) -> None:
+        """Empty the socket's error queue (filled only where IP_RECVERR is on), so
+        that a pending error cannot keep the socket readable forever."""
+        if not _MSG_ERRQUEUE or self._closed:
+            return
+        for _ in range(1024):
+            try:
+                self._sock.recvmsg(1, 1024, _MSG_ERRQUEUE)
+            except OSError:
+                return
+
+    # ----------------------------------------------------------- observation
+
+    def statistics(self) -> dict:
+        """Counters: messages/datagrams/bytes sent and received, `drops` by reason
+        (every reason of RECEIVE_DROP_REASONS present; frame, size and reassembly
+        reasons together), `send_errors` and `recv_errors` by errno name, the
+        socket buffer sizes the kernel granted, and the reassembler's gauges."""
+        reassembly = self._reassembler.statistics()
+        drops = {reason: self._drops[reason] for reason in RECEIVE_DROP_REASONS}
+        for reason, count in reassembly["drops"].items():
+            drops[reason] += count
+        return {
+            "address": self.address,
+            "sent_messages": self._sent_messages,
+            "sent_datagrams": self._sent_datagrams,
+            "sent_bytes": self._sent_bytes,
+            "received_datagrams": self._received_datagrams,
+            "received_bytes": self._received_bytes,
+            "received_messages": self._received_messages,
+            "drops": drops,
+            "send_errors": dict(self._send_errors),
+            "recv_errors": dict(self._recv_errors),
+            "rcvbuf_bytes": self.rcvbuf_bytes,
+            "sndbuf_bytes": self.sndbuf_bytes,
+            "reassembly": {k: v for k, v in reassembly.items() if k != "drops"},
+        }
+
+
+def _errno_key(exc: OSError) -> str:
+    """A stable counter key for an OSError: 'refused', 'unreachable', 'gaierror' or
+    the errno's symbolic name in lower case."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, socket.gaierror):
+        return "gaierror"
+    name = errno.errorcode.get(exc.errno or 0)
+    if name in ("ENETUNREACH", "EHOSTUNREACH"):
+        return "unreachable"
+    return name.lower() if name else "oserror"
