@@ -643,7 +643,7 @@ class Simulation:
             elif isinstance(e, Executed):
                 self.checkers.on_executed(i, e, self.now)
                 if len(self.event_log) < 20_000:
-                    self.event_log.append((self.now, i, "executed", {"seq": e.seq, "view": e.view}))
+                    self.event_log.append((self.now, i, "executed", {"seq": e.seq, "view": e.view, "reqs": [(s.statement.client, s.statement.timestamp) for s in e.batch.requests]}))
             elif isinstance(e, SetTimer):
                 self.timer_gen[i] += 1
                 self._push(max(e.at, self.now), "timer", i, self.incarnation[i], self.timer_gen[i])

@@ -120,7 +120,7 @@ class Client:
     """
 
     def __init__(self, config: Any, client_id: int, signer: _Signer, verifier: _Verifier, *,
-                 first_timestamp: int = 1, max_backoff: int = 8,
+                 first_timestamp: int = 1, max_backoff: int = 4,
                  primary_retransmits: int = 1) -> None:
         if first_timestamp < 1:
             raise ValueError("first_timestamp must be >= 1")

@@ -292,6 +292,9 @@ class Replica:
         if getattr(st, "replica", self.n) >= self.n:
             return self._drop("unknown_replica")
         if st.replica == self.id:
+            if isinstance(st, Commit) and (st.view < self.view or self.in_view_change):
+                # our own vote relayed back inside a peer's commit certificate
+                return self._on_certificate_commit(message)
             return self._drop("own_message")
         self._note_arrival(st.replica)
         handler = {
@@ -421,9 +424,15 @@ class Replica:
         if pp.replica != self.primary(pp.view):
             return self._drop("pre_prepare_not_from_primary")
         digest_ok = batch_digest(batch) == pp.digest
-        # a batch someone fetched for a NEW-VIEW re-proposal, or a relay in loss recovery
-        if digest_ok and pp.digest in self.needed_batches:
-            self._got_batch(pp.digest, batch, pp_signed)
+        # a batch someone fetched for a NEW-VIEW re-proposal, or a relay in loss recovery, of
+        # any view: the digest alone authenticates it for a slot waiting for that digest
+        if digest_ok:
+            waiting = self.log.get(pp.seq)
+            if pp.digest in self.needed_batches or (
+                    waiting is not None and waiting.batch is None
+                    and pp.digest in (waiting.decided, waiting.digest)):
+                self.needed_batches.setdefault(pp.digest, pp.seq)
+                self._got_batch(pp.digest, batch, pp_signed)
         if pp.view != self.view:
             return self._drop("wrong_view")
         if self.in_view_change:
@@ -630,6 +639,8 @@ class Replica:
     def _check_committed(self, slot: Slot) -> None:
         """committed-local: prepared + 2f+1 matching COMMITs, own included (4.2)."""
         if slot.decided is not None:
+            if slot.seq == self.last_executed + 1 and slot.batch is not None:
+                self._execute_ready()  # decided earlier, its batch just arrived
             return
         if not slot.prepared:
             # 2f+1 matching COMMITs decide the seq even where we missed the prepare phase
@@ -812,6 +823,7 @@ class Replica:
             del self.own_snapshots[s]
         for k in [k for k, v in self.assigned.items() if v <= seq]:
             del self.assigned[k]
+        self.needed_batches = {d: q for d, q in self.needed_batches.items() if q > seq}
         live = {s.digest for s in self.log.slots.values() if s.digest} | {
             s.decided for s in self.log.slots.values() if s.decided}
         self.batches = {d: b for d, b in self.batches.items() if d in live or d == NULL_DIGEST}
@@ -1058,7 +1070,6 @@ class Replica:
         for slot in self.log.slots.values():
             slot.reset_view(self.view)
         self.assigned = {}
-        self.needed_batches = {}
         for pp_signed in nv.pre_prepares:
             pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
             if pp.seq <= self.log.low:
@@ -1183,6 +1194,7 @@ class Replica:
             # depend on views, so this goes first, whatever views the two of us are in.
             for cp in self.stable_proof:
                 out.append(Send(peer, cp))
+        self._resend_checkpoints(st)
         self._relay_decided(st)
         if st.view < self.view or (st.view == self.view and st.in_view_change and not self.in_view_change):
             if self.in_view_change and self.my_view_change is not None:
@@ -1219,6 +1231,16 @@ class Replica:
             if seq not in have_committed and slot.sent_commit and self.id in slot.commits:
                 out.append(Send(peer, slot.commits[self.id]))
                 sent += 1
+
+    def _resend_checkpoints(self, st: Status) -> None:
+        """Our own CHECKPOINTs above the peer's stable seq, for checkpoints not yet stable here:
+        lost CHECKPOINTs would otherwise hold the watermarks (and the primary) still for good."""
+        for seq in sorted(self.checkpoints):
+            if seq <= st.stable_seq or seq > st.last_executed:
+                continue
+            mine = self.checkpoints[seq].get(self.id)
+            if mine is not None:
+                self._out.append(Send(st.replica, mine))
 
     def _relay_decided(self, st: Status) -> None:
         """A peer that executed less than we did gets, for each seq it lacks, the commit
