@@ -21,7 +21,9 @@ from bft.storage import MemoryStorage
 
 
 class Net:
-    def __init__(self, n: int = 4, *, seed: int = 1, clients: int = 4, **overrides: Any) -> None:
+    def __init__(self, n: int = 4, *, seed: int = 1, clients: int = 4,
+                 replica_class: type = Replica, **overrides: Any) -> None:
+        self.replica_class = replica_class
         overrides.setdefault("batch_delay_s", 0.0)
         self.config = ClusterConfig.local(n, clients=clients, **overrides)
         self.keys = SimKeys(seed, n_replicas=n, n_clients=clients)
@@ -37,6 +39,7 @@ class Net:
         self.cut: set[tuple[int, int]] = set()  # (src, dst) links that drop
         self.filter: Callable[[int, int, Any], bool] | None = None  # False drops
         self.client_ts: dict[int, int] = {}
+        self.invocations: list[tuple[int, int, bytes, float]] = []  # (client, t, op, now)
         self.sent_count = 0
         for i in range(n):
             self._apply(i, self.replicas[i].start(self.now))  # type: ignore[union-attr]
@@ -46,7 +49,7 @@ class Net:
         return self.config.n
 
     def _make(self, i: int, recovered: Any = None) -> Replica:
-        return Replica(self.config, i, signer=self.keys.signer("replica", i),
+        return self.replica_class(self.config, i, signer=self.keys.signer("replica", i),
                        verifier=self.keys.verifier(), app=KVStore(), recovered=recovered,
                        digest_every_batch=True)
 
@@ -93,6 +96,8 @@ class Net:
         t = timestamp if timestamp is not None else self.client_ts.get(client, 0) + 1
         self.client_ts[client] = max(self.client_ts.get(client, 0), t)
         signed = self.keys.signer("client", client).sign(Request(op, t, client))
+        if (client, t) not in {(c, ts) for c, ts, _, _ in self.invocations}:
+            self.invocations.append((client, t, op, self.now))
         targets = range(self.n) if to is None else [to]
         for j in targets:
             self.queue.append((-1, j, signed))
