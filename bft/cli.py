@@ -420,6 +420,19 @@ def cmd_up(args: argparse.Namespace) -> int:
                     args.duration, args.fsync)
 
 
+def _die_with_parent() -> None:
+    """In a child, before exec: get SIGTERM when the launcher dies, however it dies (Linux
+    PR_SET_PDEATHSIG), so a killed `bft up` never leaves nodes behind."""
+    try:
+        import ctypes
+        import signal as _signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(_signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def _node_command(config_path: Path, node_id: int, state_dir: Path, key_dir: Path,
                   fsync: str | None, events: bool) -> list[str]:
     cmd = [sys.executable, "-m", "bft", "node", str(config_path), "--id", str(node_id),
@@ -454,7 +467,7 @@ def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path
             proc = subprocess.Popen(
                 _node_command(config_path, node.id, state_dir, key_dir, fsync, events=True),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=_die_with_parent)
             procs.append(proc)
             (state_dir / f"node-{node.id}.pid").write_text(f"{proc.pid}\n")
         if load_ops_per_s > 0:
@@ -465,6 +478,10 @@ def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path
                 _drive_load, config, state_dir, key_dir, load_ops_per_s, say)).start()
         app = DashboardApp(config, keyring.verifier(), keyring.signer("admin", 0),
                            listen=config.monitor)
+        import signal as _signal
+
+        # the terminal went away (tmux killed, ssh dropped): stop the nodes, then exit
+        _signal.signal(_signal.SIGHUP, lambda *_: (_stop_children(procs), os._exit(129)))
         if duration_s is not None:
             threading.Timer(duration_s, lambda: app.call_from_thread(app.exit)).start()
         app.run()
@@ -507,7 +524,7 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         return await _supervise(config_path, config, state_dir, key_dir, load_ops_per_s,
                                 duration_s, fsync, signals, say)
 
@@ -546,6 +563,8 @@ async def _supervise(config_path, config, state_dir, key_dir, load_ops_per_s, du
             proc = await nursery.start(partial(
                 trio.run_process, cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, check=False, start_new_session=True))
+            # (no PR_SET_PDEATHSIG here: trio starts children from a worker thread, and the
+            # signal follows that thread, not the process)
             (state_dir / f"node-{node.id}.pid").write_text(f"{proc.pid}\n")
             ready = trio.Event()
             readies.append(ready)
