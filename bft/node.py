@@ -122,6 +122,64 @@ def json_logger(name: str, path: Path | None, *, echo: bool = False) -> logging.
     return logger
 
 
+# ---------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """Prometheus metrics of one node, served on config.metrics_port + node id when the
+    config names a metrics port and prometheus-client is installed (`pip install
+    bft-udp[metrics]`). Counters: commits, executed requests, view changes, drops by reason,
+    signatures verified; a histogram of commit latency (pre-prepare accepted to executed)."""
+
+    def __init__(self, node_id: int, port: int, host: str = "127.0.0.1") -> None:
+        import prometheus_client as pc
+
+        self.registry = pc.CollectorRegistry()
+        label = {"node": str(node_id)}
+        self.commits = pc.Counter("bft_commits", "Batches executed", registry=self.registry)
+        self.requests = pc.Counter("bft_executed_requests", "Client requests executed",
+                                   registry=self.registry)
+        self.view_changes = pc.Counter("bft_view_changes", "View changes started",
+                                       registry=self.registry)
+        self.drops = pc.Counter("bft_drops", "Messages dropped, by reason", ["reason"],
+                                registry=self.registry)
+        self.verified = pc.Gauge("bft_signatures_verified", "Signatures verified (total)",
+                                 registry=self.registry)
+        self.view = pc.Gauge("bft_view", "Current view", registry=self.registry)
+        self.latency = pc.Histogram("bft_commit_latency_seconds",
+                                    "Pre-prepare accepted to batch executed",
+                                    buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5,
+                                             1, 2, 5), registry=self.registry)
+        self._drops_seen: Counter[str] = Counter()
+        self.info = label
+        self.server = pc.start_http_server(port, addr=host, registry=self.registry)
+
+    def observe(self, e: Any, replica: Replica | None, now: float) -> None:
+        if isinstance(e, Executed):
+            self.commits.inc()
+            self.requests.inc(len(e.batch.requests))
+            slot = replica.log.get(e.seq) if replica is not None else None
+            if slot is not None and slot.accepted_at is not None and slot.accepted_at > 0:
+                self.latency.observe(max(0.0, now - slot.accepted_at))
+        elif isinstance(e, Event) and e.kind == "view_change_start":
+            self.view_changes.inc()
+
+    def refresh(self, drops: dict[str, int], verified: int, view: int) -> None:
+        for reason, count in drops.items():
+            delta = count - self._drops_seen[reason]
+            if delta > 0:
+                self.drops.labels(reason=reason).inc(delta)
+                self._drops_seen[reason] = count
+        self.verified.set(verified)
+        self.view.set(view)
+
+    def close(self) -> None:
+        server = self.server[0] if isinstance(self.server, tuple) else None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
 # ---------------------------------------------------------------------- node
 
 
@@ -176,6 +234,8 @@ class Node:
         self.behaviour = ""  # the adversary behaviour switched on from the dashboard, if any
         self.cut_peers: set[int] = set()
         self._peer_of_addr = {n.address: n.id for n in config.nodes}
+        self.metrics: Metrics | None = None
+        self._metrics_due = 0.0
 
     # -- lifecycle
 
@@ -195,6 +255,12 @@ class Node:
         recovered = (snapshot, records) if (snapshot is not None or records) else None
         self.replica = Replica(self.config, self.id, signer=self.signer, verifier=self.verifier,
                                app=self.app, recovered=recovered)
+        if self.config.metrics_port is not None:
+            try:
+                self.metrics = Metrics(self.id, self.config.metrics_port + self.id, me.host)
+            except ImportError:
+                self.log.warning("metrics disabled: prometheus-client is not installed "
+                                 "(pip install 'bft-udp[metrics]')")
         self.log.info("node started", extra={"fields": {
             "event": "start", "id": self.id, "address": f"{me.host}:{me.port}",
             "recovered_records": len(records), "snapshot_seq": snapshot[0] if snapshot else None,
@@ -202,6 +268,8 @@ class Node:
 
     def close(self) -> None:
         self.log.info("node stopped", extra={"fields": {"event": "stop", **self.summary()}})
+        if self.metrics is not None:
+            self.metrics.close()
         if self.endpoint is not None:
             self.endpoint.close()
         if self.storage is not None:
@@ -269,6 +337,12 @@ class Node:
                 self._telemetry_out.extend(self.telemetry.poll(now, self._telemetry_status))
             if self._telemetry_out:
                 await self._send_telemetry()
+            if self.metrics is not None and now >= self._metrics_due:
+                self._metrics_due = now + 1.0
+                drops = dict(replica.drops)
+                drops.update(self.stats.drops)
+                self.metrics.refresh(drops, self.verifier.statistics().get("verified", 0),
+                                     replica.view)
 
     def _step(self, rec: Any, now: float, wall: Interval) -> list[Any]:
         assert self.replica is not None
@@ -427,6 +501,8 @@ class Node:
             self.on_effect(e)
         if self.telemetry is not None:
             self._telemetry_out.extend(self.telemetry.observe(e, trio.current_time()))
+        if self.metrics is not None:
+            self.metrics.observe(e, self.replica, trio.current_time())
         if isinstance(e, Executed):
             self.stats.commits += 1
             self.stats.executed_requests += len(e.batch.requests)
