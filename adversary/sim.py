@@ -43,6 +43,26 @@ list[Effect]` (and ideally `view`, `last_executed`, `statistics()`). The
 adversary uses this to filter and rewrite a replica's inputs and outputs.
 Nodes listed in `byzantine` are not judged by the checkers.
 
+Adversary (adversary/behaviours.py, adversary/netfaults.py): `adversary`
+rules wrap a replica in `ByzantineNode` behaviours (a `crash` rule becomes a
+`Crash`, an `equivocate` rule with `mode = "twins"` builds a `TwinsNode`:
+two instances of one identity); the nodes of rules that are not `judged` join
+`byzantine`. `net_faults` rules (drop, delay, duplicate, reorder, corrupt,
+partition, each in a time window) act in the network on top of the base
+model; a corrupted message is framed as the UDP transport frames it, and the
+CRC32C checksum must catch the flipped bytes (counted as `bad_checksum`).
+Every message a Byzantine replica signed on its way into a correct replica
+is shown to the `EquivocationWitness` (adversary/witness.py): each
+equivocation that reached a correct replica must leave `Evidence`.
+Evidence held by correct replicas is listed in the result.
+
+Applications and workloads: `app_factory()` builds each replica's state
+machine (default `KVStore`) and the checkers' sequential model;
+`workload_factory(client_id, requests, rng)` builds a client's workload
+(adversary/workloads.py: the fencing-token story, or a user application's
+random ops). `history=True` records every client operation in Jepsen's shape
+(`Simulation.history`, adversary/history.py).
+
 Use: `Simulation(SimConfig(seed=1, nodes=4)).run(until_s=60.0) -> SimResult`.
 """
 
@@ -57,7 +77,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from adversary.behaviours import BehaviourEnv, BehaviourRule, Collusion, TwinsNode, make_node
 from adversary.checkers import CheckerSuite
+from adversary.history import History
+from adversary.netfaults import FaultModel, NetworkRule, corrupt_bytes
+from adversary.witness import EquivocationWitness
 from bft import codec
 from bft.app import KVStore, decode_result_untrusted, ops
 from bft.client import Client, ClientTimer, Completed, Failed, SendAll, SendTo
@@ -76,6 +100,7 @@ from bft.effects import (
 )
 from bft.errors import ConfigError, InvariantViolation, MalformedMessage
 from bft.storage import MemoryStorage
+from transport.frame import FrameError, decode_frame_untrusted, encode_frames
 
 #: The true time (Unix seconds) at virtual time 0, for the replicas' wall clocks.
 SIM_EPOCH_S = 1_600_000_000.0
@@ -122,7 +147,11 @@ class SimConfig:
     `cluster` (a ClusterConfig) wins over `nodes` and `cluster_overrides`;
     otherwise the cluster is `ClusterConfig.local(nodes, clients=clients,
     **cluster_overrides)`. Probabilities are in [0, 1]; times in virtual
-    seconds unless the name says `_ms`.
+    seconds unless the name says `_ms`. `adversary` and `net_faults` are
+    validated rules (adversary/scenario.py builds them from TOML);
+    `app_factory`, `workload_factory` and `history` are described in the
+    module docstring; `witness` turns the evidence witness on (it runs only
+    when some replica is Byzantine).
     """
 
     seed: int = 0
@@ -155,6 +184,22 @@ class SimConfig:
     faults_end_s: float | None = None  # default: when the last scheduled fault ends
     drain_s: float = 1.0
     max_events: int = 5_000_000
+    adversary: tuple[BehaviourRule, ...] = ()
+    net_faults: tuple[NetworkRule, ...] = ()
+    app_factory: Callable[[], Any] | None = None
+    workload_factory: Callable[[int, int, random.Random], Any] | None = None
+    history: bool = False
+    witness: bool = True
+
+    def all_crashes(self) -> tuple[Crash, ...]:
+        """`crashes` plus the crashes of `crash` rules in `adversary`."""
+        extra = tuple(Crash(r.node, r.start_s, r.restart_at()) for r in self.adversary
+                      if r.behaviour == "crash")
+        return tuple(self.crashes) + extra
+
+    def all_byzantine(self) -> frozenset[int]:
+        """`byzantine` plus the nodes of rules the checkers do not judge."""
+        return frozenset(self.byzantine) | {r.node for r in self.adversary if not r.judged}
 
     def build_cluster(self) -> ClusterConfig:
         """The cluster configuration of this run."""
@@ -186,15 +231,21 @@ class SimConfig:
         if self.clients > len(cluster.clients):
             raise bad("clients", f"{self.clients} clients but the cluster config lists "
                       f"{len(cluster.clients)}")
-        ids = [*(c.node for c in self.crashes), *(s.node for s in self.silent), *self.byzantine]
+        crashes = self.all_crashes()
+        ids = [*(c.node for c in crashes), *(s.node for s in self.silent), *self.byzantine]
         ids += [i for p in self.partitions for g in p.groups for i in g]
+        ids += [r.node for r in self.adversary]
+        ids += [i for r in self.net_faults for i in (*r.nodes, *(j for g in r.groups for j in g))]
         for i in ids:
             if not 0 <= i < n:
                 raise bad("nodes", f"replica id {i} is not in 0..{n - 1}")
-        crashed = [c.node for c in self.crashes]
+        crashed = [c.node for c in crashes]
         if len(set(crashed)) != len(crashed):
             raise bad("crashes", "at most one crash per replica")
-        for c in self.crashes:
+        twins = [r.node for r in self.adversary if r.params.get("mode") == "twins"]
+        if len(set(twins)) != len(twins):
+            raise bad("adversary", "at most one twins rule per replica")
+        for c in crashes:
             if c.at_s < 0 or (c.restart_s is not None and c.restart_s <= c.at_s):
                 raise bad("crashes", f"replica {c.node}: need 0 <= crash time < restart time")
         for p in self.partitions:
@@ -339,8 +390,15 @@ class SimResult:
     `view_changes` counts the distinct views above 0 that some correct replica
     moved to (including views of view changes that did not complete);
     `final_view` is the highest view of a correct live replica at the end.
+    `requests` is the number of operations the clients' workloads planned.
     `state_digests` maps each correct live replica to the hex digest of its
     application state at the end, `last_executed` to its last executed seq.
+    `evidence` lists the proofs correct replicas produced (holder, culprit,
+    kind, time, and both signed messages as hex body and signature: anyone
+    with the public keys can check them); `behaviours` the adversary rules
+    (node, behaviour, window, params, judged); `witness` the evidence
+    witness's data, and `evidence_ok` whether every equivocation that reached
+    a correct replica left a proof (its misses are also in `violations`).
     """
 
     seed: int
@@ -370,18 +428,31 @@ class SimResult:
     network: dict[str, Any]
     checkers: dict[str, Any]
     trace_hash: str
+    evidence: tuple[dict[str, Any], ...] = ()
+    behaviours: tuple[dict[str, Any], ...] = ()
+    witness: dict[str, Any] = field(default_factory=dict)
+    evidence_ok: bool = True
 
     @property
     def ok(self) -> bool:
-        """True when every safety and liveness check held."""
-        return self.safety_ok and self.liveness_ok
+        """True when every safety and liveness check held (and the evidence witness's)."""
+        return self.safety_ok and self.liveness_ok and self.evidence_ok
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (lists, dicts, numbers, strings) for JSON."""
+        """Plain data (lists, dicts, numbers, strings) for JSON.
+
+        `byzantine` is the list of unjudged nodes with their behaviours (`{"node", "behaviours"}`,
+        a behaviour being a rule's dict, or "unspecified"); the bare ids are `byzantine_nodes`.
+        """
         d = asdict(self)
         d["violations"] = list(self.violations)
         d["correct"] = list(self.correct)
-        d["byzantine"] = list(self.byzantine)
+        d["byzantine_nodes"] = list(self.byzantine)
+        d["byzantine"] = [
+            {"node": i, "behaviours": [b for b in self.behaviours if b["node"] == i]
+             or ["unspecified"]} for i in self.byzantine]
+        d["evidence"] = list(self.evidence)
+        d["behaviours"] = list(self.behaviours)
         return d
 
 
@@ -410,20 +481,42 @@ class Simulation:
                                 n_clients=len(self.cluster.clients))
         self.verifier = self.keys.verifier()
 
-        crashed_for_good = {c.node for c in config.crashes if c.restart_s is None}
-        self.byzantine = frozenset(config.byzantine)
+        self.crashes = config.all_crashes()
+        crashed_for_good = {c.node for c in self.crashes if c.restart_s is None}
+        self.byzantine = config.all_byzantine()
         self.correct = tuple(i for i in range(self.n)
                              if i not in self.byzantine and i not in crashed_for_good)
         self._judged = frozenset(self.correct)
+        self.rules: dict[int, list[BehaviourRule]] = {}
+        for rule in config.adversary:
+            self.rules.setdefault(rule.node, []).append(rule)
+        self.collusion = Collusion()
+        self.faults = FaultModel(config.net_faults, self.rng)
         self.faults_end_s = self._faults_end()
         #: The last scheduled fault change (finite); the run never stops before it.
         self._last_fault_s = max(
             [0.0] + [t for p in config.partitions for t in (p.start_s, p.heal_s) if t is not None]
-            + [t for c in config.crashes for t in (c.at_s, c.restart_s) if t is not None]
-            + [t for s in config.silent for t in (s.start_s, s.end_s) if t is not None])
+            + [t for c in self.crashes for t in (c.at_s, c.restart_s) if t is not None]
+            + [t for s in config.silent for t in (s.start_s, s.end_s) if t is not None]
+            + [t for r in config.adversary for t in (r.start_s, r.ends_at()) if t is not None]
+            + [self.faults.last_change()])
+        model = None
+        if config.app_factory is not None:
+            from bft.app import ExecContext
+
+            app_factory = config.app_factory
+            model = lambda: (app_factory(), ExecContext)
         self.checkers = CheckerSuite(self.correct, self.verifier,
                                      liveness_bound_s=config.liveness_bound_s,
-                                     faults_end_s=self.faults_end_s)
+                                     faults_end_s=self.faults_end_s,
+                                     **({"model": model} if model is not None else {}))
+        watched = self.byzantine - {i for i in range(self.n) if i in self._judged}
+        self.witness = (EquivocationWitness(watched, self.verifier,
+                                            self.cluster.checkpoint_interval,
+                                            self.cluster.log_window)
+                        if config.witness and watched else None)
+        self.history = History() if config.history else None
+        self.evidence_log: list[dict[str, Any]] = []
 
         self.storage = [MemoryStorage() for _ in range(self.n)]
         self.nodes: list[Any | None] = [None] * self.n
@@ -437,9 +530,15 @@ class Simulation:
 
         self.clients = [Client(self.cluster, c, self.keys.signer("client", c), self.keys.verifier())
                         for c in range(config.clients)]
-        self.workloads = [Workload(c, config.requests, config.key_count, config.lock_fraction,
-                                   self.rng) for c in range(config.clients)]
+        if config.workload_factory is not None:
+            self.workloads = [config.workload_factory(c, config.requests, self.rng)
+                              for c in range(config.clients)]
+        else:
+            self.workloads = [Workload(c, config.requests, config.key_count,
+                                       config.lock_fraction, self.rng)
+                              for c in range(config.clients)]
         self.client_timer_gen = [0] * config.clients
+        self.requested = sum(max(0, int(w.remaining)) for w in self.workloads)
         self.clients_done = 0
         self.completed = 0
 
@@ -452,10 +551,12 @@ class Simulation:
         self.drops: dict[str, int] = {}
         self.events: dict[str, int] = {}  # Event kinds (and evidence) of judged replicas
         self.event_log: list[tuple[float, int, str, dict]] = []  # (time, node, kind, fields)
-        self.faults: dict[str, int] = {}  # crashes, restarts carried out
+        self.faults_seen: dict[str, int] = {}  # crashes, restarts carried out
         self.sim_violations: list[str] = []
         self.invariant_broken = False
         self._ran = False
+        self._done_at: float | None = None
+        self._converged_at: float | None = None
 
     # -- scheduling ------------------------------------------------------
 
@@ -470,10 +571,19 @@ class Simulation:
         end = 0.0
         for p in cfg.partitions:
             end = max(end, p.heal_s if p.heal_s is not None else math.inf)
-        for c in cfg.crashes:
+        for c in self.crashes:
             end = max(end, c.at_s if c.restart_s is None else c.restart_s)
         for s in cfg.silent:
             end = max(end, s.end_s if s.end_s is not None else s.start_s)
+        # a behaviour or a network fault without an end is part of the weather (a Byzantine
+        # node, a lossy link): liveness must hold despite it; those that end count once over
+        for r in cfg.adversary:
+            end = max(end, r.ends_at() if r.ends_at() is not None else r.start_s)
+        for f in cfg.net_faults:
+            if f.kind == "partition" and f.stop_s is None:
+                end = math.inf
+            else:
+                end = max(end, f.stop_s if f.stop_s is not None else f.start_s)
         return end
 
     # -- the run ---------------------------------------------------------
@@ -488,13 +598,15 @@ class Simulation:
         cfg = self.cfg
         for i in range(self.n):
             self._push(0.0, "start", i)
-        for crash in cfg.crashes:
+        for crash in self.crashes:
             self._push(crash.at_s, "crash", crash.node)
             if crash.restart_s is not None:
                 self._push(crash.restart_s, "restart", crash.node)
         for c in range(cfg.clients):
-            if cfg.requests > 0:
-                self._push(self.rng.uniform(0.0, 0.01), "submit", c)
+            workload = self.workloads[c]
+            if workload.remaining > 0:
+                start = getattr(workload, "start_s", None)
+                self._push(self.rng.uniform(0.0, 0.01) if start is None else start, "submit", c)
             else:
                 self.clients_done += 1
         stop_at = until_s
@@ -510,6 +622,14 @@ class Simulation:
             try:
                 getattr(self, "_on_" + kind)(*args)
             except InvariantViolation as exc:  # a bug in a node: report it with the seed
+                node = self._node_of_event(kind, args)
+                if node is not None and node in self.byzantine:
+                    # a Byzantine node's inner replica tripped over what its own adversary did
+                    # (e.g. saw statements signed with its key that it never signed): it is
+                    # outside the model, so it just stops, like a crash
+                    self._byzantine_broke(node, kind, exc)
+                    self.steps += 1
+                    continue
                 self.sim_violations.append(
                     f"simulation: {kind} {args[0]!r} at {self.now:.6f} s raised "
                     f"InvariantViolation: {exc}")
@@ -519,12 +639,19 @@ class Simulation:
             self.steps += 1
             self.checkers.check(self.now)
             if self.clients_done == len(self.clients):
-                # drain: stop drain_s after the last fault once the correct replicas that are up
-                # agree on how far they executed (a restarted one may still be catching up;
-                # give it up to the liveness bound)
-                quiet_at = max(self.now, self._last_fault_s) + cfg.drain_s
-                if not self._converged():
-                    quiet_at = max(quiet_at, min(until_s, self._last_fault_s + cfg.liveness_bound_s))
+                # drain: stop drain_s after the clients are done and the last fault happened,
+                # once the correct replicas that are up agree on how far they executed (a
+                # restarted one may still be catching up: give it up to the liveness bound)
+                if self._done_at is None:
+                    self._done_at = self.now
+                settle = max(self._done_at, self._last_fault_s)
+                if self._converged():
+                    if self._converged_at is None:
+                        self._converged_at = max(self.now, settle)
+                    quiet_at = self._converged_at + cfg.drain_s
+                else:
+                    self._converged_at = None
+                    quiet_at = max(settle + cfg.drain_s, settle + cfg.liveness_bound_s)
                 stop_at = end = min(until_s, quiet_at)
             if self.steps >= cfg.max_events:
                 self.sim_violations.append(
@@ -534,7 +661,27 @@ class Simulation:
                 break
         self.now = end
         self.checkers.finish(end)
+        if self.history is not None:
+            self.history.finish(self._ns(end))
         return self._result(time.perf_counter() - started)
+
+    @staticmethod
+    def _node_of_event(kind: str, args: tuple[Any, ...]) -> int | None:
+        if kind == "deliver":
+            dst = args[1]
+            return dst[1] if dst[0] == "replica" else None
+        if kind in ("start", "crash", "restart", "timer", "periodic"):
+            return args[0]
+        return None
+
+    def _byzantine_broke(self, i: int, kind: str, exc: Exception) -> None:
+        self.nodes[i] = None
+        self.apps[i] = None
+        self.incarnation[i] += 1
+        self._count(self.faults_seen, "byzantine_invariant_stops")
+        if len(self.event_log) < 20_000:
+            self.event_log.append((self.now, i, "byzantine_invariant_stop",
+                                   {"during": kind, "error": str(exc)}))
 
     def _converged(self) -> bool:
         done = {getattr(self.nodes[i], "last_executed", None) for i in self.correct
@@ -546,10 +693,13 @@ class Simulation:
     def _wall(self, i: int) -> Any:
         return self.clocks[i].read(SIM_EPOCH_S + self.now)
 
+    def _new_app(self) -> Any:
+        return self.cfg.app_factory() if self.cfg.app_factory is not None else KVStore()
+
     def _build_node(self, i: int, recovered: Any) -> Any:
         cfg = self.cfg
         inc = self.incarnation[i]
-        app = KVStore()
+        app = self._new_app()
         self.apps[i] = app
         ctx = NodeContext(
             replica_id=i, incarnation=inc, config=self.cluster, keys=self.keys,
@@ -558,8 +708,19 @@ class Simulation:
             digest_every_batch=cfg.digest_every_batch,
         )
         node = (cfg.node_factory or default_node_factory)(ctx)
+        rules = self.rules.get(i, [])
+        twins = [r for r in rules if r.params.get("mode") == "twins"]
+        if twins:
+            from bft.replica import Replica
+
+            twin_b = Replica(self.cluster, i, signer=ctx.signer, verifier=self.keys.verifier(),
+                             app=self._new_app(), digest_every_batch=cfg.digest_every_batch)
+            node = TwinsNode(node, twin_b, i, self.n, twins[0].params.get("groups") or None)
         if cfg.wrap_node is not None:
             node = cfg.wrap_node(ctx, node)
+        if rules:
+            env = BehaviourEnv(i, self.n, ctx.signer, ctx.rng, self.collusion, origin_s=0.0)
+            node = make_node(node, rules, env)
         return node
 
     def _on_start(self, i: int) -> None:
@@ -575,7 +736,7 @@ class Simulation:
         self.apps[i] = None
         self.incarnation[i] += 1
         lost = self.storage[i].crash()
-        self._count(self.faults, "crashes")
+        self._count(self.faults_seen, "crashes")
         self._trace("crash", str(i), str(lost).encode())
 
     def _on_restart(self, i: int) -> None:
@@ -583,7 +744,7 @@ class Simulation:
         storage = self.storage[i]
         node = self._build_node(i, (storage.load_snapshot(), storage.records()))
         self.nodes[i] = node
-        self._count(self.faults, "restarts")
+        self._count(self.faults_seen, "restarts")
         self._trace("restart", str(i), b"")
         self.checkers.on_restart(i, getattr(node, "last_executed", 0), self.now)
         self._apply(i, node.start(self.now, self._wall(i)))
@@ -650,6 +811,8 @@ class Simulation:
             elif isinstance(e, Evidence):
                 if judged:
                     self._count(self.events, "evidence")
+                    if len(self.evidence_log) < 1000:
+                        self.evidence_log.append(_proof(i, e, self.now))
                 self.checkers.on_evidence(i, e, self.now)
             elif isinstance(e, Event):
                 if len(self.event_log) < 20_000:
@@ -709,17 +872,53 @@ class Simulation:
             self._count(self.drops, "loss")
             self._trace("drop", f"{src}>{dst}", payload)
             return
+        fates = [(0.0, False)]
+        if self.faults.rules:
+            sid = src[1] if src[0] == "replica" else None
+            did = dst[1] if dst[0] == "replica" else None
+            fates = [(c.delay_s, c.corrupt) for c in self.faults.decide(self.now, sid, did)]
+            if not fates:
+                self._count(self.drops, "partition" if self.faults.partitioned(
+                    self.now, sid, did) else "fault_loss")
+                self._trace("drop", f"{src}>{dst}", payload)
+                return
         copies = 2 if cfg.duplicate > 0 and rng.random() < cfg.duplicate else 1
         if copies == 2:
             self.net["duplicated"] += 1
-        for _ in range(copies):
-            delay = self._link_delay_s(src, dst)
+            fates.append((0.0, False))
+        for extra_s, corrupt in fates:
+            delay = self._link_delay_s(src, dst) + extra_s
             if cfg.reorder > 0 and rng.random() < cfg.reorder:
                 extra_ms = cfg.reorder_ms if cfg.reorder_ms is not None else 4 * cfg.delay_ms[1]
                 delay += rng.uniform(0.0, extra_ms) / 1000.0
                 self.net["reordered"] += 1
-            self._trace("send", f"{src}>{dst}@{self.now + delay!r}", payload)
-            self._push(self.now + delay, "deliver", src, dst, payload)
+            data = payload
+            if corrupt:
+                data = self._corrupt(src, payload)
+                if data is None:
+                    continue
+            self._trace("send", f"{src}>{dst}@{self.now + delay!r}", data)
+            self._push(self.now + delay, "deliver", src, dst, data)
+
+    def _corrupt(self, src: Address, payload: Any) -> Any:
+        """Flip bytes of one datagram of `payload` as the UDP transport frames it; the frame's
+        CRC32C must catch it (counted `bad_checksum`; None). An undetected corruption (a
+        checksum collision) delivers corrupted bytes, counted `corrupt_undetected`."""
+        self.net["corrupted"] = self.net.get("corrupted", 0) + 1
+        if not isinstance(payload, bytes):  # codec off: nothing to flip; the checksum's job
+            self._count(self.drops, "bad_checksum")
+            return None
+        sender = src[1] if src[0] == "replica" else (1 << 31) + src[1]
+        frames = encode_frames(sender, self.net["sent"], payload, self.cluster.max_datagram_bytes)
+        k = self.rng.randrange(len(frames))
+        try:
+            decode_frame_untrusted(corrupt_bytes(frames[k], self.rng),
+                                   max_message_bytes=self.cluster.limits.max_message_bytes)
+        except FrameError as exc:
+            self._count(self.drops, exc.reason)
+            return None
+        self._count(self.faults_seen, "corrupt_undetected")
+        return corrupt_bytes(payload, self.rng)
 
     def _decode(self, payload: Any) -> Any:
         if not self.cfg.codec:
@@ -741,7 +940,18 @@ class Simulation:
             if message is None:
                 return
             self.net["delivered"] += 1
-            self._apply(j, node.receive(message, self.now, self._wall(j)))
+            expected = []
+            witness = self.witness
+            if witness is not None and j in self._judged and isinstance(node, _replica_type()):
+                expected = witness.before(j, node, message, self.now)
+            receive_from = getattr(node, "receive_from", None)
+            if receive_from is not None:
+                effects = receive_from(src, message, self.now, self._wall(j))
+            else:
+                effects = node.receive(message, self.now, self._wall(j))
+            if expected:
+                witness.after(effects, expected)  # type: ignore[union-attr]
+            self._apply(j, effects)
         else:
             message = self._decode(payload)
             if message is None:
@@ -753,11 +963,19 @@ class Simulation:
 
     def _on_submit(self, c: int) -> None:
         client, workload = self.clients[c], self.workloads[c]
+        wait = getattr(workload, "wait_s", None)
+        if wait is not None:
+            wait_s = float(wait())
+            if wait_s > 0:  # a scripted client waiting for its moment
+                self._push(self.now + wait_s, "submit", c)
+                return
         op = workload.next_op()
         effects = client.submit(op, self.now)
         timestamp = client.outstanding_timestamp
         assert timestamp is not None
         self.checkers.on_invoke(c, timestamp, op, self.now)
+        if self.history is not None:
+            self.history.invoke(c, op, self._ns(self.now))
         self._apply_client(c, effects)
 
     def _on_client_timer(self, c: int, gen: int) -> None:
@@ -779,22 +997,35 @@ class Simulation:
             elif isinstance(e, Completed):
                 self.completed += 1
                 self.checkers.on_complete(c, e.timestamp, e.result, self.now)
+                if self.history is not None:
+                    self.history.complete(c, e.result, self._ns(self.now))
                 self.workloads[c].observe(e.result)
                 self._trace("complete", f"c{c}/{e.timestamp}", e.result)
                 self._next_request(c)
             elif isinstance(e, Failed):  # only with a deadline, which the simulator never sets
-                self._count(self.faults, "client_failed")
+                self._count(self.faults_seen, "client_failed")
+                if self.history is not None:
+                    self.history.info(c, self._ns(self.now), "failed")
                 self._next_request(c)
 
     def _next_request(self, c: int) -> None:
-        if self.workloads[c].remaining <= 0:
+        workload = self.workloads[c]
+        if workload.remaining <= 0:
             self.clients_done += 1
             return
-        lo, hi = self.cfg.think_ms
-        think_s = self.rng.uniform(lo, hi) / 1000.0 if hi > 0 else 0.0
+        delay = getattr(workload, "next_delay_s", None)
+        if delay is not None:
+            think_s = float(delay())
+        else:
+            lo, hi = self.cfg.think_ms
+            think_s = self.rng.uniform(lo, hi) / 1000.0 if hi > 0 else 0.0
         self._push(self.now + think_s, "submit", c)
 
     # -- bookkeeping -----------------------------------------------------
+
+    @staticmethod
+    def _ns(t: float) -> int:
+        return round(t * 1e9)
 
     @staticmethod
     def _count(counter: dict[str, int], key: str) -> None:
@@ -817,16 +1048,19 @@ class Simulation:
                 state_digests[str(i)] = app.digest().hex()
             last_executed[str(i)] = int(getattr(self.nodes[i], "last_executed", 0))
         final_view = max((int(getattr(self.nodes[i], "view", 0)) for i in live), default=0)
-        violations = tuple(checkers.violations) + tuple(self.sim_violations)
+        witness = self.witness.data() if self.witness is not None else {}
+        violations = tuple(checkers.violations) + tuple(self.sim_violations) + tuple(
+            f"evidence_witness: {m}" for m in witness.get("missed_examples", ()))
         dropped = sum(self.drops.values())
         network = {**self.net, "dropped": dict(sorted(self.drops.items())),
-                   **dict(sorted(self.faults.items()))}
+                   **dict(sorted(self.faults_seen.items())),
+                   "faults": self.faults.statistics()}
         return SimResult(
             seed=cfg.seed,
             nodes=self.n,
             f=self.cluster.f,
             clients=len(self.clients),
-            requests=len(self.clients) * cfg.requests,
+            requests=self.requested,
             completed_requests=self.completed,
             committed_seq=checkers.agreement.committed_seq,
             safety_ok=checkers.safety_ok and not self.invariant_broken,
@@ -849,7 +1083,28 @@ class Simulation:
             network=network,
             checkers=checkers.data(),
             trace_hash=self.trace.hexdigest(),
+            evidence=tuple(self.evidence_log),
+            behaviours=tuple(r.to_dict() for r in cfg.adversary),
+            witness=witness,
+            evidence_ok=not witness.get("missed", 0),
         )
+
+
+def _replica_type() -> type:
+    from bft.replica import Replica
+
+    return Replica
+
+
+def _signed_dict(signed: Any) -> dict[str, Any]:
+    return {"statement": repr(getattr(signed, "statement", signed)),
+            "body": signed.body.hex(), "signature": signed.signature.hex()}
+
+
+def _proof(holder: int, e: Evidence, now: float) -> dict[str, Any]:
+    """A proof a correct replica holds, as plain data anyone can re-verify."""
+    return {"holder": holder, "culprit": e.culprit, "kind": e.kind, "time": round(now, 9),
+            "first": _signed_dict(e.first), "second": _signed_dict(e.second)}
 
 
 def simulate(config: SimConfig, until_s: float = 60.0) -> SimResult:

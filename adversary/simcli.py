@@ -6,11 +6,22 @@ with `--json`, one JSON object holding the `SimResult` fields). The exit code
 is 0 when every check held and 1 when any failed. A bad argument is reported
 by argparse (usage and exit code 2), never as a traceback.
 
+Adversary: `--scenario FILE` runs a scenario (adversary/scenario.py: its
+`[sim]` table gives defaults that explicit flags override),
+`--byzantine ID:BEHAVIOUR[,ID:BEHAVIOUR]` adds behaviours for the whole run,
+`--app module:factory` replicates a user's state machine (it needs a
+`random_op(rng, client_id)` method for the workload), `--history FILE`
+writes the clients' operations as Jepsen-style JSON lines. The `--json`
+object holds `evidence` (the proofs correct replicas produced) and
+`byzantine` (the unjudged nodes and their behaviours).
+
 Examples:
 
     bft sim --nodes 4 --seed 7 --clients 3 --requests 50 --drop 0.05
     bft sim --seed 1 --crash 0@0.5 --restart 0@3 --partition '0,1|2,3@2:5'
     bft sim --config configs/local4.toml --json
+    bft sim --scenario configs/scenarios/equivocating-primary.toml
+    bft sim --nodes 7 --byzantine 0:equivocate,6:lie --history run.jsonl
 """
 
 from __future__ import annotations
@@ -24,6 +35,10 @@ from typing import Any
 
 from adversary.sim import Crash, Partition, Silence, SimConfig, Simulation
 from bft.errors import ConfigError
+
+#: Defaults of the options a scenario's [sim] table may set (explicit flags win over it).
+_DEFAULTS = {"nodes": 4, "clients": 2, "requests": 10, "keys": 3, "until": 120.0,
+             "liveness_bound": 30.0}
 
 # --------------------------------------------------------------------------
 # Argument types (raise ArgumentTypeError: argparse turns it into a usage error)
@@ -176,11 +191,11 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
                       help="cluster config (TOML) to simulate instead of a local cluster")
     parser.add_argument("--seed", type=non_negative_int, default=None, metavar="S",
                         help="random seed (a random one is chosen and printed if omitted)")
-    parser.add_argument("--clients", type=non_negative_int, default=2, metavar="C",
+    parser.add_argument("--clients", type=non_negative_int, default=None, metavar="C",
                         help="closed-loop clients (default 2)")
-    parser.add_argument("--requests", type=non_negative_int, default=10, metavar="R",
+    parser.add_argument("--requests", type=non_negative_int, default=None, metavar="R",
                         help="requests per client (default 10)")
-    parser.add_argument("--keys", type=positive_int, default=3, metavar="K",
+    parser.add_argument("--keys", type=positive_int, default=None, metavar="K",
                         help="distinct keys the workload uses (default 3)")
     parser.add_argument("--drop", type=probability, default=0.0, metavar="P",
                         help="probability that a message is lost")
@@ -205,15 +220,27 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
                              "exercise checkpoints and state transfer in short runs)")
     parser.add_argument("--log-window", type=positive_int, default=None, metavar="L",
                         help="override the cluster's log window (a multiple of K)")
-    parser.add_argument("--until", type=seconds, default=120.0, metavar="SECONDS",
+    parser.add_argument("--until", type=seconds, default=None, metavar="SECONDS",
                         help="virtual time limit (default 120; the run stops earlier once "
                              "every request completed)")
-    parser.add_argument("--liveness-bound", type=seconds, default=30.0, metavar="SECONDS",
+    parser.add_argument("--liveness-bound", type=seconds, default=None, metavar="SECONDS",
                         help="a request must complete this long after faults stop (default 30)")
     parser.add_argument("--ed25519", action="store_true",
                         help="sign with Ed25519 instead of the simulator's fast HMAC keys")
     parser.add_argument("--no-codec", action="store_true",
                         help="skip encoding and decoding every message (faster)")
+    parser.add_argument("--scenario", default=None, metavar="FILE",
+                        help="adversary scenario (TOML: [[adversary]], [[network]], [sim], "
+                             "[workload]); see configs/scenarios/")
+    parser.add_argument("--byzantine", action="append", default=[], metavar="ID:BEHAVIOUR",
+                        help="replica ID behaves as BEHAVIOUR for the whole run (lie, "
+                             "equivocate, pause, crash, silent, replay, clock-skew, slow, "
+                             "twins); comma-separated or repeated")
+    parser.add_argument("--app", default=None, metavar="MODULE:FACTORY",
+                        help="replicate the state machine FACTORY() builds instead of the KV "
+                             "store (it needs random_op(rng, client_id) for the workload)")
+    parser.add_argument("--history", default=None, metavar="FILE",
+                        help="write every client operation as Jepsen-style JSON lines")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object with the result instead of a summary")
     parser.set_defaults(sim_parser=parser)
@@ -226,8 +253,35 @@ def _error(args: argparse.Namespace, message: str) -> None:
     parser.error(message)  # exits with status 2
 
 
+def _load_scenario(args: argparse.Namespace) -> Any:
+    from adversary.scenario import Scenario, load_scenario, parse_byzantine_spec
+
+    scenario = Scenario()
+    if args.scenario is not None:
+        try:
+            scenario = load_scenario(args.scenario)
+        except ConfigError as exc:
+            _error(args, f"--scenario: {exc}")
+    for spec in args.byzantine:
+        try:
+            scenario = scenario.with_rules(*parse_byzantine_spec(spec))
+        except ConfigError as exc:
+            _error(args, str(exc))
+    return scenario
+
+
+def _option(args: argparse.Namespace, name: str, sim: Any, key: str) -> Any:
+    """An option's value: the flag if given, else the scenario's [sim] value, else the default."""
+    value = getattr(args, name)
+    if value is not None:
+        return value
+    return sim.get(key, _DEFAULTS[name])
+
+
 def build_sim_config(args: argparse.Namespace) -> SimConfig:
     """The SimConfig the arguments describe (argparse error on inconsistent ones)."""
+    scenario = _load_scenario(args)
+    sim = dict(scenario.sim)
     cluster = None
     if args.config is not None:
         from bft.config import ClusterConfig
@@ -255,8 +309,10 @@ def build_sim_config(args: argparse.Namespace) -> SimConfig:
     if restarts:
         _error(args, f"--restart: replica {min(restarts)} has no --crash")
     overrides = {name: value for name, value in (
-        ("checkpoint_interval", args.checkpoint_interval), ("log_window", args.log_window))
-        if value is not None}
+        ("checkpoint_interval", args.checkpoint_interval if args.checkpoint_interval is not None
+         else sim.get("checkpoint_interval")),
+        ("log_window", args.log_window if args.log_window is not None
+         else sim.get("log_window"))) if value is not None}
     if cluster is not None and overrides:
         import dataclasses
 
@@ -264,28 +320,59 @@ def build_sim_config(args: argparse.Namespace) -> SimConfig:
             cluster = dataclasses.replace(cluster, **overrides)
         except ConfigError as exc:
             _error(args, str(exc))
-    seed = args.seed
+    seed = args.seed if args.seed is not None else sim.get("seed")
     if seed is None:
         seed = secrets.randbits(32)
-    config = SimConfig(
-        seed=seed,
-        nodes=args.nodes if args.nodes is not None else 4,
-        cluster=cluster,
-        cluster_overrides=overrides,
-        clients=args.clients,
-        requests=args.requests,
-        key_count=args.keys,
-        delay_ms=args.delay_ms,
-        drop=args.drop,
-        duplicate=args.duplicate,
-        reorder=args.reorder,
-        partitions=tuple(args.partition),
-        crashes=tuple(crashes),
-        silent=tuple(args.silent),
-        codec=not args.no_codec,
-        crypto="ed25519" if args.ed25519 else "sim",
-        liveness_bound_s=args.liveness_bound,
-    )
+    args.chosen_seed = args.seed is None and "seed" not in sim
+    extra: dict[str, Any] = {}
+    for key in ("think_ms", "delay_ms"):
+        if key in sim:
+            extra[key] = tuple(sim[key])
+    if "drain_s" in sim:
+        extra["drain_s"] = sim["drain_s"]
+    if tuple(args.delay_ms) != (1.0, 5.0) or "delay_ms" not in extra:  # an explicit flag wins
+        extra["delay_ms"] = tuple(args.delay_ms)
+    if args.app is not None:
+        from adversary.scenario import load_factory
+        from adversary.workloads import AppWorkload
+
+        try:
+            factory = load_factory(args.app)
+            probe = factory()
+        except ConfigError as exc:
+            _error(args, str(exc))
+        if not callable(getattr(probe, "random_op", None)):
+            _error(args, f"--app: {type(probe).__name__} has no random_op(rng, client_id) "
+                         "method: the simulator needs it to generate a workload")
+        extra["app_factory"] = factory
+        extra["workload_factory"] = lambda c, requests, rng: AppWorkload(factory(), c,
+                                                                           requests, rng)
+    try:
+        config = scenario.sim_config(
+            seed=seed,
+            nodes=args.nodes if args.nodes is not None else sim.get("nodes", 4),
+            cluster=cluster,
+            cluster_overrides=overrides,
+            clients=_option(args, "clients", sim, "clients"),
+            requests=_option(args, "requests", sim, "requests"),
+            key_count=_option(args, "keys", sim, "keys"),
+            drop=args.drop,
+            duplicate=args.duplicate,
+            reorder=args.reorder,
+            partitions=tuple(args.partition),
+            crashes=tuple(crashes),
+            silent=tuple(args.silent),
+            codec=not args.no_codec,
+            crypto="ed25519" if args.ed25519 else "sim",
+            liveness_bound_s=_option(args, "liveness_bound", sim, "liveness_bound_s"),
+            history=args.history is not None,
+            **extra,
+        )
+    except ConfigError as exc:
+        _error(args, str(exc))
+    if scenario.workload.get("kind") == "fencing" and config.clients < 2:
+        _error(args, "--clients: the fencing story needs at least 2 clients")
+    args.until_s = args.until if args.until is not None else sim.get("until_s", _DEFAULTS["until"])
     return config
 
 
@@ -297,15 +384,37 @@ def run_sim_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _error(args, str(exc))
         raise  # not reached: _error exits
-    if args.seed is None:
+    if getattr(args, "chosen_seed", args.seed is None):
         print(f"bft sim: seed {config.seed} (replay with --seed {config.seed})",
               file=sys.stderr if args.json else sys.stdout, flush=True)
-    result = simulation.run(args.until)
+    result = simulation.run(getattr(args, "until_s", None) or args.until or _DEFAULTS["until"])
+    story = _story(simulation)
+    if args.history is not None and simulation.history is not None:
+        try:
+            simulation.history.write(args.history)
+        except OSError as exc:
+            print(f"bft sim: cannot write --history {args.history}: {exc}", file=sys.stderr)
+            return 2
+    problems = story.problems() if story is not None else []
     if args.json:
-        print(json.dumps(result.to_dict(), sort_keys=True))
+        out = result.to_dict()
+        if story is not None:
+            out["fencing"] = {"ok": not problems, "problems": problems}
+        print(json.dumps(out, sort_keys=True))
     else:
         print(format_summary(result))
-    return 0 if result.ok else 1
+        if story is not None:
+            print(f"  fencing story: {'ok' if not problems else 'FAILED: ' + '; '.join(problems)}")
+    return 0 if result.ok and not problems else 1
+
+
+def _story(simulation: Simulation) -> Any:
+    """The fencing story of a run whose workload tells it, else None."""
+    for workload in simulation.workloads:
+        story = getattr(workload, "story", None)
+        if story is not None:
+            return story
+    return None
 
 
 def format_summary(result: Any) -> str:
@@ -325,6 +434,18 @@ def format_summary(result: Any) -> str:
     checks = ", ".join(f"{name} {'ok' if data['ok'] else 'FAILED'}"
                        for name, data in result.checkers.items())
     lines.append(f"  checks: {checks}")
+    if result.behaviours:
+        rules = ", ".join(f"{b['node']}:{b['behaviour']}" for b in result.behaviours)
+        lines.append(f"  adversary: {rules} (not judged: "
+                     f"{', '.join(str(i) for i in result.byzantine) or 'none'})")
+    if result.evidence or result.witness:
+        culprits = sorted({e["culprit"] for e in result.evidence})
+        lines.append(f"  evidence: {len(result.evidence)} proofs against "
+                     f"{culprits or 'nobody'}; witness "
+                     f"{'ok' if result.evidence_ok else 'FAILED'}")
+    faults = result.network.get("faults") or {}
+    if faults:
+        lines.append("  network faults: " + ", ".join(f"{k} {v}" for k, v in faults.items()))
     for violation in result.violations:
         lines.append(f"  violation: {violation}")
     lines.append(f"  result: {'PASS' if result.ok else 'FAIL'}")

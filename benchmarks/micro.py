@@ -15,7 +15,7 @@ import crc32c
 
 from bft import codec
 from bft.crypto import Ed25519Keys, batch_digest
-from bft.messages import Batch, PrePrepare, Prepare, Proposal, Request
+from bft.messages import Batch, Prepare, PrePrepare, Proposal, Request
 from transport.frame import decode_frame_untrusted, encode_frames
 
 

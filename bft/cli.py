@@ -241,27 +241,42 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="WAL fsync policy (default: the config's, normally always)")
     parser.add_argument("--events", action="store_true",
                         help="also print one line per event on stdout")
+    parser.add_argument("--scenario", type=Path, default=None, metavar="FILE",
+                        help="adversarial scenario ([[adversary]]/[[network]] tables) to play "
+                        "on this node")
+    parser.add_argument("--app", default=None, metavar="MODULE:FACTORY",
+                        help="replicate your own StateMachine instead of the KV store")
+    parser.add_argument("--adversary-seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--adversary-restarted", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(handler=cmd_node)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
-    from bft.node import Node, serve_until_signal
+    from bft.node import Node
 
     config = _load_config(args.config)
     config.node(args.id)  # a clear error for an id not in the config
     state_dir = _state_dir(config, args.state_dir)
     keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
+    from adversary.runtime import install
+    from adversary.runtime import serve_until_signal as serve_with_adversary
+    from adversary.scenario import Scenario, load_factory, load_scenario
+
+    app = load_factory(args.app)() if args.app else None
     node = Node(config, args.id, signer=keyring.signer("replica", args.id),
-                verifier=keyring.verifier(), state_dir=state_dir, fsync=args.fsync,
+                verifier=keyring.verifier(), state_dir=state_dir, fsync=args.fsync, app=app,
                 log_echo=False, on_effect=_event_printer(args.id) if args.events else None)
     node.open()  # bind and recover before announcing: errors surface here
+    # always installed (empty without --scenario) so the dashboard can switch behaviours live
+    scenario = load_scenario(args.scenario) if args.scenario else Scenario()
+    inst = install(node, scenario, seed=args.adversary_seed, crash=not args.adversary_restarted)
     (state_dir / f"node-{args.id}.pid").write_text(f"{os.getpid()}\n")
     me = config.node(args.id)
     print(f"node {args.id} listening on {me} (view {node.replica.view}, "
           f"executed {node.replica.last_executed})", flush=True)
-    trio.run(serve_until_signal, node)
+    trio.run(serve_with_adversary, node, inst)
     return 0
 
 
@@ -672,6 +687,29 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# bft bench
+# --------------------------------------------------------------------------
+
+
+def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
+    from bft.bench import add_bench_arguments
+
+    parser = subparsers.add_parser(
+        "bench", help="measure throughput and latency of a cluster",
+        description="Start the cluster of CONFIG (or --attach to a running one), drive "
+        "closed-loop clients, and report throughput, latency percentiles, CPU per node and "
+        "the Ed25519 crypto ceiling of this machine.")
+    add_bench_arguments(parser)
+    parser.set_defaults(handler=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bft.bench import run_bench_command
+
+    return run_bench_command(args)
+
+
+# --------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------
 
@@ -687,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_parser(subparsers)
     _add_client_parser(subparsers)
     _add_sim_parser(subparsers)
+    _add_bench_parser(subparsers)
     from tui.commands import add_tui_parsers  # here: tui.commands imports from this module
 
     add_tui_parsers(subparsers)

@@ -574,6 +574,7 @@ class ClusterClient:
             first_timestamp = time.time_ns() // 1000
         self.client = Client(config, client_id, signer, verifier, first_timestamp=first_timestamp)
         self._timer = math.inf
+        self._introduced = False
 
     def close(self) -> None:
         self.endpoint.close()
@@ -587,6 +588,11 @@ class ClusterClient:
     async def _do(self, effects: list[Any]) -> Completed | Failed | None:
         done = None
         for e in effects:
+            if isinstance(e, SendTo) and not self._introduced:
+                # the first request goes to every replica: that is how backups learn this
+                # client's address (they reply straight to it), instead of after a timeout
+                e = SendAll(e.request)
+                self._introduced = True
             if isinstance(e, SendTo):
                 await self.endpoint.send(e.replica, codec.encode(e.request))
             elif isinstance(e, SendAll):

@@ -430,7 +430,7 @@ class Replica:
             waiting = self.log.get(pp.seq)
             if pp.digest in self.needed_batches or (
                     waiting is not None and waiting.batch is None
-                    and pp.digest in (waiting.decided, waiting.digest)):
+                    and pp.digest == (waiting.decided or waiting.digest)):
                 self.needed_batches.setdefault(pp.digest, pp.seq)
                 self._got_batch(pp.digest, batch, pp_signed)
         if pp.view != self.view:
@@ -1125,7 +1125,8 @@ class Replica:
                 slot.decided_pp = pp
             self._execute_ready()
             return
-        if slot is not None and slot.digest == digest and slot.batch is None:
+        if slot is not None and slot.digest == digest and slot.batch is None \
+                and slot.decided in (None, digest):  # a decided slot takes only its own batch
             slot.batch = batch
             for s in batch.requests:
                 r = s.statement
