@@ -416,6 +416,12 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration", type=float, default=None, metavar="S",
                         help="stop after this many seconds")
     parser.add_argument("--fsync", choices=["always", "never"], default=None)
+    parser.add_argument("--scenario", type=Path, default=None, metavar="FILE",
+                        help="adversarial scenario to play on the nodes ([[adversary]] and "
+                        "[[network]] tables; see configs/scenarios/)")
+    parser.add_argument("--history", type=Path, default=None, metavar="FILE",
+                        help="with --load: write every client operation as Jepsen-shaped JSON "
+                        "lines (invoke/ok/fail/info) for an outside linearizability checker")
     parser.set_defaults(handler=cmd_up)
 
 
@@ -428,6 +434,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     if _ensure_local_keys(config, key_dir):
         print(f"generated keys in {key_dir}", flush=True)
     load_keyring(config, key_dir)  # clear error now rather than in every child
+    if args.scenario is not None:
+        from adversary.scenario import load_scenario
+
+        load_scenario(args.scenario).check_nodes(config.n)  # errors now, naming the field
+    global _UP_EXTRA
+    _UP_EXTRA = {"scenario": args.scenario, "history": args.history}
     if not args.no_tui and sys.stdout.isatty() and config.monitor is not None:
         return _up_with_dashboard(args.config, config, state_dir, key_dir, args.load,
                                   args.duration, args.fsync)
@@ -448,10 +460,15 @@ def _die_with_parent() -> None:
         pass
 
 
+_UP_EXTRA: dict = {}  # options of `bft up` that reach the node commands and the load
+
+
 def _node_command(config_path: Path, node_id: int, state_dir: Path, key_dir: Path,
                   fsync: str | None, events: bool) -> list[str]:
     cmd = [sys.executable, "-m", "bft", "node", str(config_path), "--id", str(node_id),
            "--state-dir", str(state_dir), "--key-dir", str(key_dir)]
+    if _UP_EXTRA.get("scenario") is not None:
+        cmd += ["--scenario", str(_UP_EXTRA["scenario"])]
     if events:
         cmd.append("--events")
     if fsync:
@@ -616,6 +633,12 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
     from bft.app import Ops
     from bft.node import ClientError, ClusterClient, next_client_timestamp
 
+    import time as _time
+
+    from adversary.history import History, call_recorded
+
+    history_path = _UP_EXTRA.get("history")
+    history = History() if history_path is not None else None
     keyring = load_keyring(config, key_dir)
     clients = [c.id for c in config.clients][: max(1, min(len(config.clients), int(ops_per_s // 50) + 1))]
     done: list[float] = []
@@ -632,11 +655,20 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
             while True:
                 key = f"k{rng.randrange(1000)}"
                 t0 = trio.current_time()
-                try:
-                    await client.call(Ops.put(key, b"%d" % rng.randrange(10**6)), timeout_s=5)
-                    done.append(trio.current_time() - t0)
-                except ClientError:
-                    errors[0] += 1
+                op = Ops.put(key, b"%d" % rng.randrange(10**6))
+                if history is not None:
+                    got = await call_recorded(client, op, history, process=cid,
+                                              clock_ns=_time.monotonic_ns, timeout_s=5)
+                    if got is None:
+                        errors[0] += 1
+                    else:
+                        done.append(trio.current_time() - t0)
+                else:
+                    try:
+                        await client.call(op, timeout_s=5)
+                        done.append(trio.current_time() - t0)
+                    except ClientError:
+                        errors[0] += 1
                 next_at = max(next_at + interval, trio.current_time())
                 await trio.sleep_until(next_at)
         finally:
@@ -657,10 +689,17 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
             else:
                 say(f"[load] 0 ops/s  total {total}  errors {errors[0]}")
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(report)
-        for cid in clients:
-            nursery.start_soon(one, cid)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(report)
+            for cid in clients:
+                nursery.start_soon(one, cid)
+    finally:
+        if history is not None:
+            history.finish(_time.monotonic_ns())
+            history.write(history_path)
+            say(f"[load] history of {len(history.entries)} "
+                f"events written to {history_path}")
 
 
 # --------------------------------------------------------------------------
