@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,23 +37,11 @@ import trio
 
 from adversary.runtime import CRASH_EXIT_STATUS, LauncherAction, launcher_actions, run_launcher
 from adversary.scenario import Scenario, load_scenario
+from transport.udp import free_udp_ports
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
-
-def free_udp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct UDP ports on `host` that are free right now."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def cluster_toml(name: str, f: int, ports: Sequence[int], *, host: str = "127.0.0.1",

@@ -80,7 +80,7 @@ from bft.config import (
     load_keyring,
 )
 from bft.errors import ConfigError
-from transport.udp import TransportError
+from transport.udp import TransportError, free_udp_ports
 
 __all__ = [
     "BenchError",
@@ -179,31 +179,6 @@ def cpu_count() -> int:
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
 
-
-def free_udp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct UDP ports on `host`, free now and below the ephemeral range (so that
-    no client socket takes the port of a node that is restarting); probed by binding."""
-    import socket
-
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    first, last = 20000, min(low, 32768) - 1
-    span = last - first + 1
-    start = (os.getpid() * 7919 + time.monotonic_ns() // 1000) % span
-    ports: list[int] = []
-    for i in range(span):
-        port = first + (start + i) % span
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise BenchError(f"no {count} free UDP ports on {host} in {first}..{last}")
 
 
 def local_config(n: int, *, host: str = "127.0.0.1", clients: int = 4,

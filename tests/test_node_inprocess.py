@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-
 import trio
 
 from bft.app import Ops, decode_result
 from bft.config import ClusterConfig
 from bft.crypto import Ed25519Keys
 from bft.node import ClusterClient, Node
-
-
-def free_udp_ports(count: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(count):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+from transport.udp import free_udp_ports
 
 
 def make_cluster(tmp_path, n=4, **overrides):

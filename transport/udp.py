@@ -516,3 +516,37 @@ def _errno_key(exc: OSError) -> str:
     if name in ("ENETUNREACH", "EHOSTUNREACH"):
         return "unreachable"
     return name.lower() if name else "oserror"
+
+
+def free_udp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct UDP ports on `host`, free now and below the ephemeral range.
+
+    For local clusters in tests and benchmarks: node ports must stay free across a node's
+    restart, and clients bind port 0 (an ephemeral port), so ports below the ephemeral range
+    cannot be taken by any client meanwhile. Probed by binding; parallel runs start probing
+    at an offset derived from the process id. TransportError if there are not enough."""
+    import os
+    import time
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    first, last = 20000, min(low, 32768) - 1
+    span = last - first + 1
+    start = (os.getpid() * 7919 + time.monotonic_ns() // 1000) % span
+    ports: list[int] = []
+    for i in range(span):
+        port = first + (start + i) % span
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                           socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise TransportError(f"no {count} free UDP ports on {host} in {first}..{last}")
+

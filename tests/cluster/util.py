@@ -26,7 +26,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ from bft.config import ClusterConfig, load_keyring
 from bft.errors import MalformedMessage
 from bft.messages import Reply, Request, Signed
 from bft.node import CLIENT_SENDER_BASE, ClientError, ClusterClient
-from transport.udp import UdpEndpoint
+from transport.udp import UdpEndpoint, free_udp_ports
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
@@ -53,44 +52,6 @@ _PR_SET_PDEATHSIG = 1
 
 
 # ---------------------------------------------------------------------- ports
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_udp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct UDP ports on `host` that are free now and outside the ephemeral range.
-
-    Node ports must stay free across a node's restart; clients bind port 0 and get an
-    ephemeral port, so picking node ports below the ephemeral range means no client
-    (of this or a parallel test run) can take a killed node's port before it comes
-    back. The OS still picks them (bind to port 0 with the ephemeral range excluded is
-    not possible), so candidates are probed by binding; parallel runs are kept apart
-    by starting the probe at an offset derived from the process id.
-    """
-    low, _ = _ephemeral_range()
-    first, last = 20000, min(low, 32768) - 1
-    span = last - first + 1
-    start = (os.getpid() * 7919 + time.monotonic_ns() // 1000) % span
-    ports: list[int] = []
-    for i in range(span):
-        port = first + (start + i) % span
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            s.close()
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError(f"no {count} free UDP ports on {host} in {first}..{last}")
 
 
 # ---------------------------------------------------------------------- config
