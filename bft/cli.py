@@ -588,19 +588,26 @@ async def _supervise(config_path, config, state_dir, key_dir, load_ops_per_s, du
         else:
             say(f"[node {node_id}] exited with status {code}")
 
+    pids: dict[int, int] = {}
+
     async with trio.open_nursery() as nursery:
-        readies = []
-        for node in config.nodes:
-            cmd = _node_command(config_path, node.id, state_dir, key_dir, fsync, events=True)
+
+        async def spawn(node_id: int, restarted: bool = False) -> trio.Event:
+            cmd = _node_command(config_path, node_id, state_dir, key_dir, fsync, events=True)
+            if restarted:
+                cmd.append("--adversary-restarted")  # a scenario's crash happens once
             proc = await nursery.start(partial(
                 trio.run_process, cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, check=False, start_new_session=True))
             # (no PR_SET_PDEATHSIG here: trio starts children from a worker thread, and the
             # signal follows that thread, not the process)
-            (state_dir / f"node-{node.id}.pid").write_text(f"{proc.pid}\n")
+            pids[node_id] = proc.pid
+            (state_dir / f"node-{node_id}.pid").write_text(f"{proc.pid}\n")
             ready = trio.Event()
-            readies.append(ready)
-            nursery.start_soon(pump, node.id, proc, ready)
+            nursery.start_soon(pump, node_id, proc, ready)
+            return ready
+
+        readies = [await spawn(node.id) for node in config.nodes]
         say(f"started {config.n} nodes of {config.name} (f={config.f}); state in {state_dir}; "
             "Ctrl-C stops the cluster")
         with trio.move_on_after(15):
@@ -613,6 +620,21 @@ async def _supervise(config_path, config, state_dir, key_dir, load_ops_per_s, du
             return 1
         if load_ops_per_s > 0:
             nursery.start_soon(_drive_load, config, state_dir, key_dir, load_ops_per_s, say)
+        if _UP_EXTRA.get("scenario") is not None:
+            # the launcher's part of a scenario: SIGSTOP/SIGCONT pauses, restarts after crashes
+            from adversary.runtime import launcher_actions, run_launcher
+            from adversary.scenario import load_scenario
+
+            actions = launcher_actions(load_scenario(_UP_EXTRA["scenario"]))
+
+            async def restart(node_id: int) -> None:
+                say(f"[scenario] restarting node {node_id}")
+                await spawn(node_id, restarted=True)
+
+            if actions:
+                nursery.start_soon(partial(
+                    run_launcher, actions, pid_of=pids.get, restart=restart,
+                    on_action=lambda a: say(f"[scenario] {a.action} node {a.node}")))
         with trio.move_on_after(duration_s if duration_s is not None else math.inf) as timer:
             async for _ in signals:
                 say("stopping the cluster")
