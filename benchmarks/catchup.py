@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from bft.bench import (
+from benchmarks.bench import (
     BenchError,
     LoadRun,
     LocalCluster,

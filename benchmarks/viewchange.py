@@ -36,7 +36,7 @@ from typing import Any
 
 import trio
 
-from bft.bench import (
+from benchmarks.bench import (
     LoadRun,
     LocalCluster,
     TelemetryListener,

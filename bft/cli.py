@@ -753,7 +753,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
-    from bft.bench import add_bench_arguments
+    from benchmarks.bench import add_bench_arguments
 
     parser = subparsers.add_parser(
         "bench", help="measure throughput and latency of a cluster",
@@ -765,7 +765,7 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bft.bench import run_bench_command
+    from benchmarks.bench import run_bench_command
 
     return run_bench_command(args)
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 BFT = Path(__file__).resolve().parents[1] / "bft"
-IMPURE_ALLOWED = {"node.py", "cli.py", "__main__.py", "bench.py"}  # bench: the load driver
+IMPURE_ALLOWED = {"node.py", "cli.py", "__main__.py"}
 FORBIDDEN = {"trio", "socket", "asyncio", "threading", "time", "subprocess", "random",
              "selectors", "multiprocessing"}
 
