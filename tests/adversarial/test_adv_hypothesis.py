@@ -46,8 +46,10 @@ def test_a_failure_shrinks_to_a_replayable_scenario_file(tmp_path: Path) -> None
 
     drawn = scenarios(nodes=st.just(4), behaviours=("equivocate", "slow", "lie"),
                       max_faulty=1, network=False, twins=False, max_requests=3)
+    # derandomize: the same search (and shrink) on every run; a random one shrank to two
+    # identical rules now and then, which is as small in effect but not in length
     minimal = find(drawn, unsafe, settings=settings(max_examples=200, database=None,
-                                                    deadline=None,
+                                                    deadline=None, derandomize=True,
                                                     suppress_health_check=list(HealthCheck)))
     assert len(minimal.rules) == 1 and minimal.rules[0].behaviour == "equivocate"
     run = run_scenario(minimal, node_factory=_broken)
