@@ -231,7 +231,8 @@ def _read_message(
     if cls is m.Signed:
         body, signature = values
         statement = _decode_whole(_STATEMENTS_BY_TAG, body, depth + 1, limits)
-        return m.Signed(body=body, signature=signature, statement=statement), pos
+        return m.Signed(body=body, signature=signature, statement=statement,
+                        checked=(body, statement)), pos
     return cls(*values), pos
 
 

@@ -279,7 +279,7 @@ class ClusterConfig:
     view_change_timeout_min_s: float = 0.2
     view_change_timeout_max_s: float = 10.0
     phi_threshold: float = 8.0
-    status_interval_s: float = 0.2
+    status_interval_s: float = 0.1
     client_timeout_s: float = 1.0
     max_clock_skew_s: float = 1.0
     max_datagram_bytes: int = 1400

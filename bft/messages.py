@@ -224,13 +224,20 @@ class Signed:
     """A signed statement as it travels: body bytes, signature, decoded statement.
 
     `statement` is decoded from `body` (never sent separately); two `Signed`
-    are equal when body and signature are equal.
+    are equal when body and signature are equal. `checked` is `(body, statement)`
+    (the very objects) when `body` is known to be the canonical encoding of
+    `statement`: `bft.codec` decoded `statement` from `body` (its strict
+    decoder accepts only canonical encodings), or a signer encoded `body` from
+    `statement`. A verifier then need not re-encode the statement; a copy with
+    another body or statement (`dataclasses.replace`) no longer matches by
+    identity and is checked in full. Not part of the wire format, not compared.
     """
 
     TAG: ClassVar[int] = 20
     body: Blob
     signature: SignatureBytes
     statement: Statement = field(compare=False, repr=False)
+    checked: tuple | None = field(default=None, compare=False, repr=False)
 
     def __repr__(self) -> str:  # short and readable in logs
         return f"Signed({self.statement!r})"

@@ -72,6 +72,7 @@ MAX_STATUS_SEQS = 64
 MAX_PENDING_REQUESTS = 50_000
 MAX_RESEND_PER_STATUS = 32
 MAX_TIMEOUT_S = 3600.0
+DIGEST_MEMO_SIZE = 1024  # batches whose digest is remembered (see Replica._digest)
 MAX_OLD_COMMITS_PER_REPLICA = 4  # per slot: bounds what a lying replica can make us keep
 
 
@@ -94,7 +95,9 @@ class Replica:
 
     def __init__(self, config: ClusterConfig, replica_id: int, *, signer: Any, verifier: Any,
                  app: Any, recovered: tuple[tuple[int, bytes] | None, Iterable[bytes]] | None = None,
-                 digest_every_batch: bool = False) -> None:
+                 digest_every_batch: bool = False, reply_auth: Any = None) -> None:
+        # reply_auth: a bft.auth.ReplyAuth of this replica: replies go out as MacReply (PBFT's
+        # MACs for clients); None, or a client without a key, gets a signed reply instead.
         if not 0 <= replica_id < config.n:
             raise ValueError(f"replica id {replica_id} not in 0..{config.n - 1}")
         self.config = config
@@ -107,6 +110,7 @@ class Replica:
         self.verifier = verifier
         self.app = app
         self.digest_every_batch = digest_every_batch
+        self.reply_auth = reply_auth
         self.limits = config.limits
 
         self.view = 0
@@ -153,6 +157,7 @@ class Replica:
         self.drops: collections.Counter[str] = collections.Counter()
         self.counters: collections.Counter[str] = collections.Counter()
         self._out: list[Effect] = []
+        self._digest_memo: dict[int, tuple[Batch, bytes]] = {}
         self._now = 0.0
         self._wall = Interval(0, 0)
         self._dirty_persist = False
@@ -238,6 +243,20 @@ class Replica:
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
 
+    def _digest(self, batch: Batch) -> bytes:
+        """batch_digest(batch), computed once per batch object (a proposal's batch is checked
+        on arrival, at decision and at execution). Batches are immutable; the memo holds a
+        reference to each, so an id is never reused while remembered."""
+        memo = self._digest_memo
+        hit = memo.get(id(batch))
+        if hit is not None and hit[0] is batch:
+            return hit[1]
+        digest = batch_digest(batch)
+        memo[id(batch)] = (batch, digest)
+        if len(memo) > DIGEST_MEMO_SIZE:
+            del memo[next(iter(memo))]
+        return digest
+
     def _event(self, event_kind: str, /, **fields: Any) -> None:
         self._out.append(Event(event_kind, fields))
 
@@ -284,6 +303,8 @@ class Replica:
             return self._on_proposal(message)
         if not isinstance(message, Signed):
             return self._drop("bad_type")
+        if self._late_vote(message.statement):
+            return self._drop("late_vote")
         if not self.verifier.verify_deep(message):
             return self._drop("bad_signature")
         st = message.statement
@@ -311,6 +332,28 @@ class Replica:
         if handler is None:  # PrePrepare without batch, Reply
             return self._drop("unexpected_type")
         handler(message)
+
+    def _late_vote(self, st: Any) -> bool:
+        """A PREPARE or COMMIT of the current view that cannot change anything here: its slot
+        is already prepared (PREPARE) or decided (COMMIT) on the same digest. Dropped before
+        its signature is checked, which is the costly part (a vote with another digest, than
+        the slot's or than the sender's earlier vote, is still verified: it may be evidence). Nothing is learned from an unverified message:
+        it is not stored and does not count as an arrival for the failure detector."""
+        kind = type(st)
+        if kind is not Prepare and kind is not Commit:
+            return False
+        if st.view != self.view or self.in_view_change or st.replica == self.id:
+            return False
+        slot = self.log.get(st.seq)
+        if slot is None or slot.view != st.view:
+            return False
+        votes = slot.prepares if kind is Prepare else slot.commits
+        held = votes.get(st.replica)
+        if held is not None and held.statement.digest != st.digest:
+            return False  # conflicts with what this replica voted before: evidence
+        if kind is Prepare:
+            return slot.prepared and slot.digest == st.digest
+        return slot.decided is not None and slot.decided == st.digest
 
     def _note_arrival(self, peer: int) -> None:
         self.timeout.record_arrival(peer, self._now)
@@ -348,13 +391,15 @@ class Replica:
         if self.is_primary and not self.in_view_change:
             self._try_propose()
         elif not self.in_view_change:
-            # a backup that receives a request relays it to the primary and starts its timer
-            self._out.append(Send(self.primary(), signed))
+            # a backup that receives a request starts its timer (4.4). It relays the request
+            # to the primary only when the client sends it again (the branch above): clients
+            # send each request to every replica, so the primary normally has it already.
             self._arm_progress()
 
     def _send_reply(self, client: int, timestamp: int, result: bytes) -> None:
-        reply = self._sign(Reply(self.view, timestamp, client, self.id, result))
-        self._out.append(ReplyEffect(client, reply))
+        reply = Reply(self.view, timestamp, client, self.id, result)
+        sealed = self.reply_auth.seal(reply) if self.reply_auth is not None else None
+        self._out.append(ReplyEffect(client, sealed if sealed is not None else self._sign(reply)))
 
     def _arm_progress(self) -> None:
         if self.progress_deadline is None:
@@ -399,7 +444,7 @@ class Replica:
             return
         batch_time = propose_batch_time(self._wall, self.last_batch_time)
         batch = Batch(batch_time, tuple(reqs))
-        digest = batch_digest(batch)
+        digest = self._digest(batch)
         seq = self.next_seq
         self.next_seq += 1
         pp = self._sign(PrePrepare(self.view, seq, digest, self.id))
@@ -423,7 +468,7 @@ class Replica:
         batch = proposal.batch
         if pp.replica != self.primary(pp.view):
             return self._drop("pre_prepare_not_from_primary")
-        digest_ok = batch_digest(batch) == pp.digest
+        digest_ok = self._digest(batch) == pp.digest
         # a batch someone fetched for a NEW-VIEW re-proposal, or a relay in loss recovery, of
         # any view: the digest alone authenticates it for a slot waiting for that digest
         if digest_ok:
@@ -623,7 +668,7 @@ class Replica:
         slot.commit_cert = cert
         slot.old_commits = {}
         self.counters["decided_by_certificate"] += 1
-        if slot.batch is None or batch_digest(slot.batch) != digest:
+        if slot.batch is None or self._digest(slot.batch) != digest:
             slot.batch = self.batches.get(digest)
         if slot.pre_prepare is not None and slot.pre_prepare.statement.digest == digest:  # type: ignore[union-attr]
             slot.decided_pp = slot.pre_prepare
@@ -667,7 +712,7 @@ class Replica:
             slot = self.log.get(self.last_executed + 1)
             if slot is None or slot.decided is None or slot.batch is None:
                 break
-            if batch_digest(slot.batch) != slot.decided:
+            if self._digest(slot.batch) != slot.decided:
                 raise InvariantViolation(f"batch of seq {slot.seq} does not match its digest")
             self._execute(slot)
             progressed = True

@@ -1,0 +1,74 @@
+"""Fail-over time when clients send every request to every replica (issue 7).
+
+PBFT 4.4: a backup that holds a request it has not executed within its timer
+suspects the primary. When the client sends each request to all replicas
+(as BFT-SMaRt's clients do, and `ClusterClient` does), every backup holds it
+from the start, so a dead primary is replaced one timer after the last
+execution instead of after the client's retransmissions. Virtual time in the
+step network, not wall-clock time.
+"""
+
+from __future__ import annotations
+
+import pytest
+from harness import Net, Ops
+
+from bft.config import ClusterConfig
+
+
+def _serve_after_primary_crash(net: Net, step_s: float = 0.01, limit_s: float = 5.0) -> float:
+    net.request(0, Ops.put("a", b"1"), to=None)
+    net.deliver()
+    assert net.completed(0, 1) is not None
+    net.advance(1.0)  # status rounds: the detectors measure the primary's pace
+    net.crash(0)
+    start = net.now
+    net.request(0, Ops.put("b", b"2"), to=None)  # to every replica
+    while net.completed(0, 2) is None and net.now - start < limit_s:
+        net.advance(step_s, step=step_s)
+    assert net.completed(0, 2) is not None, "no service within the limit"
+    return net.now - start
+
+
+def test_defaults_replace_a_dead_primary_within_half_a_second_4_4():
+    defaults = ClusterConfig.local(4)
+    net = Net(4)
+    assert net.config.status_interval_s == defaults.status_interval_s
+    timers = []
+    net.filter = lambda src, dst, msg: timers.append(net.replicas[1]._vc_timeout()) or True
+    elapsed = _serve_after_primary_crash(net)
+    assert all(r.view == 1 for r in net.replicas[1:])
+    # one timer, as measured by the detector (at least 3 status intervals), plus a step or two
+    assert max(defaults.view_change_timeout_min_s, 3 * defaults.status_interval_s) <= timers[-1]
+    assert elapsed <= max(timers) + 0.05
+    assert elapsed <= 0.5
+
+
+def test_a_backup_does_not_relay_a_request_the_client_sent_to_all():
+    """Each backup got the request from the client itself: relaying it to the primary would
+    only cost the primary n-1 duplicate receptions and verifications per request."""
+    net = Net(4)
+    relayed = []
+    net.filter = lambda src, dst, msg: (relayed.append((src, dst)) if src >= 0 and dst == 0
+                                        and hasattr(msg, "statement")
+                                        and type(msg.statement).__name__ == "Request"
+                                        else None) or True
+    net.request(0, Ops.put("a", b"1"), to=None)
+    net.deliver()
+    assert net.completed(0, 1) is not None
+    assert relayed == []
+
+
+@pytest.mark.parametrize("to", [1, 2])
+def test_a_retransmission_to_a_backup_is_relayed_to_the_primary_4_1(to):
+    """A client that cannot reach the primary: the backup relays the request once the client
+    sends it again (the first copy may have been a broadcast the primary also got)."""
+    net = Net(4)
+    net.cut.add((-1, 0))  # the client cannot reach the primary
+    net.request(0, Ops.put("a", b"1"), to=to)
+    net.deliver()
+    assert net.completed(0, 1) is None
+    net.request(0, Ops.put("a", b"1"), to=to, timestamp=1)  # retransmission
+    net.deliver()
+    assert net.completed(0, 1) is not None
+    assert net.replicas[1].view == 0
