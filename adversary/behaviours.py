@@ -13,16 +13,18 @@ and what comes out:
 as `view`, `last_executed`, `app`, `timeout`, is the inner replica's), so the
 simulator (`adversary/sim.py`) and the Trio runtime (`bft/node.py`, through
 `adversary.runtime.install`) drive it exactly like a replica. Whatever it
-re-signs it signs with the node's own signer (`env.signer`), so honest nodes
-cannot tell a lie by its signature: only by its content.
+re-signs it signs with the node's own signer (`env.signer`), and a reply the
+replica MAC'd it re-MACs with the node's own reply keys (`env.reply_auth`:
+the keys it shares with clients, so it can MAC as itself only); honest nodes
+and clients cannot tell a lie by its signature or MAC: only by its content.
 
 The vocabulary (`BEHAVIOURS`; parameters with defaults in `PARAMS`):
 
 * `lie`: wrong digests in PREPARE/COMMIT votes, wrong results in replies,
-  bogus checkpoint digests, corrupted or missing signatures, invented
-  requests in a proposed batch. Each lie is decided once per protocol slot
-  and repeated identically on every resend: a liar is consistent, not an
-  equivocator.
+  bogus checkpoint digests, corrupted or missing signatures (or MACs of
+  MAC'd replies), invented requests in a proposed batch. Each lie is
+  decided once per protocol slot and repeated identically on every resend:
+  a liar is consistent, not an equivocator.
 * `equivocate`: as primary, different PRE-PREPAREs for one (view, seq) to
   different peers; as backup, conflicting PREPARE/COMMIT votes. Peers are
   split into two groups (colluding equivocators share the split and the
@@ -66,6 +68,7 @@ from bft.messages import (
     Batch,
     Checkpoint,
     Commit,
+    MacReply,
     Prepare,
     PrePrepare,
     Proposal,
@@ -344,7 +347,8 @@ class Collusion:
 @dataclass(slots=True)
 class BehaviourEnv:
     """What a behaviour may use: who it is, its signer, a seeded Random, the shared
-    collusion, and the origin of its time windows (None: the `now` of `start()`)."""
+    collusion, the origin of its time windows (None: the `now` of `start()`), and its
+    replica's `bft.auth.ReplyAuth` (None: its replies are signed)."""
 
     node_id: int
     n: int
@@ -354,6 +358,7 @@ class BehaviourEnv:
     origin_s: float | None = None
     max_backlog: int = 20_000
     external_sigstop: bool = False  # a launcher carries out `pause` rules with mode "sigstop"
+    reply_auth: Any = None
 
 
 # --------------------------------------------------------------------------
@@ -390,6 +395,14 @@ def _corrupt_signature(signed: Signed, zero: bool) -> Signed:
     sig = bytes(len(signed.signature)) if zero else bytes([signed.signature[0] ^ 0x5A]) \
         + signed.signature[1:]
     return Signed(body=signed.body, signature=sig, statement=signed.statement)
+
+
+def _corrupt_reply(reply: Signed | MacReply, zero: bool) -> Signed | MacReply:
+    """A reply whose signature or MAC is wrong (all zeros with `zero`)."""
+    if isinstance(reply, MacReply):
+        mac = bytes(len(reply.mac)) if zero else bytes([reply.mac[0] ^ 0x5A]) + reply.mac[1:]
+        return MacReply(body=reply.body, mac=mac, statement=reply.statement)
+    return _corrupt_signature(reply, zero)
 
 
 class Behaviour:
@@ -534,13 +547,18 @@ class Lie(Behaviour):
             if lie == "reply_result":
                 made = self._made.get(key)
                 if made is None:
-                    made = self.env.signer.sign(type(r)(r.view, r.timestamp, r.client, r.replica,
-                                                        b"lie:" + sha256(r.result)[:8]))
+                    wrong = type(r)(r.view, r.timestamp, r.client, r.replica,
+                                    b"lie:" + sha256(r.result)[:8])
+                    made = None
+                    if isinstance(effect.reply, MacReply) and self.env.reply_auth is not None:
+                        made = self.env.reply_auth.seal(wrong)  # a valid MAC, as itself
+                    if made is None:
+                        made = self.env.signer.sign(wrong)
                     self._made[key] = made
                     self.counters[lie] += 1
                 return [Reply(effect.client, made)]
             self.counters[lie] += 1
-            return [Reply(effect.client, _corrupt_signature(effect.reply, lie == "no_signature"))]
+            return [Reply(effect.client, _corrupt_reply(effect.reply, lie == "no_signature"))]
         return [effect]
 
 

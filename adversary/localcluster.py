@@ -264,15 +264,17 @@ class LocalCluster:
         ordered before. AssertionError naming the missing ones after `timeout_s`."""
         from bft import codec
         from bft.app import Ops
+        from bft.auth import authenticated_reply, reply_auth_for
         from bft.errors import MalformedMessage
-        from bft.messages import Reply, Request, Signed
+        from bft.messages import Request
         from bft.node import CLIENT_SENDER_BASE
         from transport.udp import UdpEndpoint
 
         ids = set(node_ids if node_ids is not None else self.honest())
         cid = max(c.id for c in self.config.clients)
-        request = self.keyring.signer("client", cid).sign(
-            Request(Ops.get("__barrier__"), self._timestamp(cid), cid))
+        signer = self.keyring.signer("client", cid)
+        reply_auth = reply_auth_for(signer, self.verifier)  # replies come MAC'd (or signed)
+        request = signer.sign(Request(Ops.get("__barrier__"), self._timestamp(cid), cid))
         data = codec.encode(request)
         results: dict[int, bytes] = {}
         endpoint = UdpEndpoint(CLIENT_SENDER_BASE + cid, "127.0.0.1", 0,
@@ -292,12 +294,10 @@ class LocalCluster:
                                     msg = codec.decode_untrusted(rec.payload, self.config.limits)
                                 except MalformedMessage:
                                     continue
-                                if isinstance(msg, Signed) and isinstance(msg.statement, Reply):
-                                    r = msg.statement
-                                    if (r.client, r.timestamp) == (cid, request.statement.timestamp) \
-                                            and 0 <= r.replica < self.n \
-                                            and self.verifier.verify(msg):
-                                        results.setdefault(r.replica, r.result)
+                                r = authenticated_reply(msg, self.verifier, reply_auth)
+                                if r is not None and r.client == cid and 0 <= r.replica < self.n \
+                                        and r.timestamp == request.statement.timestamp:
+                                    results.setdefault(r.replica, r.result)
         finally:
             endpoint.close()
         missing = sorted(ids - results.keys())

@@ -123,7 +123,8 @@ def install(node: Any, scenario: Scenario, *, seed: int = 0, crash: bool = True,
     rng = random.Random(f"{seed}/adversary/{node.id}")
     members = {r.node for r in scenario.rules if r.behaviour == "equivocate"}
     env = BehaviourEnv(node.id, config.n, node.signer, rng, Collusion(members),
-                       external_sigstop=True)
+                       external_sigstop=True,
+                       reply_auth=getattr(node.replica, "reply_auth", None))
     wrapper = ByzantineNode(node.replica, rules, env,
                             on_crash=on_crash or _crash_process(node))
     node.replica = wrapper

@@ -151,7 +151,10 @@ class SimConfig:
     validated rules (adversary/scenario.py builds them from TOML);
     `app_factory`, `workload_factory` and `history` are described in the
     module docstring; `witness` turns the evidence witness on (it runs only
-    when some replica is Byzantine).
+    when some replica is Byzantine). `reply_macs`: replicas authenticate
+    replies with MACs over pairwise keys (bft/auth.py), as real nodes do;
+    False: they sign them. `send_to_all`: clients send every request to every
+    replica (`bft.client.Client(send_to_all=True)`), not to the primary.
     """
 
     seed: int = 0
@@ -177,6 +180,8 @@ class SimConfig:
     clock_uncertainty_us: int = 1000
     codec: bool = True
     crypto: str = "sim"  # "sim" (HMAC SimKeys) or "ed25519"
+    reply_macs: bool = True
+    send_to_all: bool = False
     digest_every_batch: bool = True
     node_factory: Callable[[NodeContext], Any] | None = None
     wrap_node: Callable[[NodeContext, Any], Any] | None = None
@@ -283,6 +288,7 @@ class NodeContext:
     recovered: tuple[tuple[int, bytes] | None, list[bytes]] | None
     rng: random.Random
     digest_every_batch: bool = True
+    reply_auth: Any = None  # this replica's bft.auth.ReplyAuth (None: replies are signed)
 
     def make_replica(self) -> Any:
         """The honest `Replica` for this context."""
@@ -290,7 +296,7 @@ class NodeContext:
 
         return Replica(self.config, self.replica_id, signer=self.signer, verifier=self.verifier,
                        app=self.app, recovered=self.recovered,
-                       digest_every_batch=self.digest_every_batch)
+                       digest_every_batch=self.digest_every_batch, reply_auth=self.reply_auth)
 
 
 def default_node_factory(ctx: NodeContext) -> Any:
@@ -528,7 +534,9 @@ class Simulation:
         self.max_view = [0] * self.n
         self.views_entered: set[int] = set()
 
-        self.clients = [Client(self.cluster, c, self.keys.signer("client", c), self.keys.verifier())
+        self.clients = [Client(self.cluster, c, self.keys.signer("client", c),
+                               self.keys.verifier(), reply_auth=self._reply_auth("client", c),
+                               send_to_all=config.send_to_all)
                         for c in range(config.clients)]
         if config.workload_factory is not None:
             self.workloads = [config.workload_factory(c, config.requests, self.rng)
@@ -690,6 +698,17 @@ class Simulation:
 
     # -- replicas --------------------------------------------------------
 
+    def _reply_auth(self, kind: str, id: int) -> Any:
+        """The `ReplyAuth` of one replica or client, or None when replies are signed."""
+        if not self.cfg.reply_macs:
+            return None
+        from bft.auth import reply_auth_for, sim_reply_auth
+
+        if self.cfg.crypto == "ed25519":
+            return reply_auth_for(self.keys.signer(kind, id), self.verifier)
+        return sim_reply_auth(self.cfg.seed, kind, id, n_replicas=self.n,
+                              n_clients=len(self.cluster.clients))
+
     def _wall(self, i: int) -> Any:
         return self.clocks[i].read(SIM_EPOCH_S + self.now)
 
@@ -705,7 +724,7 @@ class Simulation:
             replica_id=i, incarnation=inc, config=self.cluster, keys=self.keys,
             signer=self.keys.signer("replica", i), verifier=self.keys.verifier(), app=app,
             recovered=recovered, rng=random.Random(f"{cfg.seed}/replica/{i}/{inc}"),
-            digest_every_batch=cfg.digest_every_batch,
+            digest_every_batch=cfg.digest_every_batch, reply_auth=self._reply_auth("replica", i),
         )
         node = (cfg.node_factory or default_node_factory)(ctx)
         rules = self.rules.get(i, [])
@@ -714,12 +733,14 @@ class Simulation:
             from bft.replica import Replica
 
             twin_b = Replica(self.cluster, i, signer=ctx.signer, verifier=self.keys.verifier(),
-                             app=self._new_app(), digest_every_batch=cfg.digest_every_batch)
+                             app=self._new_app(), digest_every_batch=cfg.digest_every_batch,
+                             reply_auth=ctx.reply_auth)
             node = TwinsNode(node, twin_b, i, self.n, twins[0].params.get("groups") or None)
         if cfg.wrap_node is not None:
             node = cfg.wrap_node(ctx, node)
         if rules:
-            env = BehaviourEnv(i, self.n, ctx.signer, ctx.rng, self.collusion, origin_s=0.0)
+            env = BehaviourEnv(i, self.n, ctx.signer, ctx.rng, self.collusion, origin_s=0.0,
+                               reply_auth=ctx.reply_auth)
             node = make_node(node, rules, env)
         return node
 

@@ -676,8 +676,10 @@ async def _worker(spec: dict[str, Any]) -> None:
     state_dir = Path(spec["state_dir"]) if spec.get("state_dir") else None
     op_for = _make_op(spec["op"], spec["op_size"])
     limit = spec.get("max_ops")
+    # replies come MAC'd (bft/auth.py); requests go to every replica unless the spec says not
     clients = [ClusterClient(config, cid, signer=keyring.signer("client", cid), verifier=verifier,
-                             first_timestamp=next_client_timestamp(state_dir, cid))
+                             first_timestamp=next_client_timestamp(state_dir, cid),
+                             send_to_all=spec.get("send_to_all", True))
                for cid in spec["clients"]]
     times: list[float] = []
     latencies: list[float] = []

@@ -4,19 +4,24 @@ OSDI'99 section 4.1 and PROTOCOL.md "Requests and replies" / "Loss recovery":
 
 * `submit(op, now)` signs `REQUEST<op, t, c>` with a strictly increasing
   request number `t` and sends it to the primary of the view the client
-  believes in.
-* `receive(signed_reply, now)` accepts a `REPLY` only if it is validly signed
-  by a replica of the cluster, names this client and the outstanding request
-  number. The result is accepted once `f+1` distinct replicas reported the
-  same `(t, result)`: at least one of them is correct, so the result is the
-  one the correct replicas computed.
+  believes in, or with `send_to_all` to every replica (as BFT-SMaRt does:
+  every backup sees every request and starts its timer, so a dead primary is
+  suspected without waiting for the client's retransmission).
+* `receive(reply, now)` accepts a `REPLY` only if it is authentic, from a
+  replica of the cluster, names this client and the outstanding request
+  number. Authentic is a `MacReply` whose MAC checks under the key this
+  client shares with that replica (`bft.auth.ReplyAuth`, PBFT's MACs), or a
+  `Signed` reply validly signed by that replica. The result is accepted once
+  `f+1` distinct replicas reported the same `(t, result)`: at least one of
+  them is correct, so the result is the one the correct replicas computed.
 * `tick(now)`: when no accepted result arrived within `client_timeout_s`, the
-  request is sent again: first once more to the primary, then to every
-  replica (a backup that has not seen it ordered forwards it to the primary
-  and starts its view-change timer). The wait between retransmissions doubles
-  up to `max_backoff` times the base timeout (the retransmit cap). The client
-  never gives up on its own; it reports `Failed` only when the caller passed a
-  `deadline` to `submit` and the deadline passed.
+  request is sent again: first once more to the primary (to every replica
+  with `send_to_all`), then to every replica (a backup that has not seen it
+  ordered forwards it to the primary and starts its view-change timer). The
+  wait between retransmissions doubles up to `max_backoff` times the base
+  timeout (the retransmit cap). The client never gives up on its own; it
+  reports `Failed` only when the caller passed a `deadline` to `submit` and
+  the deadline passed.
 
 The client drives nothing itself: every method returns a list of
 `ClientEffect`s for the caller (runtime or simulator) to carry out in order.
@@ -28,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bft.messages import Reply, Request, Signed
+from bft.messages import MacReply, Reply, Request, Signed
 
 # --------------------------------------------------------------------------
 # Effects
@@ -85,6 +90,10 @@ class _Verifier(Protocol):
     def verify(self, signed: Signed) -> bool: ...
 
 
+class _ReplyAuth(Protocol):
+    def check(self, message: MacReply) -> bool: ...
+
+
 @dataclass(slots=True)
 class _Outstanding:
     """The one request in flight."""
@@ -110,18 +119,25 @@ class Client:
     * request numbers are strictly increasing, starting at `first_timestamp`
       (a restarted client must pass a number above every one it used before);
     * `Completed` is emitted at most once per request, only after `f+1`
-      distinct replicas sent validly signed replies with equal
-      `(timestamp, result)`. A replica is counted once per request: its first
-      valid reply counts, later different replies from it are ignored (a
-      correct replica never changes a result, so this only limits a liar);
-    * replies that are badly signed, for another client or request, from an
-      unknown replica, or not replies at all are dropped and counted by reason
-      in `statistics()["drops"]`, never raised.
+      distinct replicas sent authentic replies (validly signed, or MAC'd for
+      this client) with equal `(timestamp, result)`. A replica is counted once
+      per request: its first valid reply counts, later different replies from
+      it are ignored (a correct replica never changes a result, so this only
+      limits a liar);
+    * replies that are badly signed (`bad_signature`) or MAC'd (`bad_mac`;
+      every `MacReply` when the client has no `reply_auth`), for another
+      client or request, from an unknown replica, or not replies at all are
+      dropped and counted by reason in `statistics()["drops"]`, never raised.
+
+    `reply_auth` is this client's `bft.auth.ReplyAuth` (None: only signed
+    replies are accepted). `send_to_all` sends every request, and every
+    retransmission, to every replica instead of the primary.
     """
 
     def __init__(self, config: Any, client_id: int, signer: _Signer, verifier: _Verifier, *,
                  first_timestamp: int = 1, max_backoff: int = 4,
-                 primary_retransmits: int = 1) -> None:
+                 primary_retransmits: int = 1, reply_auth: _ReplyAuth | None = None,
+                 send_to_all: bool = False) -> None:
         if first_timestamp < 1:
             raise ValueError("first_timestamp must be >= 1")
         if max_backoff < 1:
@@ -130,6 +146,8 @@ class Client:
         self.client_id = client_id
         self._signer = signer
         self._verifier = verifier
+        self._reply_auth = reply_auth
+        self.send_to_all = send_to_all
         self._next_timestamp = first_timestamp
         self._max_backoff = max_backoff
         self._primary_retransmits = primary_retransmits
@@ -171,14 +189,14 @@ class Client:
             next_retransmit_at=now + timeout_s, replies={},
         )
         self._stats["submitted"] += 1
-        return [SendTo(self._config.primary(self.view), signed), self._timer()]
+        return [self._send(signed), self._timer()]
 
-    def receive(self, signed_reply: Any, now: float) -> list[ClientEffect]:
-        """Take a reply from the network; may complete the outstanding request."""
+    def receive(self, message: Any, now: float) -> list[ClientEffect]:
+        """Take a reply (a `MacReply` or a signed `Reply`); may complete the request."""
         self._stats["replies_received"] += 1
-        if not isinstance(signed_reply, Signed) or not isinstance(signed_reply.statement, Reply):
+        if not isinstance(message, (Signed, MacReply)) or not isinstance(message.statement, Reply):
             return self._drop("not_a_reply")
-        reply: Reply = signed_reply.statement
+        reply: Reply = message.statement
         if reply.client != self.client_id:
             return self._drop("other_client")
         if not 0 <= reply.replica < self._config.n:
@@ -186,7 +204,10 @@ class Client:
         out = self._outstanding
         if out is None or reply.timestamp != out.timestamp:
             return self._drop("stale_timestamp")
-        if not self._verifier.verify(signed_reply):
+        if isinstance(message, MacReply):
+            if self._reply_auth is None or not self._reply_auth.check(message):
+                return self._drop("bad_mac")
+        elif not self._verifier.verify(message):
             return self._drop("bad_signature")
         assert out.replies is not None
         if reply.replica in out.replies:
@@ -221,7 +242,7 @@ class Client:
         out.next_retransmit_at = now + self._config.client_timeout_s * backoff
         effects: list[ClientEffect]
         if out.retransmits <= self._primary_retransmits:
-            effects = [SendTo(self._config.primary(self.view), out.signed)]
+            effects = [self._send(out.signed)]
         else:
             self._stats["broadcasts"] += 1
             effects = [SendAll(out.signed)]
@@ -229,14 +250,22 @@ class Client:
         return effects
 
     def statistics(self) -> dict:
-        """Counters: submitted, completed, failed, retransmits, broadcasts, replies, drops."""
+        """Counters: submitted, completed, failed, retransmits, broadcasts, replies, drops,
+        and `reply_auth` (the MAC checks' counters; None without reply keys)."""
         stats: dict[str, Any] = dict(self._stats)
         stats["view"] = self.view
         stats["outstanding"] = self.outstanding_timestamp
         stats["drops"] = dict(sorted(self._drops.items()))
+        auth_stats = getattr(self._reply_auth, "statistics", None)
+        stats["reply_auth"] = auth_stats() if auth_stats is not None else None
         return stats
 
     # ------------------------------------------------------------- helpers
+
+    def _send(self, signed: Signed) -> SendTo | SendAll:
+        if self.send_to_all:
+            return SendAll(signed)
+        return SendTo(self._config.primary(self.view), signed)
 
     def _timer(self) -> ClientTimer:
         out = self._outstanding

@@ -2,7 +2,8 @@
 
 Every message is a CBOR array `[TAG, field1, field2, ...]` in the dataclass's
 field order; nested messages are nested arrays; `Signed` is
-`[20, body, signature]` where `body` is the encoding of the statement. No
+`[20, body, signature]` where `body` is the encoding of the statement, and
+`MacReply` is `[24, body, mac]` where `body` is the encoding of a `Reply`. No
 maps, no floats, no tags: one message has exactly one encoding.
 
 Decoding (`decode_untrusted`, `decode_statement_untrusted`) does not use
@@ -18,7 +19,7 @@ item head once and checks it before anything is allocated:
   came from: `encode(decode_untrusted(data)) == data`;
 * a length is never trusted beyond the bytes that remain, array counts are
   bounded by `Limits.max_items`, nesting by `Limits.max_depth` (the arrays
-  inside a `Signed` body count as nested one level below the `Signed`);
+  inside a `Signed` or `MacReply` body count as nested one level below it);
 * a field that has the wrong type, range or length stops decoding at once.
 
 Because the schema drives the reading, junk is rejected at the first item that
@@ -58,6 +59,8 @@ DEFAULT_LIMITS = Limits()
 def _to_cbor(obj: Any) -> Any:
     if isinstance(obj, m.Signed):
         return [m.Signed.TAG, obj.body, obj.signature]
+    if isinstance(obj, m.MacReply):
+        return [m.MacReply.TAG, obj.body, obj.mac]
     if isinstance(obj, tuple):
         return [_to_cbor(x) for x in obj]
     tag = getattr(type(obj), "TAG", None)
@@ -157,6 +160,10 @@ def _read_signature(data: bytes, pos: int, depth: int, limits: Limits) -> tuple[
     return _read_byte_string(data, pos, m.SIGNATURE_SIZE, m.SIGNATURE_SIZE, "signature")
 
 
+def _read_mac(data: bytes, pos: int, depth: int, limits: Limits) -> tuple[bytes, int]:
+    return _read_byte_string(data, pos, m.MAC_SIZE, m.MAC_SIZE, "mac")
+
+
 def _read_op(data: bytes, pos: int, depth: int, limits: Limits) -> tuple[bytes, int]:
     return _read_byte_string(data, pos, 0, limits.max_op_bytes, "op")
 
@@ -186,6 +193,7 @@ _KIND_READERS: dict[m.Kind, _Reader] = {
     m.Kind.U64: _read_u64,
     m.Kind.DIGEST: _read_digest,
     m.Kind.SIGNATURE: _read_signature,
+    m.Kind.MAC: _read_mac,
     m.Kind.OP: _read_op,
     m.Kind.BLOB: _read_blob,
     m.Kind.TEXT: _read_text,
@@ -233,6 +241,10 @@ def _read_message(
         statement = _decode_whole(_STATEMENTS_BY_TAG, body, depth + 1, limits)
         return m.Signed(body=body, signature=signature, statement=statement,
                         checked=(body, statement)), pos
+    if cls is m.MacReply:
+        body, mac = values
+        reply = _decode_whole(_REPLY_BY_TAG, body, depth + 1, limits)
+        return m.MacReply(body=body, mac=mac, statement=reply, checked=(body, reply)), pos
     return cls(*values), pos
 
 
@@ -278,6 +290,8 @@ def _wire_fields(cls: type) -> tuple[_Reader, ...]:
     names = [f.name for f in fields(cls)]
     if cls is m.Signed:
         names = ["body", "signature"]  # `statement` is decoded from `body`, never sent
+    elif cls is m.MacReply:
+        names = ["body", "mac"]  # likewise
     return tuple(_reader_for(hints[name], f"{cls.__name__}.{name}") for name in names)
 
 
@@ -289,6 +303,7 @@ _WIRE_FIELDS: dict[type, tuple[_Reader, ...]] = {cls: _wire_fields(cls) for cls 
 _ALL_BY_TAG = _by_tag(m.ALL_TYPES)
 _TOP_LEVEL_BY_TAG = _by_tag(m.TOP_LEVEL_TYPES)
 _STATEMENTS_BY_TAG = _by_tag(m.STATEMENT_TYPES)
+_REPLY_BY_TAG = _by_tag((m.Reply,))
 
 
 def _decode_whole(table: dict[int, type], data: bytes, depth: int, limits: Limits) -> Any:
@@ -308,14 +323,15 @@ def _decode_whole(table: dict[int, type], data: bytes, depth: int, limits: Limit
 
 
 def decode_untrusted(data: bytes, limits: Limits = DEFAULT_LIMITS) -> m.WireMessage:
-    """Decode network bytes into a `Signed` or `Proposal` (`bft.messages.TOP_LEVEL_TYPES`).
+    """Decode network bytes into a `Signed`, `Proposal` or `MacReply` (`TOP_LEVEL_TYPES`).
 
     Raises only `MalformedMessage`, for anything that is not exactly the
     canonical encoding of a well-formed message within `limits`: every field
     has its declared type, range and length, every `Signed` body is itself a
-    well-formed statement (decoded into `Signed.statement`), and
-    `encode(decode_untrusted(data)) == data`. Signatures and digests are not
-    checked here, nor which statement type a `Signed` field holds (a
+    well-formed statement (decoded into `Signed.statement`), every `MacReply`
+    body a well-formed `Reply` (decoded into `MacReply.statement`), and
+    `encode(decode_untrusted(data)) == data`. Signatures, MACs and digests are
+    not checked here, nor which statement type a `Signed` field holds (a
     `Proposal.pre_prepare` may hold any statement: the replica checks that).
 
     Work is linear in `len(data)` (byte strings are copied once per enclosing
@@ -330,6 +346,6 @@ def decode_statement_untrusted(body: bytes, limits: Limits = DEFAULT_LIMITS) -> 
     """Decode the body of a `Signed` into its statement (one of `STATEMENT_TYPES`).
 
     Same guarantees as `decode_untrusted`; carriers (`Signed`, `Batch`,
-    `Proposal`, `PreparedCert`) are rejected at the top of a body.
+    `Proposal`, `PreparedCert`, `MacReply`) are rejected at the top of a body.
     """
     return _decode_whole(_STATEMENTS_BY_TAG, body, 1, limits)

@@ -114,6 +114,17 @@ class PhiAccrualDetector:
             self._ignored += 1
             return
         self._last = now
+        self._add(interval)
+
+    def add_interval(self, interval_s: float) -> None:
+        """Record one measured interval directly (a duration rather than an arrival time);
+        not positive: ignored and counted. Does not move `last_arrival`."""
+        if not interval_s > 0:
+            self._ignored += 1
+            return
+        self._add(interval_s)
+
+    def _add(self, interval: float) -> None:
         if len(self._intervals) == self.window:
             old = self._intervals[0]
             self._sum -= old

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from bft.messages import Batch, Signed, WireMessage
+from bft.messages import Batch, MacReply, Signed, WireMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +66,10 @@ class Executed:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Send the signed reply to client `client`."""
+    """Send the reply to client `client`: MAC'd for it (`MacReply`) or signed."""
 
     client: int
-    reply: Signed
+    reply: Signed | MacReply
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,9 @@ Two layers:
 * `Signed` is the envelope that travels: the body bytes exactly as signed, the
   signature, and the decoded statement. Signatures and digests are always
   computed over the bytes as received, never over a re-encoding.
+* `MacReply` is the other envelope of a `Reply`: the body authenticated for
+  its one client by an HMAC-SHA256 under the pairwise key of that replica and
+  that client (bft/auth.py), as PBFT authenticates replies (OSDI'99 4.1).
 
 Unsigned carriers hold signed parts plus data authenticated by a digest:
 `Proposal` (a signed pre-prepare header and its `Batch`, bound by
@@ -36,6 +39,7 @@ class Kind(enum.Enum):
     U64 = "u64"  # int, 0 <= x < 2**63
     DIGEST = "digest"  # bytes, exactly 32 (SHA-256)
     SIGNATURE = "signature"  # bytes, exactly 64 (Ed25519)
+    MAC = "mac"  # bytes, exactly 32 (HMAC-SHA256)
     OP = "op"  # bytes, at most limits.max_op_bytes
     BLOB = "blob"  # bytes, at most limits.max_message_bytes
     TEXT = "text"  # str, at most limits.max_text_chars
@@ -44,12 +48,14 @@ class Kind(enum.Enum):
 U64 = Annotated[int, Kind.U64]
 Digest = Annotated[bytes, Kind.DIGEST]
 SignatureBytes = Annotated[bytes, Kind.SIGNATURE]
+MacBytes = Annotated[bytes, Kind.MAC]
 Op = Annotated[bytes, Kind.OP]
 Blob = Annotated[bytes, Kind.BLOB]
 Text = Annotated[str, Kind.TEXT]
 
 DIGEST_SIZE = 32
 SIGNATURE_SIZE = 64
+MAC_SIZE = 32
 PUBLIC_KEY_SIZE = 32
 
 
@@ -275,6 +281,30 @@ class PreparedCert:
     prepares: tuple[Signed, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class MacReply:
+    """A REPLY authenticated for its client by a MAC instead of a signature.
+
+    `body` is the canonical encoding of the `Reply` (`statement`, decoded from
+    `body`, never sent separately) and `mac` the HMAC-SHA256 of the body under
+    the key replica `statement.replica` shares with client `statement.client`
+    (bft/auth.py). Only that client can check it, which is all a reply needs:
+    PBFT (OSDI'99 4.1, TOCS'02 3.2) authenticates replies with MACs. Two
+    `MacReply` are equal when body and MAC are equal. `checked` means what it
+    means in `Signed`: `(body, statement)` (the very objects) when the codec
+    decoded the statement from the body or `bft.auth` encoded the body from it.
+    """
+
+    TAG: ClassVar[int] = 24
+    body: Blob
+    mac: MacBytes
+    statement: Reply = field(compare=False, repr=False)
+    checked: tuple | None = field(default=None, compare=False, repr=False)
+
+    def __repr__(self) -> str:  # short and readable in logs
+        return f"MacReply({self.statement!r})"
+
+
 NULL_BATCH = Batch(batch_time=0, requests=())
 
 Statement = Union[
@@ -283,15 +313,15 @@ Statement = Union[
 ]
 
 #: What may stand at the top of a datagram payload.
-WireMessage = Union[Signed, Proposal]
+WireMessage = Union[Signed, Proposal, MacReply]
 
 STATEMENT_TYPES: tuple[type, ...] = (
     Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView,
     Status, Fetch, FetchState, StateChunk,
 )
-CARRIER_TYPES: tuple[type, ...] = (Signed, Batch, Proposal, PreparedCert)
+CARRIER_TYPES: tuple[type, ...] = (Signed, Batch, Proposal, PreparedCert, MacReply)
 ALL_TYPES: tuple[type, ...] = STATEMENT_TYPES + CARRIER_TYPES
-TOP_LEVEL_TYPES: tuple[type, ...] = (Signed, Proposal)
+TOP_LEVEL_TYPES: tuple[type, ...] = (Signed, Proposal, MacReply)
 
 
 def signer_of(statement: Statement) -> tuple[str, int]:

@@ -32,6 +32,7 @@ import trio
 
 from bft import codec
 from bft.app import KVStore
+from bft.auth import reply_auth_for
 from bft.client import Client, ClientTimer, Completed, Failed, SendAll, SendTo
 from bft.clock import Interval
 from bft.config import ClusterConfig
@@ -47,7 +48,7 @@ from bft.effects import (
     SetTimer,
 )
 from bft.errors import MalformedMessage
-from bft.messages import Request, Signed
+from bft.messages import MacReply, Request, Signed
 from bft.replica import Replica
 from bft.storage import WalStorage
 from bft.telemetry import (
@@ -234,6 +235,7 @@ class Node:
         self.behaviour = ""  # the adversary behaviour switched on from the dashboard, if any
         self.cut_peers: set[int] = set()
         self._peer_of_addr = {n.address: n.id for n in config.nodes}
+        self._peer_ids = tuple(n.id for n in config.nodes if n.id != node_id)
         self.metrics: Metrics | None = None
         self._metrics_due = 0.0
 
@@ -254,7 +256,8 @@ class Node:
         records = self.storage.records()
         recovered = (snapshot, records) if (snapshot is not None or records) else None
         self.replica = Replica(self.config, self.id, signer=self.signer, verifier=self.verifier,
-                               app=self.app, recovered=recovered)
+                               app=self.app, recovered=recovered,
+                               reply_auth=reply_auth_for(self.signer, self.verifier))
         if self.config.metrics_port is not None:
             try:
                 self.metrics = Metrics(self.id, self.config.metrics_port + self.id, me.host)
@@ -299,14 +302,20 @@ class Node:
                 wake = min(wake, self.telemetry.next_due())
             if self.paused_until:
                 wake = min(wake, self.paused_until)
-            batch = []
-            with trio.move_on_at(wake):
-                batch = await endpoint.receive_batch()
+            # What is already there needs neither a timeout scope nor a wait: take it
+            # and yield once (cancellation is checked first, so nothing taken is lost).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            batch = endpoint.receive_nowait()
+            if batch:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            else:
+                with trio.move_on_at(wake):
+                    batch = await endpoint.receive_batch()
             effects: list[Any] = []
             now = trio.current_time()
             wall = self.clock()
+            self.stats.received += len(batch)
             for rec in batch:
-                self.stats.received += 1
                 payload = rec.payload
                 if is_control(payload):
                     cmd = self.control.accept(payload, self.verifier)
@@ -352,8 +361,16 @@ class Node:
             self.stats.drops["malformed"] += 1
             return []
         if isinstance(msg, Signed) and isinstance(msg.statement, Request):
-            if self.verifier.verify(msg):
-                self.client_addrs[msg.statement.client] = rec.addr
+            # Replies go to the address of the client's latest request whose signature
+            # verified. Verify here only when that would change the address: when it
+            # would not, there is nothing to learn, and the replica verifies anyway.
+            # A request a replica relays (4.1: a backup forwards a retransmission to the
+            # primary) comes from that replica's address: it says nothing of the client's.
+            client = msg.statement.client
+            if (self.client_addrs.get(client) != rec.addr and rec.addr not in self._peer_of_addr
+                    and rec.sender_id == CLIENT_SENDER_BASE + client
+                    and self.verifier.verify(msg)):
+                self.client_addrs[client] = rec.addr
         self.stats.steps += 1
         return self.replica.receive(msg, now, wall)
 
@@ -436,7 +453,9 @@ class Node:
         if monitor is None:
             return
         for payload in out:
-            await self.endpoint.send_to(monitor, payload)
+            self.endpoint.send_to_nowait(monitor, payload)
+        if self.endpoint.unsent_datagrams:
+            await self.endpoint.flush()
 
     # -- effects
 
@@ -448,7 +467,10 @@ class Node:
         return data
 
     async def _carry_out(self, effects: list[Any]) -> None:
-        """Persist (then one sync), then send and reply, in order."""
+        """Persist (then one sync), then send and reply, in order.
+
+        Sending does not wait: no scheduler pass per datagram; this awaits only when
+        the kernel's send buffer was full (until the queued datagrams are sent)."""
         storage, endpoint = self.storage, self.endpoint
         assert storage is not None and endpoint is not None
         outgoing: list[Any] = []
@@ -475,25 +497,39 @@ class Node:
         if carry is not None and snap is not None:
             storage.write_snapshot(snap.seq, snap.data, carry_over=carry)
         storage.sync()
+        if outgoing:
+            self._send_all(outgoing)
+        if endpoint.unsent_datagrams:
+            await endpoint.flush()  # the kernel's send buffer was full: wait for room
+
+    def _send_all(self, outgoing: list[Any]) -> None:
+        """Hand every message to the kernel at once (no scheduler pass per datagram);
+        what does not fit the kernel's send buffer waits in the endpoint's queue."""
+        endpoint = self.endpoint
+        assert endpoint is not None
+        send, send_to = endpoint.send_nowait, endpoint.send_to_nowait
+        cut = self.cut_peers
+        peers = self._peer_ids if not cut else [p for p in self._peer_ids if p not in cut]
+        sent = 0
         self._encoded.clear()
         for e in outgoing:
             if isinstance(e, Send):
-                if e.to in self.cut_peers:
+                if e.to in cut:
                     continue
-                await endpoint.send(e.to, self._encode(e.message))
-                self.stats.sent += 1
+                send(e.to, self._encode(e.message))
+                sent += 1
             elif isinstance(e, Broadcast):
                 data = self._encode(e.message)
-                for peer in self.config.nodes:
-                    if peer.id != self.id and peer.id not in self.cut_peers:
-                        await endpoint.send(peer.id, data)
-                        self.stats.sent += 1
+                for peer in peers:
+                    send(peer, data)
+                sent += len(peers)
             else:
                 addr = self.client_addrs.get(e.client)
                 if addr is not None:
-                    await endpoint.send_to(addr, self._encode(e.reply))
+                    send_to(addr, self._encode(e.reply))
                 else:
                     self.stats.drops["reply_no_address"] += 1
+        self.stats.sent += sent
         self._encoded.clear()
 
     def _observe(self, e: Any) -> None:
@@ -558,10 +594,17 @@ class ClientError(Exception):
 
 
 class ClusterClient:
-    """Async client of a cluster: `await client.call(op)` returns the agreed result."""
+    """Async client of a cluster: `await client.call(op)` returns the agreed result.
+
+    Replies are accepted MAC'd (`bft.auth`, keys derived from `signer` and `verifier`
+    when they are Ed25519) or signed. With `send_to_all` (the default) every request goes
+    to every replica, so every backup watches the primary execute it; otherwise requests
+    go to the primary, except the first, which introduces the client to every replica.
+    """
 
     def __init__(self, config: ClusterConfig, client_id: int, *, signer: Any, verifier: Any,
-                 host: str | None = None, first_timestamp: int | None = None) -> None:
+                 host: str | None = None, first_timestamp: int | None = None,
+                 send_to_all: bool = True) -> None:
         self.config = config
         self.id = client_id
         bind_host = host or config.nodes[0].host
@@ -572,7 +615,8 @@ class ClusterClient:
         if first_timestamp is None:
             # a logical clock seeded from the time of day so a restarted client moves on
             first_timestamp = time.time_ns() // 1000
-        self.client = Client(config, client_id, signer, verifier, first_timestamp=first_timestamp)
+        self.client = Client(config, client_id, signer, verifier, first_timestamp=first_timestamp,
+                             reply_auth=reply_auth_for(signer, verifier), send_to_all=send_to_all)
         self._timer = math.inf
         self._introduced = False
 
@@ -616,7 +660,7 @@ class ClusterClient:
                         msg = codec.decode_untrusted(rec.payload, self.config.limits)
                     except MalformedMessage:
                         continue
-                    if isinstance(msg, Signed):
+                    if isinstance(msg, (Signed, MacReply)):
                         done = await self._do(self.client.receive(msg, trio.current_time())) or done
                         if done is not None:
                             break

@@ -23,7 +23,7 @@ from bft import codec
 from bft.clock import Interval, accept_batch_time, propose_batch_time
 from bft.config import ClusterConfig
 from bft.crypto import batch_digest, sha256
-from bft.detector import AdaptiveTimeout
+from bft.detector import AdaptiveTimeout, PhiAccrualDetector
 from bft.effects import (
     Broadcast,
     Effect,
@@ -72,6 +72,8 @@ MAX_STATUS_SEQS = 64
 MAX_PENDING_REQUESTS = 50_000
 MAX_RESEND_PER_STATUS = 32
 MAX_TIMEOUT_S = 3600.0
+EXEC_PACE_WINDOW = 200  # waits for an execution remembered (see Replica.exec_pace)
+EXEC_PACE_MIN_SAMPLES = 8
 DIGEST_MEMO_SIZE = 1024  # batches whose digest is remembered (see Replica._digest)
 MAX_OLD_COMMITS_PER_REPLICA = 4  # per slot: bounds what a lying replica can make us keep
 
@@ -145,6 +147,11 @@ class Replica:
                                        config.view_change_timeout_max_s, config.phi_threshold,
                                        initial_s=config.view_change_timeout_s)
         self.progress_deadline: float | None = None
+        # How long outstanding work waits for the next execution, measured while busy: under
+        # CPU overload a correct primary is slow, and the timer must follow (see _vc_timeout).
+        self.exec_pace = PhiAccrualDetector(window=EXEC_PACE_WINDOW,
+                                            first_interval_s=config.view_change_timeout_min_s)
+        self._busy_since: float | None = None
         self.new_view_deadline: float | None = None
         self.batch_deadline: float | None = None
         self.status_deadline: float = 0.0
@@ -281,6 +288,12 @@ class Replica:
         # loss recovery (status every status_interval_s) gets a few rounds before the primary
         # is suspected, whatever the detector says
         base = max(self.timeout.timeout_s(self.primary()), 3 * self.config.status_interval_s)
+        if self.exec_pace.samples >= EXEC_PACE_MIN_SAMPLES:
+            # a busy cluster that executes slowly (CPU starvation) is not a faulty primary:
+            # wait until the measured wait for an execution would be exceptional (phi). A
+            # primary that slows down on purpose can stretch this only up to the ceiling.
+            pace = self.exec_pace.silence_for_phi_s(self.config.phi_threshold)
+            base = max(base, min(pace, self.config.view_change_timeout_max_s))
         return min(base * (2 ** min(self.failed_views, 16)), MAX_TIMEOUT_S)
 
     @property
@@ -404,6 +417,7 @@ class Replica:
     def _arm_progress(self) -> None:
         if self.progress_deadline is None:
             self.progress_deadline = self._now + self._vc_timeout()
+            self._busy_since = self._now
 
     # ------------------------------------------------------------------ primary (4.2)
 
@@ -718,6 +732,8 @@ class Replica:
             progressed = True
         if progressed:
             self.last_good_view = 0  # the last view in which a request executed (4.5 timer reset)
+            if self.progress_deadline is not None and self._busy_since is not None:
+                self.exec_pace.add_interval(self._now - self._busy_since)
             self.progress_deadline = None
             if self._has_outstanding_work():
                 self._arm_progress()
@@ -1439,6 +1455,8 @@ class Replica:
             "pending_requests": len(self.pending),
             "log_slots": len(self.log),
             "state_transfer": self.transfer.seq if self.transfer else None,
+            "view_change_timeout_s": self._vc_timeout(),
+            "exec_wait_mean_s": self.exec_pace.mean_s() if self.exec_pace.samples else None,
             "drops": dict(self.drops),
             "counters": dict(self.counters),
         }

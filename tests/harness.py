@@ -2,7 +2,8 @@
 
 In the spirit of etcd-raft's test `network`: messages are queued, delivered
 in order (through the real codec), and a test can drop, cut or isolate nodes.
-No randomness, no wall clock: `now` is advanced by the test.
+No randomness, no wall clock: `now` is advanced by the test. Replicas MAC their
+replies (bft/auth.py) as real nodes do; `reply_macs=False` makes them sign them.
 """
 
 from __future__ import annotations
@@ -12,18 +13,22 @@ from typing import Any, Callable
 
 from bft import codec
 from bft.app import ExecContext, KVStore, Ops  # noqa: F401  (re-exported for tests)
+from bft.auth import sim_reply_auth
 from bft.config import ClusterConfig
 from bft.crypto import SimKeys
 from bft.effects import Broadcast, Evidence, Executed, Persist, Reply, SaveSnapshot, Send, SetTimer
-from bft.messages import Request, Signed
+from bft.messages import MacReply, Request, Signed
 from bft.replica import Replica
 from bft.storage import MemoryStorage
 
 
 class Net:
     def __init__(self, n: int = 4, *, seed: int = 1, clients: int = 4,
-                 replica_class: type = Replica, **overrides: Any) -> None:
+                 replica_class: type = Replica, reply_macs: bool = True,
+                 **overrides: Any) -> None:
         self.replica_class = replica_class
+        self.seed = seed
+        self.reply_macs = reply_macs
         overrides.setdefault("batch_delay_s", 0.0)
         self.config = ClusterConfig.local(n, clients=clients, **overrides)
         self.keys = SimKeys(seed, n_replicas=n, n_clients=clients)
@@ -33,7 +38,7 @@ class Net:
         self.replicas: list[Replica | None] = [self._make(i) for i in range(n)]
         self.timers: dict[int, float] = {}
         self.executed: dict[int, list[Executed]] = {i: [] for i in range(n)}
-        self.replies: dict[int, list[Signed]] = {}
+        self.replies: dict[int, list[Signed | MacReply]] = {}
         self.evidence: list[Evidence] = []
         self.events: list[tuple[int, Any]] = []
         self.cut: set[tuple[int, int]] = set()  # (src, dst) links that drop
@@ -49,9 +54,12 @@ class Net:
         return self.config.n
 
     def _make(self, i: int, recovered: Any = None) -> Replica:
+        reply_auth = (sim_reply_auth(self.seed, "replica", i, n_replicas=self.n,
+                                     n_clients=len(self.config.clients))
+                      if self.reply_macs else None)
         return self.replica_class(self.config, i, signer=self.keys.signer("replica", i),
                        verifier=self.keys.verifier(), app=KVStore(), recovered=recovered,
-                       digest_every_batch=True)
+                       digest_every_batch=True, reply_auth=reply_auth)
 
     # -- effects
     def _apply(self, i: int, effects: list[Any]) -> None:

@@ -10,11 +10,12 @@ checkpoints and prepared certificates, a new view carries signed view changes
 and signed pre-prepares, a batch carries signed requests), which keeps their
 nesting within `Limits.max_depth`.
 
-Exports: `statements()`, `signed()`, `wire_messages()` and one strategy per
+Exports: `statements()`, `signed()`, `wire_messages()` (signed ones),
+`all_wire_messages()` (with `MacReply`) and one strategy per
 type: `requests()`, `pre_prepares()`, `prepares()`, `commits()`, `replies()`,
 `checkpoints()`, `view_changes()`, `new_views()`, `statuses()`, `fetches()`,
 `fetch_states()`, `state_chunks()`, `batches()`, `proposals()`,
-`prepared_certs()`.
+`prepared_certs()`, `mac_replies()`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def digests() -> st.SearchStrategy[bytes]:
 
 def signatures() -> st.SearchStrategy[bytes]:
     return st.binary(min_size=m.SIGNATURE_SIZE, max_size=m.SIGNATURE_SIZE)
+
+
+def macs() -> st.SearchStrategy[bytes]:
+    return st.binary(min_size=m.MAC_SIZE, max_size=m.MAC_SIZE)
 
 
 def ops() -> st.SearchStrategy[bytes]:
@@ -188,6 +193,22 @@ def prepared_certs() -> st.SearchStrategy[m.PreparedCert]:
     )
 
 
+def _mac(reply: m.Reply, mac: bytes) -> m.MacReply:
+    return m.MacReply(body=encode(reply), mac=mac, statement=reply)
+
+
+def mac_replies() -> st.SearchStrategy[m.MacReply]:
+    """`MacReply` envelopes: the body is the canonical encoding of a reply, the MAC 32 random
+    bytes (nothing here computes one)."""
+    return st.builds(_mac, replies(), macs())
+
+
 def wire_messages() -> st.SearchStrategy[m.WireMessage]:
-    """What may stand at the top of a datagram payload: a `Signed` or a `Proposal`."""
+    """The signed messages that may stand at the top of a datagram: a `Signed` or `Proposal`."""
     return st.one_of(signed(), proposals())
+
+
+def all_wire_messages() -> st.SearchStrategy[m.WireMessage]:
+    """Whatever may stand at the top of a datagram payload (`TOP_LEVEL_TYPES`): a `Signed`,
+    a `Proposal` or a `MacReply`."""
+    return st.one_of(signed(), proposals(), mac_replies())

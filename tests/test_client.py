@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bft.auth import ReplyAuth, reply_mac, sim_reply_auth
 from bft.client import (
     Client,
     ClientBusy,
@@ -17,8 +18,9 @@ from bft.client import (
     SendAll,
     SendTo,
 )
+from bft.codec import encode as codec_encode
 from bft.crypto import SimKeys
-from bft.messages import Reply, Request, Signed
+from bft.messages import MacReply, Reply, Request, Signed
 
 N_CLIENTS = 3
 
@@ -251,3 +253,94 @@ def test_completion_needs_f_plus_one_distinct_matching(replies: list[tuple[int, 
             assert got is None
             got = done[0].result
     assert got == expected
+
+
+# --------------------------------------------------------------------------
+# Replies authenticated by MACs (bft/auth.py) and sending to every replica
+# --------------------------------------------------------------------------
+
+
+def replica_auth(replica: int) -> ReplyAuth:
+    return sim_reply_auth(1, "replica", replica, n_replicas=4, n_clients=N_CLIENTS)
+
+
+def mac_reply(replica: int, timestamp: int, result: bytes, *, view: int = 0,
+              client: int = 0) -> MacReply:
+    out = replica_auth(replica).seal(Reply(view, timestamp, client, replica, result))
+    assert out is not None
+    return out
+
+
+@pytest.fixture
+def mac_client(keys: SimKeys) -> Client:
+    auth = sim_reply_auth(1, "client", 0, n_replicas=4, n_clients=N_CLIENTS)
+    return Client(make_config(), 0, keys.signer("client", 0), keys.verifier(), reply_auth=auth)
+
+
+def test_completes_on_f_plus_one_matching_mac_replies(mac_client: Client) -> None:
+    mac_client.submit(b"op", now=0.0)
+    assert mac_client.receive(mac_reply(2, 1, b"ok", view=3), now=0.1) == []
+    assert mac_client.receive(mac_reply(1, 1, b"ok", view=3), now=0.2) == [
+        Completed(1, b"ok", 0.2)]
+    assert mac_client.view == 3
+    assert mac_client.statistics()["drops"] == {}
+
+
+def test_mac_and_signed_replies_count_together(mac_client: Client, keys: SimKeys) -> None:
+    mac_client.submit(b"op", now=0.0)
+    assert mac_client.receive(mac_reply(0, 1, b"ok"), now=0.1) == []
+    assert completions(mac_client.receive(reply(keys, 3, 1, b"ok"), now=0.2)) == [
+        Completed(1, b"ok", 0.2)]
+
+
+def test_bad_macs_dropped_and_counted(mac_client: Client) -> None:
+    mac_client.submit(b"op", now=0.0)
+    good = mac_reply(1, 1, b"ok")
+    flipped = MacReply(good.body, bytes([good.mac[0] ^ 1]) + good.mac[1:], good.statement)
+    # replica 2's reply MAC'd under the key of replica 3 (a liar posing as replica 2)
+    claim = Reply(0, 1, 0, 2, b"ok")
+    body = codec_encode(claim)
+    stolen = MacReply(body, reply_mac(replica_auth(3).keys.key(0), body), claim)
+    # a reply MAC'd for client 1, re-addressed to client 0
+    other = mac_reply(0, 1, b"ok", client=1)
+    readdressed_claim = Reply(0, 1, 0, 0, b"ok")
+    readdressed = MacReply(codec_encode(readdressed_claim), other.mac, readdressed_claim)
+    for forged in (flipped, stolen, readdressed):
+        assert mac_client.receive(forged, now=0.1) == []
+    assert mac_client.statistics()["drops"] == {"bad_mac": 3}
+    assert mac_client.busy
+    # The forgeries used up no replica's vote: replicas 1 and 2 still complete the request.
+    assert mac_client.receive(good, now=0.2) == []
+    assert completions(mac_client.receive(mac_reply(2, 1, b"ok"), now=0.3)) == [
+        Completed(1, b"ok", 0.3)]
+
+
+def test_client_without_reply_keys_drops_mac_replies(client: Client, keys: SimKeys) -> None:
+    client.submit(b"op", now=0.0)
+    assert client.receive(mac_reply(0, 1, b"ok"), now=0.1) == []
+    assert client.receive(mac_reply(1, 1, b"ok"), now=0.1) == []
+    assert client.busy and client.statistics()["drops"] == {"bad_mac": 2}
+
+
+def test_mac_replies_for_others_are_sorted_before_any_check(mac_client: Client) -> None:
+    mac_client.submit(b"op", now=0.0)
+    assert mac_client.receive(mac_reply(0, 1, b"ok", client=1), now=0.1) == []
+    assert mac_client.receive(mac_reply(0, 9, b"ok"), now=0.1) == []
+    big = sim_reply_auth(1, "replica", 7).seal(Reply(0, 1, 0, 7, b"ok"))
+    assert mac_client.receive(big, now=0.1) == []
+    assert mac_client.statistics()["drops"] == {"other_client": 1, "stale_timestamp": 1,
+                                                "unknown_replica": 1}
+
+
+def test_send_to_all_sends_every_request_and_retransmission_to_all(keys: SimKeys) -> None:
+    c = Client(make_config(), 0, keys.signer("client", 0), keys.verifier(), send_to_all=True)
+    effects = c.submit(b"op", now=0.0)
+    signed = effects[0].request
+    assert effects == [SendAll(signed), ClientTimer(1.0)]
+    first = c.tick(1.0)  # the retransmission that would go to the primary
+    assert first[0] == SendAll(signed)
+    assert c.tick(first[1].at)[0] == SendAll(signed)
+    c.receive(reply(keys, 0, 1, b"ok"), now=5.0)
+    c.receive(reply(keys, 1, 1, b"ok"), now=5.0)
+    second = c.submit(b"op2", now=6.0)[0]
+    assert isinstance(second, SendAll) and second.request.statement.timestamp == 2

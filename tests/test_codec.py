@@ -25,6 +25,8 @@ from bft.errors import MalformedMessage
 DIGEST = bytes(range(32))
 SIG = bytes(range(64))
 PREPARE = m.Prepare(view=1, seq=2, digest=DIGEST, replica=3)
+MAC = bytes(range(100, 132))
+REPLY = m.Reply(view=1, timestamp=7, client=2, replica=3, result=b"ok")
 
 
 def sign(statement: m.Statement) -> m.Signed:
@@ -100,20 +102,20 @@ def test_statement_round_trip(cls: type, data: st.DataObject) -> None:
     assert envelope.body == body
 
 
-@given(s.wire_messages())
+@given(s.all_wire_messages())
 def test_wire_message_round_trip(message: m.WireMessage) -> None:
     data = encode(message)
     decoded = decode_untrusted(data)
     assert decoded == message
     assert type(decoded) is type(message)
-    if isinstance(message, m.Signed):
+    if isinstance(message, (m.Signed, m.MacReply)):
         assert decoded.statement == message.statement
     else:
         assert decoded.pre_prepare.statement == message.pre_prepare.statement
     assert encode(decoded) == data
 
 
-@given(s.wire_messages())
+@given(s.all_wire_messages())
 def test_encoding_is_canonical(message: m.WireMessage) -> None:
     # An equal message built independently encodes to the same bytes...
     copy = decode_untrusted(encode(message))
@@ -154,12 +156,13 @@ def test_random_bytes_raise_only_malformed(data: bytes) -> None:
     check_untrusted(data)
 
 
-@given(st.sampled_from([b"\x83\x14", b"\x83\x16", b"\x83\x14\x58"]), st.binary(max_size=256))
+@given(st.sampled_from([b"\x83\x14", b"\x83\x16", b"\x83\x14\x58", b"\x83\x18\x18"]),
+       st.binary(max_size=256))
 def test_random_bytes_after_a_valid_start(prefix: bytes, rest: bytes) -> None:
     check_untrusted(prefix + rest)
 
 
-@given(s.wire_messages(), st.data())
+@given(s.all_wire_messages(), st.data())
 def test_bit_flips(message: m.WireMessage, data: st.DataObject) -> None:
     encoded = bytearray(encode(message))
     for _ in range(data.draw(st.integers(1, 3), label="flips")):
@@ -168,19 +171,19 @@ def test_bit_flips(message: m.WireMessage, data: st.DataObject) -> None:
     check_untrusted(bytes(encoded))
 
 
-@given(s.wire_messages(), st.data())
+@given(s.all_wire_messages(), st.data())
 def test_truncation_is_always_rejected(message: m.WireMessage, data: st.DataObject) -> None:
     encoded = encode(message)
     cut = data.draw(st.integers(0, len(encoded) - 1), label="cut")
     assert_malformed(encoded[:cut], match="truncated")
 
 
-@given(s.wire_messages(), st.binary(min_size=1, max_size=16))
+@given(s.all_wire_messages(), st.binary(min_size=1, max_size=16))
 def test_appended_bytes_are_always_rejected(message: m.WireMessage, extra: bytes) -> None:
     assert_malformed(encode(message) + extra, match="trailing")
 
 
-@given(s.wire_messages(), s.wire_messages(), st.data())
+@given(s.all_wire_messages(), s.all_wire_messages(), st.data())
 def test_splicing_two_encodings(a: m.WireMessage, b: m.WireMessage, data: st.DataObject) -> None:
     x, y = encode(a), encode(b)
     i = data.draw(st.integers(0, len(x)), label="i")
@@ -189,7 +192,7 @@ def test_splicing_two_encodings(a: m.WireMessage, b: m.WireMessage, data: st.Dat
     check_untrusted(x + y)
 
 
-@given(s.wire_messages(), st.data())
+@given(s.all_wire_messages(), st.data())
 def test_inserted_and_replaced_bytes(message: m.WireMessage, data: st.DataObject) -> None:
     encoded = encode(message)
     i = data.draw(st.integers(0, len(encoded)), label="at")
@@ -433,7 +436,7 @@ def test_array_count_limit() -> None:
     assert_malformed(encode(proposal), "array of 10 items", Limits(max_items=9))
 
 
-@pytest.mark.parametrize("tag", [0, 13, 19, 24, 99, 2**32, 2**63 - 1])
+@pytest.mark.parametrize("tag", [0, 13, 19, 25, 99, 2**32, 2**63 - 1])
 def test_unknown_message_types(tag: int) -> None:
     assert_malformed(raw([tag, 1, 2, DIGEST, 3]), "unknown message type", statement=True)
     assert_malformed(raw([tag, prepare_body(), SIG]), "unknown message type")
@@ -446,6 +449,7 @@ def test_unknown_message_types(tag: int) -> None:
         m.Batch(batch_time=0, requests=()),
         m.Proposal(sign(m.PrePrepare(0, 1, DIGEST, 0)), m.NULL_BATCH),
         m.PreparedCert(sign(m.PrePrepare(0, 1, DIGEST, 0)), ()),
+        m.MacReply(encode(REPLY), MAC, REPLY),
     ],
     ids=lambda c: type(c).__name__,
 )
@@ -571,3 +575,85 @@ def test_non_bytes_input_is_a_callers_bug(wrong: object) -> None:
     # An int must not be taken as a size to allocate (bytes(10**9)).
     with pytest.raises(TypeError):
         decode_untrusted(wrong)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------
+# MacReply: a reply authenticated by a MAC (bft/auth.py)
+# --------------------------------------------------------------------------
+
+
+def raw_mac_reply(body: object, mac: object = MAC) -> bytes:
+    return raw([m.MacReply.TAG, body, mac])
+
+
+def test_mac_reply_round_trip_keeps_the_body_as_received() -> None:
+    data = raw_mac_reply(encode(REPLY))
+    decoded = decode_untrusted(data)
+    assert isinstance(decoded, m.MacReply)
+    assert decoded.statement == REPLY
+    assert decoded.body == encode(REPLY) and decoded.mac == MAC
+    assert decoded.checked is not None and decoded.checked[0] is decoded.body
+    assert decoded.checked[1] is decoded.statement
+    assert encode(decoded) == data
+
+
+@pytest.mark.parametrize("size", [0, 31, 33, 64])
+def test_mac_of_wrong_length(size: int) -> None:
+    assert_malformed(raw_mac_reply(encode(REPLY), bytes(size)), "mac must be exactly 32")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [PREPARE, m.Request(op=b"x", timestamp=1, client=1), m.Checkpoint(1, DIGEST, 0)],
+    ids=lambda c: type(c).__name__,
+)
+def test_mac_reply_body_must_be_a_reply(body: m.Statement) -> None:
+    # only a REPLY may be MAC'd: every other statement must stay signed
+    assert_malformed(raw_mac_reply(encode(body)), "not allowed here")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        raw_mac_reply(encode(REPLY) + b"\x00"),  # trailing bytes inside the body
+        raw_mac_reply(encode(REPLY)[:-1]),  # truncated body
+        raw_mac_reply(raw([m.Reply.TAG, 1, 7, 2, 3])),  # a reply without its result
+        raw_mac_reply(raw([m.Reply.TAG, -1, 7, 2, 3, b"ok"])),  # negative view
+        raw_mac_reply(encode(sign(REPLY))),  # a signed reply inside the MAC envelope
+        raw([m.MacReply.TAG, encode(REPLY)]),  # no MAC
+        raw([m.MacReply.TAG, encode(REPLY), MAC, MAC]),  # a field too many
+        raw_mac_reply("text", MAC),  # body not a byte string
+        raw_mac_reply(encode(REPLY), "m" * 32),  # MAC not a byte string
+    ],
+    ids=["trailing", "truncated", "short-reply", "negative", "signed-inside", "no-mac",
+         "extra-field", "text-body", "text-mac"],
+)
+def test_malformed_mac_replies_are_rejected(data: bytes) -> None:
+    assert_malformed(data)
+
+
+def test_mac_reply_body_counts_toward_depth() -> None:
+    data = raw_mac_reply(encode(REPLY))
+    assert isinstance(decode_untrusted(data, Limits(max_depth=2)), m.MacReply)
+    assert_malformed(data, "nesting deeper", Limits(max_depth=1))
+
+
+def test_mac_reply_result_obeys_the_op_limit() -> None:
+    big = m.Reply(view=1, timestamp=7, client=2, replica=3, result=b"r" * 101)
+    assert isinstance(decode_untrusted(raw_mac_reply(encode(big)), Limits(max_op_bytes=101)),
+                      m.MacReply)
+    assert_malformed(raw_mac_reply(encode(big)), "over the limit", Limits(max_op_bytes=100))
+
+
+def test_mac_reply_is_not_a_statement() -> None:
+    assert_malformed(raw_mac_reply(encode(REPLY)), "MacReply not allowed here", statement=True)
+    assert_malformed(raw_signed(raw_mac_reply(encode(REPLY))), "MacReply not allowed here")
+
+
+@given(s.mac_replies())
+def test_every_decoded_mac_reply_is_canonical(message: m.MacReply) -> None:
+    """The `checked` pairing the codec sets is sound: the statement encodes to the body."""
+    decoded = decode_untrusted(encode(message))
+    assert isinstance(decoded, m.MacReply)
+    assert decoded.checked == (decoded.body, decoded.statement)
+    assert encode(decoded.statement) == decoded.body

@@ -247,3 +247,16 @@ def test_adaptive_timeout_rejects_bad_parameters(
 ) -> None:
     with pytest.raises(ValueError):
         AdaptiveTimeout(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_add_interval_records_durations_without_moving_the_last_arrival():
+    d = PhiAccrualDetector(window=3, min_std_s=0.01)
+    d.heartbeat(10.0)
+    for seconds in (0.2, 0.4, 0.6, 0.8):  # the window keeps the last 3
+        d.add_interval(seconds)
+    d.add_interval(0.0)
+    d.add_interval(-1.0)
+    stats = d.statistics()
+    assert stats["samples"] == 3 and stats["ignored"] == 2
+    assert abs(d.mean_s() - 0.6) < 1e-9
+    assert d.last_arrival == 10.0

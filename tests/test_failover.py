@@ -72,3 +72,71 @@ def test_a_retransmission_to_a_backup_is_relayed_to_the_primary_4_1(to):
     net.deliver()
     assert net.completed(0, 1) is not None
     assert net.replicas[1].view == 0
+
+
+def _run_with_slow_primary(net: Net, delays_s: list[float], step_s: float = 0.01) -> None:
+    """One request per delay; the primary's PRE-PREPAREs reach the backups `delay` late
+    (a correct primary starved of CPU), the client sends to all."""
+    held: list[tuple[float, int, int, object]] = []
+    released: dict[int, object] = {}  # id -> the message, kept alive so no id is reused
+    current = [0.0]
+
+    def slow(src, dst, msg):
+        if id(msg) in released:
+            return True
+        if src == 0 and type(msg).__name__ == "Proposal" and current[0] > 0:
+            held.append((net.now + current[0], src, dst, msg))
+            return False
+        return True
+
+    net.filter = slow
+    for t, delay in enumerate(delays_s, start=1):
+        current[0] = delay
+        net.request(0, Ops.put(f"k{t}", b"v"), to=None)
+        start = net.now
+        while net.completed(0, t) is None and net.now - start < 5.0:
+            due = [h for h in held if h[0] <= net.now]
+            held[:] = [h for h in held if h[0] > net.now]
+            for _, src, dst, msg in due:
+                released[id(msg)] = msg
+                net.queue.append((src, dst, msg))
+            net.advance(step_s, step=step_s)
+        assert net.completed(0, t) is not None
+
+
+def test_the_timer_follows_a_slowly_executing_cluster_4_4():
+    """A primary whose batches take longer and longer (CPU starvation, not a fault) is not
+    replaced: the backups measure how long work waits for an execution (phi over those
+    waits) and their timer grows with it, bounded by view_change_max_s."""
+    net = Net(4)
+    ramp = [0.1] * 10 + [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+    _run_with_slow_primary(net, ramp)
+    assert [r.view for r in net.replicas] == [0, 0, 0, 0]
+    assert net.replicas[1]._vc_timeout() > 0.5
+    assert net.replicas[1]._vc_timeout() <= net.config.view_change_timeout_max_s
+
+
+def test_without_pace_measurement_the_same_ramp_changes_view():
+    """Teeth for the test above: with the pace ignored (the timer at its floor), the same
+    slow but correct primary is replaced."""
+    net = Net(4)
+    for r in net.replicas:
+        r.exec_pace.add_interval = lambda interval_s: None  # measure nothing
+    ramp = [0.1] * 10 + [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+    _run_with_slow_primary(net, ramp)
+    assert max(r.view for r in net.replicas) >= 1
+
+
+def test_a_dead_primary_is_still_replaced_after_a_slow_period_4_4():
+    net = Net(4)
+    _run_with_slow_primary(net, [0.1] * 10 + [0.2, 0.3, 0.4])
+    timer = net.replicas[1]._vc_timeout()
+    net.filter = None
+    net.crash(0)
+    start = net.now
+    net.request(0, Ops.put("z", b"1"), to=None)
+    t = net.client_ts[0]
+    while net.completed(0, t) is None and net.now - start < 10.0:
+        net.advance(0.01, step=0.01)
+    assert net.completed(0, t) is not None
+    assert net.now - start <= timer + 0.1

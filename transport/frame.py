@@ -57,6 +57,9 @@ FRAME_DROP_REASONS = (
 )
 
 
+_new_tuple = tuple.__new__
+
+
 class FrameError(Exception):
     """A datagram that is not a valid frame. `reason` is one of FRAME_DROP_REASONS."""
 
@@ -161,4 +164,7 @@ def decode_frame_untrusted(
             raise FrameError("bad_fragment")
     elif payload_bytes == 0 or count > total:
         raise FrameError("bad_fragment")
-    return Frame(sender_id, message_id, index, count, total, datagram[HEADER_BYTES:end])
+    # tuple.__new__ builds the same Frame as Frame(...) at a quarter of the cost (a
+    # NamedTuple's own __new__ is Python code): this runs once per datagram received.
+    payload = datagram[HEADER_BYTES:end]
+    return _new_tuple(Frame, (sender_id, message_id, index, count, total, payload))

@@ -172,27 +172,41 @@ class Reassembler:
         Never raises for anything in `frame`: unusable frames are dropped and
         counted. A single-fragment frame's payload is returned as is (no copy).
         """
-        if frame.total_length > self.max_message_bytes:
+        _, message_id, index, count, total_length, payload = frame
+        if total_length > self.max_message_bytes:
             self._drops["too_large"] += 1
             return None
-        peer = self._peers.get(peer_key)
+        peers = self._peers
+        peer = peers.get(peer_key)
         if peer is None:
             peer = self._new_peer(peer_key)
         else:
-            self._peers.move_to_end(peer_key)
-        message_id = frame.message_id
-        if message_id in peer.recent_set:
+            peers.move_to_end(peer_key)
+        recent_set = peer.recent_set
+        if message_id in recent_set:
             self._drops["duplicate_message"] += 1
             return None
-        count = frame.fragment_count
-        if count == 1:
-            if len(frame.payload) != frame.total_length or frame.fragment_index != 0:
-                self._drops["bad_fragment"] += 1
-                return None
-            self._remember(peer, message_id)
-            self._delivered += 1
-            return frame.payload
+        if count != 1:
+            return self._add_fragment(peer, frame, now)
+        # The fast path: nearly every message is one datagram. No partial state, only
+        # the checks and the duplicate window (`_remember`, inlined).
+        if index != 0 or len(payload) != total_length:
+            self._drops["bad_fragment"] += 1
+            return None
+        limit = self.recent_ids_per_peer
+        if limit:
+            recent_set.add(message_id)
+            recent_order = peer.recent_order
+            recent_order.append(message_id)
+            if len(recent_order) > limit:
+                recent_set.discard(recent_order.popleft())
+        self._delivered += 1
+        return payload
 
+    def _add_fragment(self, peer: _Peer, frame: Frame, now: float) -> bytes | None:
+        """`add` for a fragment of a message of two or more fragments."""
+        message_id = frame.message_id
+        count = frame.fragment_count
         index = frame.fragment_index
         if not 0 <= index < count:
             self._drops["bad_fragment"] += 1

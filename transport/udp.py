@@ -32,11 +32,23 @@ such as those of received messages. Received IPv6
 addresses are given as `(host, port)` unless they carry a scope id, in which case
 the kernel's 4-tuple is kept so that the address can be replied to.
 
+Send path. `send`/`send_to` are async: a cancellation point, then the
+datagrams, then a scheduler pass. A task that sends many messages in a row (the
+node sends every effect of a step) uses `send_nowait`/`send_to_nowait` instead:
+they frame and call `sendto` at once, without any checkpoint, and only if the
+kernel's send buffer is full (`BlockingIOError`) keep the datagrams in a bounded
+send queue (`max_send_queue_bytes`) for `flush()`, which waits for room. A
+datagram that does not fit in the queue is dropped and counted in
+`statistics()["send_errors"]["send_queue_full"]`. So a burst costs one scheduler
+pass (or none) instead of one per message.
+
 Fault injection: `send_filter` and `recv_filter` see every datagram (after
 framing on send, before decoding on receive) as `filter(datagram, addr)` and
 return the datagrams to pass on now, as `(datagram, addr)` pairs: none to drop,
 two to duplicate, altered bytes to corrupt. To delay, a send filter keeps the
 datagram and sends it later with `send_datagram` (which bypasses the filter).
+Both send paths apply `send_filter` (a datagram queued for `flush()` has been
+through it already).
 """
 
 from __future__ import annotations
@@ -73,6 +85,9 @@ DEFAULT_MAX_DATAGRAM_BYTES = 1400
 MAX_UDP_PAYLOAD_BYTES = 65507
 DEFAULT_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1024
+#: Bytes of datagrams `send_nowait` may keep for `flush()` while the kernel's send
+#: buffer is full (one largest message by default).
+DEFAULT_MAX_SEND_QUEUE_BYTES = 4 * 1024 * 1024
 
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0)
 
@@ -93,6 +108,8 @@ class Received(NamedTuple):
     sender_id: int
     payload: bytes
 
+
+_new_tuple = tuple.__new__
 
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
@@ -165,6 +182,7 @@ class UdpEndpoint:
         reassembler: Reassembler | None = None,
         socket_buffer_bytes: int = DEFAULT_SOCKET_BUFFER_BYTES,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_send_queue_bytes: int = DEFAULT_MAX_SEND_QUEUE_BYTES,
         first_message_id: int | None = None,
         send_filter: DatagramFilter | None = None,
         recv_filter: DatagramFilter | None = None,
@@ -175,7 +193,9 @@ class UdpEndpoint:
         Raises TransportError, naming the address, if it cannot bind (port in use,
         address not local, no such host) or a peer address is unusable.
         `reassembler` defaults to `Reassembler(max_message_bytes)` with its default
-        bounds. The message-id counter starts at
+        bounds. `max_send_queue_bytes` bounds the datagrams `send_nowait` keeps
+        for `flush()` while the kernel's send buffer is full (0: keep none, drop
+        and count them). The message-id counter starts at
         `first_message_id`, by default a random 48-bit number, so that a restarted
         sender's ids are not taken for recent duplicates.
         """
@@ -188,10 +208,13 @@ class UdpEndpoint:
             )
         if max_batch < 1:
             raise TransportError("max_batch must be >= 1")
+        if max_send_queue_bytes < 0:
+            raise TransportError("max_send_queue_bytes must be >= 0")
         self.sender_id = sender_id
         self.max_datagram_bytes = max_datagram_bytes
         self.max_message_bytes = max_message_bytes
         self.max_batch = max_batch
+        self.max_send_queue_bytes = max_send_queue_bytes
         self.send_filter = send_filter
         self.recv_filter = recv_filter
         self._reassembler = (
@@ -225,6 +248,9 @@ class UdpEndpoint:
         self._closed = False
 
         self._pending: deque[Received] = deque()
+        self._send_queue: deque[tuple[bytes, Address]] = deque()
+        self._send_queue_bytes = 0
+        self._send_queued = 0
         self._drops: Counter[str] = Counter()
         self._send_errors: Counter[str] = Counter()
         self._recv_errors: Counter[str] = Counter()
@@ -271,6 +297,8 @@ class UdpEndpoint:
         if self._closed:
             return
         self._closed = True
+        self._send_queue.clear()
+        self._send_queue_bytes = 0
         try:
             trio.lowlevel.notify_closing(self._sock)
         except RuntimeError:
@@ -318,17 +346,7 @@ class UdpEndpoint:
         drop it).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._closed:
-            raise trio.ClosedResourceError("the UDP endpoint is closed")
-        if len(payload) > self.max_message_bytes:
-            raise TransportError(
-                f"payload of {len(payload)} bytes exceeds max_message_bytes "
-                f"{self.max_message_bytes}"
-            )
-        message_id = self._next_message_id
-        self._next_message_id = (message_id + 1) & MAX_MESSAGE_ID
-        datagrams = encode_frames(self.sender_id, message_id, payload, self.max_datagram_bytes)
-        self._sent_messages += 1
+        datagrams = self._frame(payload)
         ok = True
         send_filter = self.send_filter
         for datagram in datagrams:
@@ -344,6 +362,76 @@ class UdpEndpoint:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return ok
 
+    def send_nowait(self, peer_id: int, payload: bytes) -> bool:
+        """`send` without waiting and without a checkpoint (see `send_to_nowait`).
+
+        False (counted as `unknown_peer`) for a peer not in the peer table."""
+        addr = self._peers.get(peer_id)
+        if addr is None:
+            self._send_errors["unknown_peer"] += 1
+            return False
+        return self.send_to_nowait(addr, payload)
+
+    def send_to_nowait(self, addr: Address, payload: bytes) -> bool:
+        """`send_to` without waiting and without a checkpoint: for bursts.
+
+        Every datagram (after `send_filter`) is handed to the kernel at once. If the
+        kernel's send buffer is full, that datagram and every later one (of this
+        message and of later messages, until `flush()` has sent them: order is
+        kept) go to the send queue instead; the caller must then `await flush()`
+        (`unsent_datagrams` tells whether there is anything to flush). The async
+        `send`/`send_to` do not wait behind the queue: do not mix them in one burst
+        if the order of datagrams matters.
+
+        Returns True if every datagram was handed to the kernel or queued. False if
+        one was dropped: a send error (counted as in `send_to`) or no room in the
+        send queue (counted as `send_queue_full`); the rest of that message is then
+        not sent. Raises like `send_to`: trio.ClosedResourceError if the endpoint is
+        closed, TransportError for a payload over `max_message_bytes`.
+        """
+        datagrams = self._frame(payload)
+        send_filter = self.send_filter
+        if send_filter is None and not self._send_queue and len(datagrams) == 1:
+            sent = self._send_one_nowait(datagrams[0], addr)  # the common case: one datagram
+            return self._enqueue(datagrams[0], addr) if sent is None else sent
+        for datagram in datagrams:
+            outs = ((datagram, addr),) if send_filter is None else send_filter(datagram, addr)
+            sent = True
+            for out, out_addr in outs:
+                result = None if self._send_queue else self._send_one_nowait(out, out_addr)
+                if result is None:
+                    result = self._enqueue(out, out_addr)
+                sent = result and sent
+            if not sent:
+                return False  # the message cannot complete without this fragment
+        return True
+
+    @property
+    def unsent_datagrams(self) -> int:
+        """Datagrams in the send queue (kept by `send_nowait` for `flush()`)."""
+        return len(self._send_queue)
+
+    async def flush(self) -> None:
+        """Send every datagram in the send queue, waiting for room in the kernel's
+        send buffer as needed. Always a checkpoint.
+
+        Cancellation leaves the datagrams not yet sent in the queue, for the next
+        `flush()`. Send errors are counted as in `send_to`, never raised. Raises
+        trio.ClosedResourceError if the endpoint is closed (closing discards the
+        queue)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("the UDP endpoint is closed")
+        queue = self._send_queue
+        while queue:
+            datagram, addr = queue[0]
+            if self._send_one_nowait(datagram, addr) is None:
+                await trio.lowlevel.wait_writable(self._sock)
+                continue
+            queue.popleft()
+            self._send_queue_bytes -= len(datagram)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
     async def send_datagram(self, datagram: bytes, addr: Address) -> bool:
         """Send one raw datagram as is (no framing, no send_filter): for fault
         injection and tests. Same error handling as `send_to`."""
@@ -354,29 +442,69 @@ class UdpEndpoint:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return ok
 
+    def _frame(self, payload: bytes) -> list[bytes]:
+        """The datagrams of `payload` under a fresh message id (counted as a message
+        sent). Raises for a closed endpoint or an oversize payload."""
+        if self._closed:
+            raise trio.ClosedResourceError("the UDP endpoint is closed")
+        if len(payload) > self.max_message_bytes:
+            raise TransportError(
+                f"payload of {len(payload)} bytes exceeds max_message_bytes "
+                f"{self.max_message_bytes}"
+            )
+        message_id = self._next_message_id
+        self._next_message_id = (message_id + 1) & MAX_MESSAGE_ID
+        self._sent_messages += 1
+        return encode_frames(self.sender_id, message_id, payload, self.max_datagram_bytes)
+
     async def _send_one(self, datagram: bytes, addr: Address) -> bool:
-        retried_refusal = False
         while True:
-            try:
-                self._sock.sendto(datagram, addr)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._sock)
-                continue
-            except ConnectionRefusedError:
-                # An ICMP error left by an earlier datagram (to any destination)
-                # surfaced on this call. Count it and try this datagram once more.
-                self._send_errors["refused"] += 1
-                self._drain_error_queue()
-                if retried_refusal:
-                    return False
-                retried_refusal = True
-                continue
-            except OSError as exc:
-                self._send_errors[_errno_key(exc)] += 1
-                return False
-            self._sent_datagrams += 1
-            self._sent_bytes += len(datagram)
-            return True
+            sent = self._send_one_nowait(datagram, addr)
+            if sent is not None:
+                return sent
+            await trio.lowlevel.wait_writable(self._sock)
+
+    def _send_one_nowait(self, datagram: bytes, addr: Address) -> bool | None:
+        """Hand one datagram to the kernel: True if it took it, False if it failed
+        (counted), None if the send buffer is full."""
+        try:
+            self._sock.sendto(datagram, addr)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            return self._send_failed(exc, datagram, addr)
+        self._sent_datagrams += 1
+        self._sent_bytes += len(datagram)
+        return True
+
+    def _send_failed(self, exc: OSError, datagram: bytes, addr: Address) -> bool | None:
+        self._send_errors[_errno_key(exc)] += 1
+        if not isinstance(exc, ConnectionRefusedError):
+            return False
+        # An ICMP error left by an earlier datagram (to any destination) surfaced on
+        # this call. It was counted; try this datagram once more.
+        self._drain_error_queue()
+        try:
+            self._sock.sendto(datagram, addr)
+        except BlockingIOError:
+            return None
+        except OSError as again:
+            self._send_errors[_errno_key(again)] += 1
+            return False
+        self._sent_datagrams += 1
+        self._sent_bytes += len(datagram)
+        return True
+
+    def _enqueue(self, datagram: bytes, addr: Address) -> bool:
+        """Keep a datagram for `flush()`; False (counted) if the queue has no room."""
+        size = len(datagram)
+        if self._send_queue_bytes + size > self.max_send_queue_bytes:
+            self._send_errors["send_queue_full"] += 1
+            return False
+        self._send_queue.append((datagram, addr))
+        self._send_queue_bytes += size
+        self._send_queued += 1
+        return True
 
     # --------------------------------------------------------------- receive
 
@@ -406,6 +534,19 @@ class UdpEndpoint:
             batch = self._drain()
             if batch:
                 return batch
+
+    def receive_nowait(self) -> list[Received]:
+        """Every complete message available now, possibly none. Never waits and is
+        not a checkpoint: for a loop that checkpoints by itself (the node tries this
+        first and waits with `receive_batch` only when nothing is there). Raises
+        trio.ClosedResourceError once the endpoint is closed."""
+        if self._closed:
+            raise trio.ClosedResourceError("the UDP endpoint is closed")
+        if self._pending:
+            batch = list(self._pending)
+            self._pending.clear()
+            return batch
+        return self._drain()
 
     def __aiter__(self) -> UdpEndpoint:
         return self
@@ -462,9 +603,12 @@ class UdpEndpoint:
             return
         if len(addr) == 4:
             addr = (addr[0], addr[1]) if addr[3] == 0 else addr
-        message = self._reassembler.add((addr, frame.sender_id), frame, now)
+        sender_id = frame.sender_id
+        message = self._reassembler.add((addr, sender_id), frame, now)
         if message is not None:
-            out.append(Received(addr, frame.sender_id, message))
+            # tuple.__new__: the same Received as Received(...), without the Python-level
+            # __new__ of a NamedTuple (this runs once per message received).
+            out.append(_new_tuple(Received, (addr, sender_id, message)))
 
     def _drain_error_queue(self) -> None:
         """Empty the socket's error queue (filled only where IP_RECVERR is on), so
@@ -482,8 +626,11 @@ class UdpEndpoint:
     def statistics(self) -> dict:
         """Counters: messages/datagrams/bytes sent and received, `drops` by reason
         (every reason of RECEIVE_DROP_REASONS present; frame, size and reassembly
-        reasons together), `send_errors` and `recv_errors` by errno name, the
-        socket buffer sizes the kernel granted, and the reassembler's gauges."""
+        reasons together), `send_errors` and `recv_errors` by errno name (and
+        `unknown_peer`, `send_queue_full`), the send queue (`send_queued`: datagrams
+        ever queued by `send_nowait`; `send_queue_datagrams`, `send_queue_bytes`:
+        now), the socket buffer sizes the kernel granted, and the reassembler's
+        gauges."""
         reassembly = self._reassembler.statistics()
         drops = {reason: self._drops[reason] for reason in RECEIVE_DROP_REASONS}
         for reason, count in reassembly["drops"].items():
@@ -499,6 +646,9 @@ class UdpEndpoint:
             "drops": drops,
             "send_errors": dict(self._send_errors),
             "recv_errors": dict(self._recv_errors),
+            "send_queued": self._send_queued,
+            "send_queue_datagrams": len(self._send_queue),
+            "send_queue_bytes": self._send_queue_bytes,
             "rcvbuf_bytes": self.rcvbuf_bytes,
             "sndbuf_bytes": self.sndbuf_bytes,
             "reassembly": {k: v for k, v in reassembly.items() if k != "drops"},

@@ -23,7 +23,9 @@ from adversary.behaviours import (
     make_rule,
     validate_params,
 )
+from bft.auth import reply_mac, sim_reply_auth
 from bft.clock import Interval
+from bft.codec import encode
 from bft.crypto import SimKeys, batch_digest
 from bft.effects import Broadcast, Event, Persist, Reply, Send, SetTimer
 from bft.errors import ConfigError
@@ -31,6 +33,7 @@ from bft.messages import (
     Batch,
     Checkpoint,
     Commit,
+    MacReply,
     Prepare,
     PrePrepare,
     Proposal,
@@ -181,6 +184,44 @@ def test_lie_about_signatures_makes_them_fail_verification() -> None:
     node, stub = wrap(2, make_rule(2, "lie", params={"rate": 1.0, "lies": ["no_signature"]}))
     out = messages(run(node, stub, [Broadcast(prep)]))
     assert out[0].message.signature == bytes(64)
+
+
+def mac_auth(kind: str, id: int) -> Any:
+    return sim_reply_auth(7, kind, id, n_replicas=N, n_clients=2)
+
+
+def test_lie_about_a_macd_reply_keeps_a_valid_mac_of_its_own() -> None:
+    """A lying replica whose replies are MAC'd sends a wrong result under its own valid MAC;
+    it cannot MAC as another replica (its ReplyAuth refuses, and its keys are its own)."""
+    stub = Stub()
+    env = BehaviourEnv(2, N, KEYS.signer("replica", 2), random.Random(1), Collusion(),
+                       origin_s=0.0, reply_auth=mac_auth("replica", 2))
+    node = ByzantineNode(stub, [make_rule(2, "lie", params={"rate": 1.0,
+                                                            "lies": ["reply_result"]})], env)
+    rep = mac_auth("replica", 2).seal(ReplyStatement(0, 4, 1, 2, b"the truth"))
+    lied = messages(run(node, stub, [Reply(1, rep)]))[0].reply
+    assert isinstance(lied, MacReply)
+    assert lied.statement.result != b"the truth" and lied.statement.replica == 2
+    client = mac_auth("client", 1)
+    assert client.check(lied)
+    # posing as replica 3 with replica 2's keys does not check, and sealing as 3 is refused
+    pose = ReplyStatement(0, 4, 1, 3, lied.statement.result)
+    body = encode(pose)
+    assert not client.check(MacReply(body, reply_mac(env.reply_auth.keys.key(1), body), pose))
+    with pytest.raises(ValueError):
+        env.reply_auth.seal(pose)
+    # the same reply resent carries the same lie
+    assert messages(run(node, stub, [Reply(1, rep)], now=2.0))[0].reply == lied
+
+
+@pytest.mark.parametrize("lie", ["bad_signature", "no_signature"])
+def test_lie_about_a_macd_reply_breaks_its_mac(lie: str) -> None:
+    node, stub = wrap(2, make_rule(2, "lie", params={"rate": 1.0, "lies": [lie]}))
+    rep = mac_auth("replica", 2).seal(ReplyStatement(0, 4, 1, 2, b"the truth"))
+    out = messages(run(node, stub, [Reply(1, rep)]))[0].reply
+    assert isinstance(out, MacReply) and out.body == rep.body
+    assert not mac_auth("client", 1).check(out)
+    assert (out.mac == bytes(32)) == (lie == "no_signature")
 
 
 def test_lying_primary_invents_a_request_the_backups_cannot_verify() -> None:

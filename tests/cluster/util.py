@@ -39,10 +39,11 @@ import trio
 
 from bft import codec
 from bft.app import Ops, decode_result
+from bft.auth import authenticated_reply, reply_auth_for
 from bft.cli import main as bft_main
 from bft.config import ClusterConfig, load_keyring
 from bft.errors import MalformedMessage
-from bft.messages import Reply, Request, Signed
+from bft.messages import Request, Signed
 from bft.node import CLIENT_SENDER_BASE, ClientError, ClusterClient
 from transport.udp import UdpEndpoint, free_udp_ports
 
@@ -414,6 +415,7 @@ class Cluster:
         ids = set(node_ids if node_ids is not None else range(self.n))
         cid = self._barrier_client
         signer = self.keyring.signer("client", cid)
+        reply_auth = reply_auth_for(signer, self.verifier)  # replies come MAC'd (or signed)
         request = signer.sign(Request(Ops.get("__barrier__"), self.next_timestamp(cid), cid))
         data = codec.encode(request)
         results: dict[int, bytes] = {}
@@ -435,7 +437,7 @@ class Cluster:
                     with trio.move_on_after(self.config.client_timeout_s):
                         while not ids <= results.keys():
                             for rec in await endpoint.receive_batch():
-                                self._take_reply(rec.payload, request, results)
+                                self._take_reply(rec.payload, request, results, reply_auth)
         finally:
             endpoint.close()
         missing = sorted(ids - results.keys())
@@ -447,19 +449,18 @@ class Cluster:
         assert len(set(results.values())) == 1, f"replicas disagree on the barrier: {results}"
         return results
 
-    def _take_reply(self, payload: bytes, request: Signed, results: dict[int, bytes]) -> None:
+    def _take_reply(self, payload: bytes, request: Signed, results: dict[int, bytes],
+                    reply_auth: Any) -> None:
         try:
             msg = codec.decode_untrusted(payload, self.config.limits)
         except MalformedMessage:
             return
-        if not isinstance(msg, Signed) or not isinstance(msg.statement, Reply):
-            return
-        r = msg.statement
+        r = authenticated_reply(msg, self.verifier, reply_auth)
         req = request.statement
         if (
-            (r.client, r.timestamp) == (req.client, req.timestamp)
+            r is not None
+            and (r.client, r.timestamp) == (req.client, req.timestamp)
             and 0 <= r.replica < self.n
-            and self.verifier.verify(msg)
         ):
             results.setdefault(r.replica, r.result)
 

@@ -1,0 +1,240 @@
+"""The node runtime's per-message paths, on one opened (not running) Node over loopback.
+
+- `_carry_out` hands a whole step's messages to the kernel without a scheduler pass
+  per datagram (no yield at all while the kernel's send buffer has room), and waits
+  for room, once, when it has none;
+- `_step` records a client's address only for a request whose signature verified,
+  and verifies for that only when the address would change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from bft import codec
+from bft.config import ClusterConfig, NodeAddress
+from bft.crypto import Ed25519Keys
+from bft.effects import Broadcast, Reply, Send, SetTimer
+from bft.messages import Commit, Prepare, Request
+from bft.messages import Reply as ReplyMessage
+from bft.node import CLIENT_SENDER_BASE, Node
+from transport.udp import Received, UdpEndpoint, free_udp_ports
+
+pytestmark = pytest.mark.udp
+
+N = 4
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts how often each task is resumed: a task that does not yield is not."""
+
+    def __init__(self) -> None:
+        self.steps: Counter[Any] = Counter()
+
+    def before_task_step(self, task: Any) -> None:
+        self.steps[task] += 1
+
+
+class StallingSocket:
+    """A socket whose `sendto` raises BlockingIOError (a full send buffer) for the next
+    `stalls` calls; everything else goes to the real socket."""
+
+    def __init__(self, real: Any, stalls: int) -> None:
+        self.real, self.stalls, self.calls = real, stalls, 0
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        self.calls += 1
+        if self.stalls > 0:
+            self.stalls -= 1
+            raise BlockingIOError(errno.EAGAIN, "send buffer full (simulated)")
+        return self.real.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class CountingVerifier:
+    """The real verifier, counting `verify` calls."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+
+    def verify(self, signed: Any) -> bool:
+        self.calls += 1
+        return self.inner.verify(signed)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class RecordingReplica:
+    """Stands in for the replica: records what the node hands it, returns no effects."""
+
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+
+    def receive(self, message: Any, now: float, wall: Any = None) -> list[Any]:
+        self.received.append(message)
+        return []
+
+
+@pytest.fixture
+def keys() -> Ed25519Keys:
+    return Ed25519Keys(N, 2, seed=1)
+
+
+@pytest.fixture
+def node(tmp_path: Path, keys: Ed25519Keys):
+    ports = free_udp_ports(N)
+    config = ClusterConfig.local(N, clients=2, fsync="never")
+    config = dataclasses.replace(
+        config, nodes=tuple(NodeAddress(i, "127.0.0.1", ports[i]) for i in range(N)))
+    node = Node(config, 0, signer=keys.signer("replica", 0), verifier=keys.verifier(),
+                state_dir=tmp_path / "n0")
+    node.open()
+    yield node
+    node.close()
+
+
+@pytest.fixture
+def peers(node: Node):
+    """UDP endpoints on the addresses of nodes 1..3, standing in for them."""
+    endpoints = {n.id: UdpEndpoint(n.id, n.host, n.port) for n in node.config.nodes if n.id != 0}
+    yield endpoints
+    for e in endpoints.values():
+        e.close()
+
+
+def arrived(endpoint: UdpEndpoint) -> list[Any]:
+    """Decoded messages that have arrived (loopback delivers within the sender's sendto)."""
+    return [codec.decode_untrusted(r.payload) for r in endpoint.receive_nowait()]
+
+
+def outgoing(keys: Ed25519Keys, client_id: int = 0) -> tuple[Any, Any, Any]:
+    replica0 = keys.signer("replica", 0)
+    prepare = replica0.sign(Prepare(0, 1, b"\x11" * 32, 0))
+    commit = replica0.sign(Commit(0, 1, b"\x11" * 32, 0))
+    reply = replica0.sign(ReplyMessage(0, 77, client_id, 0, b"ok"))
+    return prepare, commit, reply
+
+
+# ------------------------------------------------------------------ sending
+
+
+async def test_a_step_of_messages_is_sent_without_yielding(node: Node, peers, keys) -> None:
+    prepare, commit, reply = outgoing(keys)
+    with UdpEndpoint(CLIENT_SENDER_BASE, "127.0.0.1", 0) as client:
+        node.client_addrs[0] = client.address
+        effects = [Broadcast(prepare), Send(2, commit), Reply(0, reply), SetTimer(123.0),
+                   Reply(1, reply)]  # client 1: no address known
+        counter = StepCounter()
+        trio.lowlevel.add_instrument(counter)
+        me = trio.lowlevel.current_task()
+        try:
+            await node._carry_out(effects)
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        assert counter.steps[me] == 0  # no scheduler pass at all, let alone one per datagram
+        assert arrived(peers[1]) == [prepare]
+        assert arrived(peers[2]) == [prepare, commit]
+        assert arrived(peers[3]) == [prepare]
+        assert arrived(client) == [reply]
+    assert node.stats.sent == 4
+    assert node.stats.drops["reply_no_address"] == 1
+    assert node._deadline == 123.0
+    assert node.endpoint.statistics()["sent_datagrams"] == 5
+
+
+async def test_cut_peers_get_nothing(node: Node, peers, keys) -> None:
+    prepare, commit, _ = outgoing(keys)
+    node.cut_peers = {2}
+    await node._carry_out([Broadcast(prepare), Send(2, commit), Send(3, commit)])
+    assert arrived(peers[1]) == [prepare]
+    assert arrived(peers[2]) == []
+    assert arrived(peers[3]) == [prepare, commit]
+    assert node.stats.sent == 3
+
+
+async def test_a_full_send_buffer_is_waited_for_once_and_nothing_is_lost(
+    node: Node, peers, keys
+) -> None:
+    prepare, commit, _ = outgoing(keys)
+    fake = StallingSocket(node.endpoint._sock, stalls=3)
+    node.endpoint._sock = fake
+    counter = StepCounter()
+    trio.lowlevel.add_instrument(counter)
+    me = trio.lowlevel.current_task()
+    try:
+        with trio.fail_after(10):
+            await node._carry_out([Broadcast(prepare), Send(1, commit)])
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert counter.steps[me] >= 1  # it waited for room
+    assert node.endpoint.unsent_datagrams == 0
+    assert arrived(peers[1]) == [prepare, commit]  # order kept
+    assert arrived(peers[2]) == [prepare]
+    assert arrived(peers[3]) == [prepare]
+    assert node.endpoint.statistics()["send_queued"] == 4  # the first stalled, the rest queued
+
+
+# ------------------------------------------------------------------ client addresses
+
+
+def request_payload(keys: Ed25519Keys, client_id: int, timestamp: int, *,
+                    forged: bool = False) -> bytes:
+    """A client's signed request as it travels; `forged`: with a corrupted signature."""
+    signed = keys.signer("client", client_id).sign(Request(b"op", timestamp, client_id))
+    if forged:
+        bad = bytes([signed.signature[0] ^ 1]) + signed.signature[1:]
+        signed = dataclasses.replace(signed, signature=bad)
+    return codec.encode(signed)
+
+
+def test_client_address_recorded_only_for_verified_requests_and_verified_only_on_change(
+    node: Node, keys, monkeypatch
+) -> None:
+    verifier = CountingVerifier(node.verifier)
+    monkeypatch.setattr(node, "verifier", verifier)
+    replica = RecordingReplica()
+    monkeypatch.setattr(node, "replica", replica)
+    home, elsewhere = ("127.0.0.1", 40001), ("127.0.0.1", 40002)
+    wall = node.clock()
+
+    def step(addr: tuple, payload: bytes, sender: int | None = None) -> None:
+        client = codec.decode_untrusted(payload).statement.client
+        sender = CLIENT_SENDER_BASE + client if sender is None else sender
+        node._step(Received(addr, sender, payload), 1.0, wall)
+
+    step(home, request_payload(keys, 0, 1))
+    assert node.client_addrs == {0: home} and verifier.calls == 1
+    step(home, request_payload(keys, 0, 2))  # same address: nothing to learn, no verify
+    step(home, request_payload(keys, 0, 2))
+    assert node.client_addrs == {0: home} and verifier.calls == 1
+    step(elsewhere, request_payload(keys, 0, 3, forged=True))  # a forger elsewhere
+    assert node.client_addrs == {0: home} and verifier.calls == 2
+    step(elsewhere, request_payload(keys, 0, 5))  # the client moved: verified, recorded
+    assert node.client_addrs == {0: elsewhere}
+    step(home, request_payload(keys, 1, 1))
+    assert node.client_addrs == {0: elsewhere, 1: home}
+    # a request relayed by a replica (from its address, with its sender id) teaches nothing
+    replica_addr = node.config.nodes[1].address
+    step(replica_addr, request_payload(keys, 1, 2), sender=1)
+    step(elsewhere, request_payload(keys, 1, 3), sender=1)
+    assert node.client_addrs == {0: elsewhere, 1: home}
+    # every decodable message still goes to the replica, which does its own checks
+    assert len(replica.received) == 8
+
+
+def test_undecodable_payload_is_counted_not_stepped(node: Node, monkeypatch) -> None:
+    replica = RecordingReplica()
+    monkeypatch.setattr(node, "replica", replica)
+    node._step(Received(("127.0.0.1", 40001), 5, b"\xff\x00garbage"), 1.0, node.clock())
+    assert replica.received == []
+    assert node.stats.drops["malformed"] == 1
