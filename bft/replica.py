@@ -152,6 +152,7 @@ class Replica:
         self.exec_pace = PhiAccrualDetector(window=EXEC_PACE_WINDOW,
                                             first_interval_s=config.view_change_timeout_min_s)
         self._busy_since: float | None = None
+        self._nv_armed_at: float | None = None  # when the NEW-VIEW timer was armed
         self.new_view_deadline: float | None = None
         self.batch_deadline: float | None = None
         self.status_deadline: float = 0.0
@@ -165,6 +166,11 @@ class Replica:
         self.counters: collections.Counter[str] = collections.Counter()
         self._out: list[Effect] = []
         self._digest_memo: dict[int, tuple[Batch, bytes]] = {}
+        self._pending_since: dict[tuple[int, int], float] = {}  # request -> first seen
+        self._forwarded: set[tuple[int, int]] = set()  # requests forwarded to the primary
+        # peer -> (last_executed, stable_seq) of its previous STATUS: loss recovery resends
+        # to a peer only once it made no progress over a whole status interval (stuck)
+        self._peer_progress: dict[int, tuple[int, int]] = {}
         self._now = 0.0
         self._wall = Interval(0, 0)
         self._dirty_persist = False
@@ -203,15 +209,28 @@ class Replica:
             self._try_propose(force=True)
         if self.new_view_deadline is not None and now >= self.new_view_deadline:
             self.new_view_deadline = None
-            self._start_view_change(self.view + 1, "new_view_timeout")
+            alive_until = self._primary_alive_until(now, since=self._nv_armed_at)
+            if alive_until is not None and self.in_view_change:
+                # the new primary is heard from: building and checking a NEW-VIEW of many
+                # certificates takes an overloaded machine a while; a silent one is not waited for
+                self.counters["new_view_deferred_primary_alive"] += 1
+                self.new_view_deadline = alive_until
+            else:
+                self._start_view_change(self.view + 1, "new_view_timeout")
         if (self.progress_deadline is not None and now >= self.progress_deadline
                 and not self.in_view_change):
             self.progress_deadline = None
+            alive_until = self._primary_alive_until(now)
             if self._isolated(now):
                 # nobody to form a quorum with: a view change could not complete, and would
                 # leave us alone in it once the network heals. Wait (loss recovery goes on).
                 self.counters["view_change_deferred_isolated"] += 1
                 self._arm_progress()
+            elif alive_until is not None:
+                # the primary is heard from but slow (an overloaded machine): give it until
+                # the slow timer, and look again as soon as it falls silent
+                self.counters["view_change_deferred_primary_alive"] += 1
+                self.progress_deadline = alive_until
             else:
                 self._start_view_change(self.view + 1, "timeout")
         if now >= self.status_deadline:
@@ -346,6 +365,31 @@ class Replica:
             return self._drop("unexpected_type")
         handler(message)
 
+    def _primary_alive_until(self, now: float, since: float | None = None) -> float | None:
+        """When outstanding work has waited one timer (`_vc_timeout`) without an execution:
+        None if the primary is to be suspected now, else the time to look again.
+
+        A primary that is silent for a timer (no valid message from it, STATUS included,
+        which it sends every status interval) is suspected at once: fail-over is fast. A
+        primary still heard from gets the slow timer, `max(view_change_s, 4 x timer)` from
+        when the work began waiting: under CPU overload a correct primary is slow rather
+        than silent, and replacing it only adds a view change to the load. A faulty primary
+        that stays in touch but does not order is replaced after the slow timer (PBFT 4.4's
+        guarantee, with a longer timer). The NEW-VIEW timer uses the same rule from when it
+        was armed (`since`), for the primary of the view being entered."""
+        since = self._busy_since if since is None else since
+        if since is None:
+            return None
+        # the primary itself counts as heard: it has no better view of its own slowness
+        heard = now if self.is_primary else self.heard_from.get(self.primary())
+        fast = self._vc_timeout()
+        if heard is None or now - heard >= fast:
+            return None
+        slow_deadline = since + max(self.config.view_change_timeout_s, 4 * fast)
+        if now >= slow_deadline:
+            return None
+        return min(slow_deadline, heard + fast)
+
     def _late_vote(self, st: Any) -> bool:
         """A PREPARE or COMMIT of the current view that cannot change anything here: its slot
         is already prepared (PREPARE) or decided (COMMIT) on the same digest. Dropped before
@@ -401,6 +445,7 @@ class Replica:
         if len(self.pending) >= MAX_PENDING_REQUESTS:
             return self._drop("pending_full")
         self.pending[key] = signed
+        self._pending_since.setdefault(key, self._now)
         if self.is_primary and not self.in_view_change:
             self._try_propose()
         elif not self.in_view_change:
@@ -731,7 +776,7 @@ class Replica:
             self._execute(slot)
             progressed = True
         if progressed:
-            self.last_good_view = 0  # the last view in which a request executed (4.5 timer reset)
+            self.last_good_view = self.view  # the last view in which a request executed (4.5)
             if self.progress_deadline is not None and self._busy_since is not None:
                 self.exec_pace.add_interval(self._now - self._busy_since)
             self.progress_deadline = None
@@ -870,8 +915,11 @@ class Replica:
             self._start_transfer()
 
     def _can_catch_up(self, seq: int) -> bool:
-        """Whether the log already holds every decided batch up to seq (no transfer needed)."""
+        """Whether the log already holds every decided batch up to seq (no transfer needed).
+        A decided seq whose batch is missing does not count: once seq is stable the others
+        may discard that batch, and fetching it could never succeed."""
         return all((s := self.log.get(q)) is not None and s.decided is not None
+                   and s.batch is not None
                    for q in range(self.last_executed + 1, seq + 1))
 
     def _make_stable(self, seq: int, digest: bytes, proof: tuple[Signed, ...],
@@ -920,7 +968,13 @@ class Replica:
 
     def _check_transfer(self) -> None:
         target = self.transfer_target
-        if target is None or self.transfer is not None:
+        if target is None:
+            return
+        if self.transfer is not None:
+            if target[0] > self.transfer.seq:
+                # a newer stable checkpoint is proven: the one being fetched may already be
+                # garbage-collected everywhere (a transfer that could never finish)
+                self._start_transfer()
             return
         if self.last_executed >= target[0] and target[0] <= self.log.low:
             self.transfer_target = None
@@ -1050,6 +1104,7 @@ class Replica:
                     if s.statement.view == self.view)  # type: ignore[union-attr]
         if count >= self.quorum:
             self.new_view_deadline = self._now + self._vc_timeout()
+            self._nv_armed_at = self._now
 
     def _on_view_change(self, signed: Signed) -> None:
         vc: ViewChange = signed.statement  # type: ignore[assignment]
@@ -1234,13 +1289,26 @@ class Replica:
         self._out.append(Broadcast(self._sign(st)))
 
     def _resend_pending(self) -> None:
-        """A backup re-forwards requests the primary has not ordered yet (they may have been lost)."""
+        """A backup forwards to the primary, once, each request the primary has not ordered
+        within two status intervals (the client's copy to the primary may have been lost):
+        sooner than the view-change timer, so a lost datagram does not replace the primary.
+        Once only: under overload requests wait in the primary's queue, and forwarding them
+        again every round from every backup would only add to its load."""
+        since = self._pending_since
+        if len(since) > 2 * len(self.pending) + 1024:  # forget requests no longer pending
+            for key in [k for k in since if k not in self.pending]:
+                del since[key]
+            self._forwarded.intersection_update(self.pending)
         if self.is_primary or self.in_view_change:
             return
+        old = self._now - 2 * self.config.status_interval_s
         sent = 0
         for key, signed in self.pending.items():
-            if key in self.assigned:
+            if since.get(key, self._now) > old:
+                break  # in arrival order: the rest is younger
+            if key in self.assigned or key in self._forwarded:
                 continue
+            self._forwarded.add(key)
             self._out.append(Send(self.primary(), signed))
             sent += 1
             if sent >= MAX_RESEND_PER_STATUS:
@@ -1250,14 +1318,24 @@ class Replica:
         st: Status = signed.statement  # type: ignore[assignment]
         peer = st.replica
         out = self._out
-        if st.stable_seq < self.log.low and self.stable_proof:
+        # Resend only to a peer that is stuck: no progress since its previous STATUS. A peer
+        # that is merely behind (its CPU busy, messages still queued for it) catches up by
+        # itself; resending to it from every replica every round would bury it and the
+        # network in copies under overload (a congestion collapse measured at n = 13).
+        prev = self._peer_progress.get(peer)
+        self._peer_progress[peer] = (st.last_executed, st.stable_seq)
+        if prev is None:
+            return
+        stuck = st.last_executed <= prev[0]
+        if st.stable_seq < self.log.low and self.stable_proof and st.stable_seq <= prev[1]:
             # the peer lacks our stable checkpoint (lost CHECKPOINTs, or it was cut off): its
             # watermarks are stuck below ours until it has the proof. Checkpoints do not
             # depend on views, so this goes first, whatever views the two of us are in.
             for cp in self.stable_proof:
                 out.append(Send(peer, cp))
-        self._resend_checkpoints(st)
-        self._relay_decided(st)
+        if stuck:
+            self._resend_checkpoints(st)
+            self._relay_decided(st)
         if st.view < self.view or (st.view == self.view and st.in_view_change and not self.in_view_change):
             if self.in_view_change and self.my_view_change is not None:
                 out.append(Send(peer, self.my_view_change))
@@ -1271,7 +1349,7 @@ class Replica:
         if self.in_view_change:
             return
         # same view, both in normal operation
-        if st.last_executed < self.log.low:
+        if st.last_executed < self.log.low or not stuck:
             return
         have_prepared = set(st.prepared) | set(st.committed)
         have_committed = set(st.committed)

@@ -117,11 +117,12 @@ def test_the_timer_follows_a_slowly_executing_cluster_4_4():
 
 
 def test_without_pace_measurement_the_same_ramp_changes_view():
-    """Teeth for the test above: with the pace ignored (the timer at its floor), the same
-    slow but correct primary is replaced."""
+    """Teeth for the test above: with the pace ignored (the timer at its floor) and a primary
+    that is heard from given no extra time, the same slow but correct primary is replaced."""
     net = Net(4)
     for r in net.replicas:
         r.exec_pace.add_interval = lambda interval_s: None  # measure nothing
+        r._primary_alive_until = lambda now: None  # suspect as soon as the timer fires
     ramp = [0.1] * 10 + [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
     _run_with_slow_primary(net, ramp)
     assert max(r.view for r in net.replicas) >= 1
@@ -140,3 +141,26 @@ def test_a_dead_primary_is_still_replaced_after_a_slow_period_4_4():
         net.advance(0.01, step=0.01)
     assert net.completed(0, t) is not None
     assert net.now - start <= timer + 0.1
+
+
+def test_a_primary_heard_from_gets_the_slow_timer_a_silent_one_the_fast_4_4():
+    """Without pace measurement: a primary that is slow but sends STATUS is given the slow
+    timer (max(view_change_s, 4 x timer)); the same primary silenced is replaced after one
+    fast timer from its last message."""
+    net = Net(4)
+    for r in net.replicas:
+        r.exec_pace.add_interval = lambda interval_s: None
+    ramp = [0.1] * 10 + [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+    _run_with_slow_primary(net, ramp)
+    assert [r.view for r in net.replicas] == [0, 0, 0, 0]
+    assert net.replicas[1].counters["view_change_deferred_primary_alive"] >= 1
+    # now the primary falls silent (it keeps running but nothing of it arrives)
+    net.filter = lambda src, dst, msg: src != 0
+    net.request(0, Ops.put("late", b"1"), to=None)
+    t = net.client_ts[0]
+    start = net.now
+    while net.completed(0, t) is None and net.now - start < 5.0:
+        net.advance(0.01, step=0.01)
+    assert net.completed(0, t) is not None
+    assert all(r.view >= 1 for r in net.replicas[1:])
+    assert net.now - start <= net.replicas[1]._vc_timeout() + 0.35

@@ -73,3 +73,21 @@ def test_seeded_regression(seed):
     up = result.last_executed
     assert len(set(up.values())) == 1, f"replicas did not converge: {up} ({REGRESSIONS[seed]})"
     assert len(set(result.state_digests.values())) == 1
+
+
+def test_stale_state_transfer_is_replaced_by_a_newer_stable_checkpoint():
+    """Drawn by tests/test_sim_properties.py (seed 4884138, after the loss-recovery change
+    of issue 7): replica 3 fell behind, started a state transfer to checkpoint 4, and the
+    others then made checkpoint 8 stable and discarded 4. Its proof of 8 was ignored while
+    the transfer to 4 (which nobody could serve any more) went on, and decided slots
+    without their batches counted as 'can catch up from the log'. It never converged."""
+    cfg = SimConfig(seed=4884138, nodes=7,
+                    cluster_overrides={"checkpoint_interval": 4, "log_window": 8},
+                    clients=1, requests=8, key_count=3, lock_fraction=0.1,
+                    think_ms=(0.0, 0.0), delay_ms=(1.0, 5.0), drop=0.05, reorder=0.2)
+    print(f"seed={cfg.seed}")
+    result = Simulation(cfg).run(300)
+    assert result.safety_ok, result.violations
+    assert result.liveness_ok, result.violations
+    assert len(set(result.last_executed.values())) == 1, result.last_executed
+    assert len(set(result.state_digests.values())) == 1
