@@ -796,9 +796,15 @@ class ByzantineNode:
         return self._step(now, wall, lambda w: self.inner.start(now, w), None)
 
     def receive(self, message: Any, now: float, wall: Any = None) -> list[Any]:
+        if not (self.rules or self.behaviours or self.live or self.backlog):
+            self._last_now = now
+            return self._pass_through(self.inner.receive(message, now, wall), now)
         return self._step(now, wall, lambda w: self.inner.receive(message, now, w), message)
 
     def tick(self, now: float, wall: Any = None) -> list[Any]:
+        if not (self.rules or self.behaviours or self.live or self.backlog):
+            self._last_now = now
+            return self._pass_through(self.inner.tick(now, wall), now)
         return self._step(now, wall, lambda w: self.inner.tick(now, w), None, tick=True)
 
     # -- live switching (the dashboard's set-behaviour) ------------------
@@ -874,6 +880,28 @@ class ByzantineNode:
                     b.observe(message, now)
             raw.extend(call(w))
         return self._finish(raw, now, behaviours)
+
+    def _pass_through(self, raw: list[Any], now: float) -> list[Any]:
+        """What `_step` and `_finish` return when there is nothing to do but merge timers.
+
+        Without rules (hence no crash to watch for), behaviours (scheduled or
+        live) or held messages, `_step` holds nothing, observes nothing,
+        passes `wall` on unchanged and returns the inner effects in order;
+        `_finish` then only takes out the inner SetTimers and emits one for
+        the latest inner deadline, at the end, unless it was emitted already.
+        The same, without the per-behaviour machinery.
+        """
+        stream: list[Any] = []
+        for e in raw:
+            if isinstance(e, SetTimer):
+                self._inner_deadline = e.at
+            else:
+                stream.append(e)
+        nxt = self._inner_deadline
+        if nxt is not None and nxt != self._last_timer:
+            self._last_timer = nxt
+            stream.append(SetTimer(max(nxt, now)))
+        return stream
 
     def _finish(self, raw: list[Any], now: float, behaviours: list[Behaviour]) -> list[Any]:
         stream: list[Any] = []

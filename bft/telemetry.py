@@ -312,14 +312,21 @@ _TELEMETRY_TYPES: dict[int, type] = {
 }
 
 
+# Both magics start with this byte, which starts no protocol message (a CBOR
+# byte string of 2 bytes: messages are arrays), so the usual datagram is told
+# apart by one byte, without a copy (a one-byte slice is a cached object).
+_MAGIC_FIRST_BYTE = TELEMETRY_MAGIC[:1]
+assert CONTROL_MAGIC[:1] == _MAGIC_FIRST_BYTE
+
+
 def is_telemetry(payload: bytes) -> bool:
     """True if `payload` claims to be telemetry (by its magic; nothing is checked)."""
-    return payload[:4] == TELEMETRY_MAGIC
+    return payload[:1] == _MAGIC_FIRST_BYTE and payload[:4] == TELEMETRY_MAGIC
 
 
 def is_control(payload: bytes) -> bool:
     """True if `payload` claims to be a control command (by its magic; nothing is checked)."""
-    return payload[:4] == CONTROL_MAGIC
+    return payload[:1] == _MAGIC_FIRST_BYTE and payload[:4] == CONTROL_MAGIC
 
 
 # --------------------------------------------------------------------------
@@ -415,6 +422,7 @@ def encode_signed(msg: TelemetryMessage | ControlCommand, signer: Any) -> bytes:
 # --------------------------------------------------------------------------
 
 _MIN_FOR_WIDTH = {1: 24, 2: 1 << 8, 4: 1 << 16, 8: 1 << 32}
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 _MAJOR_NAMES = (
     "an unsigned integer",
     "a negative integer",
@@ -509,7 +517,7 @@ class _Reader:
         if end > len(self.data):
             raise self._fail(f"truncated {what}")
         raw = self.data[self.pos : end]
-        if any(b < 0x20 or b > 0x7E for b in raw):
+        if raw.translate(None, _PRINTABLE_ASCII):  # a byte outside 0x20..0x7E is left
             raise self._fail(f"{what} is not printable ASCII")
         self.pos = end
         return raw.decode("ascii")
