@@ -667,8 +667,9 @@ async def _worker(spec: dict[str, Any]) -> None:
 
     Protocol on stdin/stdout: prints `ready`; waits for `go`; prints `progress C E P`
     (completed, errors, clients with a first completion) every PROGRESS_INTERVAL_S; on `stop` (or end of input) writes
-    its completions to spec["out"] as JSON and prints `done`."""
-    from bft.node import ClientError, ClusterClient, next_client_timestamp
+    its completions to spec["out"] as JSON and prints `done`. The clients share one UDP
+    socket (`bft.node.ClientMux`) unless spec["shared_socket"] is false."""
+    from bft.node import ClientError, ClientMux, ClusterClient, next_client_timestamp
 
     config = ClusterConfig.load(spec["config"])
     keyring = load_keyring(config, spec["key_dir"])
@@ -676,10 +677,13 @@ async def _worker(spec: dict[str, Any]) -> None:
     state_dir = Path(spec["state_dir"]) if spec.get("state_dir") else None
     op_for = _make_op(spec["op"], spec["op_size"])
     limit = spec.get("max_ops")
+    # The clients of a worker share one socket and one receiving task (ClientMux) unless
+    # the spec says not: one scheduler pass per batch of replies instead of one per reply.
+    mux = ClientMux(config) if spec.get("shared_socket", True) else None
     # replies come MAC'd (bft/auth.py); requests go to every replica unless the spec says not
     clients = [ClusterClient(config, cid, signer=keyring.signer("client", cid), verifier=verifier,
                              first_timestamp=next_client_timestamp(state_dir, cid),
-                             send_to_all=spec.get("send_to_all", True))
+                             send_to_all=spec.get("send_to_all", True), mux=mux)
                for cid in spec["clients"]]
     times: list[float] = []
     latencies: list[float] = []
@@ -716,6 +720,8 @@ async def _worker(spec: dict[str, Any]) -> None:
 
     try:
         async with trio.open_nursery() as nursery:
+            if mux is not None:
+                await nursery.start(mux.run)
             for c in clients:
                 nursery.start_soon(one, c, nursery)
             nursery.start_soon(progress)
@@ -731,6 +737,8 @@ async def _worker(spec: dict[str, Any]) -> None:
                 if isinstance(v, int) and k not in ("view", "outstanding"):
                     stats[k] = stats.get(k, 0) + v
             c.close()
+        if mux is not None:
+            mux.close()
         Path(spec["out"]).write_text(json.dumps({
             "times": times, "latencies": latencies, "views": views, "errors": errors[0],
             "first": first, "client_stats": stats}))

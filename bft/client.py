@@ -26,6 +26,14 @@ OSDI'99 section 4.1 and PROTOCOL.md "Requests and replies" / "Loss recovery":
 The client drives nothing itself: every method returns a list of
 `ClientEffect`s for the caller (runtime or simulator) to carry out in order.
 A `ClientTimer(at)` asks to call `tick()` no later than `at`.
+
+Cheap screening (for a runtime that receives many replies it does not need:
+with `send_to_all`, n replies come back and f+1 decide): `peek_reply_untrusted`
+reads the claimed (client, timestamp, replica) of a reply from its bytes
+without decoding or checking it, and `Client.prescreen` says whether a reply
+with those claims could still count. A reply screened out is dropped (and
+counted) exactly as `receive` would drop it; one screened in must still go
+through `receive`, which decides on the decoded, authenticated reply alone.
 """
 
 from __future__ import annotations
@@ -108,6 +116,62 @@ class _Outstanding:
     replies: dict[int, tuple[int, bytes]] | None = None
 
 
+def _peek_uint(data: bytes, pos: int) -> tuple[int, int]:
+    """A CBOR unsigned integer at `pos` (any width, canonical or not): (value, next pos)."""
+    head = data[pos]
+    if head < 24:
+        return head, pos + 1
+    if head > 27:
+        raise ValueError("not an unsigned integer")
+    end = pos + 1 + (1 << (head - 24))
+    if end > len(data):
+        raise ValueError("truncated")
+    return int.from_bytes(data[pos + 1:end], "big"), end
+
+
+# The canonical heads of `[Signed.TAG, body, signature]` and `[MacReply.TAG, body, mac]`
+# (an array of 3, then the tag: one byte below 24, two bytes from 24 to 255).
+assert Signed.TAG < 24 <= MacReply.TAG < 256
+_SIGNED_HEAD = bytes((0x83, Signed.TAG))
+_MAC_REPLY_HEAD = bytes((0x83, 0x18, MacReply.TAG))
+_REPLY_HEAD = 0x86  # a Reply is an array of 6: [TAG, view, timestamp, client, replica, result]
+
+
+def peek_reply_untrusted(data: bytes) -> tuple[int, int, int] | None:
+    """The (client, timestamp, replica) a reply's bytes claim, or None if they do not
+    look like a `MacReply` or `Signed` reply.
+
+    Reads only the item heads up to the replica field: no decoding of the rest, no
+    check of the encoding's canonical form, of the signature or of the MAC. The
+    answer is a claim of whoever sent the bytes, good only to drop what cannot
+    count (`Client.prescreen`); anything accepted is decoded and checked in full
+    by `Client.receive`. Never raises.
+    """
+    try:
+        if data[:2] == _SIGNED_HEAD:
+            pos = 2
+        elif data[:3] == _MAC_REPLY_HEAD:
+            pos = 3
+        else:
+            return None
+        head = data[pos]  # the body: a byte string
+        if not 0x40 <= head <= 0x5B:
+            return None
+        if head < 0x58:
+            pos += 1
+        else:
+            pos += 1 + (1 << (head - 0x58))
+        if data[pos] != _REPLY_HEAD or data[pos + 1] != Reply.TAG:
+            return None
+        _, pos = _peek_uint(data, pos + 2)  # view
+        timestamp, pos = _peek_uint(data, pos)
+        client, pos = _peek_uint(data, pos)
+        replica, _ = _peek_uint(data, pos)
+    except (IndexError, ValueError):
+        return None
+    return client, timestamp, replica
+
+
 class ClientBusy(Exception):
     """`submit` was called while a request is still outstanding (a caller bug)."""
 
@@ -156,7 +220,7 @@ class Client:
         self.view = 0
         self._stats: dict[str, int] = {
             "submitted": 0, "completed": 0, "failed": 0, "retransmits": 0,
-            "broadcasts": 0, "replies_received": 0, "replies_counted": 0,
+            "broadcasts": 0, "replies_received": 0, "replies_counted": 0, "abandoned": 0,
         }
         self._drops: dict[str, int] = {}
 
@@ -225,6 +289,45 @@ class Client:
         self._stats["completed"] += 1
         return [Completed(out.timestamp, reply.result, now - out.submitted_at)]
 
+    def prescreen(self, timestamp: int, replica: int) -> bool:
+        """Whether a reply claiming `timestamp` and `replica` (`peek_reply_untrusted`)
+        could still count toward the outstanding request.
+
+        False when `receive` would drop it whatever its authenticity: no request is
+        outstanding or it has another number (`stale_timestamp`), the replica is not
+        one of the cluster (`unknown_replica`), or that replica's reply was already
+        counted (`duplicate_replica`, which `receive` would give after checking the
+        MAC). The drop is counted as `receive` counts it. True: pass the reply to
+        `receive`, which checks everything again on the decoded reply.
+        """
+        out = self._outstanding
+        if out is not None and timestamp == out.timestamp and 0 <= replica < self._config.n:
+            assert out.replies is not None
+            if replica not in out.replies:
+                return True
+            reason = "duplicate_replica"
+        elif 0 <= replica < self._config.n:
+            reason = "stale_timestamp"
+        else:
+            reason = "unknown_replica"
+        self._stats["replies_received"] += 1
+        self._drops[reason] = self._drops.get(reason, 0) + 1
+        return False
+
+    def abandon(self) -> int | None:
+        """Give up the outstanding request without a result (the caller stopped waiting,
+        e.g. was cancelled); returns its number, or None if there was none.
+
+        Its number is never used again, and replies to it are dropped as stale. The
+        request may still be executed by the replicas: abandoning says nothing about
+        that. Counted in `statistics()["abandoned"]`."""
+        out = self._outstanding
+        if out is None:
+            return None
+        self._outstanding = None
+        self._stats["abandoned"] += 1
+        return out.timestamp
+
     def tick(self, now: float) -> list[ClientEffect]:
         """Retransmit or fail the outstanding request if its time has come."""
         out = self._outstanding
@@ -250,8 +353,9 @@ class Client:
         return effects
 
     def statistics(self) -> dict:
-        """Counters: submitted, completed, failed, retransmits, broadcasts, replies, drops,
-        and `reply_auth` (the MAC checks' counters; None without reply keys)."""
+        """Counters: submitted, completed, failed, abandoned, retransmits, broadcasts,
+        replies, drops, and `reply_auth` (the MAC checks' counters; None without reply
+        keys)."""
         stats: dict[str, Any] = dict(self._stats)
         stats["view"] = self.view
         stats["outstanding"] = self.outstanding_timestamp

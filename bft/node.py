@@ -12,11 +12,13 @@ agreed time. One task drives everything (no interleaving of replica steps):
 Persisting every record before any message of the same batch leaves the
 process is the write-ahead rule (PROTOCOL.md "Crash recovery").
 
-`ClusterClient` is the network side of the pure `bft.client.Client`.
+`ClusterClient` is the network side of the pure `bft.client.Client`; `ClientMux`
+lets many of them share one socket and one receiving task.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import math
@@ -33,7 +35,15 @@ import trio
 from bft import codec
 from bft.app import KVStore
 from bft.auth import reply_auth_for
-from bft.client import Client, ClientTimer, Completed, Failed, SendAll, SendTo
+from bft.client import (
+    Client,
+    ClientTimer,
+    Completed,
+    Failed,
+    SendAll,
+    SendTo,
+    peek_reply_untrusted,
+)
 from bft.clock import Interval
 from bft.config import ClusterConfig
 from bft.effects import (
@@ -48,7 +58,7 @@ from bft.effects import (
     SetTimer,
 )
 from bft.errors import MalformedMessage
-from bft.messages import MacReply, Request, Signed
+from bft.messages import Request, Signed
 from bft.replica import Replica
 from bft.storage import WalStorage
 from bft.telemetry import (
@@ -593,6 +603,167 @@ class ClientError(Exception):
     """A client operation did not complete (timeout, no f+1 matching replies)."""
 
 
+class ClientMux:
+    """One UDP socket, and one task receiving on it, for many `ClusterClient`s.
+
+    For load generators and tools that run many clients in one process: each client
+    keeps its own identity (client id, keys, request numbers, pure `bft.client.Client`)
+    but they share this socket. Every request leaves it framed with its client's
+    sender id (`CLIENT_SENDER_BASE + client id`, as from a client's own socket), and
+    the replicas reply to it (they reply to the address of a client's latest request,
+    per client id). Run `run()` in a nursery while the clients call; it receives,
+    routes each reply to the client whose id the reply's bytes name, fires the
+    clients' retransmission timers and wakes a client's `call` once its request
+    completed or failed.
+
+    Guarantees: a reply reaches only the `Client` of the id it names, and that
+    `Client` accepts it only after its own checks (it names that client and its
+    outstanding request, and is authentic), so a client completes only on f+1
+    matching authentic replies to its own request, however many clients share the
+    socket. Replies that cannot count (for an idle client, another request number, a
+    replica already counted: most of the n - (f+1) replies that come after a request
+    completed) are dropped before they are decoded (`bft.client.peek_reply_untrusted`,
+    `Client.prescreen`) and counted in that client's statistics; bytes that do not
+    look like a reply, or name no client of this socket, are counted in
+    `statistics()["drops"]`.
+    """
+
+    def __init__(self, config: ClusterConfig, *, host: str | None = None,
+                 sender_id: int = CLIENT_SENDER_BASE) -> None:
+        self.config = config
+        peers = {n.id: n.address for n in config.nodes}
+        self.endpoint = UdpEndpoint(sender_id, host or config.nodes[0].host, 0, peers=peers,
+                                    max_datagram_bytes=config.max_datagram_bytes,
+                                    max_message_bytes=config.limits.max_message_bytes)
+        self._clients: dict[int, ClusterClient] = {}
+        # (at, tie-breaker, client): at most one live entry per client (`ClusterClient._armed`)
+        self._timers: list[tuple[float, int, ClusterClient]] = []
+        self._timer_seq = 0
+        self._flush_lock = trio.Lock()
+        self._waiting: trio.CancelScope | None = None  # bounds the wait for datagrams
+        self._drops: Counter[str] = Counter()
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        """True while `run()` receives for the clients."""
+        return self._running
+
+    def attach(self, client: ClusterClient) -> None:
+        """Route replies naming `client.id` to `client` (ValueError if another has that id)."""
+        if self._clients.get(client.id, client) is not client:
+            raise ValueError(f"client {client.id} already uses this socket")
+        self._clients[client.id] = client
+
+    def detach(self, client: ClusterClient) -> None:
+        """Stop routing replies to `client` (replies naming its id are then dropped)."""
+        if self._clients.get(client.id) is client:
+            del self._clients[client.id]
+
+    def close(self) -> None:
+        """Close the socket; `run()` returns and waiting calls fail. Idempotent."""
+        self.endpoint.close()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive and route replies, and fire timers, until cancelled or closed. Calls
+        still waiting when it ends fail with ClientError."""
+        if self._running:
+            raise RuntimeError("this ClientMux is already running")
+        self._running = True
+        try:
+            task_status.started()
+            while True:
+                await self._pump()
+        except trio.ClosedResourceError:
+            pass  # closed: nothing more to receive
+        finally:
+            self._running = False
+            for client in list(self._clients.values()):
+                client._stop("the shared client socket stopped")
+
+    def statistics(self) -> dict[str, Any]:
+        """Clients attached, `drops` by reason (not a reply, unknown client, malformed),
+        and the socket's `transport` counters (see `UdpEndpoint.statistics`)."""
+        return {"clients": len(self._clients), "drops": dict(self._drops),
+                "transport": self.endpoint.statistics()}
+
+    async def flush(self) -> None:
+        """Send what the kernel's send buffer could not take yet (one task at a time)."""
+        async with self._flush_lock:
+            await self.endpoint.flush()
+
+    async def _pump(self) -> None:
+        """One round: take what is there (or wait for it, at most until the next timer),
+        route it, fire due timers, flush. A checkpoint."""
+        endpoint = self.endpoint
+        await trio.lowlevel.checkpoint_if_cancelled()
+        batch = endpoint.receive_nowait()
+        if batch:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            timers = self._timers
+            # a timer armed meanwhile (a client's call) moves this deadline earlier (`_arm`)
+            scope = self._waiting = trio.CancelScope(deadline=timers[0][0] if timers else math.inf)
+            try:
+                with scope:
+                    batch = await endpoint.receive_batch()
+            finally:
+                self._waiting = None
+        now = trio.current_time()
+        route = self._route_untrusted
+        for rec in batch:
+            route(rec.payload, now)
+        timers = self._timers
+        if timers and timers[0][0] <= now:
+            self._fire_timers(now)
+        if endpoint.unsent_datagrams:
+            await self.flush()
+
+    def _route_untrusted(self, payload: bytes, now: float) -> None:
+        claim = peek_reply_untrusted(payload)
+        if claim is None:
+            # every well-formed reply has the shape the peek reads: this is none
+            self._drops["not_a_reply"] += 1
+            return
+        owner = self._clients.get(claim[0])
+        if owner is None:
+            self._drops["unknown_client"] += 1
+            return
+        client = owner.client
+        if not client.prescreen(claim[1], claim[2]):
+            return  # could not count: dropped (and counted) before decoding
+        try:
+            msg = codec.decode_untrusted(payload, self.config.limits)
+        except MalformedMessage:
+            self._drops["malformed"] += 1
+            return
+        owner._take(client.receive(msg, now))
+
+    def _arm(self, client: ClusterClient, at: float) -> None:
+        """Make sure `client` gets a `_fire_timers` look at or before `at`."""
+        armed = client._armed
+        if armed is None or at < armed:  # a later timer is re-armed when this one fires
+            client._armed = at
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (at, self._timer_seq, client))
+            waiting = self._waiting
+            if waiting is not None and at < waiting.deadline:
+                waiting.deadline = at  # the receiving task waits until then at most
+
+    def _fire_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, _, client = heapq.heappop(timers)
+            if client._armed != at:
+                continue  # superseded by an earlier entry that already fired
+            client._armed = None
+            if client._timer <= now:
+                client._timer = math.inf
+                client._take(client.client.tick(now))
+            elif client._timer != math.inf:
+                self._arm(client, client._timer)
+
+
 class ClusterClient:
     """Async client of a cluster: `await client.call(op)` returns the agreed result.
 
@@ -600,28 +771,45 @@ class ClusterClient:
     when they are Ed25519) or signed. With `send_to_all` (the default) every request goes
     to every replica, so every backup watches the primary execute it; otherwise requests
     go to the primary, except the first, which introduces the client to every replica.
+
+    Without `mux` the client has a socket of its own (bound on `host`) and `call`
+    receives on it itself. With `mux` it shares that `ClientMux`'s socket with other
+    clients, and `mux.run()` must be running while it calls. Either way, datagrams
+    are sent without a scheduler pass each, replies that cannot count are dropped
+    before they are decoded, and `call` does not return before f+1 authentic replies
+    agreed (or raises ClientError).
     """
 
     def __init__(self, config: ClusterConfig, client_id: int, *, signer: Any, verifier: Any,
                  host: str | None = None, first_timestamp: int | None = None,
-                 send_to_all: bool = True) -> None:
+                 send_to_all: bool = True, mux: ClientMux | None = None) -> None:
         self.config = config
         self.id = client_id
-        bind_host = host or config.nodes[0].host
-        peers = {n.id: n.address for n in config.nodes}
-        self.endpoint = UdpEndpoint(CLIENT_SENDER_BASE + client_id, bind_host, 0, peers=peers,
-                                    max_datagram_bytes=config.max_datagram_bytes,
-                                    max_message_bytes=config.limits.max_message_bytes)
+        self._sender_id = CLIENT_SENDER_BASE + client_id
+        self._owns_mux = mux is None
+        self._mux = mux if mux is not None else ClientMux(config, host=host,
+                                                          sender_id=self._sender_id)
+        self.endpoint = self._mux.endpoint
         if first_timestamp is None:
             # a logical clock seeded from the time of day so a restarted client moves on
             first_timestamp = time.time_ns() // 1000
         self.client = Client(config, client_id, signer, verifier, first_timestamp=first_timestamp,
                              reply_auth=reply_auth_for(signer, verifier), send_to_all=send_to_all)
-        self._timer = math.inf
+        self._peer_ids = [n.id for n in config.nodes]
+        self._timer = math.inf  # the pure client's ClientTimer
+        self._armed: float | None = None  # this client's live entry in the mux's timer heap
         self._introduced = False
+        self._encoded: tuple[Signed, bytes] | None = None
+        self._done: Completed | Failed | None = None
+        self._waiter: Any = None  # the task parked in `call` (shared socket)
+        self._mux.attach(self)
 
     def close(self) -> None:
-        self.endpoint.close()
+        """Stop using the socket (and close it when it is this client's own)."""
+        self._mux.detach(self)
+        self._stop("the client was closed")
+        if self._owns_mux:
+            self._mux.close()
 
     async def __aenter__(self) -> ClusterClient:
         return self
@@ -629,50 +817,80 @@ class ClusterClient:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    async def _do(self, effects: list[Any]) -> Completed | Failed | None:
-        done = None
+    def _take(self, effects: list[Any]) -> None:
+        """Carry out the pure client's effects: send (without waiting), arm the timer,
+        and on Completed / Failed wake the waiting `call`."""
         for e in effects:
-            if isinstance(e, SendTo) and not self._introduced:
-                # the first request goes to every replica: that is how backups learn this
-                # client's address (they reply straight to it), instead of after a timeout
-                e = SendAll(e.request)
-                self._introduced = True
-            if isinstance(e, SendTo):
-                await self.endpoint.send(e.replica, codec.encode(e.request))
-            elif isinstance(e, SendAll):
-                data = codec.encode(e.request)
-                for n in self.config.nodes:
-                    await self.endpoint.send(n.id, data)
-            elif isinstance(e, ClientTimer):
+            if isinstance(e, ClientTimer):
                 self._timer = e.at
+                self._mux._arm(self, e.at)
+            elif isinstance(e, (SendTo, SendAll)):
+                encoded = self._encoded
+                if encoded is None or encoded[0] is not e.request:
+                    encoded = self._encoded = (e.request, codec.encode(e.request))
+                send, data, sender = self._mux.endpoint.send_nowait, encoded[1], self._sender_id
+                if isinstance(e, SendTo) and self._introduced:
+                    send(e.replica, data, sender_id=sender)
+                else:
+                    # the first request goes to every replica: that is how backups learn this
+                    # client's address (they reply straight to it), instead of after a timeout
+                    self._introduced = True
+                    for peer in self._peer_ids:
+                        send(peer, data, sender_id=sender)
             elif isinstance(e, (Completed, Failed)):
-                done = e
-        return done
+                self._done = e
+                self._timer = math.inf
+                self._encoded = None
+                waiter = self._waiter
+                if waiter is not None:
+                    self._waiter = None
+                    trio.lowlevel.reschedule(waiter)
+
+    def _stop(self, reason: str) -> None:
+        """Fail a call waiting on the shared socket (it stopped, or this client closed)."""
+        if self._waiter is not None:
+            timestamp = self.client.abandon()
+            self._timer = math.inf
+            self._take([Failed(timestamp or 0, reason)])
+
+    def _abort(self, _raise_cancel: Any) -> Any:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def call(self, op: bytes, timeout_s: float = 10.0) -> bytes:
-        """Submit `op`, wait for f+1 matching replies; ClientError after `timeout_s`."""
-        deadline = trio.current_time() + timeout_s
-        done = await self._do(self.client.submit(op, trio.current_time(), deadline=deadline))
-        while done is None:
-            with trio.move_on_at(min(self._timer, deadline + 0.001)):
-                for rec in await self.endpoint.receive_batch():
-                    try:
-                        msg = codec.decode_untrusted(rec.payload, self.config.limits)
-                    except MalformedMessage:
-                        continue
-                    if isinstance(msg, (Signed, MacReply)):
-                        done = await self._do(self.client.receive(msg, trio.current_time())) or done
-                        if done is not None:
-                            break
-            now = trio.current_time()
-            if done is None and now >= self._timer:
+        """Submit `op`, wait for f+1 matching replies; ClientError after `timeout_s`.
+
+        If the call is cancelled, its request is abandoned (`Client.abandon`): the
+        client can call again at once, with the next request number."""
+        mux = self._mux
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._owns_mux and not mux.running:
+            raise RuntimeError(f"client {self.id}: the shared ClientMux is not running "
+                               f"(start `mux.run` in a nursery first)")
+        now = trio.current_time()
+        effects = self.client.submit(op, now, deadline=now + timeout_s)  # ClientBusy: in use
+        self._done = None
+        try:
+            self._take(effects)
+            if mux.endpoint.unsent_datagrams:
+                await mux.flush()
+            if self._owns_mux:
+                while self._done is None:
+                    await mux._pump()
+            elif self._done is None:
+                self._waiter = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self._abort)
+        except BaseException:
+            if self._done is None:
+                self._waiter = None
                 self._timer = math.inf
-                done = await self._do(self.client.tick(now))
-            if done is None and now > deadline + 0.5:
-                raise ClientError(f"no f+1 matching replies within {timeout_s} s")
+                self.client.abandon()
+            raise
+        done, self._done = self._done, None
         if isinstance(done, Failed):
             raise ClientError(
                 f"no f+1 = {self.config.f + 1} matching replies within {timeout_s} s ({done.reason})")
+        assert done is not None
         return done.result
 
 

@@ -17,6 +17,7 @@ from bft.client import (
     Failed,
     SendAll,
     SendTo,
+    peek_reply_untrusted,
 )
 from bft.codec import encode as codec_encode
 from bft.crypto import SimKeys
@@ -344,3 +345,106 @@ def test_send_to_all_sends_every_request_and_retransmission_to_all(keys: SimKeys
     c.receive(reply(keys, 1, 1, b"ok"), now=5.0)
     second = c.submit(b"op2", now=6.0)[0]
     assert isinstance(second, SendAll) and second.request.statement.timestamp == 2
+
+
+# --------------------------------------------------------------------------
+# Screening replies before decoding them; abandoning a request
+# --------------------------------------------------------------------------
+
+
+@settings(max_examples=60)
+@given(view=st.integers(0, 2**63 - 1), timestamp=st.integers(0, 2**63 - 1),
+       client=st.integers(0, 2**63 - 1), replica=st.integers(0, 2**63 - 1),
+       result=st.binary(max_size=300), signed=st.booleans())
+def test_peek_reads_what_every_encoded_reply_claims(view: int, timestamp: int, client: int,
+                                                    replica: int, result: bytes,
+                                                    signed: bool) -> None:
+    """Property: the peek of any well-formed reply (signed or MAC'd) is exactly its
+    (client, timestamp, replica), so screening by it never misroutes a reply."""
+    claim = Reply(view=view, timestamp=timestamp, client=client, replica=replica, result=result)
+    body = codec_encode(claim)
+    message = (Signed(body=body, signature=b"\x01" * 64, statement=claim) if signed
+               else MacReply(body=body, mac=b"\x02" * 32, statement=claim))
+    assert peek_reply_untrusted(codec_encode(message)) == (client, timestamp, replica)
+
+
+@settings(max_examples=80)
+@given(st.binary(max_size=80))
+def test_peek_never_raises_on_junk(data: bytes) -> None:
+    got = peek_reply_untrusted(data)
+    assert got is None or (len(got) == 3 and all(isinstance(x, int) and x >= 0 for x in got))
+    # truncations of a real reply: a claim or None, never an exception
+    real = codec_encode(mac_reply(1, 5, data))
+    for cut in range(len(real)):
+        peek_reply_untrusted(real[:cut])
+        peek_reply_untrusted(real[:cut] + data)
+
+
+def test_peek_says_none_for_messages_that_are_not_replies(keys: SimKeys) -> None:
+    request = keys.signer("client", 0).sign(Request(op=b"op", timestamp=1, client=0))
+    assert peek_reply_untrusted(codec_encode(request)) is None
+    assert peek_reply_untrusted(b"") is None
+
+
+def test_prescreen_drops_what_receive_would_drop_and_counts_it_alike(
+        mac_client: Client) -> None:
+    assert not mac_client.prescreen(1, 0)  # nothing outstanding
+    mac_client.submit(b"op", now=0.0)
+    assert mac_client.prescreen(1, 0) and mac_client.prescreen(1, 3)
+    assert not mac_client.prescreen(2, 0)  # another request number
+    assert not mac_client.prescreen(1, 4)  # not a replica of the cluster (n = 4)
+    assert mac_client.receive(mac_reply(0, 1, b"ok"), now=0.1) == []
+    assert not mac_client.prescreen(1, 0)  # replica 0 already counted
+    assert mac_client.prescreen(1, 1)
+    stats = mac_client.statistics()
+    assert stats["drops"] == {"stale_timestamp": 2, "unknown_replica": 1,
+                              "duplicate_replica": 1}
+    assert stats["replies_received"] == 5  # 4 screened out, 1 received
+
+
+@settings(max_examples=50)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.sampled_from([b"a", b"b"]),
+                          st.booleans()), max_size=14))
+def test_prescreening_changes_no_outcome(replies: list[tuple[int, int, bytes, bool]]) -> None:
+    """Property: a client that screens every reply first (and passes on only those it
+    lets through) completes the same requests with the same results, at the same
+    replies, as one that receives them all; forged replies included."""
+    keys = SimKeys(3, n_replicas=4, n_clients=1)
+    plain = Client(make_config(), 0, keys.signer("client", 0), keys.verifier())
+    screened = Client(make_config(), 0, keys.signer("client", 0), keys.verifier())
+    for c in (plain, screened):
+        c.submit(b"op", now=0.0)
+    for k, (replica, timestamp_offset, result, forged) in enumerate(replies):
+        timestamp = plain.outstanding_timestamp or 1
+        timestamp += timestamp_offset % 2  # the outstanding number, or the next one
+        if replica < 4:
+            message = reply(keys, replica, timestamp, result)
+        else:  # a replica the cluster does not have (unsigned: nobody can sign as it)
+            claim = Reply(view=0, timestamp=timestamp, client=0, replica=replica, result=result)
+            message = Signed(codec_encode(claim), bytes(64), claim)
+        if forged:
+            message = Signed(message.body, bytes(64), message.statement)
+        want = plain.receive(message, now=float(k))
+        got = (screened.receive(message, now=float(k))
+               if screened.prescreen(message.statement.timestamp, message.statement.replica)
+               else [])
+        assert want == got
+        for c in (plain, screened):
+            if not c.busy:
+                c.submit(b"op", now=float(k))
+    assert plain.statistics()["completed"] == screened.statistics()["completed"]
+    assert plain.statistics()["replies_received"] == screened.statistics()["replies_received"]
+
+
+def test_abandon_frees_the_client_and_drops_late_replies(client: Client, keys: SimKeys) -> None:
+    assert client.abandon() is None
+    client.submit(b"op", now=0.0)
+    assert client.abandon() == 1
+    assert not client.busy and client.tick(5.0) == []
+    assert client.receive(reply(keys, 0, 1, b"ok"), now=0.1) == []
+    assert client.receive(reply(keys, 1, 1, b"ok"), now=0.1) == []  # never completes
+    effects = client.submit(b"op2", now=1.0)
+    assert effects[0].request.statement.timestamp == 2  # a number is never used twice
+    stats = client.statistics()
+    assert stats["abandoned"] == 1 and stats["completed"] == 0
+    assert stats["drops"] == {"stale_timestamp": 2}

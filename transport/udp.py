@@ -362,7 +362,7 @@ class UdpEndpoint:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return ok
 
-    def send_nowait(self, peer_id: int, payload: bytes) -> bool:
+    def send_nowait(self, peer_id: int, payload: bytes, *, sender_id: int | None = None) -> bool:
         """`send` without waiting and without a checkpoint (see `send_to_nowait`).
 
         False (counted as `unknown_peer`) for a peer not in the peer table."""
@@ -370,10 +370,16 @@ class UdpEndpoint:
         if addr is None:
             self._send_errors["unknown_peer"] += 1
             return False
-        return self.send_to_nowait(addr, payload)
+        return self.send_to_nowait(addr, payload, sender_id=sender_id)
 
-    def send_to_nowait(self, addr: Address, payload: bytes) -> bool:
+    def send_to_nowait(self, addr: Address, payload: bytes, *,
+                       sender_id: int | None = None) -> bool:
         """`send_to` without waiting and without a checkpoint: for bursts.
+
+        `sender_id` (default: the endpoint's own) is the sender id put in the frames
+        of this message: one socket can send for several identities (a client
+        process that multiplexes many clients over one socket). ValueError if it is
+        not a u32.
 
         Every datagram (after `send_filter`) is handed to the kernel at once. If the
         kernel's send buffer is full, that datagram and every later one (of this
@@ -389,7 +395,7 @@ class UdpEndpoint:
         not sent. Raises like `send_to`: trio.ClosedResourceError if the endpoint is
         closed, TransportError for a payload over `max_message_bytes`.
         """
-        datagrams = self._frame(payload)
+        datagrams = self._frame(payload, sender_id)
         send_filter = self.send_filter
         if send_filter is None and not self._send_queue and len(datagrams) == 1:
             sent = self._send_one_nowait(datagrams[0], addr)  # the common case: one datagram
@@ -442,9 +448,10 @@ class UdpEndpoint:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return ok
 
-    def _frame(self, payload: bytes) -> list[bytes]:
+    def _frame(self, payload: bytes, sender_id: int | None = None) -> list[bytes]:
         """The datagrams of `payload` under a fresh message id (counted as a message
-        sent). Raises for a closed endpoint or an oversize payload."""
+        sent), framed as from `sender_id` (default: this endpoint's). Raises for a
+        closed endpoint or an oversize payload."""
         if self._closed:
             raise trio.ClosedResourceError("the UDP endpoint is closed")
         if len(payload) > self.max_message_bytes:
@@ -455,7 +462,8 @@ class UdpEndpoint:
         message_id = self._next_message_id
         self._next_message_id = (message_id + 1) & MAX_MESSAGE_ID
         self._sent_messages += 1
-        return encode_frames(self.sender_id, message_id, payload, self.max_datagram_bytes)
+        return encode_frames(self.sender_id if sender_id is None else sender_id, message_id,
+                             payload, self.max_datagram_bytes)
 
     async def _send_one(self, datagram: bytes, addr: Address) -> bool:
         while True:
