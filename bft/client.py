@@ -216,6 +216,8 @@ class Client:
         self._max_backoff = max_backoff
         self._primary_retransmits = primary_retransmits
         self._outstanding: _Outstanding | None = None
+        self._srtt_s: float | None = None  # smoothed latency of completed requests
+        self._rttvar_s = 0.0  # its mean deviation
         #: The view the client believes current (learned from accepted replies).
         self.view = 0
         self._stats: dict[str, int] = {
@@ -247,7 +249,7 @@ class Client:
         timestamp = self._next_timestamp
         self._next_timestamp += 1
         signed = self._signer.sign(Request(op=op, timestamp=timestamp, client=self.client_id))
-        timeout_s = self._config.client_timeout_s
+        timeout_s = self.retransmit_timeout_s
         self._outstanding = _Outstanding(
             signed=signed, timestamp=timestamp, submitted_at=now, deadline=deadline,
             next_retransmit_at=now + timeout_s, replies={},
@@ -287,7 +289,29 @@ class Client:
         self.view = max(self.view, views[self._config.weak - 1])
         self._outstanding = None
         self._stats["completed"] += 1
-        return [Completed(out.timestamp, reply.result, now - out.submitted_at)]
+        latency_s = now - out.submitted_at
+        if out.retransmits == 0:  # Karn: a retransmitted request's latency is ambiguous
+            self._measure(latency_s)
+        return [Completed(out.timestamp, reply.result, latency_s)]
+
+    @property
+    def retransmit_timeout_s(self) -> float:
+        """How long to wait for a result before sending the request again: the configured
+        `client_timeout_s`, or more when the latencies measured say the cluster is slower
+        (smoothed latency + 4 x its mean deviation, as TCP's RTO, RFC 6298), at most 16 x.
+        A loaded cluster is then not flooded with retransmissions of requests that are
+        merely queued; fail-over does not depend on them (requests go to every replica)."""
+        base = self._config.client_timeout_s
+        if self._srtt_s is None:
+            return base
+        return min(max(base, self._srtt_s + 4 * self._rttvar_s), 16 * base)
+
+    def _measure(self, latency_s: float) -> None:
+        if self._srtt_s is None:
+            self._srtt_s, self._rttvar_s = latency_s, latency_s / 2
+        else:
+            self._rttvar_s += (abs(self._srtt_s - latency_s) - self._rttvar_s) / 4
+            self._srtt_s += (latency_s - self._srtt_s) / 8
 
     def prescreen(self, timestamp: int, replica: int) -> bool:
         """Whether a reply claiming `timestamp` and `replica` (`peek_reply_untrusted`)
@@ -342,7 +366,7 @@ class Client:
         out.retransmits += 1
         self._stats["retransmits"] += 1
         backoff = min(2 ** (out.retransmits - 1), self._max_backoff)
-        out.next_retransmit_at = now + self._config.client_timeout_s * backoff
+        out.next_retransmit_at = now + self.retransmit_timeout_s * backoff
         effects: list[ClientEffect]
         if out.retransmits <= self._primary_retransmits:
             effects = [self._send(out.signed)]
@@ -358,6 +382,7 @@ class Client:
         keys)."""
         stats: dict[str, Any] = dict(self._stats)
         stats["view"] = self.view
+        stats["retransmit_timeout_s"] = self.retransmit_timeout_s
         stats["outstanding"] = self.outstanding_timestamp
         stats["drops"] = dict(sorted(self._drops.items()))
         auth_stats = getattr(self._reply_auth, "statistics", None)

@@ -448,3 +448,48 @@ def test_abandon_frees_the_client_and_drops_late_replies(client: Client, keys: S
     stats = client.statistics()
     assert stats["abandoned"] == 1 and stats["completed"] == 0
     assert stats["drops"] == {"stale_timestamp": 2}
+
+
+# ---------------------------------------------------------------- measured retransmit timeout
+
+
+def _complete(client: Client, keys: SimKeys, submitted: float, latency_s: float) -> None:
+    effects = client.submit(b"op", submitted)
+    t = client.outstanding_timestamp
+    now = submitted
+    while now + 0.25 < submitted + latency_s:  # the timer fires on the way, as in a runtime
+        now += 0.25
+        effects = client.tick(now)
+    for r in (1, 2):
+        effects = client.receive(reply(keys, r, t, b"ok"), submitted + latency_s)
+    assert completions(effects)
+
+
+def test_a_slow_cluster_raises_the_retransmit_timeout_rfc6298(client: Client, keys: SimKeys):
+    """DDIA ch. 8: timeouts from measured delays. Requests that take 2 s on a cluster whose
+    configured timeout is 1 s are not retransmitted once a few latencies are measured."""
+    assert client.retransmit_timeout_s == 1.0
+    now = 0.0
+    _complete(client, keys, now, 0.5)  # fast: no retransmission, measured
+    assert client.retransmit_timeout_s >= 1.0
+    for _ in range(6):
+        now += 10.0
+        _complete(client, keys, now, 0.9)
+    before = client.statistics()["retransmits"]
+    for _ in range(6):  # latencies creep up while the timeout keeps ahead of them
+        now += 10.0
+        _complete(client, keys, now, 1.3)
+    timeout = client.retransmit_timeout_s
+    assert 1.3 < timeout <= 16.0
+    assert client.statistics()["retransmit_timeout_s"] == timeout
+    assert client.statistics()["retransmits"] - before <= 2  # only while it was learning
+
+
+def test_retransmitted_requests_are_not_measured_karn(client: Client, keys: SimKeys):
+    """A retransmitted request's latency is ambiguous (which copy was answered?): only
+    requests answered without retransmission feed the estimate (Karn's rule)."""
+    _complete(client, keys, 0.0, 5.0)  # retransmitted on the way (timeout 1 s)
+    assert client.statistics()["retransmits"] >= 1
+    assert client.retransmit_timeout_s == 1.0  # nothing measured
+    _complete(client, keys, 10.0, 0.2)
+    assert client.retransmit_timeout_s == 1.0  # measured fast: the configured floor holds
