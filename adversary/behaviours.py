@@ -891,25 +891,25 @@ class ByzantineNode:
         the latest inner deadline, at the end, unless it was emitted already.
         The same, without the per-behaviour machinery.
         """
-        stream: list[Any] = []
-        for e in raw:
-            if isinstance(e, SetTimer):
-                self._inner_deadline = e.at
-            else:
-                stream.append(e)
+        stream = self._take_timers(raw)
         nxt = self._inner_deadline
         if nxt is not None and nxt != self._last_timer:
             self._last_timer = nxt
             stream.append(SetTimer(max(nxt, now)))
         return stream
 
-    def _finish(self, raw: list[Any], now: float, behaviours: list[Behaviour]) -> list[Any]:
+    def _take_timers(self, raw: list[Any]) -> list[Any]:
+        """The inner effects without SetTimers; the latest inner deadline is remembered."""
         stream: list[Any] = []
         for e in raw:
             if isinstance(e, SetTimer):
                 self._inner_deadline = e.at
             else:
                 stream.append(e)
+        return stream
+
+    def _finish(self, raw: list[Any], now: float, behaviours: list[Behaviour]) -> list[Any]:
+        stream = self._take_timers(raw)
         for b in behaviours:
             out: list[Any] = []
             for e in stream:
