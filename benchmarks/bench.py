@@ -87,6 +87,7 @@ __all__ = [
     "LoadRun",
     "LocalCluster",
     "TelemetryListener",
+    "monitored_cluster",
     "add_bench_arguments",
     "ascii_plot",
     "bench_cluster_config",
@@ -385,6 +386,21 @@ def _node_command(config_path: Path, node_id: int, state_dir: Path, key_dir: Pat
     if fsync:
         cmd += ["--fsync", fsync]
     return cmd
+
+
+def monitored_cluster(root: Path, config: ClusterConfig, listener: Any
+                      ) -> tuple[Path, ClusterConfig, Path, Path, LocalCluster]:
+    """Write `config` (reporting telemetry to `listener`) under `root`, create its keys, let
+    the listener verify the nodes' telemetry, and return (config path, the config as loaded,
+    state dir, key dir, a LocalCluster ready to start with fsync "never")."""
+    config = dataclasses.replace(config, monitor=listener.address)
+    path = root / "cluster.toml"
+    path.write_text(config_to_toml(config))
+    config = ClusterConfig.load(path)
+    state, keys = root / "state", root / "keys"
+    ensure_keys(config, keys)
+    listener.verifier = load_keyring(config, keys).verifier()
+    return path, config, state, keys, LocalCluster(path, config, state, keys, fsync="never")
 
 
 def ensure_keys(config: ClusterConfig, key_dir: Path) -> None:

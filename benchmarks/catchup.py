@@ -22,7 +22,6 @@ Telemetry status snapshots arrive every 0.25 s, which bounds the resolution.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -35,13 +34,10 @@ import trio
 from benchmarks.bench import (
     BenchError,
     LoadRun,
-    LocalCluster,
     TelemetryListener,
-    config_to_toml,
-    ensure_keys,
     local_config,
+    monitored_cluster,
 )
-from bft.config import ClusterConfig, load_keyring
 
 LAGGARD = 3
 
@@ -49,14 +45,7 @@ LAGGARD = 3
 async def run(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     listener = TelemetryListener("127.0.0.1", 0, None)
     config = local_config(4, name="catchup", clients=args.clients + 1)
-    config = dataclasses.replace(config, monitor=listener.address)
-    path = root / "cluster.toml"
-    path.write_text(config_to_toml(config))
-    config = ClusterConfig.load(path)
-    state, keys = root / "state", root / "keys"
-    ensure_keys(config, keys)
-    listener.verifier = load_keyring(config, keys).verifier()
-    cluster = LocalCluster(path, config, state, keys, fsync="never")
+    path, config, state, keys, cluster = monitored_cluster(root, config, listener)
     load = LoadRun(path, keys, state, [c.id for c in config.clients][:args.clients],
                    processes=args.client_procs, op=args.op, op_size=args.op_size,
                    work_dir=root / "load", timeout_s=60.0)

@@ -31,7 +31,6 @@ categories share out its measured *user* CPU in proportion to their samples.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import shutil
 import subprocess
@@ -46,14 +45,11 @@ import trio
 
 from benchmarks.bench import (
     LoadRun,
-    LocalCluster,
     TelemetryListener,
-    config_to_toml,
-    ensure_keys,
     local_config,
+    monitored_cluster,
     process_cpu_times,
 )
-from bft.config import ClusterConfig, load_keyring
 
 
 # (category, predicate on (function, file)); the innermost matching frame decides.
@@ -132,14 +128,7 @@ def top_functions(stacks: list[tuple[list[tuple[str, str]], int]], k: int = 15
 async def run(root: Path, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     listener = TelemetryListener("127.0.0.1", 0, None)
     config = local_config(args.nodes, name="profile", clients=args.clients + 1)
-    config = dataclasses.replace(config, monitor=listener.address)
-    path = root / "cluster.toml"
-    path.write_text(config_to_toml(config))
-    config = ClusterConfig.load(path)
-    state, keys = root / "state", root / "keys"
-    ensure_keys(config, keys)
-    listener.verifier = load_keyring(config, keys).verifier()
-    cluster = LocalCluster(path, config, state, keys, fsync="never")
+    path, config, state, keys, cluster = monitored_cluster(root, config, listener)
     load = LoadRun(path, keys, state, [c.id for c in config.clients][:args.clients],
                    processes=args.client_procs, work_dir=root / "load")
     profiled = [int(x) for x in args.profile.split(",")]

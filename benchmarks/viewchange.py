@@ -24,7 +24,6 @@ telemetry it reports, relative to the kill:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import statistics
@@ -38,13 +37,10 @@ import trio
 
 from benchmarks.bench import (
     LoadRun,
-    LocalCluster,
     TelemetryListener,
-    config_to_toml,
-    ensure_keys,
     local_config,
+    monitored_cluster,
 )
-from bft.config import ClusterConfig, load_keyring
 
 
 async def trial(root: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -57,14 +53,7 @@ async def trial(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     if args.vc_min is not None:
         overrides["view_change_timeout_min_s"] = args.vc_min
     config = local_config(4, name="vc", clients=args.clients + 1, **overrides)
-    config = dataclasses.replace(config, monitor=listener.address)
-    path = root / "cluster.toml"
-    path.write_text(config_to_toml(config))
-    config = ClusterConfig.load(path)
-    state, keys = root / "state", root / "keys"
-    ensure_keys(config, keys)
-    listener.verifier = load_keyring(config, keys).verifier()
-    cluster = LocalCluster(path, config, state, keys, fsync="never")
+    path, config, state, keys, cluster = monitored_cluster(root, config, listener)
     load = LoadRun(path, keys, state, [c.id for c in config.clients][:args.clients],
                    processes=args.client_procs, work_dir=root / "load", timeout_s=60.0)
     try:
