@@ -393,9 +393,10 @@ class Replica:
     def _late_vote(self, st: Any) -> bool:
         """A PREPARE or COMMIT of the current view that cannot change anything here: its slot
         is already prepared (PREPARE) or decided (COMMIT) on the same digest. Dropped before
-        its signature is checked, which is the costly part (a vote with another digest, than
-        the slot's or than the sender's earlier vote, is still verified: it may be evidence). Nothing is learned from an unverified message:
-        it is not stored and does not count as an arrival for the failure detector."""
+        its signature is checked, which is the costly part. A vote with another digest than
+        the slot's, or than the sender's earlier vote, is still verified: it may be evidence.
+        Nothing is learned from an unverified message: it is not stored and does not count
+        as an arrival for the failure detector."""
         kind = type(st)
         if kind is not Prepare and kind is not Commit:
             return False
