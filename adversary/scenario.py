@@ -52,6 +52,7 @@ from typing import Any
 
 from adversary.behaviours import BehaviourRule, make_rule
 from adversary.netfaults import NetworkRule, make_network_rule
+from bft.config import toml_value
 from bft.errors import ConfigError
 
 #: [sim] key -> (kind, check); kinds as in `_sim_value`.
@@ -172,15 +173,15 @@ class Scenario:
         d = self.to_dict()
         lines = []
         if "description" in d:
-            lines.append(f"description = {_toml_value(d['description'])}")
+            lines.append(f"description = {toml_value(d['description'])}")
         for table in ("sim", "workload"):
             if table in d:
                 lines += ["", f"[{table}]"]
-                lines += [f"{k} = {_toml_value(v)}" for k, v in d[table].items()]
+                lines += [f"{k} = {toml_value(v)}" for k, v in d[table].items()]
         for array in ("adversary", "network"):
             for item in d.get(array, ()):
                 lines += ["", f"[[{array}]]"]
-                lines += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+                lines += [f"{k} = {toml_value(v)}" for k, v in item.items()]
         return "\n".join(lines).lstrip("\n") + "\n"
 
     def write(self, path: str | Path) -> Path:
@@ -196,24 +197,6 @@ def _non_default(rule: BehaviourRule) -> dict[str, Any]:
     spec = PARAMS[rule.behaviour]
     return {k: v for k, v in rule.params.items() if k not in spec or spec[k].default != v}
 
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"TOML has no {value}")
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
 # --------------------------------------------------------------------------

@@ -78,6 +78,7 @@ from bft.config import (
     default_state_dir,
     format_address,
     load_keyring,
+    toml_value,
 )
 from bft.errors import ConfigError
 from transport.udp import TransportError, free_udp_ports
@@ -192,19 +193,6 @@ def local_config(n: int, *, host: str = "127.0.0.1", clients: int = 4,
     return ClusterConfig.local(n, host=host, clients=clients, nodes=nodes, **overrides)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"no TOML for {value}")
-        return repr(value)
-    if isinstance(value, (str, Path)):
-        return json.dumps(str(value))  # a TOML basic string for the text we write
-    raise TypeError(f"no TOML for {type(value).__name__}")
-
 
 def config_to_toml(config: ClusterConfig) -> str:
     """TOML text that `ClusterConfig.load` reads back as an equal config (source aside)."""
@@ -218,10 +206,10 @@ def config_to_toml(config: ClusterConfig) -> str:
             continue
         if attr == "monitor":
             value = format_address(*value)
-        sections.setdefault(section, []).append(f"{key} = {_toml_value(value)}")
+        sections.setdefault(section, []).append(f"{key} = {toml_value(value)}")
     out = ["[cluster]", *sections.pop("cluster"), ""]
     for node in config.nodes:
-        out += ["[[nodes]]", f"id = {node.id}", f"address = {_toml_value(str(node))}"]
+        out += ["[[nodes]]", f"id = {node.id}", f"address = {toml_value(str(node))}"]
         if node.public_key is not None:
             out.append(f'public_key = "{node.public_key.hex()}"')
         out.append("")

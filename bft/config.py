@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -942,3 +943,27 @@ def load_keyring(config: ClusterConfig, key_dir: str | Path | None = None) -> Ke
             )
         public_keys[identity] = load_public_key(path)
     return Keyring(config=config, public_keys=public_keys, key_dir=directory)
+
+
+def toml_value(value: Any) -> str:
+    """`value` written as a TOML value that `tomllib` reads back equal: bool, int, finite
+    float, str or Path (a basic string; quotes, backslashes and control characters escaped),
+    list/tuple (an array) or mapping (an inline table). ValueError for NaN/infinity,
+    TypeError for anything else."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"TOML has no {value}")
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        text = re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\u{ord(m.group()):04x}", text)
+        return f'"{text}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")

@@ -6,6 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bft import messages as m
 from bft.codec import Limits
@@ -511,3 +513,17 @@ def test_keyring_private_key_must_match(tmp_path):
     with pytest.raises(ConfigError) as info:
         keyring.private_key("replica", 2)
     assert "bft keygen" in str(info.value)
+
+
+@given(st.recursive(
+    st.one_of(st.booleans(), st.integers(-2**63, 2**63 - 1),
+              st.floats(allow_nan=False, allow_infinity=False), st.text()),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), inner, max_size=4),
+    max_leaves=10))
+def test_toml_value_reads_back_equal(value):
+    """Config and scenario files are written with toml_value: tomllib reads back the value."""
+    import tomllib
+
+    from bft.config import toml_value
+    assert tomllib.loads("k = " + toml_value(value))["k"] == value
