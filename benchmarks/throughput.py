@@ -36,7 +36,12 @@ def main() -> int:
     ap.add_argument("--op-size", type=int, default=0)
     ap.add_argument("--client-procs", type=int, default=None)
     ap.add_argument("--batch-max", type=int, default=None, help="override batching.max_requests")
+    ap.add_argument("--batch-delay", type=float, default=None, help="override batching.delay_s")
+    ap.add_argument("--max-in-flight", type=int, default=None,
+                    help="override batching.max_in_flight")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--state-dir", type=Path, default=None,
+                    help="keep each cluster's state and node logs in STATE_DIR/n-N")
     args = ap.parse_args()
     sizes = [int(x) for x in args.nodes.split(",")]
     counts = [int(x) for x in args.sweep.split(",")]
@@ -46,13 +51,18 @@ def main() -> int:
             overrides = {}
             if args.batch_max is not None:
                 overrides["batch_max_requests"] = args.batch_max
+            if args.max_in_flight is not None:
+                overrides["max_in_flight"] = args.max_in_flight
+            if args.batch_delay is not None:
+                overrides["batch_delay_s"] = args.batch_delay
             config = local_config(n, name=f"bench-{n}", clients=max(counts) + 1, **overrides)
             path = Path(tmp) / f"bench-{n}.toml"
             path.write_text(config_to_toml(config))
             print(f"== n = {n}", flush=True)
             result = trio.run(partial(
                 run_benchmark, path, counts=counts, warmup_s=args.warmup,
-                duration_s=args.duration, op_size=args.op_size, client_procs=args.client_procs))
+                duration_s=args.duration, op_size=args.op_size, client_procs=args.client_procs,
+                state_dir=None if args.state_dir is None else args.state_dir / f"n-{n}"))
             results.append(result)
             print(format_table(result["runs"]))
             if len(counts) > 1:

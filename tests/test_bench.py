@@ -228,3 +228,23 @@ async def test_bench_attaches_to_a_running_cluster(tmp_path: Path, monitor_busy:
     _check_run(result["runs"][0], 2, telemetry=not monitor_busy)
     assert len(summaries) == 4 and len({s["state_digest"] for s in summaries.values()}) == 1
     assert not math.isnan(result["ed25519_verify_us"])
+
+
+# ---------------------------------------------------------------- pipeline benchmark
+
+def test_pipeline_commits_every_request_and_charges_each_replica() -> None:
+    """benchmarks/pipeline.py drives real replicas and clients over the real wire path:
+    every request it submits completes, all replicas execute the same log, and
+    the CPU it reports is split between every replica and the clients."""
+    from benchmarks.pipeline import Pipeline
+
+    p = Pipeline(4, 3)
+    p.run(30)
+    assert p.completed == 30
+    assert len(p.latencies) == 30
+    executed = {r.last_executed for r in p.replicas}
+    digests = {r.app.digest() for r in p.replicas}
+    assert len(executed) == 1 and executed.pop() > 0
+    assert len(digests) == 1
+    assert set(p.cpu) == {0, 1, 2, 3, "clients"}
+    assert all(v > 0 for v in p.cpu.values())
