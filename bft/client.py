@@ -41,6 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bft.detector import RttEstimator
 from bft.messages import MacReply, Reply, Request, Signed
 
 # --------------------------------------------------------------------------
@@ -216,8 +217,7 @@ class Client:
         self._max_backoff = max_backoff
         self._primary_retransmits = primary_retransmits
         self._outstanding: _Outstanding | None = None
-        self._srtt_s: float | None = None  # smoothed latency of completed requests
-        self._rttvar_s = 0.0  # its mean deviation
+        self._latency = RttEstimator()  # smoothed latency of completed requests
         #: The view the client believes current (learned from accepted replies).
         self.view = 0
         self._stats: dict[str, int] = {
@@ -291,7 +291,7 @@ class Client:
         self._stats["completed"] += 1
         latency_s = now - out.submitted_at
         if out.retransmits == 0:  # Karn: a retransmitted request's latency is ambiguous
-            self._measure(latency_s)
+            self._latency.observe(latency_s)
         return [Completed(out.timestamp, reply.result, latency_s)]
 
     @property
@@ -302,16 +302,10 @@ class Client:
         A loaded cluster is then not flooded with retransmissions of requests that are
         merely queued; fail-over does not depend on them (requests go to every replica)."""
         base = self._config.client_timeout_s
-        if self._srtt_s is None:
+        bound = self._latency.bound_s()
+        if bound is None:
             return base
-        return min(max(base, self._srtt_s + 4 * self._rttvar_s), 16 * base)
-
-    def _measure(self, latency_s: float) -> None:
-        if self._srtt_s is None:
-            self._srtt_s, self._rttvar_s = latency_s, latency_s / 2
-        else:
-            self._rttvar_s += (abs(self._srtt_s - latency_s) - self._rttvar_s) / 4
-            self._srtt_s += (latency_s - self._srtt_s) / 8
+        return min(max(base, bound), 16 * base)
 
     def prescreen(self, timestamp: int, replica: int) -> bool:
         """Whether a reply claiming `timestamp` and `replica` (`peek_reply_untrusted`)

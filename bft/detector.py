@@ -307,3 +307,31 @@ class AdaptiveTimeout:
             "timeout_s": self.timeout_s(),
             "peers": {str(p): d.statistics() for p, d in self._detectors.items()},
         }
+
+
+class RttEstimator:
+    """Smoothed delay and its mean deviation, as TCP's retransmission timer (RFC 6298 2.2-2.3).
+
+    `observe(sample_s)` folds in one measured delay: the first sets srtt = sample and
+    rttvar = sample / 2; later ones rttvar += (|srtt - sample| - rttvar) / 4, then
+    srtt += (sample - srtt) / 8. `bound_s()` is srtt + 4 x rttvar (None before any
+    sample): a wait longer than that is unusual for the delays measured so far.
+    """
+
+    __slots__ = ("srtt_s", "rttvar_s")
+
+    def __init__(self) -> None:
+        self.srtt_s: float | None = None
+        self.rttvar_s = 0.0
+
+    def observe(self, sample_s: float) -> None:
+        if sample_s < 0:
+            raise ValueError(f"a delay cannot be negative, got {sample_s}")
+        if self.srtt_s is None:
+            self.srtt_s, self.rttvar_s = sample_s, sample_s / 2
+        else:
+            self.rttvar_s += (abs(self.srtt_s - sample_s) - self.rttvar_s) / 4
+            self.srtt_s += (sample_s - self.srtt_s) / 8
+
+    def bound_s(self) -> float | None:
+        return None if self.srtt_s is None else self.srtt_s + 4 * self.rttvar_s

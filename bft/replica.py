@@ -23,7 +23,7 @@ from bft import codec
 from bft.clock import Interval, accept_batch_time, propose_batch_time
 from bft.config import ClusterConfig
 from bft.crypto import batch_digest, sha256
-from bft.detector import AdaptiveTimeout, PhiAccrualDetector
+from bft.detector import AdaptiveTimeout, PhiAccrualDetector, RttEstimator
 from bft.effects import (
     Broadcast,
     Effect,
@@ -152,6 +152,9 @@ class Replica:
         self.exec_pace = PhiAccrualDetector(window=EXEC_PACE_WINDOW,
                                             first_interval_s=config.view_change_timeout_min_s)
         self._busy_since: float | None = None
+        # How long a request waits at a backup until the primary orders it (its PRE-PREPARE
+        # arrives), smoothed: _resend_pending forwards only requests that waited unusually long.
+        self.order_delay = RttEstimator()
         self._nv_armed_at: float | None = None  # when the NEW-VIEW timer was armed
         self.new_view_deadline: float | None = None
         self.batch_deadline: float | None = None
@@ -628,9 +631,18 @@ class Replica:
         if batch is not None:
             slot.batch = batch
             self.batches[pp.digest] = batch
+            first_seen = self._now
             for s in batch.requests:
                 r = s.statement
-                self.assigned[(r.client, r.timestamp)] = pp.seq  # type: ignore[union-attr]
+                key = (r.client, r.timestamp)  # type: ignore[union-attr]
+                self.assigned[key] = pp.seq
+                first_seen = min(first_seen, self._pending_since.get(key, first_seen))
+            if fresh and not self.is_primary and first_seen < self._now:
+                # the batch's longest wait. Forwarded requests count too (unlike Karn's rule):
+                # at a slow pace every request is forwarded once, and leaving them out would
+                # never learn that pace. A lost copy's wait errs toward later forwarding,
+                # which forward_after_s caps below the view-change timer.
+                self.order_delay.observe(self._now - first_seen)
             if fresh:
                 self._persist(REC_PROPOSAL, Proposal(pp_signed, batch))
         if not self.is_primary:
@@ -1289,12 +1301,25 @@ class Replica:
                     1 if self.in_view_change else 0, self.id)
         self._out.append(Broadcast(self._sign(st)))
 
+    def forward_after_s(self) -> float:
+        """How long a backup holds a request the primary has not ordered before forwarding it
+        (the client's copy to the primary may have been lost): two status intervals, or the
+        measured ordering delay bound when the primary is slower than that (overload: it has
+        the request queued, and n-1 forwarded copies would only add to its load), but at most
+        half the view-change timer, so a lost datagram is rescued before the primary is
+        suspected."""
+        floor = 2 * self.config.status_interval_s
+        bound = self.order_delay.bound_s()
+        if bound is None or bound <= floor:
+            return floor
+        return max(floor, min(bound, self._vc_timeout() / 2))
+
     def _resend_pending(self) -> None:
         """A backup forwards to the primary, once, each request the primary has not ordered
-        within two status intervals (the client's copy to the primary may have been lost):
-        sooner than the view-change timer, so a lost datagram does not replace the primary.
-        Once only: under overload requests wait in the primary's queue, and forwarding them
-        again every round from every backup would only add to its load."""
+        within `forward_after_s`: sooner than the view-change timer, so a lost datagram does
+        not replace the primary. Once only: under overload requests wait in the primary's
+        queue, and forwarding them again every round from every backup would only add to
+        its load."""
         since = self._pending_since
         if len(since) > 2 * len(self.pending) + 1024:  # forget requests no longer pending
             for key in [k for k in since if k not in self.pending]:
@@ -1302,7 +1327,7 @@ class Replica:
             self._forwarded.intersection_update(self.pending)
         if self.is_primary or self.in_view_change:
             return
-        old = self._now - 2 * self.config.status_interval_s
+        old = self._now - self.forward_after_s()
         sent = 0
         for key, signed in self.pending.items():
             if since.get(key, self._now) > old:
@@ -1311,6 +1336,7 @@ class Replica:
                 continue
             self._forwarded.add(key)
             self._out.append(Send(self.primary(), signed))
+            self.counters["request_forwarded"] += 1
             sent += 1
             if sent >= MAX_RESEND_PER_STATUS:
                 break

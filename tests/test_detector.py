@@ -12,6 +12,7 @@ from bft.detector import (
     AdaptiveTimeout,
     PhiAccrualDetector,
     normal_tail_log10,
+    RttEstimator,
     quantile_for_phi,
 )
 
@@ -260,3 +261,39 @@ def test_add_interval_records_durations_without_moving_the_last_arrival():
     assert stats["samples"] == 3 and stats["ignored"] == 2
     assert abs(d.mean_s() - 0.6) < 1e-9
     assert d.last_arrival == 10.0
+
+
+# ------------------------------------------------------------------ RttEstimator (RFC 6298)
+
+def test_rtt_estimator_follows_rfc_6298() -> None:
+    """RFC 6298 2.2-2.3: first sample R gives srtt = R, rttvar = R/2; then
+    rttvar = 3/4 rttvar + 1/4 |srtt - R'| (with the old srtt), srtt = 7/8 srtt + 1/8 R'."""
+    e = RttEstimator()
+    assert e.bound_s() is None
+    e.observe(0.4)
+    assert (e.srtt_s, e.rttvar_s) == (0.4, 0.2)
+    assert e.bound_s() == pytest.approx(1.2)
+    e.observe(0.8)
+    assert e.rttvar_s == pytest.approx(0.75 * 0.2 + 0.25 * 0.4)
+    assert e.srtt_s == pytest.approx(0.875 * 0.4 + 0.125 * 0.8)
+    with pytest.raises(ValueError):
+        e.observe(-0.1)
+
+
+@given(st.lists(st.floats(0.0, 10.0), min_size=1, max_size=200))
+def test_rtt_estimate_stays_within_the_samples_and_bound_above_it(samples: list[float]) -> None:
+    e = RttEstimator()
+    for s in samples:
+        e.observe(s)
+    assert e.srtt_s is not None
+    assert min(samples) - 1e-9 <= e.srtt_s <= max(samples) + 1e-9
+    assert e.bound_s() >= e.srtt_s  # type: ignore[operator]
+
+
+def test_rtt_estimate_converges_on_a_steady_delay() -> None:
+    e = RttEstimator()
+    e.observe(0.01)
+    for _ in range(100):
+        e.observe(0.5)
+    assert e.srtt_s == pytest.approx(0.5, abs=1e-4)
+    assert e.bound_s() == pytest.approx(0.5, abs=1e-3)

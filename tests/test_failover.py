@@ -10,6 +10,8 @@ step network, not wall-clock time.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import pytest
 from harness import Net, Ops
 
@@ -74,14 +76,18 @@ def test_a_retransmission_to_a_backup_is_relayed_to_the_primary_4_1(to):
     assert net.replicas[1].view == 0
 
 
-def _run_with_slow_primary(net: Net, delays_s: list[float], step_s: float = 0.01) -> None:
+def _run_with_slow_primary(net: Net, delays_s: list[float], step_s: float = 0.01,
+                           watch: Callable[[int, int, Any], None] | None = None) -> None:
     """One request per delay; the primary's PRE-PREPAREs reach the backups `delay` late
-    (a correct primary starved of CPU), the client sends to all."""
+    (a correct primary starved of CPU), the client sends to all. `watch(src, dst, msg)`
+    sees every message the network carries."""
     held: list[tuple[float, int, int, object]] = []
     released: dict[int, object] = {}  # id -> the message, kept alive so no id is reused
     current = [0.0]
 
     def slow(src, dst, msg):
+        if watch is not None and id(msg) not in released:
+            watch(src, dst, msg)
         if id(msg) in released:
             return True
         if src == 0 and type(msg).__name__ == "Proposal" and current[0] > 0:
@@ -164,3 +170,45 @@ def test_a_primary_heard_from_gets_the_slow_timer_a_silent_one_the_fast_4_4():
     assert net.completed(0, t) is not None
     assert all(r.view >= 1 for r in net.replicas[1:])
     assert net.now - start <= net.replicas[1]._vc_timeout() + 0.35
+
+
+def _is_request(msg: Any) -> bool:
+    return type(getattr(msg, "statement", None)).__name__ == "Request"
+
+
+def test_backups_do_not_forward_what_a_slow_primary_already_has_4_4():
+    """Regression (n = 13, 256 clients, real processes): an overloaded primary orders each
+    request ~0.5 s after it arrives; every backup forwarded every request pending for two
+    status intervals, so the primary received ~12 extra copies per request (each verified,
+    each dropped as duplicate_request) and fell further behind. A backup now forwards only
+    requests pending longer than the ordering delay it measures (RFC 6298 smoothing of
+    request -> PRE-PREPARE waits): once it has measured the slow pace, no copies."""
+    net = Net(4)
+    delays = [0.1] * 10 + [0.5] * 20
+    forwards: list[int] = []  # timestamps of the requests forwarded to the primary
+
+    def watch(src, dst, msg):
+        if src >= 0 and dst == net.replicas[1].primary() and _is_request(msg):
+            forwards.append(msg.statement.timestamp)
+
+    _run_with_slow_primary(net, delays, watch=watch)
+    assert [r.view for r in net.replicas] == [0, 0, 0, 0]
+    late = [t for t in forwards if t > 20]  # after ten requests at the slow pace
+    assert late == [], f"forwarded copies of requests {late}"
+
+
+def test_a_lost_copy_is_still_forwarded_after_a_slow_period_4_4():
+    """The bound above must not disable the rescue it exists for: after the slow period,
+    a request whose client -> primary datagram is lost is forwarded by the backups and
+    executes in the same view (no client retransmission in this network)."""
+    net = Net(4)
+    _run_with_slow_primary(net, [0.1] * 10 + [0.5] * 10)
+    net.filter = lambda src, dst, msg: not (src == -1 and dst == 0)  # the primary's copy lost
+    t = net.client_ts[0] + 1
+    net.request(0, Ops.put("lost", b"1"), to=None)
+    start = net.now
+    while net.completed(0, t) is None and net.now - start < 5.0:
+        net.advance(0.01, step=0.01)
+    assert net.completed(0, t) is not None
+    assert [r.view for r in net.replicas] == [0, 0, 0, 0]
+    assert net.now - start < net.replicas[1]._vc_timeout()
