@@ -276,6 +276,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     me = config.node(args.id)
     print(f"node {args.id} listening on {me} (view {node.replica.view}, "
           f"executed {node.replica.last_executed})", flush=True)
+    from bft.node import tune_gc
+
+    tune_gc()
     trio.run(serve_with_adversary, node, inst)
     return 0
 

@@ -1361,8 +1361,10 @@ class Replica:
             for cp in self.stable_proof:
                 out.append(Send(peer, cp))
         if stuck:
+            before = len(out)
             self._resend_checkpoints(st)
             self._relay_decided(st)
+            self.counters["status_resends"] += len(out) - before
         if st.view < self.view or (st.view == self.view and st.in_view_change and not self.in_view_change):
             if self.in_view_change and self.my_view_change is not None:
                 out.append(Send(peer, self.my_view_change))
@@ -1381,6 +1383,7 @@ class Replica:
         have_prepared = set(st.prepared) | set(st.committed)
         have_committed = set(st.committed)
         sent = 0
+        before = len(out)
         for seq in sorted(self.log.slots):
             if seq <= st.last_executed:
                 continue
@@ -1398,6 +1401,7 @@ class Replica:
             if seq not in have_committed and slot.sent_commit and self.id in slot.commits:
                 out.append(Send(peer, slot.commits[self.id]))
                 sent += 1
+        self.counters["status_resends"] += len(out) - before
 
     def _resend_checkpoints(self, st: Status) -> None:
         """Our own CHECKPOINTs above the peer's stable seq, for checkpoints not yet stable here:

@@ -42,6 +42,8 @@ async def test_four_nodes_commit_over_udp(tmp_path):
         client.close()
         digests = {n.state_digest() for n in nodes}
         assert len(digests) == 1
+        # the summary (logged at stop) carries the replica's own counters: 21 requests executed
+        assert [n.summary()["replica_counters"]["executed_requests"] for n in nodes] == [21] * 4
         nursery.cancel_scope.cancel()
 
 

@@ -238,3 +238,23 @@ def test_undecodable_payload_is_counted_not_stepped(node: Node, monkeypatch) -> 
     node._step(Received(("127.0.0.1", 40001), 5, b"\xff\x00garbage"), 1.0, node.clock())
     assert replica.received == []
     assert node.stats.drops["malformed"] == 1
+
+
+def test_tune_gc_freezes_the_startup_heap_and_collects_less_often() -> None:
+    """A node process (`bft node`) hides what it allocated while starting from the cyclic
+    collector and raises the gen-0 threshold; a cycle made afterwards is still collected."""
+    import gc
+
+    from bft.node import GC_THRESHOLDS, tune_gc
+
+    previous = tune_gc()
+    try:
+        assert gc.get_threshold() == GC_THRESHOLDS and GC_THRESHOLDS[0] > previous[0]
+        assert gc.get_freeze_count() > 0
+        cycle: list[Any] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1  # garbage made after the freeze is still found
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*previous)

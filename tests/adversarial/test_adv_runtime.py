@@ -50,6 +50,8 @@ def test_install_wraps_the_replica_filters_the_endpoint_and_hooks_behaviours(
         assert [r.behaviour for r in inst.rules] == ["slow"]  # only this node's rules
         assert node.endpoint.send_filter is not None and node.endpoint.recv_filter is not None
         assert node.replica.view == 0 and node.summary()["state_digest"]  # the replica's
+        replica.counters["status_resends"] += 2  # the core's counters, not the wrapper's
+        assert node.summary()["replica_counters"] == {"status_resends": 2}
         node.set_behaviour("silent", {})
         assert [b.name for b in node.replica.live] == ["silent"] and node.behaviour == "silent"
         node.set_behaviour("gossip", {})  # refused and logged, the node goes on
