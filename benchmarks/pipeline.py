@@ -3,7 +3,7 @@
 Run (from the repository root, in the venv):
 
     python -m benchmarks.pipeline [--nodes 4] [--clients 1,32,128] [--requests 3000]
-                                    [--profile N] [--top 25]
+                                    [--profile N] [--top 25] [--default-gc]
 
 Builds `--nodes` pure replicas and closed-loop clients in one process with real
 Ed25519 keys (as `bft node` signs) and MAC'd replies, and carries every message
@@ -17,7 +17,10 @@ protocol code itself sets; the cluster benchmark's node CPU minus this number
 is the runtime's share.
 
 `--profile N` runs cProfile over replica N's share and prints the `--top`
-functions by own time (the cost per request of each).
+functions by own time (the cost per request of each). The collector is tuned as
+in `bft node` (`bft.node.tune_gc`) once the replicas exist; `--default-gc` keeps
+CPython's defaults (the cyclic collector's time then lands on whatever function
+allocated when it ran, often `builtins.sum` over a generator).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import collections
+import gc
 import pstats
 import time
 from typing import Any
@@ -36,6 +40,7 @@ from bft.client import Client, ClientTimer, Completed, SendAll, SendTo
 from bft.config import ClusterConfig
 from bft.crypto import Ed25519Keys
 from bft.effects import Broadcast, Reply, Send, SetTimer
+from bft.node import tune_gc
 from bft.replica import Replica
 from transport.frame import decode_frame_untrusted, encode_frames
 from transport.reassembly import Reassembler
@@ -185,14 +190,21 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--profile", type=int, default=None, help="cProfile this replica's share")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--default-gc", action="store_true",
+                    help="keep CPython's gc thresholds (bft node tunes them)")
     args = ap.parse_args()
     print(f"n = {args.nodes}, {args.requests} requests per row, CPU per committed request")
     print(f"{'clients':>7} {'batch':>6} {'primary us':>11} {'backup us':>10} {'clients us':>11}")
     for count in [int(x) for x in args.clients.split(",")]:
         p = Pipeline(args.nodes, count)
+        if not args.default_gc:
+            previous = tune_gc()
         if args.profile is not None:
             p.profiler, p.profiled = cProfile.Profile(), args.profile
         p.run(args.requests)
+        if not args.default_gc:
+            gc.unfreeze()
+            gc.set_threshold(*previous)
         done = p.completed
         executed = p.replicas[0].counters.get("proposed", 0)
         batch = done / executed if executed else 0.0
