@@ -151,9 +151,14 @@ def install(node: Any, scenario: Scenario, *, seed: int = 0, crash: bool = True,
     return installation
 
 
-async def serve_until_signal(node: Any, installation: Installation | None = None) -> None:
-    """Run `node` (and the delayed-datagram task) until SIGINT or SIGTERM."""
+async def serve_until_signal(node: Any, installation: Installation | None = None,
+                             announce: Callable[[], None] | None = None) -> None:
+    """Run `node` (and the delayed-datagram task) until SIGINT or SIGTERM. `announce` runs
+    once the signals are caught, so whoever waits for it may signal at once (a SIGTERM
+    before that would kill the process, not stop the node cleanly)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        if announce is not None:
+            announce()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(node.run)
             if installation is not None:

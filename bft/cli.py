@@ -274,12 +274,12 @@ def cmd_node(args: argparse.Namespace) -> int:
     inst = install(node, scenario, seed=args.adversary_seed, crash=not args.adversary_restarted)
     (state_dir / f"node-{args.id}.pid").write_text(f"{os.getpid()}\n")
     me = config.node(args.id)
-    print(f"node {args.id} listening on {me} (view {node.replica.view}, "
-          f"executed {node.replica.last_executed})", flush=True)
     from bft.node import tune_gc
 
     tune_gc()
-    trio.run(serve_with_adversary, node, inst)
+    trio.run(serve_with_adversary, node, inst, lambda: print(
+        f"node {args.id} listening on {me} (view {node.replica.view}, "
+        f"executed {node.replica.last_executed})", flush=True))
     return 0
 
 
