@@ -58,6 +58,9 @@ REGRESSIONS = {
     91: "a replica alone in a view change never caught up (no relay of decided seqs across "
         "views)",
     224: "a slot decided by certificate whose batch arrived later was never executed",
+    329: "a restarted replica dropped its own pre-crash CHECKPOINT inside a relayed stable "
+         "proof as 'own_message', so the proof never reached 2f+1 and it never transferred "
+         "the state",
     435: "nobody resent its own CHECKPOINT when no checkpoint became stable at all",
     498: "a decided slot's batch request was forgotten on entering a new view "
          "(needed_batches cleared), so relayed batches were ignored",
