@@ -14,6 +14,7 @@ OSDI'99 (section 4.x) and TOCS'02 (state transfer, 5.3).
 from __future__ import annotations
 
 import collections
+import itertools
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -308,6 +309,28 @@ class Replica:
     def stable_seq(self) -> int:
         return self.log.low
 
+    @property
+    def proven_low(self) -> int:
+        """The highest stable checkpoint proven to us (2f+1 CHECKPOINTs, or a NEW-VIEW's C),
+        which may be above our own h while we catch up to it. At or below it we take no part
+        in the normal case (PROTOCOL.md "Normal case"): those seqs are decided, and what
+        they hold comes by state transfer or by commit certificates, never by our votes."""
+        low = self.log.low
+        if self.transfer_target is not None and self.transfer_target[0] > low:
+            low = self.transfer_target[0]
+        if self.transfer is not None and self.transfer.seq > low:
+            low = self.transfer.seq
+        return low
+
+    def _normal_case_window(self, seq: int) -> str | None:
+        """Why a PRE-PREPARE, PREPARE or COMMIT for seq of the current view is refused by the
+        watermarks, or None (rule 3, and no votes below a proven checkpoint)."""
+        if not self.log.in_window(seq):
+            return "outside_watermarks"
+        if seq <= self.proven_low:
+            return "below_proven_checkpoint"
+        return None
+
     def _vc_timeout(self) -> float:
         # loss recovery (status every status_interval_s) gets a few rounds before the primary
         # is suspected, whatever the detector says
@@ -480,7 +503,8 @@ class Replica:
         return self.next_seq - 1 - self.last_executed
 
     def _try_propose(self, force: bool = False) -> None:
-        if not self.is_primary or self.in_view_change or self.transfer is not None:
+        if (not self.is_primary or self.in_view_change or self.transfer is not None
+                or self.next_seq <= self.proven_low):
             return
         cfg = self.config
         while self.pending:
@@ -500,7 +524,7 @@ class Replica:
         size = 0
         while self.pending and len(reqs) < self.config.batch_max_requests:
             key, signed = self.pending.popitem(last=False)
-            if key in self.assigned:
+            if key in self.assigned or self._stale(key):
                 continue
             size += len(signed.body) + 80
             if reqs and size > self.limits.max_message_bytes // 2:
@@ -553,8 +577,9 @@ class Replica:
             return self._drop("in_view_change")
         if pp.replica == self.id:
             return self._drop("own_message")
-        if not self.log.in_window(pp.seq):
-            return self._drop("outside_watermarks")
+        refused = self._normal_case_window(pp.seq)
+        if refused:
+            return self._drop(refused)
         slot = self.log.slot(pp.seq)
         if slot.view != self.view:
             slot.reset_view(self.view)
@@ -628,6 +653,14 @@ class Replica:
     def _accept_pre_prepare(self, slot: Slot, pp_signed: Signed, batch: Batch | None,
                             fresh: bool) -> None:
         pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
+        if slot.decided is not None and slot.decided != pp.digest:
+            # committed-local (2f+1 COMMITs, perhaps before its batch came): a decided digest
+            # never changes, whatever a primary signs later (PROTOCOL.md "Normal case")
+            held = slot.decided_pp
+            if held is not None and held.statement.view == pp.view:  # type: ignore[union-attr]
+                self._evidence(pp.replica, "pre_prepare", held, pp_signed,
+                               key=("pp", pp.view, pp.seq))
+            return self._drop("conflicts_decided")
         mine = slot.prepares.get(self.id)
         if mine is not None and mine.statement.digest != pp.digest:  # type: ignore[union-attr]
             # we prepared another digest for (v, seq) before (e.g. before a crash): never contradict it
@@ -669,8 +702,9 @@ class Replica:
             return self._drop("wrong_view")
         if p.replica == self.primary(p.view):
             return self._drop("prepare_from_primary")
-        if not self.log.in_window(p.seq):
-            return self._drop("outside_watermarks")
+        refused = self._normal_case_window(p.seq)
+        if refused:
+            return self._drop(refused)
         slot = self.log.slot(p.seq)
         if slot.view != self.view:
             slot.reset_view(self.view)
@@ -685,8 +719,14 @@ class Replica:
         self._check_prepared(slot)
 
     def _check_prepared(self, slot: Slot) -> None:
-        """prepared(v, seq, d): pre-prepare + 2f matching PREPAREs from distinct backups (4.2)."""
+        """prepared(v, seq, d): pre-prepare + 2f matching PREPAREs from distinct backups (4.2).
+
+        A step of the current view only: a replica in a view change, or a slot of another
+        view, signs no COMMIT, even when a batch it lacked arrives late (PROTOCOL.md "Normal
+        case"): its VIEW-CHANGE already told the new primary it had not prepared."""
         if slot.prepared or slot.pre_prepare is None or slot.batch is None:
+            return
+        if self.in_view_change or slot.view != self.view:
             return
         matching = [s for r, s in slot.prepares.items()
                     if s.statement.digest == slot.digest and r != self.primary()]  # type: ignore[union-attr]
@@ -710,8 +750,12 @@ class Replica:
             return self._drop("wrong_view")
         if c.view < self.view or self.in_view_change:
             return self._on_certificate_commit(signed)
-        if not self.log.in_window(c.seq):
-            return self._drop("outside_watermarks")
+        refused = self._normal_case_window(c.seq)
+        if refused:
+            if refused == "below_proven_checkpoint":
+                # a commit certificate still decides the seq: no vote of ours is involved
+                return self._on_certificate_commit(signed)
+            return self._drop(refused)
         slot = self.log.slot(c.seq)
         if slot.view != self.view:
             slot.reset_view(self.view)
@@ -751,13 +795,17 @@ class Replica:
         if slot.pre_prepare is not None and slot.pre_prepare.statement.digest == digest:  # type: ignore[union-attr]
             slot.decided_pp = slot.pre_prepare
         if slot.batch is None:
-            self.needed_batches[digest] = slot.seq
-            fetch = self._sign(Fetch(self.view, slot.seq, digest, self.id))
-            for s in cert:
-                if s.statement.replica != self.id:  # type: ignore[union-attr]
-                    self._out.append(Send(s.statement.replica, fetch))  # type: ignore[union-attr]
-            return
+            return self._fetch_decided(slot)
         self._execute_ready()
+
+    def _fetch_decided(self, slot: Slot) -> None:
+        """Ask the replicas of a decided slot's commit certificate for its batch."""
+        assert slot.decided is not None
+        self.needed_batches[slot.decided] = slot.seq
+        fetch = self._sign(Fetch(self.view, slot.seq, slot.decided, self.id))
+        for s in slot.commit_cert:
+            if s.statement.replica != self.id:  # type: ignore[union-attr]
+                self._out.append(Send(s.statement.replica, fetch))  # type: ignore[union-attr]
 
     def _check_committed(self, slot: Slot) -> None:
         """committed-local: prepared + 2f+1 matching COMMITs, own included (4.2)."""
@@ -791,7 +839,15 @@ class Replica:
             if slot is None or slot.decided is None or slot.batch is None:
                 break
             if self._digest(slot.batch) != slot.decided:
-                raise InvariantViolation(f"batch of seq {slot.seq} does not match its digest")
+                # the acceptance rules keep a decided slot's batch; should one slip through,
+                # the wrong batch is never executed: it is dropped and the right one fetched
+                self._drop("decided_batch_mismatch")
+                self._event("decided_batch_mismatch", seq=slot.seq)
+                slot.batch = self.batches.get(slot.decided)
+                if slot.batch is None or self._digest(slot.batch) != slot.decided:
+                    slot.batch = None
+                    self._fetch_decided(slot)
+                    break
             self._execute(slot)
             progressed = True
         if progressed:
@@ -804,8 +860,26 @@ class Replica:
             if self.is_primary:
                 self._try_propose()
 
+    def _stale(self, key: tuple[int, int]) -> bool:
+        """A request at or below its client's last executed t: done with (4.1)."""
+        last = self.client_table.get(key[0])
+        return last is not None and key[1] <= last[0]
+
+    def _live_pending(self) -> bool:
+        """Whether some pending request still waits for execution. Requests made stale by a
+        newer one of their client (a lost datagram the client gave up on) are forgotten
+        here, from the front: each is looked at once, and none keeps a timer running."""
+        pending = self.pending
+        while pending:
+            key = next(iter(pending))
+            if not self._stale(key):
+                return True
+            del pending[key]
+            self.counters["stale_requests_forgotten"] += 1
+        return False
+
     def _has_outstanding_work(self) -> bool:
-        if self.pending:
+        if self._live_pending():
             return True
         return any(s.seq > self.last_executed and s.pre_prepare is not None
                    for s in self.log.slots.values())
@@ -1207,9 +1281,11 @@ class Replica:
         self.assigned = {}
         for pp_signed in nv.pre_prepares:
             pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
-            if pp.seq <= self.log.low:
-                continue
+            if pp.seq <= self.proven_low:
+                continue  # decided: it comes by state transfer, not by our vote
             slot = self.log.slot(pp.seq)
+            if slot.view != self.view:  # a slot made just now: it belongs to the new view
+                slot.reset_view(self.view)
             batch = self.batches.get(pp.digest)
             if slot.decided is not None and slot.decided != pp.digest:
                 raise InvariantViolation(
@@ -1241,8 +1317,9 @@ class Replica:
             for key in [k for k in self.pending if k in self.assigned]:
                 del self.pending[key]
             self._try_propose(force=True)
-        elif self.pending:
-            for signed in list(self.pending.values())[:MAX_RESEND_PER_STATUS]:
+        elif self._live_pending():
+            live = (s for k, s in self.pending.items() if not self._stale(k))
+            for signed in itertools.islice(live, MAX_RESEND_PER_STATUS):
                 self._out.append(Send(self.primary(), signed))
         if self._has_outstanding_work():
             self._arm_progress()
@@ -1338,7 +1415,7 @@ class Replica:
         for key, signed in self.pending.items():
             if since.get(key, self._now) > old:
                 break  # in arrival order: the rest is younger
-            if key in self.assigned or key in self._forwarded:
+            if key in self.assigned or key in self._forwarded or self._stale(key):
                 continue
             self._forwarded.add(key)
             self._out.append(Send(self.primary(), signed))

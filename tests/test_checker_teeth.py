@@ -76,17 +76,22 @@ def test_quorum_of_2f_is_caught_as_an_agreement_violation():
 
 
 def run_lost_commit(cls):
-    """Replica 3 is cut off while 0, 1, 2 commit client 0's request at seq 1; then the
-    primary 0 goes away, 3 comes back, and the NEW-VIEWs of views 1 and 2 are lost, so
-    replica 3 becomes primary of view 3 knowing nothing of seq 1 but what view changes say."""
+    """Replica 3 is cut off while 0, 1, 2 order client 0's request at seq 1, and only
+    replica 0 gets the COMMITs (it executes; 1 and 2 prepared it but never saw it decided);
+    then the primary 0 goes away, 3 comes back, and the NEW-VIEWs of views 1 and 2 are lost,
+    so replica 3 becomes primary of view 3 knowing nothing of seq 1 but what view changes
+    say."""
     from harness import Net, Ops
 
     from adversary.checkers import CheckerSuite
 
     net = Net(4, replica_class=cls)
     net.isolate(3)
+    net.filter = lambda src, dst, m: not (
+        dst in (1, 2) and type(getattr(m, "statement", None)).__name__ == "Commit")
     net.request(0, Ops.put("x", b"1"), to=0)
     net.deliver()
+    assert [r.last_executed for r in net.replicas] == [1, 0, 0, 0]
     net.heal()
     net.isolate(0)
     def lossy(src, dst, m):
@@ -101,10 +106,10 @@ def run_lost_commit(cls):
     net.filter = lossy
     net.request(1, Ops.put("x", b"2"))
     net.advance(60, step=0.05)
-    suite = CheckerSuite((1, 2, 3), net.keys.verifier(), liveness_bound_s=120.0, faults_end_s=0.0)
+    suite = CheckerSuite(range(4), net.keys.verifier(), liveness_bound_s=120.0, faults_end_s=0.0)
     for c, t, op, at in net.invocations:
         suite.on_invoke(c, t, op, at)
-    for i in (1, 2, 3):
+    for i in range(4):
         for e in net.executed[i]:
             suite.on_executed(i, e, net.now)
     suite.check(net.now)
@@ -113,7 +118,8 @@ def run_lost_commit(cls):
 
 def test_skipping_the_prepare_phase_is_caught():
     """Without prepared certificates a view change forgets a committed request: the new
-    primary proposes another batch at the committed seq, and the checkers see it."""
+    primary proposes another batch at the seq replica 0 executed, replicas 1 and 2 (which
+    never saw it decided) accept it, and the checkers see it."""
     net, suite = run_lost_commit(Replica)
     assert net.replicas[3].view >= 3
     assert suite.safety_ok, suite.violations

@@ -1,0 +1,278 @@
+"""Regressions for the safety bugs of issue 18 (outside reviews at c9f30a9).
+
+Each test is a crafted schedule on tests/harness.py's step network (pure replicas,
+the real codec, no wall clock) that reproduces one review finding, and names the
+PROTOCOL.md rule it checks. Each failed on the code of c9f30a9.
+"""
+
+from __future__ import annotations
+
+from harness import Net, Ops
+
+from bft.messages import Commit, NewView, Prepare, PrePrepare, Proposal, Signed, ViewChange
+
+SEED = 1
+
+
+def _statement(msg):
+    if isinstance(msg, Proposal):
+        return msg.pre_prepare.statement
+    return getattr(msg, "statement", None)
+
+
+def _receive(net: Net, i: int, msg) -> list:
+    """Hand one message to replica i through the real codec; its effects are applied to the
+    network as usual and returned."""
+    from bft import codec
+
+    wire = codec.decode_untrusted(codec.encode(msg), net.config.limits)
+    effects = net.replicas[i].receive(wire, net.now)
+    net._apply(i, effects)
+    return effects
+
+
+def _signed_votes(effects) -> list:
+    """The PREPAREs and COMMITs among effects (sent or broadcast)."""
+    from bft.effects import Broadcast, Send
+
+    return [e.message.statement for e in effects if isinstance(e, (Send, Broadcast))
+            and isinstance(_statement(e.message), (Prepare, Commit))]
+
+
+def _advance_until(net: Net, cond, limit_s: float = 60.0, step: float = 0.05) -> None:
+    end = net.now + limit_s
+    while not cond():
+        assert net.now < end, "condition not reached within the time limit"
+        net.advance(step, step)
+
+
+def test_a_replica_in_a_view_change_signs_no_commit_when_a_late_batch_arrives():
+    """PROTOCOL.md "Normal case": prepare and commit are steps of view v only; a replica in a
+    view change sends no PREPARE or COMMIT for v, even when a batch it lacked arrives late
+    (OSDI'99 4.4: in a view change a replica accepts only CHECKPOINT, VIEW-CHANGE, NEW-VIEW).
+
+    Schedule (issue 18, 1a): replica 2 misses primary 0's proposal of seq 1 and every batch
+    after it; no COMMIT gets through. View 1's NEW-VIEW re-proposes the digest for seq 1;
+    replica 2 logs that pre-prepare without its batch and prepares it; view 1 fails too and
+    replica 2 moves to a view change for view 2. Only then does the batch reach it.
+
+    Failed before the fix: `_on_proposal` handed the batch to `_got_batch`, whose
+    `_check_prepared` signed COMMIT(1, 1, d) in the view replica 2 was leaving; with a
+    Byzantine replica that leaves its certificate out of VIEW-CHANGE(2) that COMMIT completes
+    a commit quorum for d at seq 1 while NEW-VIEW(2) gives seq 1 another batch."""
+    print(f"seed={SEED}")
+    net = Net(4, seed=SEED)
+    held: list[Proposal] = []
+    signed_by_2: list = []
+
+    def deliver(src, dst, msg) -> bool:
+        st = _statement(msg)
+        if src == 2 and isinstance(st, (Prepare, Commit)):
+            signed_by_2.append(st)
+        if isinstance(st, Commit):
+            return False  # no COMMIT gets through: no view decides seq 1
+        if dst == 2 and isinstance(msg, Proposal):
+            held.append(msg)  # replica 2 lacks the batch
+            return False
+        if dst == 1 and isinstance(st, Prepare):
+            return False  # replica 1 never prepares, so it carries no certificate
+        if dst == 2 and isinstance(st, ViewChange) and st.view >= 2:
+            return False  # replica 2, primary of view 2, stays in the view change
+        return True
+
+    net.filter = deliver
+    net.request(0, Ops.put("x", b"1"))
+    net.deliver()
+    r2 = net.replicas[2]
+    # view 1: replica 2 holds the NEW-VIEW's pre-prepare of seq 1, not its batch
+    _advance_until(net, lambda: r2.view == 1 and not r2.in_view_change)
+    slot = r2.log.get(1)
+    assert slot is not None and slot.pre_prepare is not None and slot.batch is None
+    # view 1 fails as well: replica 2 starts the view change to 2
+    _advance_until(net, lambda: r2.view == 2 and r2.in_view_change)
+    late = [p for p in held if p.pre_prepare.statement.seq == 1]
+    assert late, "the batch of seq 1 was never sent to replica 2"
+    effects = _receive(net, 2, late[-1])
+    votes = _signed_votes(effects)
+    assert r2.in_view_change and r2.view == 2
+    assert not votes, f"replica 2 voted in a view it left: {votes}"
+
+
+def _forged_proposal(net: Net, primary: int, view: int, seq: int, client: int, op: bytes,
+                     timestamp: int, at_s: float | None = None) -> Proposal:
+    """A well-signed PRE-PREPARE with its batch, as a Byzantine `primary` can send it."""
+    from bft.crypto import batch_digest
+    from bft.messages import Batch, Request
+
+    req = net.keys.signer("client", client).sign(Request(op, timestamp, client))
+    batch = Batch(int((net.now if at_s is None else at_s) * 1_000_000), (req,))
+    pp = net.keys.signer("replica", primary).sign(
+        PrePrepare(view, seq, batch_digest(batch), primary))
+    return Proposal(pp, batch)
+
+
+def _own_votes(net: Net, i: int) -> list:
+    """Every PREPARE and COMMIT replica i signed, as the others received them (collects what
+    the filter saw; see _recording)."""
+    return net.signed_by.get(i, [])  # type: ignore[attr-defined]
+
+
+def _recording(net: Net, inner=None):
+    """A filter that records what each replica signed and sent (PRE-PREPARE, PREPARE, COMMIT)
+    before `inner` decides whether it is delivered."""
+    net.signed_by = {}  # type: ignore[attr-defined]
+
+    def deliver(src, dst, msg) -> bool:
+        st = _statement(msg)
+        if src >= 0 and isinstance(st, (PrePrepare, Prepare, Commit)) and st.replica == src:
+            seen = net.signed_by.setdefault(src, [])  # type: ignore[attr-defined]
+            if st not in seen:
+                seen.append(st)
+        return inner(src, dst, msg) if inner is not None else True
+
+    return deliver
+
+
+def _conflicts(statements) -> list:
+    """Pairs of statements of one kind for one (view, seq) with different digests."""
+    first: dict = {}
+    out = []
+    for st in statements:
+        key = (type(st).__name__, st.view, st.seq)
+        if key in first and first[key].digest != st.digest:
+            out.append((first[key], st))
+        first.setdefault(key, st)
+    return out
+
+
+def test_new_view_slots_belong_to_the_new_view_and_keep_their_prepare():
+    """PROTOCOL.md "Normal case": slots filled from a NEW-VIEW's O belong to v+1; rule 4: a
+    backup never accepts a different digest for (v, seq) (a correct replica never signs two
+    PREPAREs for one (v, seq)).
+
+    Schedule (issue 18, 1d): replica 3 misses everything of seq 1 in view 0, so its first
+    slot for seq 1 is made by NEW-VIEW(1), which re-proposes the prepared digest d. The
+    others' PREPAREs for (1, 1, d) then arrive; then primary 1, Byzantine, sends replica 3 a
+    fresh PRE-PREPARE(1, 1, d') with another batch.
+
+    Failed before the fix: the NEW-VIEW slot kept view -1 (bft/log.py's default), the next
+    PREPARE for it reset the slot, wiping the NEW-VIEW's pre-prepare and replica 3's own
+    PREPARE, and replica 3 accepted d' and signed PREPARE(1, 1, d'): a correct replica
+    produced evidence against itself."""
+    print(f"seed={SEED}")
+    net = Net(4, seed=SEED)
+
+    injected: list[Proposal] = []
+
+    def schedule(src, dst, msg) -> bool:
+        st = _statement(msg)
+        if isinstance(st, Commit):
+            return False  # nothing decides seq 1 in view 0 or 1
+        if isinstance(st, (PrePrepare, Prepare)) and st.view == 0 and 3 in (src, dst):
+            return False  # replica 3 hears nothing of view 0's normal case
+        if dst == 3 and isinstance(st, Prepare) and st.view == 1 and not injected:
+            # right behind the first PREPARE of view 1: Byzantine primary 1's fresh batch
+            forged = _forged_proposal(net, 1, 1, 1, client=1, op=Ops.put("x", b"2"),
+                                      timestamp=1)
+            injected.append(forged)
+            net.queue.append((1, 3, forged))
+        return True
+
+    net.filter = _recording(net, schedule)
+    net.request(0, Ops.put("x", b"1"))
+    net.deliver()
+    r3 = net.replicas[3]
+    _advance_until(net, lambda: bool(injected))
+    net.deliver()
+    mine = [st for st in _own_votes(net, 3) if isinstance(st, Prepare)]
+    assert not _conflicts(mine), f"replica 3 signed conflicting PREPAREs: {_conflicts(mine)}"
+    assert [st.view for st in mine] == [1], mine  # it prepared the NEW-VIEW's digest in view 1
+    assert r3.drops["conflicting_pre_prepare"] >= 1  # and refused primary 1's second digest
+
+
+def test_a_decided_slot_waiting_for_its_batch_refuses_another_digest():
+    """PROTOCOL.md "Normal case": a slot that has committed-local never changes its digest: a
+    later pre-prepare with another digest is dropped. "Peer input never breaks a replica".
+
+    Schedule (issue 18, 1c; `bft sim --seed 66 --nodes 4 --clients 3 --requests 30 --drop 0.1
+    --reorder 0.2 --byzantine 0:equivocate` reached it at random): replica 3 misses primary
+    0's proposal and the PREPAREs of seq 1 but gets 2f+1 COMMITs for (0, 1, d), which decide
+    the seq; its batch has not arrived. Primary 0, Byzantine, then sends replica 3 a fresh
+    PRE-PREPARE(0, 1, d') with another batch.
+
+    Failed before the fix: the slot had no pre-prepare, so `_accept_pre_prepare` took d' and
+    overwrote the batch, and `_execute_ready` raised InvariantViolation ("batch of seq 1 does
+    not match its digest") out of `receive`: `bft node` died, and died again on restart."""
+    print(f"seed={SEED}")
+    net = Net(4, seed=SEED)
+    held: list[Proposal] = []
+
+    def schedule(src, dst, msg) -> bool:
+        if dst != 3 or src < 0:
+            return True
+        if isinstance(msg, Proposal):
+            held.append(msg)  # the batch is late (lost proposal, FETCH answers delayed)
+            return False
+        return isinstance(_statement(msg), Commit)
+
+    net.filter = schedule
+    net.request(0, Ops.put("x", b"1"))
+    net.deliver()
+    r3 = net.replicas[3]
+    slot = r3.log.get(1)
+    assert slot is not None and slot.decided is not None and slot.batch is None
+    d = slot.decided
+    forged = _forged_proposal(net, 0, 0, 1, client=1, op=Ops.put("x", b"2"), timestamp=1)
+    assert forged.pre_prepare.statement.digest != d
+    _receive(net, 3, forged)  # must not raise
+    slot = r3.log.get(1)
+    assert slot.decided == d and r3.last_executed == 0
+    assert slot.batch is None, "the decided slot took the batch of another digest"
+    assert r3.drops["conflicts_decided"] == 1
+    # the real batch arrives: replica 3 executes d at seq 1, as the others did
+    net.filter = None
+    _receive(net, 3, held[0])
+    net.advance(1)
+    assert r3.last_executed == 1
+    assert r3.app.digest() == net.replicas[0].app.digest()
+
+
+def test_a_replica_behind_a_proven_checkpoint_takes_no_part_at_or_below_it():
+    """PROTOCOL.md "Normal case": a replica whose h is below a proven stable checkpoint (2f+1
+    CHECKPOINTs, or a NEW-VIEW's C) takes no part in the normal case at or below it: it
+    transfers state first (TOCS 5.3).
+
+    Schedule (issue 18, 1b): replica 3 is cut off while seqs 1..8 commit (K = 4, L = 8) and
+    checkpoint 8 becomes stable at the others. Healed, it learns the proof of checkpoint 8
+    from their STATUS answers and starts a state transfer, whose chunks are slow to come.
+    Primary 0, Byzantine, sends it a fresh PRE-PREPARE(0, 3, d') for a seq the others decided
+    long ago.
+
+    Failed before the fix: the window check used replica 3's stale low watermark (0), so it
+    accepted the pre-prepare and signed PREPARE(0, 3, d'). With two such replicas (restarted
+    from an older snapshot, the review's schedule) and a Byzantine primary, that is a quorum:
+    they executed a stale read at seq 5 although puts at 5..8 had committed."""
+    print(f"seed={SEED}")
+    from bft.messages import StateChunk
+
+    net = Net(4, seed=SEED, checkpoint_interval=4, log_window=8)
+    cut = {"on": True}
+
+    def schedule(src, dst, msg) -> bool:
+        if cut["on"]:
+            return 3 not in (src, dst) or src == -1
+        return not isinstance(_statement(msg), StateChunk)  # the transfer is slow
+
+    net.filter = _recording(net, schedule)
+    for k in range(8):
+        net.request(0, Ops.put(f"k{k}", b"v"), to=0)
+        net.deliver()
+    assert [r.stable_seq for r in net.replicas] == [8, 8, 8, 0]
+    cut["on"] = False
+    r3 = net.replicas[3]
+    _advance_until(net, lambda: r3.transfer is not None)
+    assert r3.stable_seq == 0 and r3.transfer.seq == 8
+    forged = _forged_proposal(net, 0, 0, 3, client=1, op=Ops.get("k0"), timestamp=1)
+    effects = _receive(net, 3, forged)
+    assert not _signed_votes(effects), "replica 3 voted at a seq below a proven checkpoint"
+    assert r3.drops["below_proven_checkpoint"] == 1
