@@ -520,6 +520,14 @@ class Replica:
         self.batch_deadline = None
 
     def _propose(self) -> None:
+        held = self.log.get(self.next_seq)
+        while held is not None and held.view == self.view and held.pre_prepare is not None:
+            # never a second pre-prepare for one (v, seq) (rule 4, across restarts too)
+            self.counters["proposal_seq_held"] += 1
+            self.next_seq += 1
+            held = self.log.get(self.next_seq)
+        if self.next_seq > self.log.high:
+            return
         reqs = []
         size = 0
         while self.pending and len(reqs) < self.config.batch_max_requests:
@@ -1544,6 +1552,7 @@ class Replica:
             self.stable_digest, self.stable_proof, self.stable_snapshot = digest, proof, snap  # type: ignore[assignment]
         max_view = 0
         entered_view = 0
+        own_top: dict[int, int] = {}  # view -> highest seq we proposed in it
         for raw in records:
             kind, body = cbor2.loads(raw)
             msg = codec.decode_untrusted(body, self.limits) if kind != REC_CERT else None
@@ -1567,7 +1576,7 @@ class Replica:
                     for r in msg.batch.requests:
                         self.assigned[(r.statement.client, r.statement.timestamp)] = pp.seq  # type: ignore[union-attr]
                     if pp.replica == self.id:  # type: ignore[union-attr]
-                        self.next_seq = max(self.next_seq, pp.seq + 1)  # type: ignore[union-attr]
+                        own_top[pp.view] = max(own_top.get(pp.view, 0), pp.seq)  # type: ignore[union-attr]
                 max_view = max(max_view, pp.view)  # type: ignore[union-attr]
                 continue
             if kind == REC_NEW_VIEW:
@@ -1603,9 +1612,6 @@ class Replica:
                     entered_view = st.view
                     self.new_view_msg = msg
                 max_view = max(max_view, st.view)
-                if st.replica == self.id:
-                    self.next_seq = max(self.next_seq, max((p.statement.seq for p in st.pre_prepares),  # type: ignore[union-attr]
-                                                           default=0) + 1)
             elif isinstance(st, Checkpoint):
                 pass
         self.view = max_view
@@ -1642,6 +1648,15 @@ class Replica:
         for slot in self.log.slots.values():
             if slot.pre_prepare is not None and self.id in slot.prepares:
                 self._check_prepared_quiet(slot)
+        # The next seq to propose, for the view we are in: above what we signed in it (our
+        # own proposals, and the NEW-VIEW's O and checkpoint), never above a gap. Proposals
+        # of earlier views do not count: the NEW-VIEW decided which of them carry over.
+        top = max(self.log.low, self.last_executed, own_top.get(self.view, 0))
+        if self.new_view_msg is not None and entered_view == self.view and not self.in_view_change:
+            nv: NewView = self.new_view_msg.statement  # type: ignore[assignment]
+            top = max([top] + [p.statement.seq for p in nv.pre_prepares]  # type: ignore[union-attr]
+                      + [vc.statement.stable_seq for vc in nv.view_changes])  # type: ignore[union-attr]
+        self.next_seq = top + 1
 
     def _check_prepared_quiet(self, slot: Slot) -> None:
         """After recovery: a slot whose certificate we persisted counts as prepared again."""

@@ -276,3 +276,52 @@ def test_a_replica_behind_a_proven_checkpoint_takes_no_part_at_or_below_it():
     effects = _receive(net, 3, forged)
     assert not _signed_votes(effects), "replica 3 voted at a seq below a proven checkpoint"
     assert r3.drops["below_proven_checkpoint"] == 1
+
+
+def test_a_restarted_primary_never_signs_a_second_pre_prepare_for_a_new_view_seq():
+    """PROTOCOL.md "Crash recovery": a replica never signs a message that conflicts with one
+    it signed before the crash; rule 4 of the normal case (one digest per (v, seq)).
+
+    Schedule (issue 18, 2f; no Byzantine node): seqs 3..5 are prepared in view 0 but no
+    COMMIT gets through; replica 1 never gets seq 5's batch. Primary 1's NEW-VIEW(1)
+    re-proposes 3..5; 3 and 4 execute and checkpoint 4 becomes stable (K = 4), which
+    compacts replica 1's WAL while slot 5 still waits for its batch. Replica 1 crashes,
+    restarts from the WAL, and a new request reaches it.
+
+    Failed before the fix: recovery from the re-saved NEW-VIEW record left next_seq at 5,
+    `_persist_survivors` had not re-saved slot 5's pre-prepare (no batch), and `_propose`
+    overwrote the slot: replica 1 signed PRE-PREPARE(1, 5, d') against its NEW-VIEW's
+    PRE-PREPARE(1, 5, d5), and the backups held evidence against a correct primary."""
+    print(f"seed={SEED}")
+    net = Net(4, seed=SEED, checkpoint_interval=4, log_window=8)
+
+    def schedule(src, dst, msg) -> bool:
+        st = _statement(msg)
+        if isinstance(st, Commit) and st.view == 0 and st.seq >= 3:
+            return False  # seqs 3..5 prepare but do not commit in view 0
+        if dst == 1 and isinstance(msg, Proposal) and msg.pre_prepare.statement.seq == 5:
+            return False  # replica 1 never gets seq 5's batch
+        return True
+
+    net.filter = _recording(net, schedule)
+    for k in range(5):
+        net.request(0, Ops.put(f"k{k}", b"v"), to=0)
+        net.deliver()
+        net.advance(0.05)
+    assert [r.last_executed for r in net.replicas] == [2, 2, 2, 2]
+    net.isolate(0)  # primary 0 goes away: the others move to view 1 with primary 1
+    r1 = net.replicas[1]
+    _advance_until(net, lambda: r1.view == 1 and not r1.in_view_change and r1.stable_seq == 4)
+    nv_pp = {pp.statement.seq: pp.statement.digest for pp in r1.new_view_msg.statement.pre_prepares}
+    assert set(nv_pp) == {1, 2, 3, 4, 5}
+    assert r1.log.get(5) is not None and r1.log.get(5).batch is None
+    net.crash(1)
+    net.restart(1)
+    net.request(1, Ops.put("new", b"v"), to=1)
+    net.deliver()
+    signed = [st for st in _own_votes(net, 1) if isinstance(st, PrePrepare) and st.view == 1]
+    for st in signed:
+        if st.seq in nv_pp:
+            assert st.digest == nv_pp[st.seq], f"replica 1 re-signed seq {st.seq} of view 1"
+    assert not _conflicts(signed)
+    assert not any(e.culprit == 1 for e in net.evidence), "evidence against a correct primary"
