@@ -595,6 +595,10 @@ class Replica:
 
     def _batch_problem(self, batch: Batch, seq: int) -> str | None:
         """Rules 5 and 6 of PROTOCOL.md for a fresh proposal."""
+        if len(batch.requests) > self.config.batch_max_requests:
+            # no correct primary proposes more; the config bounds it by the fencing tokens'
+            # index span, so no batch that reaches execution can make ExecContext raise
+            return "batch_too_large"
         seen: set[tuple[int, int]] = set()
         for s in batch.requests:
             r = s.statement
