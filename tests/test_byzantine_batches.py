@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from harness import Net, Ops
 
+from bft.app import decode_result
 from bft.crypto import batch_digest
 from bft.messages import Batch, PrePrepare, Proposal, Request, Signed
 
@@ -66,3 +67,35 @@ def test_a_batch_over_batch_max_requests_is_a_counted_drop_and_never_executes():
         assert net.executed_ops(i) == [(0, 1), (1, 1)]
     assert len(set(net.digests().values())) == 1
 
+
+def test_agreed_time_seen_by_the_application_never_runs_backwards():
+    """PROTOCOL.md Normal case, Execution: "The time the application sees is monotonic:
+    a batch executes at max(its batch_time, the time of the batch before it)".
+
+    A Byzantine primary proposes seq 1 at 10.9 s and seq 2 at 9.2 s (both within
+    max_clock_skew = 1 s of the backups' clocks at 10.0 s) and delivers seq 2 first: each
+    is checked only against what a backup holds below it, so both are accepted. The lock
+    granted at seq 2 must expire no earlier than 10.9 s + its ttl.
+
+    Failed before the fix: seq 2's lock was granted at 9.2 s (expiry_us 10,200,000), after
+    seq 1's at 10.9 s: agreed time went backwards for the application.
+    """
+    print(f"seed={SEED}")
+    net = Net(4, seed=SEED)
+    net.crash(0)
+    net.now = 10.0
+    first = byzantine_proposal(net, 1, 10_900_000,
+                               [signed_request(net, 0, 1, Ops.lock("L", 1000))])
+    second = byzantine_proposal(net, 2, 9_200_000,
+                                [signed_request(net, 1, 1, Ops.lock("M", 1000))])
+    send_to_backups(net, second)
+    net.deliver()
+    send_to_backups(net, first)
+    net.deliver()
+    for i in range(1, 4):
+        executed = net.executed[i]
+        assert [e.seq for e in executed] == [1, 2], i
+        expiries = [decode_result(e.results[0]).expiry_us for e in executed]
+        assert expiries == [11_900_000, 11_900_000], (i, expiries)
+        assert net.replicas[i].last_batch_time == 10_900_000
+    assert len(set(net.digests().values())) == 1
