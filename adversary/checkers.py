@@ -402,7 +402,9 @@ class LinearizabilityChecker(Checker):
     The agreed order is the log of executed batches (seq by seq, requests in
     batch order); a sequential model of the application (default: a fresh
     `bft.app.KVStore`, fed `ExecContext(seq, index, batch_time, client,
-    timestamp)`) executes it with the replicas' exactly-once rule (a request
+    timestamp, max_clock_skew_us)` as the replicas feed it: batch_time is the
+    agreed time, max(the batch's time, the previous batch's), and the skew is
+    the cluster's) executes it with the replicas' exactly-once rule (a request
     whose timestamp is not above its client's last executed one is skipped).
     Then:
     * every completed op's accepted result equals the model's result at the
@@ -419,9 +421,11 @@ class LinearizabilityChecker(Checker):
     name = "linearizability"
 
     def __init__(self, correct: Iterable[int], model: Callable[[], tuple[Any, Callable[..., Any]]]
-                 = _default_model) -> None:
+                 = _default_model, *, max_clock_skew_us: int = 0) -> None:
         super().__init__(correct)
         self._app, self._context = model()
+        self.max_clock_skew_us = max_clock_skew_us
+        self._time_us = 0  # agreed time of the last batch the model executed
         self.batches: dict[int, Any] = {}  # seq -> batch (first correct execution)
         self.model_seq = 0
         self.model_results: dict[tuple[int, int], bytes] = {}  # (seq, index) -> result
@@ -478,6 +482,8 @@ class LinearizabilityChecker(Checker):
         while self.model_seq + 1 in self.batches:
             seq = self.model_seq + 1
             batch = self.batches[seq]
+            if batch.requests:  # agreed time is monotonic (PROTOCOL.md, Execution)
+                self._time_us = max(self._time_us, batch.batch_time)
             for index, signed in enumerate(batch.requests):
                 request = _request_of(signed)
                 if request is None:
@@ -485,8 +491,9 @@ class LinearizabilityChecker(Checker):
                 last = self._client_last.get(request.client)
                 if last is not None and request.timestamp <= last[0]:
                     continue  # skipped by the exactly-once rule
-                ctx = self._context(seq=seq, index=index, batch_time_us=batch.batch_time,
-                                    client=request.client, timestamp=request.timestamp)
+                ctx = self._context(seq=seq, index=index, batch_time_us=self._time_us,
+                                    client=request.client, timestamp=request.timestamp,
+                                    max_clock_skew_us=self.max_clock_skew_us)
                 result = self._app.execute(request.op, ctx)
                 self._client_last[request.client] = (request.timestamp, result)
                 self.model_results[(seq, index)] = result
@@ -678,14 +685,16 @@ class CheckerSuite:
 
     def __init__(self, correct: Iterable[int], verifier: Any, *, liveness_bound_s: float,
                  faults_end_s: float = 0.0, require_completion: bool = True,
-                 model: Callable[[], tuple[Any, Callable[..., Any]]] = _default_model) -> None:
+                 model: Callable[[], tuple[Any, Callable[..., Any]]] = _default_model,
+                 max_clock_skew_us: int = 0) -> None:
         correct = frozenset(correct)
         self.agreement = AgreementChecker(correct)
         self.validity = ValidityChecker(correct, verifier)
         self.exactly_once = ExactlyOnceChecker(correct)
         self.total_order = TotalOrderChecker(correct)
         self.state_digest = StateDigestChecker(correct)
-        self.linearizability = LinearizabilityChecker(correct, model)
+        self.linearizability = LinearizabilityChecker(correct, model,
+                                                      max_clock_skew_us=max_clock_skew_us)
         self.evidence = EvidenceChecker(correct, verifier)
         self.liveness = LivenessChecker(correct, bound_s=liveness_bound_s,
                                         faults_end_s=faults_end_s,

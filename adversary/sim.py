@@ -515,6 +515,8 @@ class Simulation:
         self.checkers = CheckerSuite(self.correct, self.verifier,
                                      liveness_bound_s=config.liveness_bound_s,
                                      faults_end_s=self.faults_end_s,
+                                     max_clock_skew_us=int(self.cluster.max_clock_skew_s
+                                                           * 1_000_000),
                                      **({"model": model} if model is not None else {}))
         watched = self.byzantine - {i for i in range(self.n) if i in self._judged}
         self.witness = (EquivocationWitness(watched, self.verifier,

@@ -28,13 +28,17 @@ for a bad op.
 Locks and fencing tokens:
 
 * `lock(name, ttl_ms)` by client c grants a lease when the lock is free or its
-  lease has expired *in agreed time* (`ctx.batch_time_us >= expiry_us`). The
-  lease expires at `ctx.batch_time_us + ttl_ms * 1000`. The token is
+  lease is over *in agreed time* by every correct clock: agreed time t is only
+  known to be within `ctx.max_clock_skew_us` of each correct clock, so another
+  client gets the lock only when `t - skew > expiry_us + skew` (PROTOCOL.md
+  "Leases and agreed time"; Spanner's commit wait). The lease expires at
+  `ctx.batch_time_us + ttl_ms * 1000` (the expiry reported). The token is
   `ctx.seq * 65536 + ctx.index`: a zxid analogue derived from the agreed order,
   so tokens strictly increase across the whole log (and so per lock), and every
   replica computes the same token without coordination. If c already holds a
-  live lease, the lease is renewed: same token, new expiry. A live lease of
-  another client gives `locked(holder, expiry_us)`.
+  live lease (`t < expiry_us`), the lease is renewed: same token, new expiry;
+  after that c gets a new grant. A lease of another client that is not over
+  by every correct clock gives `locked(holder, expiry_us)`.
 * `unlock(name, token)` releases the lock when `token` is the current token
   and the caller is the holder; the lock's record is then removed.
 * A write carrying `fence=(lock, token)` is applied only when `token` is the
@@ -45,7 +49,8 @@ Locks and fencing tokens:
   overwrite the newer holder's data. Expiry alone does not invalidate a token:
   only a newer grant (or a release) does. When the lock table is full
   (`KVLimits.max_locks`), a new lock evicts the lock whose lease expired first
-  (and fails with `error(too_many_locks)` if every lease is live).
+  among those over by every correct clock (and fails with
+  `error(too_many_locks)` if there is none).
 
 Snapshot: canonical CBOR of `["kv1", [[key, value]...], [[name, token, holder,
 expiry_us]...]]`, both lists sorted by key / name; `digest() =
@@ -83,10 +88,14 @@ class ExecContext:
     """Where and when an op executes, as agreed by the replicas.
 
     `seq`: the committing sequence number; `index`: the request's position in
-    its batch; `batch_time_us`: the batch's agreed time (microseconds);
-    `client` and `timestamp`: the request's client id and request number.
-    Raises ValueError on values no correct replica would pass (negative, or
-    `index >= TOKEN_INDEX_SPAN`, or `seq > MAX_TOKEN_SEQ`).
+    its batch; `batch_time_us`: the batch's agreed time (microseconds; never
+    below an earlier batch's); `client` and `timestamp`: the request's client
+    id and request number; `max_clock_skew_us`: the cluster's bound on how far
+    agreed time may be from any correct clock (`timeouts.max_clock_skew_s`),
+    the same at every replica: agreed time t means "somewhere in [t - skew,
+    t + skew]" by a correct clock. Raises ValueError on values no correct
+    replica would pass (negative, or `index >= TOKEN_INDEX_SPAN`, or `seq >
+    MAX_TOKEN_SEQ`).
     """
 
     seq: int
@@ -94,9 +103,11 @@ class ExecContext:
     batch_time_us: int
     client: int
     timestamp: int
+    max_clock_skew_us: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("seq", "index", "batch_time_us", "client", "timestamp"):
+        for name in ("seq", "index", "batch_time_us", "client", "timestamp",
+                     "max_clock_skew_us"):
             value = getattr(self, name)
             if type(value) is not int or not 0 <= value < U64_LIMIT:
                 raise ValueError(f"ExecContext.{name} must be an int in [0, 2**63), got {value!r}")
@@ -588,6 +599,16 @@ class LockInfo:
     expiry_us: int
 
 
+def _lease_over(info: LockInfo, now_us: int, skew_us: int) -> bool:
+    """Whether the lease is over by every correct clock at agreed time `now_us`.
+
+    Agreed time t is within `skew_us` of every correct clock, and so was the grant's
+    time: the lease is over everywhere once `t - skew_us > expiry_us + skew_us`
+    (PROTOCOL.md "Leases and agreed time").
+    """
+    return now_us - skew_us > info.expiry_us + skew_us
+
+
 @dataclass
 class _Counters:
     executed: int = 0
@@ -773,15 +794,15 @@ class KVStore:
         now_us = ctx.batch_time_us
         expiry_us = now_us + op.ttl_ms * 1000
         info = self._locks.get(op.name)
-        live = info is not None and now_us < info.expiry_us
-        if info is not None and live and info.holder != ctx.client:
+        if (info is not None and info.holder != ctx.client
+                and not _lease_over(info, now_us, ctx.max_clock_skew_us)):
             return Result("locked", holder=info.holder, expiry_us=info.expiry_us)
-        if info is not None and live:
+        if info is not None and now_us < info.expiry_us:
             # The holder renews its live lease: same token, new expiry.
             token = info.token
         else:
             full = info is None and len(self._locks) >= self.limits.max_locks
-            if full and not self._evict_expired_lock(now_us):
+            if full and not self._evict_expired_lock(now_us, ctx.max_clock_skew_us):
                 return Result("error", reason="too_many_locks")
             token = ctx.token
             if info is not None and token <= info.token:
@@ -793,14 +814,17 @@ class KVStore:
         self._snapshot_cache = None
         return Result("granted", token=token, expiry_us=expiry_us)
 
-    def _evict_expired_lock(self, now_us: int) -> bool:
-        """Make room in a full lock table: drop the lock whose lease expired first.
+    def _evict_expired_lock(self, now_us: int, skew_us: int) -> bool:
+        """Make room in a full lock table: drop the lock whose lease expired first among
+        those over by every correct clock.
 
         Deterministic (earliest expiry, then smallest name). Its token then no
         longer fences anything, which is fine: its lease is over.
         """
         expired = [
-            (info.expiry_us, name) for name, info in self._locks.items() if info.expiry_us <= now_us
+            (info.expiry_us, name)
+            for name, info in self._locks.items()
+            if _lease_over(info, now_us, skew_us)
         ]
         if not expired:
             return False

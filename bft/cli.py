@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bft.config import (
     ClusterConfig,
+    DuplicateKeyError,
     default_state_dir,
     format_address,
     identities,
@@ -171,6 +172,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"  storage      fsync {config.fsync}")
     try:
         keyring = load_keyring(config, args.key_dir)
+    except DuplicateKeyError:
+        raise  # a broken config, not keys yet to generate
     except ConfigError as exc:
         print(f"  keys         not ready: {exc}")
     else:

@@ -9,8 +9,12 @@ Agreed time: the primary proposes each batch's `batch_time` with
 `propose_batch_time` and every backup checks it with `accept_batch_time`. The
 rules make agreed time monotonic (never below the previous batch's) and keep it
 within `max_skew_us` of each accepting backup's interval, so a faulty primary
-cannot move it far from the correct replicas' clocks. Lock leases in
-`bft.app` expire in this agreed time, never in a replica's local clock.
+cannot move it far from the correct replicas' clocks. Each check sees only
+the batches a backup holds, so the replica also executes a batch at
+max(its batch_time, the previous batch's): the application's time is monotonic.
+Lock leases in `bft.app` expire in this agreed time, never in a replica's local
+clock, and pass to another holder only once over by every correct clock
+(agreed time past the expiry by 2 x max_skew).
 
 `SkewedClock` is a pure model of a clock with a fixed offset and a drift,
 used by the simulator and the adversary ("skew the clock").

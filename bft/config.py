@@ -50,6 +50,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bft.app import TOKEN_INDEX_SPAN
 from bft.codec import DEFAULT_LIMITS, Limits
 from bft.crypto import (
     Identity,
@@ -67,6 +68,7 @@ __all__ = [
     "FIELD_PATHS",
     "ClientEntry",
     "ClusterConfig",
+    "DuplicateKeyError",
     "Keyring",
     "NodeAddress",
     "default_state_dir",
@@ -394,6 +396,7 @@ class ClusterConfig:
                 fix=f"add nodes up to {3 * self.f + 1} or lower f to {(self.n - 1) // 3}",
             )
         self._check_clients()
+        self._check_distinct_keys()
         self._check_telemetry()
 
         if self.fsync not in ("always", "never"):
@@ -411,6 +414,23 @@ class ClusterConfig:
                     field=f"limits.{key}",
                 )
 
+        # A fencing token numbers a request as seq * TOKEN_INDEX_SPAN + index in its batch
+        # (bft.app.ExecContext): no batch may hold more requests than that.
+        if self.batch_max_requests > TOKEN_INDEX_SPAN:
+            raise self._error(
+                "batch_max_requests",
+                f"{self.batch_max_requests} requests per batch is more than a fencing token "
+                f"can number ({TOKEN_INDEX_SPAN})",
+                fix=f"use at most {TOKEN_INDEX_SPAN}",
+            )
+        if self.limits.max_items > TOKEN_INDEX_SPAN:
+            raise ConfigError(
+                f"{self.limits.max_items} items would let a batch hold more requests than a "
+                f"fencing token can number ({TOKEN_INDEX_SPAN})",
+                file=self._file,
+                field="limits.max_items",
+                fix=f"use at most {TOKEN_INDEX_SPAN}",
+            )
         self._range("batch_max_requests", 1, self.limits.max_items)
         self._range("batch_delay_s", 0, 10.0)
         self._range("max_in_flight", 1, 1 << 20)
@@ -550,6 +570,13 @@ class ClusterConfig:
                 )
             seen.add(client.id)
             _check_key(client.public_key, self._file, f"{where}.public_key")
+
+    def _check_distinct_keys(self) -> None:
+        owners: dict[bytes, Identity] = {}
+        for identity in identities(self):
+            key, field = _inline_key(self, identity)
+            if key is not None:
+                _claim_key(owners, identity, key, self._file, field)
 
     def _check_telemetry(self) -> None:
         if self.monitor is not None:
@@ -697,6 +724,38 @@ class ClusterConfig:
 def _check_key(key: Any, file: str | None, field: str) -> None:
     if key is not None and (not isinstance(key, bytes) or len(key) != PUBLIC_KEY_SIZE):
         raise ConfigError(f"a public key has {PUBLIC_KEY_SIZE} bytes", file=file, field=field)
+
+
+class DuplicateKeyError(ConfigError):
+    """Two identities share one public key: whoever holds it counts as both."""
+
+
+def _identity_name(identity: Identity) -> str:
+    kind, id = identity
+    return "admin" if kind == "admin" else f"{kind} {id}"
+
+
+def _claim_key(
+    owners: dict[bytes, Identity],
+    identity: Identity,
+    key: bytes,
+    file: str | None,
+    field: str | None,
+) -> None:
+    """Record `identity` as the owner of `key`; DuplicateKeyError if another identity has it.
+
+    n >= 3f+1 counts identities as independent faults: one key for two identities is
+    one host counted twice.
+    """
+    other = owners.setdefault(key, identity)
+    if other != identity:
+        raise DuplicateKeyError(
+            f"{_identity_name(identity)} has the same public key as {_identity_name(other)}: "
+            "whoever holds it would count as both",
+            file=file,
+            field=field,
+            fix="give every replica, client and the admin its own key pair (`bft keygen`)",
+        )
 
 
 def _reject_unknown(
@@ -917,10 +976,12 @@ def load_keyring(config: ClusterConfig, key_dir: str | Path | None = None) -> Ke
     A key given inline in the config wins; otherwise it is read from
     `<key dir>/<kind>-<id>.pub` (`admin.pub` for the admin), with the key
     directory chosen by `resolve_key_dir`. A missing or corrupt key file, or a
-    file that disagrees with an inline key, raises ConfigError naming it.
+    file that disagrees with an inline key, raises ConfigError naming it; a key that
+    two identities share raises DuplicateKeyError (a ConfigError) naming both.
     """
     directory = resolve_key_dir(config, key_dir)
     public_keys: dict[Identity, bytes] = {}
+    owners: dict[bytes, Identity] = {}
     for identity in identities(config):
         inline, field = _inline_key(config, identity)
         path = directory / f"{key_file_stem(*identity)}.pub"
@@ -932,6 +993,7 @@ def load_keyring(config: ClusterConfig, key_dir: str | Path | None = None) -> Ke
                     field=field,
                     fix="update the config or the key file",
                 )
+            _claim_key(owners, identity, inline, config._file, field)
             public_keys[identity] = inline
             continue
         if not path.exists():
@@ -942,6 +1004,7 @@ def load_keyring(config: ClusterConfig, key_dir: str | Path | None = None) -> Ke
                 fix=_KEYGEN_FIX + where,
             )
         public_keys[identity] = load_public_key(path)
+        _claim_key(owners, identity, public_keys[identity], str(path), None)
     return Keyring(config=config, public_keys=public_keys, key_dir=directory)
 
 

@@ -628,6 +628,10 @@ class Replica:
 
     def _batch_problem(self, batch: Batch, seq: int) -> str | None:
         """Rules 5 and 6 of PROTOCOL.md for a fresh proposal."""
+        if len(batch.requests) > self.config.batch_max_requests:
+            # no correct primary proposes more; the config bounds it by the fencing tokens'
+            # index span, so no batch that reaches execution can make ExecContext raise
+            return "batch_too_large"
         seen: set[tuple[int, int]] = set()
         for s in batch.requests:
             r = s.statement
@@ -908,8 +912,10 @@ class Replica:
             if last is not None and r.timestamp <= last[0]:
                 results.append(last[1] if r.timestamp == last[0] else b"")
                 continue  # exactly-once: never execute twice
-            ctx = ExecContext(seq=seq, index=index, batch_time_us=batch.batch_time,
-                              client=r.client, timestamp=r.timestamp)
+            ctx = ExecContext(seq=seq, index=index,  # agreed time is monotonic (PROTOCOL.md)
+                              batch_time_us=max(batch.batch_time, self.last_batch_time),
+                              client=r.client, timestamp=r.timestamp,
+                              max_clock_skew_us=int(self.config.max_clock_skew_s * 1_000_000))
             result = self.app.execute(r.op, ctx)
             self.client_table[r.client] = (r.timestamp, result)
             results.append(result)

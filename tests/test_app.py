@@ -32,8 +32,10 @@ from bft.errors import MalformedMessage
 # --------------------------------------------------------------------------
 
 
-def ctx(seq: int, index: int = 0, time_us: int = 0, client: int = 1) -> ExecContext:
-    return ExecContext(seq=seq, index=index, batch_time_us=time_us, client=client, timestamp=seq)
+def ctx(seq: int, index: int = 0, time_us: int = 0, client: int = 1,
+        skew_us: int = 0) -> ExecContext:
+    return ExecContext(seq=seq, index=index, batch_time_us=time_us, client=client, timestamp=seq,
+                       max_clock_skew_us=skew_us)
 
 
 def run(store: KVStore, op: bytes, context: ExecContext) -> Result:
@@ -49,8 +51,9 @@ CLIENTS = st.integers(min_value=1, max_value=3)
 class Driver:
     """Executes drawn ops in agreed order: seq grows per batch, index within it, time grows."""
 
-    def __init__(self, store: KVStore) -> None:
+    def __init__(self, store: KVStore, skew_us: int = 0) -> None:
         self.store = store
+        self.skew_us = skew_us
         self.seq = 1
         self.index = 0
         self.time_us = 1_000_000
@@ -63,7 +66,8 @@ class Driver:
             self.time_us += data.draw(st.integers(0, 3_000_000), label="time step us")
         else:
             self.index += 1
-        return ctx(self.seq, self.index, self.time_us, data.draw(CLIENTS, label="client"))
+        return ctx(self.seq, self.index, self.time_us, data.draw(CLIENTS, label="client"),
+                   self.skew_us)
 
     def draw_token(self, data: st.DataObject) -> int:
         known = [t for tokens in self.granted.values() for t in tokens]
@@ -149,9 +153,12 @@ def test_lock_held_by_other_live_lease_reports_holder_and_expiry() -> None:
     run(s, ops.lock("L", 100), ctx(1, time_us=0, client=1))
     r = run(s, ops.lock("L", 100), ctx(2, time_us=99_999, client=2))
     assert r == Result("locked", holder=1, expiry_us=100_000)
-    # At the expiry instant (agreed time) the lease is over.
+    # Past the expiry (agreed time, max_clock_skew 0) another client gets the lock:
+    # PROTOCOL.md "Leases and agreed time", t' - skew > t + d + skew.
     r = run(s, ops.lock("L", 100), ctx(3, time_us=100_000, client=2))
-    assert r == Result("granted", token=3 * TOKEN_INDEX_SPAN, expiry_us=200_000)
+    assert r == Result("locked", holder=1, expiry_us=100_000)
+    r = run(s, ops.lock("L", 100), ctx(4, time_us=100_001, client=2))
+    assert r == Result("granted", token=4 * TOKEN_INDEX_SPAN, expiry_us=200_001)
 
 
 def test_holder_renews_live_lease_with_same_token() -> None:
@@ -162,6 +169,74 @@ def test_holder_renews_live_lease_with_same_token() -> None:
     # After expiry the same client gets a new, larger token.
     again = run(s, ops.lock("L", 100), ctx(3, time_us=150_000))
     assert again.token is not None and first.token is not None and again.token > first.token
+
+
+def test_a_lease_lasts_its_full_term_by_every_correct_clock() -> None:
+    """PROTOCOL.md "Leases and agreed time": a lease granted at t for d seconds goes to
+    someone else only at an agreed time t' with t' - max_clock_skew > t + d + max_clock_skew
+    (issue 18: leases ended early by up to 2 x max_clock_skew).
+
+    Failed before the fix: with max_clock_skew 1 s, a 1.9 s lease granted at 9.0 s went
+    to another client at 11.0 s, when a correct clock could still read 10.0 s.
+    """
+    s = KVStore()
+    skew = 1_000_000
+    first = run(s, ops.lock("L", 1900), ctx(1, time_us=9_000_000, client=1, skew_us=skew))
+    assert first == Result("granted", token=TOKEN_INDEX_SPAN, expiry_us=10_900_000)
+    for seq, time_us in ((2, 11_000_000), (3, 12_900_000)):
+        r = run(s, ops.lock("L", 1000), ctx(seq, time_us=time_us, client=2, skew_us=skew))
+        assert r == Result("locked", holder=1, expiry_us=10_900_000), time_us
+    r = run(s, ops.lock("L", 1000), ctx(4, time_us=12_900_001, client=2, skew_us=skew))
+    assert r == Result("granted", token=4 * TOKEN_INDEX_SPAN, expiry_us=13_900_001)
+
+
+def test_the_holder_renews_and_sees_its_expiry_as_without_skew() -> None:
+    """The skew margin protects the holder from others; the holder's own renewal and the
+    expiry it is told stay as in agreed time alone."""
+    s = KVStore()
+    skew = 1_000_000
+    first = run(s, ops.lock("L", 100), ctx(1, time_us=0, skew_us=skew))
+    assert first.expiry_us == 100_000
+    renewed = run(s, ops.lock("L", 100), ctx(2, time_us=50_000, skew_us=skew))
+    assert renewed == Result("granted", token=first.token, expiry_us=150_000)
+    again = run(s, ops.lock("L", 100), ctx(3, time_us=150_000, skew_us=skew))
+    assert again == Result("granted", token=3 * TOKEN_INDEX_SPAN, expiry_us=250_000)
+
+
+def test_a_full_lock_table_evicts_only_a_lease_over_by_every_correct_clock() -> None:
+    """PROTOCOL.md "Leases and agreed time", for the eviction that makes room in a full lock
+    table: evicting a lock ends its lease for its holder as surely as a new grant.
+
+    Failed before the fix: the lease that expired at 1 ms was evicted at 1 ms, 2 x skew
+    before every correct clock is past it.
+    """
+    s = KVStore(KVLimits(max_locks=1))
+    skew = 1_000
+    assert run(s, ops.lock("L", 1), ctx(1, time_us=0, skew_us=skew)).kind == "granted"
+    for seq, time_us in ((2, 1_000), (3, 3_000)):
+        r = run(s, ops.lock("M", 1), ctx(seq, time_us=time_us, client=2, skew_us=skew))
+        assert r == Result("error", reason="too_many_locks"), time_us
+    r = run(s, ops.lock("M", 1), ctx(4, time_us=3_001, client=2, skew_us=skew))
+    assert r.kind == "granted"
+    assert s.lock_info("L") is None
+
+
+@given(st.data())
+def test_no_correct_clock_sees_two_lease_holders(data: st.DataObject) -> None:
+    """PROTOCOL.md "Leases and agreed time", for any ops and skew: while a lock's record
+    names a holder, another client's lock is granted iff t' - skew > expiry + skew."""
+    skew = data.draw(st.integers(0, 2_000_000), label="max_clock_skew_us")
+    d = Driver(KVStore(), skew_us=skew)
+    for _ in range(data.draw(st.integers(1, 40), label="ops")):
+        before = {name: d.store.lock_info(name) for name in ("L", "M")}
+        op, context, result = d.step(data)
+        parsed = decode_op_untrusted(op)
+        if not isinstance(parsed, Lock):
+            continue
+        info = before[parsed.name]
+        if info is not None and info.holder != context.client:
+            over = context.batch_time_us - skew > info.expiry_us + skew
+            assert result.kind == ("granted" if over else "locked")
 
 
 def test_unlock_rules() -> None:
@@ -329,7 +404,9 @@ def test_limits_on_state() -> None:
     # One lock slot: a second lock waits while the first lease lives, then evicts it.
     assert run(s, ops.lock("L", 1), ctx(7, time_us=0)).kind == "granted"
     assert run(s, ops.lock("M", 1), ctx(8, time_us=999)) == Result("error", reason="too_many_locks")
-    assert run(s, ops.lock("M", 1), ctx(9, time_us=1000)).kind == "granted"
+    # At the expiry instant the lease is not over yet (PROTOCOL.md "Leases and agreed time").
+    assert run(s, ops.lock("M", 1), ctx(9, time_us=1000)).reason == "too_many_locks"
+    assert run(s, ops.lock("M", 1), ctx(10, time_us=1001)).kind == "granted"
     assert s.lock_info("L") is None
 
 

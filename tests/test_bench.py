@@ -71,16 +71,20 @@ def test_process_cpu_seconds_of_this_process_and_of_none() -> None:
     assert process_cpu_seconds(2**22 + 12345) is None  # above pid_max: never a process
 
 
+def _key(n: int) -> bytes:
+    """A distinct 32-byte inline key per n (one key per identity: bft.config checks it)."""
+    return bytes(range(n, n + 32))
+
+
 def _configs() -> list[ClusterConfig]:
-    key = bytes(range(32))
     return [
         ClusterConfig.local(4),
         ClusterConfig.local(7, clients=130, fsync="never", batch_delay_s=0.0005,
                             monitor=("127.0.0.1", 7199), metrics_port=9100),
         ClusterConfig(name="odd", f=1,
-                      nodes=tuple(NodeAddress(i, "::1", 9000 + i, key if i == 2 else None)
+                      nodes=tuple(NodeAddress(i, "::1", 9000 + i, _key(0) if i == 2 else None)
                                   for i in range(4)),
-                      clients=(ClientEntry(3), ClientEntry(9, key)),
+                      clients=(ClientEntry(3), ClientEntry(9, _key(1))),
                       view_change_timeout_s=2.5, key_dir=Path("/tmp/keys")),
     ]
 
@@ -92,9 +96,8 @@ def test_config_to_toml_round_trips(config: ClusterConfig) -> None:
 
 
 def test_bench_cluster_config_adds_clients_and_drops_inline_keys() -> None:
-    key = bytes(range(32))
-    config = ClusterConfig(name="x", f=1, clients=(ClientEntry(0), ClientEntry(5, key)),
-                           nodes=tuple(NodeAddress(i, "127.0.0.1", 9000 + i, key)
+    config = ClusterConfig(name="x", f=1, clients=(ClientEntry(0), ClientEntry(5, _key(9))),
+                           nodes=tuple(NodeAddress(i, "127.0.0.1", 9000 + i, _key(i))
                                        for i in range(4)))
     out = bench_cluster_config(config, clients=5, monitor=("127.0.0.1", 9999), fsync="never")
     assert [c.id for c in out.clients] == [0, 5, 1, 2, 3]

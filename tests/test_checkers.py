@@ -24,7 +24,7 @@ from adversary.checkers import (
     TotalOrderChecker,
     ValidityChecker,
 )
-from bft.app import ExecContext, KVStore, ops
+from bft.app import ExecContext, KVStore, decode_result, ops
 from bft.crypto import SimKeys, batch_digest
 from bft.effects import Evidence, Executed
 from bft.messages import Batch, Prepare, Request, Signed
@@ -41,9 +41,11 @@ def req(client: int, timestamp: int, op: bytes) -> Signed:
 class Run:
     """An honest execution: a KV store per replica, results by the replicas' rules."""
 
-    def __init__(self) -> None:
+    def __init__(self, skew_us: int = 0) -> None:
         self.stores = {r: KVStore() for r in REPLICAS}
         self.tables: dict[int, dict[int, tuple[int, bytes]]] = {r: {} for r in REPLICAS}
+        self.times = {r: 0 for r in REPLICAS}  # agreed time of the last executed batch
+        self.skew_us = skew_us
         self.batches: list[Batch] = []
 
     def add(self, *requests: Signed, batch_time: int = 1_000_000) -> Batch:
@@ -56,16 +58,19 @@ class Run:
         batch = batch or self.batches[seq - 1]
         store, table = self.stores[replica], self.tables[replica]
         results = []
+        time_us = max(batch.batch_time, self.times[replica])  # agreed time is monotonic
         for index, signed in enumerate(batch.requests):
             r = signed.statement
             last = table.get(r.client)
             if last is not None and r.timestamp <= last[0]:
                 results.append(last[1] if r.timestamp == last[0] else b"")
                 continue
-            result = store.execute(r.op, ExecContext(seq, index, batch.batch_time, r.client,
-                                                     r.timestamp))
+            result = store.execute(r.op, ExecContext(seq, index, time_us, r.client,
+                                                     r.timestamp, self.skew_us))
             table[r.client] = (r.timestamp, result)
             results.append(result)
+        if batch.requests:
+            self.times[replica] = time_us
         return Executed(seq, 0, batch_digest(batch), batch, tuple(results), store.digest())
 
 
@@ -342,6 +347,35 @@ def test_linearizability_passes_honest_history() -> None:
     assert c.ok, c.violations
     assert c.data()["results_checked"] == 5
     assert c.data()["replica_results_checked"] == 5 * 4
+
+
+def test_linearizability_model_runs_leases_in_agreed_time_as_replicas_do() -> None:
+    """PROTOCOL.md Execution ("a batch executes at max(its batch_time, the time of the
+    batch before it)") and "Leases and agreed time": the checker's sequential model is fed
+    the agreed time and max_clock_skew the replicas use, so a correct run passes.
+
+    Client 0 holds L from 1.0 s to 2.0 s; with max_clock_skew 1 s, client 1 asking at
+    3.5 s is refused (3.5 - 1 <= 2.0 + 1); seq 3's batch time 3.0 s runs at 3.5 s.
+    Failed before the fix: the model granted client 1 the lock and dated M's lease from
+    3.0 s, and reported the replicas' correct results as a violation.
+    """
+    skew = 1_000_000
+    batches = [
+        Batch(1_000_000, (req(0, 1, ops.lock("L", 1000)),)),
+        Batch(3_500_000, (req(1, 1, ops.lock("L", 1000)),)),
+        Batch(3_000_000, (req(2, 1, ops.lock("M", 1000)),)),
+    ]
+    reference, run = Run(skew_us=skew), Run(skew_us=skew)
+    reference.batches, run.batches = list(batches), list(batches)
+    granted_l, locked, granted_m = (reference.execute(0, seq).results[0] for seq in (1, 2, 3))
+    assert decode_result(locked).kind == "locked"
+    assert decode_result(granted_m).expiry_us == 4_500_000
+    times = {(0, 1): (0.5, 1.5, granted_l), (1, 1): (1.6, 2.5, locked),
+             (2, 1): (2.6, 3.5, granted_m)}
+    c = LinearizabilityChecker(REPLICAS, max_clock_skew_us=skew)
+    history(c, run, times)
+    assert c.ok, c.violations
+    assert c.data()["results_checked"] == 3
 
 
 def test_linearizability_reports_stale_read() -> None:

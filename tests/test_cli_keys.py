@@ -144,6 +144,26 @@ def test_config_check_reports_missing_keys_without_failing(tmp_path, config_copy
     assert "bft keygen" in capsys.readouterr().out
 
 
+def test_config_check_fails_on_one_key_for_two_identities(tmp_path, config_copy, capsys):
+    """Issue 18 (weaker spot): a key shared by two identities makes one host count as two
+    faults; `bft config check` reports it as an error (exit 2) naming both, unlike keys
+    not generated yet.
+
+    Failed before the fix: nodes 0 and 1 and client 0 sharing one key passed (exit 0,
+    "all 9 public keys found").
+    """
+    key_dir = tmp_path / "keys"
+    assert main(["keygen", str(config_copy), "--key-dir", str(key_dir)]) == 0
+    shared = (key_dir / "replica-0.pub").read_bytes()
+    (key_dir / "replica-1.pub").write_bytes(shared)
+    (key_dir / "client-0.pub").write_bytes(shared)
+    capsys.readouterr()
+    assert main(["config", "check", str(config_copy), "--key-dir", str(key_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bft: error: ") and err.count("\n") == 1
+    assert "replica 1" in err and "replica 0" in err and str(key_dir / "replica-1.pub") in err
+
+
 @pytest.mark.parametrize(
     "text,field",
     [

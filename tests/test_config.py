@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bft import messages as m
+from bft.app import TOKEN_INDEX_SPAN
 from bft.codec import Limits
 from bft.config import (
     ClientEntry,
@@ -278,6 +279,8 @@ def add(extra: str):
     return lambda text: text + "\n" + extra + "\n"
 
 
+SHARED_KEY_HEX = Ed25519Keys(1, seed=5).public_keys[("replica", 0)].hex()
+
 ERROR_CASES = {
     # name: (change to BASE, field named in the error)
     "too few nodes for f": (edit("f = 1", "f = 2"), "cluster.f"),
@@ -354,6 +357,17 @@ ERROR_CASES = {
     "unknown limit": (add("[limits]\nmax_size = 10"), "limits.max_size"),
     "zero limit": (add("[limits]\nmax_op_bytes = 0"), "limits.max_op_bytes"),
     "limit as string": (add('[limits]\nmax_depth = "16"'), "limits.max_depth"),
+    "items beyond token indexes": (add("[limits]\nmax_items = 70000"), "limits.max_items"),
+    "batch beyond token indexes": (
+        add("[batching]\nmax_requests = 70000\n[limits]\nmax_items = 70000"),
+        "batching.max_requests",
+    ),
+    "two nodes share a key": (
+        lambda text: text.replace(
+            '"127.0.0.1:7000"\n', f'"127.0.0.1:7000"\npublic_key = "{SHARED_KEY_HEX}"\n'
+        ).replace('"127.0.0.1:7001"\n', f'"127.0.0.1:7001"\npublic_key = "{SHARED_KEY_HEX}"\n'),
+        "nodes[1].public_key",
+    ),
     "bad monitor": (add('[telemetry]\nmonitor = "nowhere"'), "telemetry.monitor"),
     "monitor on a node": (add('[telemetry]\nmonitor = "127.0.0.1:7003"'), "telemetry.monitor"),
     "metrics ports overflow": (add("[telemetry]\nmetrics_port = 65534"), "telemetry.metrics_port"),
@@ -371,6 +385,57 @@ def test_errors_name_file_and_field(tmp_path, case):
     assert error.file == str(path)
     assert error.field == field
     assert str(path) in str(error) and field in str(error)
+
+
+def test_batch_and_array_limits_stay_within_the_token_index_span():
+    """Issue 18, 1f: a fencing token is `seq * TOKEN_INDEX_SPAN + index`, and ExecContext
+    raises for an index >= TOKEN_INDEX_SPAN; so neither `batching.max_requests` nor the
+    codec's `limits.max_items` (which bounds a batch's array of requests) may exceed it.
+
+    Failed before the fix: max_items = 70,000 with max_requests = 70,000 was a valid
+    config, and a batch of 65,537 requests crashed every correct replica.
+    """
+    at_the_edge = ClusterConfig.local(4, batch_max_requests=TOKEN_INDEX_SPAN)
+    assert at_the_edge.limits.max_items == TOKEN_INDEX_SPAN
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.local(4, limits=Limits(max_items=TOKEN_INDEX_SPAN + 1))
+    assert info.value.field == "limits.max_items" and str(TOKEN_INDEX_SPAN) in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.local(
+            4, batch_max_requests=70_000, limits=Limits(max_items=70_000)
+        )
+    assert info.value.field == "batching.max_requests"
+    assert str(TOKEN_INDEX_SPAN) in str(info.value)
+
+
+def test_two_identities_with_one_inline_key_are_rejected():
+    """Issue 18 (weaker spot): n >= 3f+1 counts identities as independent faults; two
+    identities sharing a public key are one host counted twice. A key used by two of the
+    replicas, clients and the admin is a ConfigError naming both identities.
+
+    Failed before the fix: nodes 0 and 1 and client 0 with one key made a valid config.
+    """
+    shared = Ed25519Keys(1, seed=3).public_keys[("replica", 0)]
+    base = ClusterConfig.local(4, clients=2)
+    with pytest.raises(ConfigError) as info:
+        replace(
+            base,
+            nodes=(
+                replace(base.nodes[0], public_key=shared),
+                replace(base.nodes[1], public_key=shared),
+                *base.nodes[2:],
+            ),
+        )
+    assert info.value.field == "nodes[1].public_key"
+    assert "replica 1" in str(info.value) and "replica 0" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        replace(
+            base,
+            nodes=(replace(base.nodes[0], public_key=shared), *base.nodes[1:]),
+            clients=(ClientEntry(0, shared), ClientEntry(1)),
+        )
+    assert info.value.field == "clients[0].public_key"
+    assert "client 0" in str(info.value) and "replica 0" in str(info.value)
 
 
 def test_typos_get_a_suggestion(tmp_path):
@@ -498,6 +563,42 @@ def test_keyring_prefers_inline_keys_and_catches_disagreement(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_keyring(disagreeing, tmp_path)
     assert info.value.field == "nodes[1].public_key"
+
+
+def test_keyring_rejects_one_key_for_two_identities(tmp_path):
+    """Issue 18 (weaker spot): whether in key files or inline, one public key may belong
+    to one identity only; the error names both identities and the file or field.
+
+    Failed before the fix: load_keyring accepted replica-1.pub and client-0.pub holding
+    replica 0's key (and an admin.pub equal to a client's).
+    """
+    keys = Ed25519Keys(4, 2, seed=3)
+    config = ClusterConfig.local(4, clients=2)
+    for copy_to, named in (("replica-1", "replica 1"), ("client-0", "client 0"),
+                           ("admin", "admin")):
+        directory = tmp_path / copy_to
+        write_keys(directory, keys)
+        source = "client-1" if copy_to == "admin" else "replica-0"
+        (directory / f"{copy_to}.pub").write_bytes((directory / f"{source}.pub").read_bytes())
+        with pytest.raises(ConfigError) as info:
+            load_keyring(config, directory)
+        assert info.value.file == str(directory / f"{copy_to}.pub")
+        assert named in str(info.value) and source.replace("-", " ") in str(info.value)
+    # An inline key equal to another identity's key file.
+    directory = tmp_path / "inline"
+    write_keys(directory, keys)
+    (directory / "replica-2.pub").unlink()
+    inline = replace(
+        config,
+        nodes=(
+            *config.nodes[:2],
+            replace(config.nodes[2], public_key=keys.public_keys[("replica", 3)]),
+            config.nodes[3],
+        ),
+    )
+    with pytest.raises(ConfigError) as info:
+        load_keyring(inline, directory)
+    assert "replica 2" in str(info.value) and "replica 3" in str(info.value)
 
 
 def test_keyring_private_key_must_match(tmp_path):
