@@ -29,9 +29,10 @@ What is simulated:
   discards everything it sends in that window.
 * Clocks: replica i reads `SkewedClock(clock_skew_s[i], 0, clock_uncertainty_us)`
   at true time `SIM_EPOCH_S + now` as its `wall` interval.
-* Timers: the replica's latest `SetTimer` is honoured, and every replica is
-  also ticked every `status_interval_s` (a timer lost in a corner case then
-  costs a little time, never liveness).
+* Timers: exactly the node's contract (bft/node.py): the replica's latest
+  `SetTimer` is honoured and it is ticked then, and at no other time. A replica
+  that leaves a due deadline without a new `SetTimer` stalls here as it would
+  in a real node.
 * Workload: `clients` closed-loop clients each issue `requests` random KV ops
   (put/get/cas/delete over `key_count` keys, so histories conflict, and lock
   sessions: lock, fenced put, unlock).
@@ -680,7 +681,7 @@ class Simulation:
         if kind == "deliver":
             dst = args[1]
             return dst[1] if dst[0] == "replica" else None
-        if kind in ("start", "crash", "restart", "timer", "periodic"):
+        if kind in ("start", "crash", "restart", "timer"):
             return args[0]
         return None
 
@@ -750,7 +751,6 @@ class Simulation:
         node = self._build_node(i, None)
         self.nodes[i] = node
         self._apply(i, node.start(self.now, self._wall(i)))
-        self._push(self.now + self.cluster.status_interval_s, "periodic", i, self.incarnation[i])
 
     def _on_crash(self, i: int) -> None:
         if self.nodes[i] is None:
@@ -771,20 +771,12 @@ class Simulation:
         self._trace("restart", str(i), b"")
         self.checkers.on_restart(i, getattr(node, "last_executed", 0), self.now)
         self._apply(i, node.start(self.now, self._wall(i)))
-        self._push(self.now + self.cluster.status_interval_s, "periodic", i, self.incarnation[i])
 
     def _on_timer(self, i: int, inc: int, gen: int) -> None:
         node = self.nodes[i]
         if node is None or inc != self.incarnation[i] or gen != self.timer_gen[i]:
             return
         self._apply(i, node.tick(self.now, self._wall(i)))
-
-    def _on_periodic(self, i: int, inc: int) -> None:
-        node = self.nodes[i]
-        if node is None or inc != self.incarnation[i]:
-            return
-        self._apply(i, node.tick(self.now, self._wall(i)))
-        self._push(self.now + self.cluster.status_interval_s, "periodic", i, inc)
 
     def _silent(self, i: int) -> bool:
         return any(s.node == i and s.start_s <= self.now

@@ -299,6 +299,21 @@ class ClusterConfig:
         return len(self.nodes)
 
     @property
+    def view_change_bound_s(self) -> float:
+        """How long, at most, a correct replica with a request pending waits for a view that
+        executes it once faults stop (the network delivers within the measured delays and at
+        most f replicas are faulty; PROTOCOL.md "View change", liveness).
+
+        Each view costs at most its progress timer plus its NEW-VIEW timer, and each timer
+        is at most `view_change_timeout_max_s` (the doubling is capped there; nothing but a
+        valid NEW-VIEW stops the NEW-VIEW timer, and only a primary that keeps ordering
+        stretches the progress timer, up to the same cap). At most f views in a row have a
+        faulty primary; add the view the faults stopped in and the one that works, and ten
+        status intervals of loss recovery. With the defaults (f = 1, 10 s): 61 s."""
+        return (2 * (self.f + 2) * self.view_change_timeout_max_s
+                + 10 * self.status_interval_s)
+
+    @property
     def quorum(self) -> int:
         """Certificate size: 2f+1 when n = 3f+1.
 

@@ -72,7 +72,6 @@ STATE_CHUNK_BYTES = 48 * 1024
 MAX_STATUS_SEQS = 64
 MAX_PENDING_REQUESTS = 50_000
 MAX_RESEND_PER_STATUS = 32
-MAX_TIMEOUT_S = 3600.0
 EXEC_PACE_WINDOW = 200  # waits for an execution remembered (see Replica.exec_pace)
 EXEC_PACE_MIN_SAMPLES = 8
 DIGEST_MEMO_SIZE = 1024  # batches whose digest is remembered (see Replica._digest)
@@ -156,7 +155,9 @@ class Replica:
         # How long a request waits at a backup until the primary orders it (its PRE-PREPARE
         # arrives), smoothed: _resend_pending forwards only requests that waited unusually long.
         self.order_delay = RttEstimator()
-        self._nv_armed_at: float | None = None  # when the NEW-VIEW timer was armed
+        # when a fresh PRE-PREPARE of the current primary was last accepted: the only sign
+        # of life that extends the progress timer (see _primary_alive_until)
+        self._primary_ordered_at: float | None = None
         self.new_view_deadline: float | None = None
         self.batch_deadline: float | None = None
         self.status_deadline: float = 0.0
@@ -209,20 +210,15 @@ class Replica:
 
     def tick(self, now: float, wall: Interval | None = None) -> list[Effect]:
         """Run whatever timers are due."""
-        self._begin(now, wall)
+        self._begin(now, wall, ticked=True)
         if self.batch_deadline is not None and now >= self.batch_deadline:
             self.batch_deadline = None
             self._try_propose(force=True)
         if self.new_view_deadline is not None and now >= self.new_view_deadline:
+            # 4.5: only a valid NEW-VIEW stops this timer; nothing else the would-be primary
+            # sends (STATUS, say) extends it
             self.new_view_deadline = None
-            alive_until = self._primary_alive_until(now, since=self._nv_armed_at)
-            if alive_until is not None and self.in_view_change:
-                # the new primary is heard from: building and checking a NEW-VIEW of many
-                # certificates takes an overloaded machine a while; a silent one is not waited for
-                self.counters["new_view_deferred_primary_alive"] += 1
-                self.new_view_deadline = alive_until
-            else:
-                self._start_view_change(self.view + 1, "new_view_timeout")
+            self._start_view_change(self.view + 1, "new_view_timeout")
         if (self.progress_deadline is not None and now >= self.progress_deadline
                 and not self.in_view_change):
             self.progress_deadline = None
@@ -249,7 +245,11 @@ class Replica:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _begin(self, now: float, wall: Interval | None) -> None:
+    def _begin(self, now: float, wall: Interval | None, ticked: bool = False) -> None:
+        if ticked:
+            # the runtime's timer fired and is gone (bft/node.py ticks once per SetTimer): the
+            # next deadline is announced again, even when it equals the one just consumed
+            self.last_timer = None
         self._now = now
         if wall is None:
             us = int(now * 1_000_000)
@@ -332,6 +332,10 @@ class Replica:
         return None
 
     def _vc_timeout(self) -> float:
+        """The view-change timer T (4.4, 4.5): the measured base, doubled per failed view,
+        and never above `view_change_timeout_max_s` (PROTOCOL.md: T is bounded by the config;
+        ClusterConfig.view_change_bound_s says what that bounds)."""
+        cap = self.config.view_change_timeout_max_s
         # loss recovery (status every status_interval_s) gets a few rounds before the primary
         # is suspected, whatever the detector says
         base = max(self.timeout.timeout_s(self.primary()), 3 * self.config.status_interval_s)
@@ -340,8 +344,8 @@ class Replica:
             # wait until the measured wait for an execution would be exceptional (phi). A
             # primary that slows down on purpose can stretch this only up to the ceiling.
             pace = self.exec_pace.silence_for_phi_s(self.config.phi_threshold)
-            base = max(base, min(pace, self.config.view_change_timeout_max_s))
-        return min(base * (2 ** min(self.failed_views, 16)), MAX_TIMEOUT_S)
+            base = max(base, min(pace, cap))
+        return min(base * (2 ** min(self.failed_views, 16)), max(cap, base))
 
     @property
     def failed_views(self) -> int:
@@ -397,30 +401,32 @@ class Replica:
             return self._drop("unexpected_type")
         handler(message)
 
-    def _primary_alive_until(self, now: float, since: float | None = None) -> float | None:
-        """When outstanding work has waited one timer (`_vc_timeout`) without an execution:
+    def _primary_alive_until(self, now: float) -> float | None:
+        """When outstanding work has waited one timer T (`_vc_timeout`) without an execution:
         None if the primary is to be suspected now, else the time to look again.
 
-        A primary that is silent for a timer (no valid message from it, STATUS included,
-        which it sends every status interval) is suspected at once: fail-over is fast. A
-        primary still heard from gets the slow timer, `max(view_change_s, 4 x timer)` from
-        when the work began waiting: under CPU overload a correct primary is slow rather
-        than silent, and replacing it only adds a view change to the load. A faulty primary
-        that stays in touch but does not order is replaced after the slow timer (PBFT 4.4's
-        guarantee, with a longer timer). The NEW-VIEW timer uses the same rule from when it
-        was armed (`since`), for the primary of the view being entered."""
-        since = self._busy_since if since is None else since
+        Only ordering is a sign of life (a STATUS says nothing of progress: a faulty primary
+        can send them forever). A primary that ordered nothing for a timer (no fresh
+        PRE-PREPARE from it accepted here) is suspected at once: fail-over is fast. One that
+        ordered since the work began waiting has done its part and the work waits in the
+        prepare or commit phase (a slow network, or backups starved of CPU): it gets the slow
+        timer, `min(max(view_change_s, 4 x T), view_change_timeout_max_s)` from when the work
+        began waiting; one that ordered within the last timer (a pipeline, the work not yet
+        reached) until a timer after that. The NEW-VIEW timer has no such extension (4.5)."""
+        since = self._busy_since
         if since is None:
             return None
-        # the primary itself counts as heard: it has no better view of its own slowness
-        heard = now if self.is_primary else self.heard_from.get(self.primary())
+        # the primary itself counts as ordering: it has no better view of its own slowness
+        ordered = now if self.is_primary else self._primary_ordered_at
+        if ordered is None:
+            return None
         fast = self._vc_timeout()
-        if heard is None or now - heard >= fast:
-            return None
-        slow_deadline = since + max(self.config.view_change_timeout_s, 4 * fast)
-        if now >= slow_deadline:
-            return None
-        return min(slow_deadline, heard + fast)
+        if ordered >= since:
+            cap = max(self.config.view_change_timeout_max_s, fast)
+            deadline = since + min(max(self.config.view_change_timeout_s, 4 * fast), cap)
+        else:
+            deadline = ordered + fast
+        return deadline if now < deadline else None  # a deadline returned is > now
 
     def _late_vote(self, st: Any) -> bool:
         """A PREPARE or COMMIT of the current view that cannot change anything here: its slot
@@ -493,7 +499,8 @@ class Replica:
         self._out.append(ReplyEffect(client, sealed if sealed is not None else self._sign(reply)))
 
     def _arm_progress(self) -> None:
-        if self.progress_deadline is None:
+        # in a view change the NEW-VIEW timer runs instead (4.5); entering the view re-arms
+        if self.progress_deadline is None and not self.in_view_change:
             self.progress_deadline = self._now + self._vc_timeout()
             self._busy_since = self._now
 
@@ -679,6 +686,8 @@ class Replica:
             return self._drop("contradicts_own_prepare")
         slot.pre_prepare, slot.digest, slot.fresh = pp_signed, pp.digest, fresh
         slot.accepted_at = self._now
+        if fresh:
+            self._primary_ordered_at = self._now
         if batch is not None:
             slot.batch = batch
             self.batches[pp.digest] = batch
@@ -1185,6 +1194,7 @@ class Replica:
             self.vc_started_at = self._now
         self.view = new_view
         self.in_view_change = True
+        self._primary_ordered_at = None
         self.vc_cause = cause
         self.progress_deadline = None
         self.batch_deadline = None
@@ -1203,15 +1213,18 @@ class Replica:
         self._maybe_send_new_view()
 
     def _arm_new_view_timer(self) -> None:
-        """4.5: the NEW-VIEW timer starts once 2f+1 VIEW-CHANGEs for our target view are in, so
-        a replica alone in a view change waits there instead of racing to ever higher views."""
+        """4.5: the NEW-VIEW timer starts once 2f+1 replicas are in a view change for our
+        target view or a higher one, so a replica alone in a view change waits there instead
+        of racing to ever higher views. Higher views count: a replica that already moved on
+        past our target (its NEW-VIEW timer ran out first) will never send a VIEW-CHANGE for
+        it again, and without its vote the timer would never start (f of them silent, one
+        ahead: a deadlock seen in tests/test_liveness_regressions.py)."""
         if not self.in_view_change or self.new_view_deadline is not None:
             return
         count = sum(1 for s in self.view_changes.values()
-                    if s.statement.view == self.view)  # type: ignore[union-attr]
+                    if s.statement.view >= self.view)  # type: ignore[union-attr]
         if count >= self.quorum:
             self.new_view_deadline = self._now + self._vc_timeout()
-            self._nv_armed_at = self._now
 
     def _on_view_change(self, signed: Signed) -> None:
         vc: ViewChange = signed.statement  # type: ignore[assignment]
@@ -1269,6 +1282,7 @@ class Replica:
         started = self.vc_started_at
         self.view = nv.view
         self.in_view_change = False
+        self._primary_ordered_at = self._now  # a valid NEW-VIEW: the new primary is ordering
         self.new_view_msg = nv_signed
         self.my_view_change = None
         self.new_view_deadline = None
@@ -1627,6 +1641,9 @@ class Replica:
         else:
             self.my_view_change = None
             self.view_changes.pop(self.id, None)
+        # the timer doubles per failed view since the last view that worked (4.5): the view
+        # we were working in, or the last one we entered before our pending view change
+        self.last_good_view = max(entered_view, self.view if not self.in_view_change else 0)
         # votes of an earlier view than the current one are stale: keep only certs/batches
         for slot in self.log.slots.values():
             if slot.view != self.view:

@@ -132,6 +132,7 @@ class Net:
             self.now = min(end, self.now + step)
             for i, r in enumerate(self.replicas):
                 if r is not None and self.timers.get(i, float("inf")) <= self.now:
+                    del self.timers[i]  # the node's contract: one tick per SetTimer
                     self._apply(i, r.tick(self.now))
             self.deliver()
 

@@ -76,6 +76,12 @@ def test_a_retransmission_to_a_backup_is_relayed_to_the_primary_4_1(to):
     assert net.replicas[1].view == 0
 
 
+#: A primary slowing down step by step (the pace measurement learns as it goes; a correct
+#: primary that is suddenly five times slower than any wait seen so far, with nothing
+#: ordered meanwhile, is suspected once: only ordering is a sign of life, not STATUS).
+RAMP = [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45]
+
+
 def _run_with_slow_primary(net: Net, delays_s: list[float], step_s: float = 0.01,
                            watch: Callable[[int, int, Any], None] | None = None) -> None:
     """One request per delay; the primary's PRE-PREPAREs reach the backups `delay` late
@@ -123,12 +129,12 @@ def test_the_timer_follows_a_slowly_executing_cluster_4_4():
 
 
 def test_without_pace_measurement_the_same_ramp_changes_view():
-    """Teeth for the test above: with the pace ignored (the timer at its floor) and a primary
-    that is heard from given no extra time, the same slow but correct primary is replaced."""
+    """Teeth for the test above: with the pace ignored (the timer at its floor), the same
+    slow but correct primary is replaced: that it is heard from (STATUS every status
+    interval) buys it nothing (PROTOCOL.md "View change": a STATUS is no sign of progress)."""
     net = Net(4)
     for r in net.replicas:
         r.exec_pace.add_interval = lambda interval_s: None  # measure nothing
-        r._primary_alive_until = lambda now: None  # suspect as soon as the timer fires
     ramp = [0.1] * 10 + [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
     _run_with_slow_primary(net, ramp)
     assert max(r.view for r in net.replicas) >= 1
@@ -149,17 +155,42 @@ def test_a_dead_primary_is_still_replaced_after_a_slow_period_4_4():
     assert net.now - start <= timer + 0.1
 
 
-def test_a_primary_heard_from_gets_the_slow_timer_a_silent_one_the_fast_4_4():
-    """Without pace measurement: a primary that is slow but sends STATUS is given the slow
-    timer (max(view_change_s, 4 x timer)); the same primary silenced is replaced after one
-    fast timer from its last message."""
+def test_a_primary_that_keeps_ordering_gets_the_slow_timer_a_silent_one_the_fast_4_4():
+    """Without pace measurement: backup 1 gets every COMMIT 0.5 s late, so its work waits
+    longer than its timer (0.3 s) for each execution, but primary 0 keeps ordering (its
+    fresh PRE-PREPAREs arrive at once): backup 1 gives it the slow timer
+    (min(max(view_change_s, 4 x timer), view_change_max_s)) and stays in view 0. The same
+    primary silenced is replaced after one fast timer from its last PRE-PREPARE."""
+    from bft.messages import Commit
+
     net = Net(4)
     for r in net.replicas:
         r.exec_pace.add_interval = lambda interval_s: None
-    ramp = [0.1] * 10 + [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
-    _run_with_slow_primary(net, ramp)
-    assert [r.view for r in net.replicas] == [0, 0, 0, 0]
-    assert net.replicas[1].counters["view_change_deferred_primary_alive"] >= 1
+    held: list[tuple[float, int, int, object]] = []
+    released: dict[int, object] = {}
+
+    def late_commits_to_1(src, dst, msg):
+        if id(msg) in released:
+            return True
+        if dst == 1 and isinstance(getattr(msg, "statement", None), Commit):
+            held.append((net.now + 0.5, src, dst, msg))
+            return False
+        return True
+
+    net.filter = late_commits_to_1
+    for t in range(1, 21):
+        net.request(0, Ops.put(f"k{t}", b"v"), to=None)
+        start = net.now
+        while net.replicas[1].last_executed < t and net.now - start < 5.0:
+            for h in [h for h in held if h[0] <= net.now]:
+                held.remove(h)
+                released[id(h[3])] = h[3]
+                net.queue.append(h[1:])
+            net.advance(0.01, step=0.01)
+        assert net.replicas[1].last_executed == t
+    r1 = net.replicas[1]
+    assert (r1.view, r1.in_view_change) == (0, False)
+    assert r1.counters["view_change_deferred_primary_alive"] >= 1
     # now the primary falls silent (it keeps running but nothing of it arrives)
     net.filter = lambda src, dst, msg: src != 0
     net.request(0, Ops.put("late", b"1"), to=None)
@@ -184,7 +215,7 @@ def test_backups_do_not_forward_what_a_slow_primary_already_has_4_4():
     requests pending longer than the ordering delay it measures (RFC 6298 smoothing of
     request -> PRE-PREPARE waits): once it has measured the slow pace, no copies."""
     net = Net(4)
-    delays = [0.1] * 10 + [0.5] * 20
+    delays = [0.1] * 10 + RAMP + [0.5] * 20
     forwards: list[int] = []  # timestamps of the requests forwarded to the primary
 
     def watch(src, dst, msg):
@@ -193,7 +224,7 @@ def test_backups_do_not_forward_what_a_slow_primary_already_has_4_4():
 
     _run_with_slow_primary(net, delays, watch=watch)
     assert [r.view for r in net.replicas] == [0, 0, 0, 0]
-    late = [t for t in forwards if t > 20]  # after ten requests at the slow pace
+    late = [t for t in forwards if t > 10 + len(RAMP) + 10]  # ten at the slow pace
     assert late == [], f"forwarded copies of requests {late}"
 
 
@@ -202,7 +233,7 @@ def test_a_lost_copy_is_still_forwarded_after_a_slow_period_4_4():
     a request whose client -> primary datagram is lost is forwarded by the backups and
     executes in the same view (no client retransmission in this network)."""
     net = Net(4)
-    _run_with_slow_primary(net, [0.1] * 10 + [0.5] * 10)
+    _run_with_slow_primary(net, [0.1] * 10 + RAMP + [0.5] * 10)
     net.filter = lambda src, dst, msg: not (src == -1 and dst == 0)  # the primary's copy lost
     t = net.client_ts[0] + 1
     net.request(0, Ops.put("lost", b"1"), to=None)

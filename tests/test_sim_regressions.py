@@ -57,7 +57,10 @@ REGRESSIONS = {
         "'own_message', so the certificate never reached 2f+1",
     91: "a replica alone in a view change never caught up (no relay of decided seqs across "
         "views)",
+    139: "with the node's timer contract (no extra periodic tick), a tick left the progress "
+         "deadline due (heard + T == now but now - heard < T in floats) and set no new timer",
     224: "a slot decided by certificate whose batch arrived later was never executed",
+    275: "the same timer stall as 139, with a partition",
     329: "a restarted replica dropped its own pre-crash CHECKPOINT inside a relayed stable "
          "proof as 'own_message', so the proof never reached 2f+1 and it never transferred "
          "the state",
