@@ -640,12 +640,12 @@ class ClientMux:
     `Client` accepts it only after its own checks (it names that client and its
     outstanding request, and is authentic), so a client completes only on f+1
     matching authentic replies to its own request, however many clients share the
-    socket. Replies that cannot count (for an idle client, another request number, a
-    replica already counted: most of the n - (f+1) replies that come after a request
-    completed) are dropped before they are decoded (`bft.client.peek_reply_untrusted`,
-    `Client.prescreen`) and counted in that client's statistics; bytes that do not
-    look like a reply, or name no client of this socket, are counted in
-    `statistics()["drops"]`.
+    socket. Replies that cannot count (for an idle client, another request number or
+    another request, a replica already counted: most of the n - (f+1) replies that come
+    after a request completed) are dropped before they are decoded
+    (`bft.client.peek_reply_untrusted`, `Client.prescreen`) and counted in that client's
+    statistics; bytes that do not look like a reply, or name no client of this socket,
+    are counted in `statistics()["drops"]`.
     """
 
     def __init__(self, config: ClusterConfig, *, host: str | None = None,
@@ -750,7 +750,7 @@ class ClientMux:
             self._drops["unknown_client"] += 1
             return
         client = owner.client
-        if not client.prescreen(claim[1], claim[2]):
+        if not client.prescreen(claim[1], claim[2], claim[3]):
             return  # could not count: dropped (and counted) before decoding
         try:
             msg = codec.decode_untrusted(payload, self.config.limits)
