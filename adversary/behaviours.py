@@ -57,7 +57,7 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bft import codec
@@ -547,8 +547,7 @@ class Lie(Behaviour):
             if lie == "reply_result":
                 made = self._made.get(key)
                 if made is None:
-                    wrong = type(r)(r.view, r.timestamp, r.client, r.replica,
-                                    b"lie:" + sha256(r.result)[:8])
+                    wrong = replace(r, result=b"lie:" + sha256(r.result)[:8])
                     made = None
                     if isinstance(effect.reply, MacReply) and self.env.reply_auth is not None:
                         made = self.env.reply_auth.seal(wrong)  # a valid MAC, as itself

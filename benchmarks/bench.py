@@ -673,7 +673,7 @@ async def _worker(spec: dict[str, Any]) -> None:
     (completed, errors, clients with a first completion) every PROGRESS_INTERVAL_S; on `stop` (or end of input) writes
     its completions to spec["out"] as JSON and prints `done`. The clients share one UDP
     socket (`bft.node.ClientMux`) unless spec["shared_socket"] is false."""
-    from bft.node import ClientError, ClientMux, ClusterClient, next_client_timestamp
+    from bft.node import ClientError, ClientMux, ClusterClient, claim_client_id
 
     config = ClusterConfig.load(spec["config"])
     keyring = load_keyring(config, spec["key_dir"])
@@ -685,10 +685,14 @@ async def _worker(spec: dict[str, Any]) -> None:
     # the spec says not: one scheduler pass per batch of replies instead of one per reply.
     mux = ClientMux(config) if spec.get("shared_socket", True) else None
     # replies come MAC'd (bft/auth.py); requests go to every replica unless the spec says not
-    clients = [ClusterClient(config, cid, signer=keyring.signer("client", cid), verifier=verifier,
-                             first_timestamp=next_client_timestamp(state_dir, cid),
+    # each client id is this process's own while it runs (ClientIdInUse: the worker does
+    # not start, and the bench says why)
+    claims = [claim_client_id(state_dir, cid) for cid in spec["clients"]]
+    clients = [ClusterClient(config, claim.client_id, verifier=verifier,
+                             signer=keyring.signer("client", claim.client_id),
+                             first_timestamp=claim.first_timestamp,
                              send_to_all=spec.get("send_to_all", True), mux=mux)
-               for cid in spec["clients"]]
+               for claim in claims]
     times: list[float] = []
     latencies: list[float] = []
     views: list[int] = []
@@ -743,6 +747,8 @@ async def _worker(spec: dict[str, Any]) -> None:
             c.close()
         if mux is not None:
             mux.close()
+        for claim in claims:
+            claim.release()
         Path(spec["out"]).write_text(json.dumps({
             "times": times, "latencies": latencies, "views": views, "errors": errors[0],
             "first": first, "client_stats": stats}))
@@ -1179,18 +1185,23 @@ def _default_procs(clients: int) -> int:
 async def _probe(config: ClusterConfig, key_dir: Path, state_dir: Path | None, client_id: int,
                  timeout_s: float) -> None:
     """One request through the cluster: it serves before anything is measured."""
-    from bft.node import ClientError, ClusterClient, next_client_timestamp
+    from bft.errors import ClientIdInUse
+    from bft.node import ClientError, ClusterClient, claim_client_id
 
     keyring = load_keyring(config, key_dir)
+    try:
+        claim = claim_client_id(state_dir, client_id)
+    except ClientIdInUse as exc:
+        raise BenchError(f"cannot probe the cluster: {exc}") from None
     client = ClusterClient(config, client_id, signer=keyring.signer("client", client_id),
-                           verifier=keyring.verifier(),
-                           first_timestamp=next_client_timestamp(state_dir, client_id))
+                           verifier=keyring.verifier(), first_timestamp=claim.first_timestamp)
     try:
         await client.call(b"", timeout_s=timeout_s)
     except ClientError as exc:
         raise BenchError(f"the cluster did not answer a first request: {exc}") from None
     finally:
         client.close()
+        claim.release()
 
 
 async def run_benchmark(config_path: Path, *, counts: Sequence[int], warmup_s: float,

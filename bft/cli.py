@@ -29,7 +29,7 @@ from bft.config import (
     resolve_key_dir,
 )
 from bft.crypto import generate_private_key, public_key_bytes, save_private_key, save_public_key
-from bft.errors import ConfigError
+from bft.errors import ClientIdInUse, ConfigError
 from transport.udp import TransportError
 
 __all__ = ["EXPECTED_ERRORS", "CliError", "build_parser", "main"]
@@ -41,7 +41,7 @@ class CliError(Exception):
 
 #: Errors printed as `bft: error: ...` with exit status 2.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CliError, ConfigError, OSError,
-                                                     TransportError)
+                                                     TransportError, ClientIdInUse)
 
 EXIT_USAGE = 2
 
@@ -318,12 +318,18 @@ def _add_client_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "client", help="run one operation against a running cluster",
         description="Send one operation to the cluster and print the agreed result (f+1 "
-        "matching replies). Exits 1 when no agreed result arrives within --timeout.",
+        "matching replies). Exits 1 when no agreed result arrives within --timeout. A client "
+        "id is used by one process at a time (a lock in the state directory): without --id "
+        "the client takes the first id of the config that no other process uses (`bft up "
+        "--load` takes the first free ones too); with --id N it fails at once (exit 2) if "
+        "another process uses N.",
         epilog="operations: put KEY VALUE [--fence NAME:TOKEN] | get KEY | delete KEY "
         "[--fence NAME:TOKEN] | cas KEY OLD NEW (OLD '-' for absent) | lock NAME --ttl S | "
         "unlock NAME TOKEN")
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
-    parser.add_argument("--id", type=int, default=0, help="client id (default 0)")
+    parser.add_argument("--id", type=int, default=None,
+                        help="client id (default: the first id of the config that no other "
+                        "process using this state directory holds)")
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--key-dir", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
@@ -370,27 +376,33 @@ def cmd_client(args: argparse.Namespace) -> int:
     import trio
 
     from bft.app import decode_result
-    from bft.node import ClientError, ClusterClient, next_client_timestamp
+    from bft.node import ClientError, ClusterClient, claim_client_id, claim_free_client_ids
 
     config = _load_config(args.config)
     op = _parse_client_op(args)
-    if args.id not in {c.id for c in config.clients}:
+    ids = [c.id for c in config.clients]
+    if args.id is not None and args.id not in ids:
         raise CliError(f"client id {args.id} is not in {args.config} "
-                       f"(clients: {', '.join(str(c.id) for c in config.clients)})")
+                       f"(clients: {', '.join(str(c) for c in ids)})")
     state_dir = _state_dir(config, args.state_dir)
     keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
+    # this process's own client id for as long as it runs (ClientIdInUse: exit 2)
+    claim = (claim_client_id(state_dir, args.id) if args.id is not None
+             else claim_free_client_ids(state_dir, ids)[0])
+    cid = claim.client_id
 
     async def go() -> bytes:
-        client = ClusterClient(config, args.id, signer=keyring.signer("client", args.id),
+        client = ClusterClient(config, cid, signer=keyring.signer("client", cid),
                                verifier=keyring.verifier(),
-                               first_timestamp=next_client_timestamp(state_dir, args.id))
+                               first_timestamp=claim.first_timestamp)
         try:
             return await client.call(op, timeout_s=args.timeout)
         finally:
             client.close()
 
     try:
-        result = trio.run(go)
+        with claim:
+            result = trio.run(go)
     except ClientError as exc:
         print(f"bft: error: {exc}", file=sys.stderr)
         return 1
@@ -418,7 +430,8 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="print events as lines instead of opening the dashboard (the "
                         "default when stdout is not a terminal)")
     parser.add_argument("--load", type=float, default=0.0, metavar="OPS_PER_S",
-                        help="background client load in operations per second (0: none)")
+                        help="background client load in operations per second (0: none), "
+                        "from the first client ids no other process uses (one per 50 ops/s)")
     parser.add_argument("--duration", type=float, default=None, metavar="S",
                         help="stop after this many seconds")
     parser.add_argument("--fsync", choices=["always", "never"], default=None)
@@ -659,7 +672,8 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
     import trio
 
     from bft.app import Ops
-    from bft.node import ClientError, ClusterClient, next_client_timestamp
+    from bft.errors import ClientIdInUse
+    from bft.node import ClientError, ClusterClient, claim_free_client_ids
 
     import time as _time
 
@@ -668,7 +682,18 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
     history_path = _UP_EXTRA.get("history")
     history = History() if history_path is not None else None
     keyring = load_keyring(config, key_dir)
-    clients = [c.id for c in config.clients][: max(1, min(len(config.clients), int(ops_per_s // 50) + 1))]
+    # the first client ids no other process uses (a `bft client` started before holds
+    # its id), held until the load stops
+    want = max(1, min(len(config.clients), int(ops_per_s // 50) + 1))
+    try:
+        claims = {c.client_id: c for c in claim_free_client_ids(
+            state_dir, [c.id for c in config.clients], want)}
+    except ClientIdInUse as exc:
+        say(f"[load] no load: {exc}")
+        return
+    clients = list(claims)
+    if len(clients) < want:
+        say(f"[load] {len(clients)} client ids free of the {want} wanted: running with those")
     done: list[float] = []
     errors = [0]
     rng = random.Random(0)
@@ -676,7 +701,7 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
     async def one(cid: int) -> None:
         client = ClusterClient(config, cid, signer=keyring.signer("client", cid),
                                verifier=keyring.verifier(),
-                               first_timestamp=next_client_timestamp(state_dir, cid))
+                               first_timestamp=claims[cid].first_timestamp)
         interval = len(clients) / ops_per_s
         next_at = trio.current_time()
         try:
@@ -723,6 +748,8 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
             for cid in clients:
                 nursery.start_soon(one, cid)
     finally:
+        for claim in claims.values():
+            claim.release()
         if history is not None:
             history.finish(_time.monotonic_ns())
             history.write(history_path)

@@ -9,11 +9,15 @@ OSDI'99 section 4.1 and PROTOCOL.md "Requests and replies" / "Loss recovery":
   suspected without waiting for the client's retransmission).
 * `receive(reply, now)` accepts a `REPLY` only if it is authentic, from a
   replica of the cluster, names this client and the outstanding request
-  number. Authentic is a `MacReply` whose MAC checks under the key this
+  number, and answers the very request this client sent: its `request`
+  digest is the digest of that signed request (another process using the
+  same client id may have had another request executed under the same
+  number). Authentic is a `MacReply` whose MAC checks under the key this
   client shares with that replica (`bft.auth.ReplyAuth`, PBFT's MACs), or a
   `Signed` reply validly signed by that replica. The result is accepted once
-  `f+1` distinct replicas reported the same `(t, result)`: at least one of
-  them is correct, so the result is the one the correct replicas computed.
+  `f+1` distinct replicas reported the same `(t, d, result)`: at least one of
+  them is correct, so the result is the one the correct replicas computed
+  for this request.
 * `tick(now)`: when no accepted result arrived within `client_timeout_s`, the
   request is sent again: first once more to the primary (to every replica
   with `send_to_all`), then to every replica (a backup that has not seen it
@@ -29,8 +33,8 @@ A `ClientTimer(at)` asks to call `tick()` no later than `at`.
 
 Cheap screening (for a runtime that receives many replies it does not need:
 with `send_to_all`, n replies come back and f+1 decide): `peek_reply_untrusted`
-reads the claimed (client, timestamp, replica) of a reply from its bytes
-without decoding or checking it, and `Client.prescreen` says whether a reply
+reads the claimed (client, timestamp, replica, request digest) of a reply from
+its bytes without decoding or checking it, and `Client.prescreen` says whether a reply
 with those claims could still count. A reply screened out is dropped (and
 counted) exactly as `receive` would drop it; one screened in must still go
 through `receive`, which decides on the decoded, authenticated reply alone.
@@ -41,8 +45,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bft.crypto import request_digest
 from bft.detector import RttEstimator
-from bft.messages import MacReply, Reply, Request, Signed
+from bft.messages import DIGEST_SIZE, MacReply, Reply, Request, Signed
 
 # --------------------------------------------------------------------------
 # Effects
@@ -109,6 +114,7 @@ class _Outstanding:
 
     signed: Signed
     timestamp: int
+    digest: bytes  # request_digest(signed): what a reply must answer
     submitted_at: float
     deadline: float | None
     next_retransmit_at: float
@@ -135,14 +141,16 @@ def _peek_uint(data: bytes, pos: int) -> tuple[int, int]:
 assert Signed.TAG < 24 <= MacReply.TAG < 256
 _SIGNED_HEAD = bytes((0x83, Signed.TAG))
 _MAC_REPLY_HEAD = bytes((0x83, 0x18, MacReply.TAG))
-_REPLY_HEAD = 0x86  # a Reply is an array of 6: [TAG, view, timestamp, client, replica, result]
+# a Reply is an array of 7: [TAG, view, timestamp, client, replica, request, result]
+_REPLY_HEAD = 0x87
+_DIGEST_HEAD = bytes((0x58, DIGEST_SIZE))  # a byte string of 32 (24..255: one length byte)
 
 
-def peek_reply_untrusted(data: bytes) -> tuple[int, int, int] | None:
-    """The (client, timestamp, replica) a reply's bytes claim, or None if they do not
-    look like a `MacReply` or `Signed` reply.
+def peek_reply_untrusted(data: bytes) -> tuple[int, int, int, bytes] | None:
+    """The (client, timestamp, replica, request digest) a reply's bytes claim, or None
+    if they do not look like a `MacReply` or `Signed` reply.
 
-    Reads only the item heads up to the replica field: no decoding of the rest, no
+    Reads only the item heads up to the request digest: no decoding of the rest, no
     check of the encoding's canonical form, of the signature or of the MAC. The
     answer is a claim of whoever sent the bytes, good only to drop what cannot
     count (`Client.prescreen`); anything accepted is decoded and checked in full
@@ -167,10 +175,14 @@ def peek_reply_untrusted(data: bytes) -> tuple[int, int, int] | None:
         _, pos = _peek_uint(data, pos + 2)  # view
         timestamp, pos = _peek_uint(data, pos)
         client, pos = _peek_uint(data, pos)
-        replica, _ = _peek_uint(data, pos)
+        replica, pos = _peek_uint(data, pos)
+        end = pos + 2 + DIGEST_SIZE
+        if data[pos:pos + 2] != _DIGEST_HEAD or end > len(data):
+            return None
+        request = data[pos + 2:end]
     except (IndexError, ValueError):
         return None
-    return client, timestamp, replica
+    return client, timestamp, replica, request
 
 
 class ClientBusy(Exception):
@@ -185,13 +197,16 @@ class Client:
       (a restarted client must pass a number above every one it used before);
     * `Completed` is emitted at most once per request, only after `f+1`
       distinct replicas sent authentic replies (validly signed, or MAC'd for
-      this client) with equal `(timestamp, result)`. A replica is counted once
+      this client) to this very request (same number, and the digest of the
+      request this client signed) with equal results. A replica is counted once
       per request: its first valid reply counts, later different replies from
       it are ignored (a correct replica never changes a result, so this only
       limits a liar);
     * replies that are badly signed (`bad_signature`) or MAC'd (`bad_mac`;
       every `MacReply` when the client has no `reply_auth`), for another
-      client or request, from an unknown replica, or not replies at all are
+      client or request number (`other_client`, `stale_timestamp`), answering
+      another request under this number (`other_request`: another process
+      using this client id), from an unknown replica, or not replies at all are
       dropped and counted by reason in `statistics()["drops"]`, never raised.
 
     `reply_auth` is this client's `bft.auth.ReplyAuth` (None: only signed
@@ -251,7 +266,8 @@ class Client:
         signed = self._signer.sign(Request(op=op, timestamp=timestamp, client=self.client_id))
         timeout_s = self.retransmit_timeout_s
         self._outstanding = _Outstanding(
-            signed=signed, timestamp=timestamp, submitted_at=now, deadline=deadline,
+            signed=signed, timestamp=timestamp, digest=request_digest(signed),
+            submitted_at=now, deadline=deadline,
             next_retransmit_at=now + timeout_s, replies={},
         )
         self._stats["submitted"] += 1
@@ -270,6 +286,8 @@ class Client:
         out = self._outstanding
         if out is None or reply.timestamp != out.timestamp:
             return self._drop("stale_timestamp")
+        if reply.request != out.digest:
+            return self._drop("other_request")
         if isinstance(message, MacReply):
             if self._reply_auth is None or not self._reply_auth.check(message):
                 return self._drop("bad_mac")
@@ -307,23 +325,27 @@ class Client:
             return base
         return min(max(base, bound), 16 * base)
 
-    def prescreen(self, timestamp: int, replica: int) -> bool:
-        """Whether a reply claiming `timestamp` and `replica` (`peek_reply_untrusted`)
-        could still count toward the outstanding request.
+    def prescreen(self, timestamp: int, replica: int, request: bytes) -> bool:
+        """Whether a reply claiming `timestamp`, `replica` and `request` digest
+        (`peek_reply_untrusted`) could still count toward the outstanding request.
 
         False when `receive` would drop it whatever its authenticity: no request is
         outstanding or it has another number (`stale_timestamp`), the replica is not
-        one of the cluster (`unknown_replica`), or that replica's reply was already
-        counted (`duplicate_replica`, which `receive` would give after checking the
-        MAC). The drop is counted as `receive` counts it. True: pass the reply to
+        one of the cluster (`unknown_replica`), it answers another request
+        (`other_request`), or that replica's reply was already counted
+        (`duplicate_replica`, which `receive` would give after checking the MAC).
+        The drop is counted as `receive` counts it. True: pass the reply to
         `receive`, which checks everything again on the decoded reply.
         """
         out = self._outstanding
         if out is not None and timestamp == out.timestamp and 0 <= replica < self._config.n:
             assert out.replies is not None
-            if replica not in out.replies:
+            if request != out.digest:
+                reason = "other_request"
+            elif replica not in out.replies:
                 return True
-            reason = "duplicate_replica"
+            else:
+                reason = "duplicate_replica"
         elif 0 <= replica < self._config.n:
             reason = "stale_timestamp"
         else:

@@ -4,6 +4,7 @@
   message. The only exception `bft.codec.decode_untrusted` raises.
 - `ConfigError`: a configuration problem, naming the file, the field and the fix.
 - `InvariantViolation`: a broken internal invariant (a bug): crash and recover.
+- `ClientIdInUse`: another process holds the client id this one asked for.
 
 A message that decodes but is invalid (bad signature, wrong view, ...) is not an
 error: the replica drops it and records the reason.
@@ -42,3 +43,10 @@ class ConfigError(BftError):
 
 class InvariantViolation(BftError):
     """An internal invariant broke: a bug, never caused by a peer's input."""
+
+
+class ClientIdInUse(BftError):
+    """Another process uses this client id (holds its lock in the state directory).
+
+    Two processes signing as one client id would reach the same request numbers;
+    `bft.node.claim_client_id` refuses the second one with this error."""

@@ -19,8 +19,9 @@ Unsigned carriers hold signed parts plus data authenticated by a digest:
 
 Paper names (OSDI'99 section 4): REQUEST<o, t, c> is `Request(op, timestamp,
 client)`; PRE-PREPARE<v, n, d> is `PrePrepare(view, seq, digest)`;
-PREPARE/COMMIT<v, n, d, i>; REPLY<v, t, c, i, r>; CHECKPOINT<n, d, i>;
-VIEW-CHANGE<v+1, n, C, P, i>; NEW-VIEW<v+1, V, O>.
+PREPARE/COMMIT<v, n, d, i>; REPLY<v, t, c, i, r>, extended by the digest d of
+the request it answers, is `Reply(view, timestamp, client, replica, request,
+result)`; CHECKPOINT<n, d, i>; VIEW-CHANGE<v+1, n, C, P, i>; NEW-VIEW<v+1, V, O>.
 
 Field annotations use the `Annotated` kinds below; the codec reads them to
 check every field's type, length and range when decoding untrusted bytes.
@@ -116,13 +117,21 @@ class Commit:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """<REPLY, v, t, c, i, r>_i: `result` of client `client`'s request `timestamp`."""
+    """<REPLY, v, t, c, i, d, r>_i: `result` of client `client`'s request `timestamp`.
+
+    `request` is d, the digest of the signed request this reply answers
+    (`bft.crypto.request_digest`: SHA-256 of the request's body as signed). Two
+    different requests can share (c, t) (two processes using one client id); the
+    digest tells the client which one was executed, so it never accepts the result
+    of an operation it did not send (PROTOCOL.md "Requests and replies").
+    """
 
     TAG: ClassVar[int] = 5
     view: U64
     timestamp: U64
     client: U64
     replica: U64
+    request: Digest
     result: Op
 
 

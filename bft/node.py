@@ -18,6 +18,7 @@ lets many of them share one socket and one receiving task.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import heapq
 import json
@@ -58,7 +59,7 @@ from bft.effects import (
     Send,
     SetTimer,
 )
-from bft.errors import MalformedMessage
+from bft.errors import ClientIdInUse, MalformedMessage
 from bft.messages import Request, Signed
 from bft.replica import Replica
 from bft.storage import WalStorage
@@ -640,12 +641,12 @@ class ClientMux:
     `Client` accepts it only after its own checks (it names that client and its
     outstanding request, and is authentic), so a client completes only on f+1
     matching authentic replies to its own request, however many clients share the
-    socket. Replies that cannot count (for an idle client, another request number, a
-    replica already counted: most of the n - (f+1) replies that come after a request
-    completed) are dropped before they are decoded (`bft.client.peek_reply_untrusted`,
-    `Client.prescreen`) and counted in that client's statistics; bytes that do not
-    look like a reply, or name no client of this socket, are counted in
-    `statistics()["drops"]`.
+    socket. Replies that cannot count (for an idle client, another request number or
+    another request, a replica already counted: most of the n - (f+1) replies that come
+    after a request completed) are dropped before they are decoded
+    (`bft.client.peek_reply_untrusted`, `Client.prescreen`) and counted in that client's
+    statistics; bytes that do not look like a reply, or name no client of this socket,
+    are counted in `statistics()["drops"]`.
     """
 
     def __init__(self, config: ClusterConfig, *, host: str | None = None,
@@ -750,7 +751,7 @@ class ClientMux:
             self._drops["unknown_client"] += 1
             return
         client = owner.client
-        if not client.prescreen(claim[1], claim[2]):
+        if not client.prescreen(claim[1], claim[2], claim[3]):
             return  # could not count: dropped (and counted) before decoding
         try:
             msg = codec.decode_untrusted(payload, self.config.limits)
@@ -918,25 +919,116 @@ def default_client_timestamp_file(state_dir: Path, client_id: int) -> Path:
     return state_dir / f"client-{client_id}.last"
 
 
-def next_client_timestamp(state_dir: Path | None, client_id: int) -> int:
-    """A request-number start above any this client used before (kept in the state dir).
+def client_lock_file(state_dir: Path, client_id: int) -> Path:
+    return state_dir / f"client-{client_id}.lock"
 
-    The time of day may step back (NTP); the stored number makes sure a restarted client
-    never reuses a request number its replicas already executed."""
+
+class ClientIdClaim:
+    """This process's exclusive use of one client id, and the request number to start at.
+
+    Two processes signing requests as one client id reach the same request numbers,
+    and each replica executes only one request per number (issue 18, 1e). A claim
+    holds an exclusive `flock` on `client-<id>.lock` in the state directory until
+    `release()` (or the end of a `with` block, or the end of the process: the kernel
+    drops the lock with the descriptor, so a crash never leaves an id taken; a claim
+    merely forgotten holds its id until then).
+    The lock is on a file of its own that is never replaced: the timestamp file
+    `client-<id>.last` is replaced on every claim, and a lock on a replaced file
+    would guard nothing.
+
+    `first_timestamp` is above every request number any earlier claim of this id
+    (in this state directory) handed out, and above the time of day in
+    microseconds; a million numbers above it are reserved for this claim.
+    Without a state directory (`state_dir` None) nothing is locked or stored and
+    `first_timestamp` is the time of day in microseconds.
+    """
+
+    def __init__(self, client_id: int, first_timestamp: int, fd: int | None) -> None:
+        self.client_id = client_id
+        self.first_timestamp = first_timestamp
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        """True while this claim holds its lock."""
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Let other processes use the client id (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor of the open file drops the flock
+
+    def __enter__(self) -> ClientIdClaim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"ClientIdClaim({self.client_id}, held={self.held})"
+
+
+def claim_client_id(state_dir: Path | None, client_id: int) -> ClientIdClaim:
+    """Claim `client_id` for this process (see `ClientIdClaim`).
+
+    Raises `ClientIdInUse` at once (no waiting) if another claim holds it, in this
+    process or another; OSError if the state directory cannot hold the lock and
+    the timestamp file."""
     now_us = time.time_ns() // 1000
     if state_dir is None:
-        return now_us
-    path = default_client_timestamp_file(state_dir, client_id)
+        return ClientIdClaim(client_id, now_us, None)
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = client_lock_file(state_dir, client_id)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        last = int(path.read_text().strip())
-    except (OSError, ValueError):
-        last = 0
-    start = max(now_us, last + 1)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ClientIdInUse(
+            f"client id {client_id} is in use by another process (it holds {lock_path}); "
+            f"pass --id with another client id of the config") from None
+    except BaseException:
+        os.close(fd)
+        raise
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        path = default_client_timestamp_file(state_dir, client_id)
+        try:
+            last = int(path.read_text().strip())
+        except (OSError, ValueError):
+            last = 0
+        start = max(now_us, last + 1)
+        # written whole or not at all (a crash leaves the old number), through a temporary
+        # file of this process's own
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(str(start + 1_000_000))  # reserve a million request numbers
         os.replace(tmp, path)
-    except OSError:
-        pass
-    return start
+    except BaseException:
+        os.close(fd)
+        raise
+    return ClientIdClaim(client_id, start, fd)
+
+
+def claim_free_client_ids(state_dir: Path | None, client_ids: list[int],
+                          count: int = 1) -> list[ClientIdClaim]:
+    """Claims of the first `count` ids of `client_ids` that no other claim holds, in
+    order (fewer if fewer are free). Raises `ClientIdInUse` if none is free."""
+    claims: list[ClientIdClaim] = []
+    try:
+        for client_id in client_ids:
+            if len(claims) == count:
+                break
+            try:
+                claims.append(claim_client_id(state_dir, client_id))
+            except ClientIdInUse:
+                continue
+    except BaseException:
+        for claim in claims:
+            claim.release()
+        raise
+    if not claims:
+        raise ClientIdInUse(
+            f"every client id ({', '.join(map(str, client_ids))}) is in use by another "
+            f"process; stop one, or add clients to the config")
+    return claims

@@ -23,7 +23,7 @@ import cbor2
 from bft import codec
 from bft.clock import Interval, accept_batch_time, propose_batch_time
 from bft.config import ClusterConfig
-from bft.crypto import batch_digest, sha256
+from bft.crypto import batch_digest, request_digest, sha256
 from bft.detector import AdaptiveTimeout, PhiAccrualDetector, RttEstimator
 from bft.effects import (
     Broadcast,
@@ -40,6 +40,7 @@ from bft.effects import (
 from bft.errors import InvariantViolation, MalformedMessage
 from bft.log import MessageLog, Slot
 from bft.messages import (
+    DIGEST_SIZE,
     NULL_BATCH,
     Batch,
     Checkpoint,
@@ -122,8 +123,9 @@ class Replica:
         self.last_batch_time = 0
         self.next_seq = 1  # primary: next sequence number to assign
         self.batches: dict[bytes, Batch] = {NULL_DIGEST: NULL_BATCH}
-        # exactly-once: client -> (timestamp, result, view)
-        self.client_table: dict[int, tuple[int, bytes]] = {}
+        # exactly-once: client -> (timestamp, result, request digest) of its last executed
+        # request; the cached reply is resent only to that very request (same digest)
+        self.client_table: dict[int, tuple[int, bytes, bytes]] = {}
         # requests known but not executed: (client, t) -> Signed request
         self.pending: collections.OrderedDict[tuple[int, int], Signed] = collections.OrderedDict()
         self.assigned: dict[tuple[int, int], int] = {}  # (client, t) -> seq, in the log above h
@@ -468,11 +470,15 @@ class Replica:
         key = (req.client, req.timestamp)
         last = self.client_table.get(req.client)
         if last is not None and req.timestamp <= last[0]:
-            if req.timestamp == last[0]:
-                self._send_reply(req.client, req.timestamp, last[1])
-                self.counters["reply_resent"] += 1
-            else:
+            if req.timestamp != last[0]:
                 self._drop("old_request")
+            elif request_digest(signed) != last[2]:
+                # another request under the executed t (two processes sharing a client id):
+                # the cached reply answers the executed one, never this one
+                self._drop("conflicting_request")
+            else:
+                self._send_reply(req.client, req.timestamp, last[2], last[1])
+                self.counters["reply_resent"] += 1
             return
         if key in self.assigned or key in self.pending:
             if not self.is_primary and not self.in_view_change:
@@ -493,8 +499,8 @@ class Replica:
             # send each request to every replica, so the primary normally has it already.
             self._arm_progress()
 
-    def _send_reply(self, client: int, timestamp: int, result: bytes) -> None:
-        reply = Reply(self.view, timestamp, client, self.id, result)
+    def _send_reply(self, client: int, timestamp: int, request: bytes, result: bytes) -> None:
+        reply = Reply(self.view, timestamp, client, self.id, request, result)
         sealed = self.reply_auth.seal(reply) if self.reply_auth is not None else None
         self._out.append(ReplyEffect(client, sealed if sealed is not None else self._sign(reply)))
 
@@ -921,14 +927,15 @@ class Replica:
             if last is not None and r.timestamp <= last[0]:
                 results.append(last[1] if r.timestamp == last[0] else b"")
                 continue  # exactly-once: never execute twice
+            digest = request_digest(s)
             ctx = ExecContext(seq=seq, index=index,  # agreed time is monotonic (PROTOCOL.md)
                               batch_time_us=max(batch.batch_time, self.last_batch_time),
                               client=r.client, timestamp=r.timestamp,
                               max_clock_skew_us=int(self.config.max_clock_skew_s * 1_000_000))
             result = self.app.execute(r.op, ctx)
-            self.client_table[r.client] = (r.timestamp, result)
+            self.client_table[r.client] = (r.timestamp, result, digest)
             results.append(result)
-            self._send_reply(r.client, r.timestamp, result)
+            self._send_reply(r.client, r.timestamp, digest, result)
         if batch.requests:
             self.last_batch_time = max(self.last_batch_time, batch.batch_time)
         self.last_executed = seq
@@ -952,7 +959,7 @@ class Replica:
     # ------------------------------------------------------------------ snapshot of replica state
 
     def _snapshot(self) -> bytes:
-        table = sorted((c, t, r) for c, (t, r) in self.client_table.items())
+        table = sorted((c, t, r, d) for c, (t, r, d) in self.client_table.items())
         return cbor2.dumps([self.app.snapshot(), [list(x) for x in table], self.last_batch_time],
                            canonical=True)
 
@@ -960,10 +967,11 @@ class Replica:
         try:
             app_snap, table, last_bt = cbor2.loads(snapshot)
             client_table = {}
-            for c, t, r in table:
-                if type(c) is not int or type(t) is not int or not isinstance(r, bytes):
+            for c, t, r, d in table:
+                if (type(c) is not int or type(t) is not int or not isinstance(r, bytes)
+                        or not isinstance(d, bytes) or len(d) != DIGEST_SIZE):
                     raise ValueError("bad client table")
-                client_table[c] = (t, r)
+                client_table[c] = (t, r, d)
             if type(last_bt) is not int:
                 raise ValueError("bad batch time")
         except (ValueError, TypeError, cbor2.CBORDecodeError) as e:

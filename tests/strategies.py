@@ -78,7 +78,8 @@ def commits() -> st.SearchStrategy[m.Commit]:
 
 def replies() -> st.SearchStrategy[m.Reply]:
     return st.builds(
-        m.Reply, view=u64s(), timestamp=u64s(), client=u64s(), replica=u64s(), result=ops()
+        m.Reply, view=u64s(), timestamp=u64s(), client=u64s(), replica=u64s(),
+        request=digests(), result=ops(),
     )
 
 

@@ -30,6 +30,7 @@ from bft.errors import MalformedMessage
 from bft.messages import MacReply, Reply, Request
 
 N, CLIENTS = 4, 3
+D = bytes(range(32))  # the digest of the request a reply answers
 ED_KEYS = Ed25519Keys(N, CLIENTS, seed=7)
 ED_VERIFIER = ED_KEYS.verifier()
 
@@ -59,7 +60,7 @@ def party(scheme: str, kind: str, id: int) -> ReplyAuth:
 
 
 def sealed(scheme: str, replica: int, client: int, result: bytes = b"ok", t: int = 5) -> MacReply:
-    out = party(scheme, "replica", replica).seal(Reply(0, t, client, replica, result))
+    out = party(scheme, "replica", replica).seal(Reply(0, t, client, replica, D, result))
     assert out is not None
     return out
 
@@ -127,7 +128,7 @@ def test_peer_without_a_usable_key_has_none(peer_key: bytes | None) -> None:
     keys = Ed25519PairwiseKeys("replica", 0, bytes(range(32)), lambda identity: peer_key)
     assert keys.key(1) is None
     auth = ReplyAuth(keys)
-    assert auth.seal(Reply(0, 1, 1, 0, b"r")) is None
+    assert auth.seal(Reply(0, 1, 1, 0, D, b"r")) is None
     assert auth.statistics()["seal_no_key"] == 1
 
 
@@ -162,7 +163,7 @@ def test_reply_auth_for_needs_ed25519_replica_or_client() -> None:
 def test_sealed_reply_checks_for_its_client_after_the_wire(scheme: str) -> None:
     message = sealed(scheme, 2, 1, b"result")
     assert message.mac == reply_mac(party(scheme, "client", 1).keys.key(2), message.body)
-    assert message.statement == Reply(0, 5, 1, 2, b"result")
+    assert message.statement == Reply(0, 5, 1, 2, D, b"result")
     client = party(scheme, "client", 1)
     assert client.check(message)
     assert client.check(over_the_wire(message))
@@ -172,7 +173,7 @@ def test_sealed_reply_checks_for_its_client_after_the_wire(scheme: str) -> None:
 def test_mac_under_another_replicas_key_is_rejected(scheme: str) -> None:
     """Replica 3 cannot authenticate a reply as replica 2: the client checks under key (2, c)."""
     client = party(scheme, "client", 1)
-    claim = Reply(0, 5, 1, 2, b"forged")
+    claim = Reply(0, 5, 1, 2, D, b"forged")
     body = codec.encode(claim)
     for liar in (0, 1, 3):
         mac = reply_mac(party(scheme, "replica", liar).keys.key(1), body)
@@ -187,7 +188,7 @@ def test_mac_for_another_client_is_rejected(scheme: str) -> None:
     assert party(scheme, "client", 0).check(message)
     assert not party(scheme, "client", 1).check(message)
     # a reply naming client 1 but MAC'd under the key replica 2 shares with client 0
-    claim = Reply(0, 5, 1, 2, b"ok")
+    claim = Reply(0, 5, 1, 2, D, b"ok")
     body = codec.encode(claim)
     mac = reply_mac(party(scheme, "replica", 2).keys.key(0), body)
     assert not party(scheme, "client", 1).check(MacReply(body, mac, claim))
@@ -212,24 +213,24 @@ def test_any_bit_flip_is_rejected(scheme: str, data: st.DataObject) -> None:
 @schemes
 def test_statement_that_is_not_the_body_is_rejected(scheme: str) -> None:
     message = sealed(scheme, 1, 2, b"truth")
-    lie = dataclasses.replace(message, statement=Reply(0, 5, 2, 1, b"lie"), checked=None)
+    lie = dataclasses.replace(message, statement=Reply(0, 5, 2, 1, D, b"lie"), checked=None)
     client = party(scheme, "client", 2)
     assert not client.check(lie)
     assert client.statistics()["failed_body_mismatch"] >= 1
     # a stale `checked` pairing cannot vouch for another statement either
-    stale = dataclasses.replace(message, statement=Reply(0, 5, 2, 1, b"lie"))
+    stale = dataclasses.replace(message, statement=Reply(0, 5, 2, 1, D, b"lie"))
     assert not client.check(stale)
 
 
 def test_check_never_raises_on_junk() -> None:
     client = party("sim", "client", 0)
-    reply = Reply(0, 1, 0, 1, b"x")
+    reply = Reply(0, 1, 0, 1, D, b"x")
     junk = [
         MacReply(b"", b"", reply),
         MacReply(codec.encode(reply), b"short", reply),
         MacReply(None, None, reply),  # type: ignore[arg-type]
         MacReply(codec.encode(reply), bytes(32), Request(b"", 1, 0)),  # type: ignore[arg-type]
-        MacReply(codec.encode(reply), bytes(32), Reply(0, 1, 0, 2**70, b"x")),
+        MacReply(codec.encode(reply), bytes(32), Reply(0, 1, 0, 2**70, D, b"x")),
         "not a message",
     ]
     for message in junk:
@@ -239,10 +240,10 @@ def test_check_never_raises_on_junk() -> None:
 def test_a_replica_seals_only_its_own_replies() -> None:
     replica = party("sim", "replica", 1)
     with pytest.raises(ValueError):
-        replica.seal(Reply(0, 5, 0, 2, b"as replica 2"))
+        replica.seal(Reply(0, 5, 0, 2, D, b"as replica 2"))
     with pytest.raises(ValueError):
-        party("sim", "client", 0).seal(Reply(0, 5, 0, 0, b"a client"))
-    assert replica.seal(Reply(0, 5, CLIENTS, 1, b"unknown client")) is None
+        party("sim", "client", 0).seal(Reply(0, 5, 0, 0, D, b"a client"))
+    assert replica.seal(Reply(0, 5, CLIENTS, 1, D, b"unknown client")) is None
     assert not replica.check(sealed("sim", 1, 0))  # replicas do not check replies
 
 
@@ -250,7 +251,7 @@ def test_authenticated_reply_accepts_both_forms() -> None:
     keys = SimKeys(7, n_replicas=N, n_clients=CLIENTS)
     verifier = keys.verifier()
     client = party("sim", "client", 0)
-    signed = keys.signer("replica", 3).sign(Reply(0, 5, 0, 3, b"signed"))
+    signed = keys.signer("replica", 3).sign(Reply(0, 5, 0, 3, D, b"signed"))
     assert authenticated_reply(signed, verifier, client) == signed.statement
     assert authenticated_reply(signed, verifier, None) == signed.statement
     mac = sealed("sim", 1, 0, b"mac'd")

@@ -20,7 +20,7 @@ from bft.client import (
     peek_reply_untrusted,
 )
 from bft.codec import encode as codec_encode
-from bft.crypto import SimKeys
+from bft.crypto import SimKeys, sha256
 from bft.messages import MacReply, Reply, Request, Signed
 
 N_CLIENTS = 3
@@ -61,10 +61,18 @@ def client(keys: SimKeys) -> Client:
     return Client(make_config(), 0, keys.signer("client", 0), keys.verifier())
 
 
+def digest_of(timestamp: int, *, op: bytes = b"op", client: int = 0) -> bytes:
+    """The digest of request `timestamp` of `client` with `op` (bft.crypto.request_digest:
+    a signed request's body is the canonical encoding of its statement)."""
+    return sha256(codec_encode(Request(op=op, timestamp=timestamp, client=client)))
+
+
 def reply(keys: SimKeys, replica: int, timestamp: int, result: bytes, *, view: int = 0,
-          client: int = 0) -> Signed:
+          client: int = 0, op: bytes = b"op") -> Signed:
+    """Replica `replica`'s signed reply to request `timestamp` of `client` with `op`."""
     return keys.signer("replica", replica).sign(
-        Reply(view=view, timestamp=timestamp, client=client, replica=replica, result=result))
+        Reply(view=view, timestamp=timestamp, client=client, replica=replica,
+              request=digest_of(timestamp, op=op, client=client), result=result))
 
 
 def completions(effects) -> list[Completed]:
@@ -86,8 +94,8 @@ def test_timestamps_strictly_increase(client: Client, keys: SimKeys) -> None:
         signed = client.submit(b"x", now=float(i))[0].request
         seen.append(signed.statement.timestamp)
         ts = signed.statement.timestamp
-        client.receive(reply(keys, 1, ts, b"r"), now=i + 0.1)
-        client.receive(reply(keys, 2, ts, b"r"), now=i + 0.2)
+        client.receive(reply(keys, 1, ts, b"r", op=b"x"), now=i + 0.1)
+        client.receive(reply(keys, 2, ts, b"r", op=b"x"), now=i + 0.2)
         assert not client.busy
     assert seen == [1, 2, 3]
 
@@ -266,8 +274,10 @@ def replica_auth(replica: int) -> ReplyAuth:
 
 
 def mac_reply(replica: int, timestamp: int, result: bytes, *, view: int = 0,
-              client: int = 0) -> MacReply:
-    out = replica_auth(replica).seal(Reply(view, timestamp, client, replica, result))
+              client: int = 0, op: bytes = b"op") -> MacReply:
+    """Replica `replica`'s MAC'd reply to request `timestamp` of `client` with `op`."""
+    request = digest_of(timestamp, op=op, client=client)
+    out = replica_auth(replica).seal(Reply(view, timestamp, client, replica, request, result))
     assert out is not None
     return out
 
@@ -299,12 +309,12 @@ def test_bad_macs_dropped_and_counted(mac_client: Client) -> None:
     good = mac_reply(1, 1, b"ok")
     flipped = MacReply(good.body, bytes([good.mac[0] ^ 1]) + good.mac[1:], good.statement)
     # replica 2's reply MAC'd under the key of replica 3 (a liar posing as replica 2)
-    claim = Reply(0, 1, 0, 2, b"ok")
+    claim = Reply(0, 1, 0, 2, digest_of(1), b"ok")
     body = codec_encode(claim)
     stolen = MacReply(body, reply_mac(replica_auth(3).keys.key(0), body), claim)
     # a reply MAC'd for client 1, re-addressed to client 0
     other = mac_reply(0, 1, b"ok", client=1)
-    readdressed_claim = Reply(0, 1, 0, 0, b"ok")
+    readdressed_claim = Reply(0, 1, 0, 0, digest_of(1), b"ok")
     readdressed = MacReply(codec_encode(readdressed_claim), other.mac, readdressed_claim)
     for forged in (flipped, stolen, readdressed):
         assert mac_client.receive(forged, now=0.1) == []
@@ -327,7 +337,7 @@ def test_mac_replies_for_others_are_sorted_before_any_check(mac_client: Client) 
     mac_client.submit(b"op", now=0.0)
     assert mac_client.receive(mac_reply(0, 1, b"ok", client=1), now=0.1) == []
     assert mac_client.receive(mac_reply(0, 9, b"ok"), now=0.1) == []
-    big = sim_reply_auth(1, "replica", 7).seal(Reply(0, 1, 0, 7, b"ok"))
+    big = sim_reply_auth(1, "replica", 7).seal(Reply(0, 1, 0, 7, digest_of(1), b"ok"))
     assert mac_client.receive(big, now=0.1) == []
     assert mac_client.statistics()["drops"] == {"other_client": 1, "stale_timestamp": 1,
                                                 "unknown_replica": 1}
@@ -355,24 +365,28 @@ def test_send_to_all_sends_every_request_and_retransmission_to_all(keys: SimKeys
 @settings(max_examples=60)
 @given(view=st.integers(0, 2**63 - 1), timestamp=st.integers(0, 2**63 - 1),
        client=st.integers(0, 2**63 - 1), replica=st.integers(0, 2**63 - 1),
-       result=st.binary(max_size=300), signed=st.booleans())
+       request=st.binary(min_size=32, max_size=32), result=st.binary(max_size=300),
+       signed=st.booleans())
 def test_peek_reads_what_every_encoded_reply_claims(view: int, timestamp: int, client: int,
-                                                    replica: int, result: bytes,
+                                                    replica: int, request: bytes, result: bytes,
                                                     signed: bool) -> None:
     """Property: the peek of any well-formed reply (signed or MAC'd) is exactly its
-    (client, timestamp, replica), so screening by it never misroutes a reply."""
-    claim = Reply(view=view, timestamp=timestamp, client=client, replica=replica, result=result)
+    (client, timestamp, replica, request digest), so screening by it never misroutes a
+    reply."""
+    claim = Reply(view=view, timestamp=timestamp, client=client, replica=replica,
+                  request=request, result=result)
     body = codec_encode(claim)
     message = (Signed(body=body, signature=b"\x01" * 64, statement=claim) if signed
                else MacReply(body=body, mac=b"\x02" * 32, statement=claim))
-    assert peek_reply_untrusted(codec_encode(message)) == (client, timestamp, replica)
+    assert peek_reply_untrusted(codec_encode(message)) == (client, timestamp, replica, request)
 
 
 @settings(max_examples=80)
 @given(st.binary(max_size=80))
 def test_peek_never_raises_on_junk(data: bytes) -> None:
     got = peek_reply_untrusted(data)
-    assert got is None or (len(got) == 3 and all(isinstance(x, int) and x >= 0 for x in got))
+    assert got is None or (len(got) == 4 and all(isinstance(x, int) and x >= 0 for x in got[:3])
+                           and isinstance(got[3], bytes) and len(got[3]) == 32)
     # truncations of a real reply: a claim or None, never an exception
     real = codec_encode(mac_reply(1, 5, data))
     for cut in range(len(real)):
@@ -388,24 +402,27 @@ def test_peek_says_none_for_messages_that_are_not_replies(keys: SimKeys) -> None
 
 def test_prescreen_drops_what_receive_would_drop_and_counts_it_alike(
         mac_client: Client) -> None:
-    assert not mac_client.prescreen(1, 0)  # nothing outstanding
+    d = digest_of(1)
+    assert not mac_client.prescreen(1, 0, d)  # nothing outstanding
     mac_client.submit(b"op", now=0.0)
-    assert mac_client.prescreen(1, 0) and mac_client.prescreen(1, 3)
-    assert not mac_client.prescreen(2, 0)  # another request number
-    assert not mac_client.prescreen(1, 4)  # not a replica of the cluster (n = 4)
+    assert mac_client.prescreen(1, 0, d) and mac_client.prescreen(1, 3, d)
+    assert not mac_client.prescreen(2, 0, d)  # another request number
+    assert not mac_client.prescreen(1, 4, d)  # not a replica of the cluster (n = 4)
+    assert not mac_client.prescreen(1, 0, digest_of(1, op=b"other"))  # another request
     assert mac_client.receive(mac_reply(0, 1, b"ok"), now=0.1) == []
-    assert not mac_client.prescreen(1, 0)  # replica 0 already counted
-    assert mac_client.prescreen(1, 1)
+    assert not mac_client.prescreen(1, 0, d)  # replica 0 already counted
+    assert mac_client.prescreen(1, 1, d)
     stats = mac_client.statistics()
     assert stats["drops"] == {"stale_timestamp": 2, "unknown_replica": 1,
-                              "duplicate_replica": 1}
-    assert stats["replies_received"] == 5  # 4 screened out, 1 received
+                              "other_request": 1, "duplicate_replica": 1}
+    assert stats["replies_received"] == 6  # 5 screened out, 1 received
 
 
 @settings(max_examples=50)
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.sampled_from([b"a", b"b"]),
-                          st.booleans()), max_size=14))
-def test_prescreening_changes_no_outcome(replies: list[tuple[int, int, bytes, bool]]) -> None:
+                          st.booleans(), st.booleans()), max_size=14))
+def test_prescreening_changes_no_outcome(
+        replies: list[tuple[int, int, bytes, bool, bool]]) -> None:
     """Property: a client that screens every reply first (and passes on only those it
     lets through) completes the same requests with the same results, at the same
     replies, as one that receives them all; forged replies included."""
@@ -414,19 +431,22 @@ def test_prescreening_changes_no_outcome(replies: list[tuple[int, int, bytes, bo
     screened = Client(make_config(), 0, keys.signer("client", 0), keys.verifier())
     for c in (plain, screened):
         c.submit(b"op", now=0.0)
-    for k, (replica, timestamp_offset, result, forged) in enumerate(replies):
+    for k, (replica, timestamp_offset, result, forged, other) in enumerate(replies):
         timestamp = plain.outstanding_timestamp or 1
         timestamp += timestamp_offset % 2  # the outstanding number, or the next one
+        op = b"other" if other else b"op"  # the request sent, or another under its number
         if replica < 4:
-            message = reply(keys, replica, timestamp, result)
+            message = reply(keys, replica, timestamp, result, op=op)
         else:  # a replica the cluster does not have (unsigned: nobody can sign as it)
-            claim = Reply(view=0, timestamp=timestamp, client=0, replica=replica, result=result)
+            claim = Reply(view=0, timestamp=timestamp, client=0, replica=replica,
+                          request=digest_of(timestamp, op=op), result=result)
             message = Signed(codec_encode(claim), bytes(64), claim)
         if forged:
             message = Signed(message.body, bytes(64), message.statement)
         want = plain.receive(message, now=float(k))
         got = (screened.receive(message, now=float(k))
-               if screened.prescreen(message.statement.timestamp, message.statement.replica)
+               if screened.prescreen(message.statement.timestamp, message.statement.replica,
+                                     message.statement.request)
                else [])
         assert want == got
         for c in (plain, screened):

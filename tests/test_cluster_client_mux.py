@@ -18,7 +18,7 @@ from bft.app import Ops, decode_result
 from bft.auth import reply_auth_for, reply_mac
 from bft.client import ClientBusy
 from bft.config import ClusterConfig, NodeAddress
-from bft.crypto import Ed25519Keys
+from bft.crypto import Ed25519Keys, sha256
 from bft.messages import MacReply, Reply, Request
 from bft.node import CLIENT_SENDER_BASE, ClientError, ClientMux, ClusterClient
 from transport.udp import Received, UdpEndpoint, free_udp_ports
@@ -52,16 +52,19 @@ class FakeReplicas:
         self.policy = policy or self.answer
         self.seen: list[tuple[int, Request, Received]] = []
 
-    def seal(self, replica: int, client: int, timestamp: int, result: bytes) -> MacReply:
-        sealed = self.auth[replica].seal(Reply(view=0, timestamp=timestamp, client=client,
-                                               replica=replica, result=result))
+    def seal(self, replica: int, request: Request, result: bytes, *,
+             client: int | None = None) -> MacReply:
+        """Replica `replica`'s reply to `request` (naming `client`, by default its own)."""
+        sealed = self.auth[replica].seal(Reply(
+            view=0, timestamp=request.timestamp,
+            client=request.client if client is None else client, replica=replica,
+            request=sha256(codec.encode(request)), result=result))
         assert sealed is not None
         return sealed
 
     def answer(self, replica: int, request: Request, rec: Received) -> list[Any]:
         """The honest answer: the op, tagged with the client's id."""
-        return [self.seal(replica, request.client, request.timestamp,
-                          b"%d:" % request.client + request.op)]
+        return [self.seal(replica, request, b"%d:" % request.client + request.op)]
 
     async def serve(self, replica: int) -> None:
         endpoint = self.endpoints[replica]
@@ -147,9 +150,12 @@ async def test_replies_naming_another_client_never_complete_a_request(cluster) -
     def policy(replica: int, request: Request, rec: Received) -> list[Any]:
         if request.client != 0:
             return []
-        genuine = fakes.seal(replica, 0, request.timestamp, b"for 0")
+        genuine = fakes.seal(replica, request, b"for 0")
+        # a reply to client 1's own request (b"x" under the same number): only its MAC,
+        # made with client 0's key, gives it away
+        answers = sha256(codec.encode(Request(b"x", request.timestamp, 1)))
         claim = Reply(view=0, timestamp=request.timestamp, client=1, replica=replica,
-                      result=b"for 0")
+                      request=answers, result=b"for 0")
         body = codec.encode(claim)
         key_of_0 = fakes.auth[replica].keys.key(0)
         stolen = MacReply(body=body, mac=reply_mac(key_of_0, body), statement=claim)
@@ -236,7 +242,8 @@ async def test_bytes_for_no_client_of_the_socket_are_counted(cluster) -> None:
     sender = fakes.endpoints[0]
     sender.send_to_nowait(mux.endpoint.address, b"junk")
     sender.send_to_nowait(mux.endpoint.address,
-                          codec.encode(fakes.seal(0, 3, 1000, b"for a client not here")))
+                          codec.encode(fakes.seal(0, Request(b"", 1000, 3),
+                                                  b"for a client not here")))
     await wait_until(lambda: sum(mux.statistics()["drops"].values()) == 2)
     assert mux.statistics()["drops"] == {"not_a_reply": 1, "unknown_client": 1}
     assert c.client.statistics()["replies_received"] == 0

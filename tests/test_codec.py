@@ -26,7 +26,7 @@ DIGEST = bytes(range(32))
 SIG = bytes(range(64))
 PREPARE = m.Prepare(view=1, seq=2, digest=DIGEST, replica=3)
 MAC = bytes(range(100, 132))
-REPLY = m.Reply(view=1, timestamp=7, client=2, replica=3, result=b"ok")
+REPLY = m.Reply(view=1, timestamp=7, client=2, replica=3, request=DIGEST, result=b"ok")
 
 
 def sign(statement: m.Statement) -> m.Signed:
@@ -378,7 +378,7 @@ def test_op_size_limit() -> None:
     assert_malformed(
         encode(m.Request(op=b"four", timestamp=1, client=1)), "op of", small, statement=True
     )
-    result = raw([m.Reply.TAG, 0, 1, 1, 0, b"four"])
+    result = raw([m.Reply.TAG, 0, 1, 1, 0, DIGEST, b"four"])
     assert_malformed(result, "op of", small, statement=True)
 
 
@@ -617,15 +617,18 @@ def test_mac_reply_body_must_be_a_reply(body: m.Statement) -> None:
     [
         raw_mac_reply(encode(REPLY) + b"\x00"),  # trailing bytes inside the body
         raw_mac_reply(encode(REPLY)[:-1]),  # truncated body
-        raw_mac_reply(raw([m.Reply.TAG, 1, 7, 2, 3])),  # a reply without its result
-        raw_mac_reply(raw([m.Reply.TAG, -1, 7, 2, 3, b"ok"])),  # negative view
+        raw_mac_reply(raw([m.Reply.TAG, 1, 7, 2, 3, DIGEST])),  # a reply without its result
+        raw_mac_reply(raw([m.Reply.TAG, 1, 7, 2, 3, b"ok"])),  # without the request digest
+        raw_mac_reply(raw([m.Reply.TAG, 1, 7, 2, 3, DIGEST[1:], b"ok"])),  # digest of 31
+        raw_mac_reply(raw([m.Reply.TAG, -1, 7, 2, 3, DIGEST, b"ok"])),  # negative view
         raw_mac_reply(encode(sign(REPLY))),  # a signed reply inside the MAC envelope
         raw([m.MacReply.TAG, encode(REPLY)]),  # no MAC
         raw([m.MacReply.TAG, encode(REPLY), MAC, MAC]),  # a field too many
         raw_mac_reply("text", MAC),  # body not a byte string
         raw_mac_reply(encode(REPLY), "m" * 32),  # MAC not a byte string
     ],
-    ids=["trailing", "truncated", "short-reply", "negative", "signed-inside", "no-mac",
+    ids=["trailing", "truncated", "short-reply", "no-digest", "short-digest", "negative",
+         "signed-inside", "no-mac",
          "extra-field", "text-body", "text-mac"],
 )
 def test_malformed_mac_replies_are_rejected(data: bytes) -> None:
@@ -639,7 +642,7 @@ def test_mac_reply_body_counts_toward_depth() -> None:
 
 
 def test_mac_reply_result_obeys_the_op_limit() -> None:
-    big = m.Reply(view=1, timestamp=7, client=2, replica=3, result=b"r" * 101)
+    big = m.Reply(view=1, timestamp=7, client=2, replica=3, request=DIGEST, result=b"r" * 101)
     assert isinstance(decode_untrusted(raw_mac_reply(encode(big)), Limits(max_op_bytes=101)),
                       m.MacReply)
     assert_malformed(raw_mac_reply(encode(big)), "over the limit", Limits(max_op_bytes=100))

@@ -117,7 +117,7 @@ def test_odd_field_values_encode_as_the_reference_does(odd: Any) -> None:
         m.Signed(body=b"body", signature=odd, statement=m.Prepare(0, 1, DIGEST, 2)),
         m.Batch(0, (odd,)),
         m.Proposal(sign(m.PrePrepare(0, 1, DIGEST, 0)), m.Batch(odd, ())),
-        m.MacReply(body=odd, mac=SIG[:32], statement=m.Reply(0, 1, 2, 3, b"r")),
+        m.MacReply(body=odd, mac=SIG[:32], statement=m.Reply(0, 1, 2, 3, DIGEST, b"r")),
         odd,
         (odd,),
     ]:
@@ -202,7 +202,7 @@ def sample_messages() -> list[Any]:
         replica=1,
     )
     requests = tuple(sign(m.Request(b"op%d" % t, 2**40 + t, 70_000)) for t in range(2))
-    reply = m.Reply(view=1, timestamp=7, client=2, replica=3, result=b"ok" * 20)
+    reply = m.Reply(view=1, timestamp=7, client=2, replica=3, request=DIGEST, result=b"ok" * 20)
     return [
         sign(m.Prepare(3, 1234, DIGEST, 1)),
         sign(m.Request(b"x" * 30, 5, 0)),
@@ -337,16 +337,18 @@ def test_hand_built_cbor_the_fast_reader_must_leave_to_the_reference() -> None:
         b"\x83\x14\x59\x00" + bytes((len(body),)) + body + b"\x58\x40" + SIG,  # long head
         b"\x98\x03\x14" + cbor2.dumps(body) + cbor2.dumps(SIG),  # array count in a byte
         b"\x83\x18\x14" + cbor2.dumps(body) + cbor2.dumps(SIG),  # tag in a byte
-        b"\x83\x18\x18" + cbor2.dumps(encode(m.Reply(1, 2, 3, 4, b""))) + b"\x58\x20" + DIGEST,
-        b"\x83\x18\x18" + cbor2.dumps(encode(m.Reply(1, 2, 3, 4, b""))) + b"\x58\x20" + DIGEST[1:],
+        b"\x83\x18\x18" + cbor2.dumps(encode(m.Reply(1, 2, 3, 4, DIGEST, b""))) + b"\x58\x20"
+        + DIGEST,
+        b"\x83\x18\x18" + cbor2.dumps(encode(m.Reply(1, 2, 3, 4, DIGEST, b""))) + b"\x58\x20"
+        + DIGEST[1:],
         cbor2.dumps([20, cbor2.dumps([3, 1, 2, DIGEST, 2**63]), SIG]),
         cbor2.dumps([20, cbor2.dumps([3, 1, 2, DIGEST, 2**63 - 1]), SIG]),
         cbor2.dumps([20, cbor2.dumps([9, 0, 0, 0, list(range(30)), [], 0, 0]), SIG]),
         cbor2.dumps([20, cbor2.dumps([12, 0, DIGEST, 0, 1, b"x" * 70_000, 0]), SIG]),
         cbor2.dumps([20, encode(m.Request(b"abc", 1, 2)), SIG]),
-        cbor2.dumps([24, encode(m.Reply(1, 2, 3, 4, b"ok")), DIGEST]),
+        cbor2.dumps([24, encode(m.Reply(1, 2, 3, 4, DIGEST, b"ok")), DIGEST]),
     ]
-    reply = encode(m.Reply(1, 2, 3, 4, b""))
+    reply = encode(m.Reply(1, 2, 3, 4, DIGEST, b""))
     cases += [  # trailing bytes inside a body
         cbor2.dumps([20, body + b"\x00", SIG]),
         cbor2.dumps([24, reply + b"\x00", DIGEST]),

@@ -121,7 +121,7 @@ def outgoing(keys: Ed25519Keys, client_id: int = 0) -> tuple[Any, Any, Any]:
     replica0 = keys.signer("replica", 0)
     prepare = replica0.sign(Prepare(0, 1, b"\x11" * 32, 0))
     commit = replica0.sign(Commit(0, 1, b"\x11" * 32, 0))
-    reply = replica0.sign(ReplyMessage(0, 77, client_id, 0, b"ok"))
+    reply = replica0.sign(ReplyMessage(0, 77, client_id, 0, b"\x22" * 32, b"ok"))
     return prepare, commit, reply
 
 

@@ -249,7 +249,7 @@ class LyingReplies:
             if isinstance(e, Reply):
                 st = e.reply.statement
                 e = Reply(e.client, self.signer.sign(ReplyStatement(
-                    st.view, st.timestamp, st.client, st.replica, FORGED)))
+                    st.view, st.timestamp, st.client, st.replica, st.request, FORGED)))
             out.append(e)
         return out
 

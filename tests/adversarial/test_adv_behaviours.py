@@ -46,6 +46,7 @@ from bft.messages import (
 
 N = 4
 KEYS = SimKeys(7, n_replicas=N, n_clients=2)
+REQ = b"\x33" * 32  # the digest of the request a reply answers
 VERIFY = KEYS.verifier()
 
 
@@ -164,7 +165,7 @@ def test_lie_rewrites_votes_replies_checkpoints_validly_signed_and_consistently(
                                                               "checkpoint_digest"]}))
     prep = signed(2, Prepare(0, 5, b"\x01" * 32, 2))
     cp = signed(2, Checkpoint(8, b"\x02" * 32, 2))
-    rep = signed(2, ReplyStatement(0, 4, 1, 2, b"the truth"))
+    rep = signed(2, ReplyStatement(0, 4, 1, 2, REQ, b"the truth"))
     out = messages(run(node, stub, [Broadcast(prep), Broadcast(cp), Reply(1, rep)]))
     lied_prep, lied_cp, lied_rep = out[0].message, out[1].message, out[2].reply
     assert lied_prep.statement.digest != b"\x01" * 32 and VERIFY.verify(lied_prep)
@@ -198,14 +199,14 @@ def test_lie_about_a_macd_reply_keeps_a_valid_mac_of_its_own() -> None:
                        origin_s=0.0, reply_auth=mac_auth("replica", 2))
     node = ByzantineNode(stub, [make_rule(2, "lie", params={"rate": 1.0,
                                                             "lies": ["reply_result"]})], env)
-    rep = mac_auth("replica", 2).seal(ReplyStatement(0, 4, 1, 2, b"the truth"))
+    rep = mac_auth("replica", 2).seal(ReplyStatement(0, 4, 1, 2, REQ, b"the truth"))
     lied = messages(run(node, stub, [Reply(1, rep)]))[0].reply
     assert isinstance(lied, MacReply)
     assert lied.statement.result != b"the truth" and lied.statement.replica == 2
     client = mac_auth("client", 1)
     assert client.check(lied)
     # posing as replica 3 with replica 2's keys does not check, and sealing as 3 is refused
-    pose = ReplyStatement(0, 4, 1, 3, lied.statement.result)
+    pose = ReplyStatement(0, 4, 1, 3, REQ, lied.statement.result)
     body = encode(pose)
     assert not client.check(MacReply(body, reply_mac(env.reply_auth.keys.key(1), body), pose))
     with pytest.raises(ValueError):
@@ -217,7 +218,7 @@ def test_lie_about_a_macd_reply_keeps_a_valid_mac_of_its_own() -> None:
 @pytest.mark.parametrize("lie", ["bad_signature", "no_signature"])
 def test_lie_about_a_macd_reply_breaks_its_mac(lie: str) -> None:
     node, stub = wrap(2, make_rule(2, "lie", params={"rate": 1.0, "lies": [lie]}))
-    rep = mac_auth("replica", 2).seal(ReplyStatement(0, 4, 1, 2, b"the truth"))
+    rep = mac_auth("replica", 2).seal(ReplyStatement(0, 4, 1, 2, REQ, b"the truth"))
     out = messages(run(node, stub, [Reply(1, rep)]))[0].reply
     assert isinstance(out, MacReply) and out.body == rep.body
     assert not mac_auth("client", 1).check(out)
@@ -318,7 +319,7 @@ def test_silent_sends_nothing_but_persists() -> None:
     node, stub = wrap(1, make_rule(1, "silent", start_s=0.0, stop_s=5.0))
     vote = signed(1, Prepare(0, 1, b"\x01" * 32, 1))
     out = run(node, stub, [Persist(b"x"), Broadcast(vote), Reply(0, signed(1, ReplyStatement(
-        0, 1, 0, 1, b"r")))])
+        0, 1, 0, 1, REQ, b"r")))])
     assert not messages(out) and any(isinstance(e, Persist) for e in out)
     out = run(node, stub, [Broadcast(vote)], now=6.0)
     assert messages(out) == [Broadcast(vote)]
