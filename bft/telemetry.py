@@ -51,12 +51,12 @@ from typing import Any
 import cbor2
 
 from bft.app import decode_op_untrusted
-from bft.crypto import sha256
 from bft.effects import Event, Evidence, Executed
 from bft.errors import MalformedMessage
 
 __all__ = [
     "CONTROL_MAGIC",
+    "MAX_EVIDENCE_BODY_BYTES",
     "MAX_PAYLOAD_BYTES",
     "SIGNING_PREFIX",
     "TELEMETRY_MAGIC",
@@ -100,6 +100,8 @@ MAX_COMMITS = 16  # commits listed in one CommitBatch
 MAX_PEERS = 1024  # peers of a Cut
 MAX_DIGEST_BYTES = 32
 SIGNATURE_BYTES = 64
+#: A signed PRE-PREPARE, PREPARE, COMMIT or CHECKPOINT body is under 100 bytes.
+MAX_EVIDENCE_BODY_BYTES = 256
 
 _U63 = 2**63  # unsigned integers are below this (as in bft.codec)
 
@@ -197,16 +199,23 @@ class CommitBatch:
 
 @dataclass(frozen=True, slots=True)
 class EvidenceReport:
-    """Node `node` holds a proof that `culprit` signed two conflicting messages;
-    `first` and `second` are the SHA-256 digests of their signed bodies."""
+    """Node `node` holds a proof: two signed messages that, it says, conflict.
+
+    `first_body`/`first_signature` and `second_body`/`second_signature` are the
+    two `Signed` envelopes as the replica received them (the statement's
+    canonical bytes and its signer's signature), so whoever receives the
+    report checks the proof itself (`bft.evidence.check_evidence_untrusted`)
+    instead of trusting the reporter: the report names no culprit, the proof
+    does. Bodies are at most `MAX_EVIDENCE_BODY_BYTES`.
+    """
 
     TAG = 4
     node: int
     seq_no: int
-    culprit: int
-    kind: str
-    first: bytes
-    second: bytes
+    first_body: bytes
+    first_signature: bytes
+    second_body: bytes
+    second_signature: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +372,15 @@ def _body_items(msg: Any) -> list[Any]:
         commits = [[c.seq, c.view, c.size, c.ops, c.batch_time_us, c.digest] for c in msg.commits]
         return [msg.TAG, msg.node, msg.seq_no, commits, msg.more_commits, msg.more_requests]
     if isinstance(msg, EvidenceReport):
-        return [msg.TAG, msg.node, msg.seq_no, msg.culprit, msg.kind, msg.first, msg.second]
+        return [
+            msg.TAG,
+            msg.node,
+            msg.seq_no,
+            msg.first_body,
+            msg.first_signature,
+            msg.second_body,
+            msg.second_signature,
+        ]
     if isinstance(msg, ControlCommand):
         a = msg.action
         if isinstance(a, Pause):
@@ -626,10 +643,10 @@ def _read_evidence(r: _Reader) -> EvidenceReport:
     return EvidenceReport(
         r.uint("node"),
         r.uint("seq_no"),
-        r.uint("culprit"),
-        r.text("kind", MAX_NAME_CHARS),
-        r.bytes_("first", MAX_DIGEST_BYTES, MAX_DIGEST_BYTES),
-        r.bytes_("second", MAX_DIGEST_BYTES, MAX_DIGEST_BYTES),
+        r.bytes_("first body", 1, MAX_EVIDENCE_BODY_BYTES),
+        r.bytes_("first signature", SIGNATURE_BYTES, SIGNATURE_BYTES),
+        r.bytes_("second body", 1, MAX_EVIDENCE_BODY_BYTES),
+        r.bytes_("second signature", SIGNATURE_BYTES, SIGNATURE_BYTES),
     )
 
 
@@ -932,7 +949,9 @@ class TelemetryAggregator:
     * `observe(effect, now)` for every effect the node carries out; returns
       payloads to send at once: a `TelemetryEvent` per `Event` (except kind
       "evidence", which the `EvidenceReport` of the matching `Evidence` effect
-      covers), an `EvidenceReport` per `Evidence`. Both share a token bucket
+      covers), an `EvidenceReport` per `Evidence` (carrying its two signed
+      messages; one whose bodies are over `MAX_EVIDENCE_BODY_BYTES` is only
+      counted, as `evidence_unsendable`). Both share a token bucket
       (`max_events_per_s`, burst `max_event_burst`); what it refuses is counted
       as `events_suppressed` (and shown in the status drops). `Executed`
       effects are only remembered (cheap: no formatting, no signing).
@@ -990,6 +1009,7 @@ class TelemetryAggregator:
         self._tokens_at: float | None = None
         self._sent: collections.Counter[str] = collections.Counter()
         self.events_suppressed = 0
+        self.evidence_unsendable = 0
 
     def _next_seq_no(self) -> int:
         self._seq_no += 1
@@ -1035,6 +1055,16 @@ class TelemetryAggregator:
                 )
             ]
         if isinstance(effect, Evidence):
+            first, second = effect.first, effect.second
+            if not all(
+                isinstance(s.body, bytes)
+                and 0 < len(s.body) <= MAX_EVIDENCE_BODY_BYTES
+                and isinstance(s.signature, bytes)
+                and len(s.signature) == SIGNATURE_BYTES
+                for s in (first, second)
+            ):
+                self.evidence_unsendable += 1  # never for the four kinds a replica proves
+                return []
             if not self._take_token(now):
                 return []
             return [
@@ -1042,10 +1072,10 @@ class TelemetryAggregator:
                     EvidenceReport(
                         self.node_id,
                         self._next_seq_no(),
-                        _uint(effect.culprit),
-                        _printable(effect.kind, MAX_NAME_CHARS),
-                        sha256(effect.first.body),
-                        sha256(effect.second.body),
+                        first.body,
+                        first.signature,
+                        second.body,
+                        second.signature,
                     )
                 )
             ]
@@ -1094,6 +1124,8 @@ class TelemetryAggregator:
         drops = {str(k): _uint(v) for k, v in dict(stats.get("drops") or {}).items()}
         if self.events_suppressed:
             drops["telemetry_events_suppressed"] = self.events_suppressed
+        if self.evidence_unsendable:
+            drops["telemetry_evidence_unsendable"] = self.evidence_unsendable
         top = sorted(drops.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_DROP_REASONS]
         suspected = sorted(
             (_uint(peer), _uint(round(phi * 1000)))
@@ -1126,6 +1158,7 @@ class TelemetryAggregator:
         return {
             "sent": dict(self._sent),
             "events_suppressed": self.events_suppressed,
+            "evidence_unsendable": self.evidence_unsendable,
             "pending_commits": self._pending_commits,
             "seq_no": self._seq_no,
         }

@@ -158,7 +158,7 @@ class DashboardApp(App[None]):
         self.clock = clock
         self.refresh_hz = refresh_hz
         self.behaviours = tuple(behaviours)
-        self.model = ClusterModel.from_config(config, down_after_s=down_after_s)
+        self.model = ClusterModel.from_config(config, verifier=verifier, down_after_s=down_after_s)
         self.receiver = TelemetryReceiver(verifier)
         self.sender = (
             ControlSender(admin_signer, max_datagram_bytes=config.max_datagram_bytes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cbor2
 import pytest
 from hypothesis import given
@@ -140,10 +142,10 @@ evidence_reports = st.builds(
     EvidenceReport,
     node=node_id,
     seq_no=u63,
-    culprit=small,
-    kind=name,
-    first=st.binary(min_size=32, max_size=32),
-    second=st.binary(min_size=32, max_size=32),
+    first_body=st.binary(min_size=1, max_size=t.MAX_EVIDENCE_BODY_BYTES),
+    first_signature=st.binary(min_size=64, max_size=64),
+    second_body=st.binary(min_size=1, max_size=t.MAX_EVIDENCE_BODY_BYTES),
+    second_signature=st.binary(min_size=64, max_size=64),
 )
 telemetry_messages = st.one_of(statuses, events, commit_batches, evidence_reports)
 actions = st.one_of(
@@ -494,11 +496,20 @@ def test_events_and_evidence_are_sent_at_once() -> None:
     first = replica(0).sign(Prepare(1, 5, b"\x01" * 32, 0))
     second = replica(0).sign(Prepare(1, 5, b"\x02" * 32, 0))
     assert agg.observe(Event("evidence", {"culprit": 0, "kind": "prepare"}), 1.0) == []
-    [r] = decode_all(agg.observe(Evidence(0, "conflicting_prepare", first, second), 1.0))
-    assert r == EvidenceReport(
-        2, 2, 0, "conflicting_prepare", sha256(first.body), sha256(second.body)
-    )
+    [r] = decode_all(agg.observe(Evidence(0, "prepare", first, second), 1.0))
+    # the two signed messages themselves travel, so the dashboard can check the proof
+    assert r == EvidenceReport(2, 2, first.body, first.signature, second.body, second.signature)
     assert agg.observe(Persist(b"x"), 1.0) == []
+
+
+def test_evidence_too_big_for_a_report_is_counted_not_sent() -> None:
+    agg = TelemetryAggregator(2, replica(2))
+    first = replica(0).sign(Prepare(1, 5, b"\x01" * 32, 0))
+    huge = dataclasses.replace(first, body=b"\x00" * (t.MAX_EVIDENCE_BODY_BYTES + 1))
+    assert agg.observe(Evidence(0, "prepare", first, huge), 1.0) == []
+    assert agg.statistics()["evidence_unsendable"] == 1
+    [snapshot] = decode_all(agg.poll(1.0, lambda: {}))
+    assert ("telemetry_evidence_unsendable", 1) in snapshot.drops
 
 
 def test_event_fields_are_made_safe() -> None:
