@@ -43,6 +43,7 @@ from bft.telemetry import (
     Resume,
     SetBehaviour,
     TelemetryMessage,
+    control_cluster_id,
 )
 from tui.net import ControlSender, TelemetryReceiver, address_family, open_endpoint
 from tui.state import (
@@ -161,7 +162,11 @@ class DashboardApp(App[None]):
         self.model = ClusterModel.from_config(config, verifier=verifier, down_after_s=down_after_s)
         self.receiver = TelemetryReceiver(verifier)
         self.sender = (
-            ControlSender(admin_signer, max_datagram_bytes=config.max_datagram_bytes)
+            ControlSender(
+                admin_signer,
+                control_cluster_id(config, verifier),
+                max_datagram_bytes=config.max_datagram_bytes,
+            )
             if admin_signer is not None
             else None
         )

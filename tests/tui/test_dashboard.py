@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from bft.telemetry import (
     StatusSnapshot,
     TelemetryAggregator,
     TelemetryEvent,
+    control_cluster_id,
     encode_signed,
 )
 from transport.frame import decode_frame_untrusted, encode_frames
@@ -98,6 +100,11 @@ def framed(
     payload: bytes, sender: int = 0, message_id: int = 1, max_datagram_bytes: int = 1400
 ) -> list[bytes]:
     return encode_frames(sender, message_id, payload, max_datagram_bytes)
+
+
+def wall_us() -> int:
+    """The wall clock as a node reads it for control commands (microseconds)."""
+    return time.time_ns() // 1000
 
 
 def model(**options: Any) -> ClusterModel:
@@ -400,7 +407,7 @@ def forged_datagrams() -> dict[str, bytes]:
         "forged": framed(signed(status(1, 2), outsider))[0],
         "unsigned": framed(unsigned)[0],
         "garbage": b"hello, dashboard",
-        "control": framed(encode_signed(ControlCommand(1, 5, Crash()), admin))[0],
+        "control": framed(encode_signed(ControlCommand(b"c" * 32, 1, 5, Crash()), admin))[0],
         "protocol": framed(b"\x84\x01\x02\x03\x04")[0],
         "corrupt": corrupt,
         "junk_telemetry": framed(b"BFTT\x00\x01")[0],
@@ -669,10 +676,11 @@ def test_real_udp_telemetry_in_and_signed_control_out() -> None:
             return len(datagrams) == 8
 
         await wait_for(all_eight_arrived, pilot)
-        gate = ControlGate(1)
+        # checked as node 1 checks them: for this cluster, fresh by the wall clock
+        gate = ControlGate(1, control_cluster_id(config, VERIFIER))
         got = []
         for datagram in datagrams:
-            cmd = gate.accept(decode_frame_untrusted(datagram).payload, VERIFIER)
+            cmd = gate.accept(decode_frame_untrusted(datagram).payload, VERIFIER, wall_us())
             assert cmd is not None
             got.append(cmd.action)
         assert got == [
@@ -687,7 +695,8 @@ def test_real_udp_telemetry_in_and_signed_control_out() -> None:
         ]
         assert [c.action for c in app.sent_commands] == got
         # a replay of any of them is refused by the node
-        assert gate.accept(decode_frame_untrusted(datagrams[0]).payload, VERIFIER) is None
+        replay = decode_frame_untrusted(datagrams[0]).payload
+        assert gate.accept(replay, VERIFIER, wall_us()) is None
         assert gate.statistics()["drops"]["stale_seq_no"] == 1
         assert all(received(s) == [] for i, s in enumerate(node_sockets) if i != 1)
         app.redraw()
@@ -784,8 +793,10 @@ def test_bft_ctl_sends_an_admin_signed_command(tmp_path: Path, capsys: Any) -> N
         sockets[2].setblocking(True)
         sockets[2].settimeout(5)
         datagram = sockets[2].recv(65536)
-        verifier = load_keyring(Config.load(path), tmp_path / "keys").verifier()
-        cmd = ControlGate(2).accept(decode_frame_untrusted(datagram).payload, verifier)
+        config = Config.load(path)
+        verifier = load_keyring(config, tmp_path / "keys").verifier()
+        gate = ControlGate(2, control_cluster_id(config, verifier))
+        cmd = gate.accept(decode_frame_untrusted(datagram).payload, verifier, wall_us())
         assert cmd is not None
         assert cmd.action == SetBehaviour("slow", (("delay_ms", 200), ("drop", True)))
     finally:
