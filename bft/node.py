@@ -73,6 +73,7 @@ from bft.telemetry import (
     Resume,
     SetBehaviour,
     TelemetryAggregator,
+    control_cluster_id,
     is_control,
     is_telemetry,
 )
@@ -257,8 +258,13 @@ class Node:
         self.telemetry = (TelemetryAggregator(node_id, signer, first_seq_no=wall_us)
                           if config.monitor else None)
         self._telemetry_out: list[bytes] = []
-        # commands numbered before this process started (within the clock skew) are stale
-        self.control = ControlGate(node_id, last_seq_no=wall_us - int(config.max_clock_skew_s * 1e6))
+        # the last command obeyed (kept across restarts), else those issued before this start
+        self.control_seq_no_file = self.state_dir / f"node-{node_id}.control-seq-no"
+        self.control = ControlGate(
+            node_id, control_cluster_id(config, verifier),
+            last_seq_no=max(_read_control_seq_no(self.control_seq_no_file),
+                            wall_us - int(config.max_clock_skew_s * 1e6)),
+            clock_tolerance_s=config.max_clock_skew_s)
         self.paused_until = 0.0
         self._backlog: list[Any] = []
         self.behaviour = ""  # the adversary behaviour switched on from the dashboard, if any
@@ -347,7 +353,7 @@ class Node:
             for rec in batch:
                 payload = rec.payload
                 if is_control(payload):
-                    cmd = self.control.accept(payload, self.verifier)
+                    cmd = self.accept_control(payload)
                     if cmd is not None:
                         await self._obey(cmd, now)
                     continue
@@ -417,6 +423,27 @@ class Node:
         return effects
 
     # -- control (admin-signed commands from the dashboard or `bft ctl`)
+
+    def accept_control(self, payload: bytes) -> Any:
+        """The control command in `payload` to obey now, or None (counted by the gate).
+
+        The command's seq_no is written to the state directory before it is
+        obeyed, so a restarted node never obeys it again."""
+        cmd = self.control.accept(payload, self.verifier, time.time_ns() // 1000)
+        if cmd is not None:
+            try:
+                self.control_seq_no_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.control_seq_no_file.with_name(self.control_seq_no_file.name + ".tmp")
+                with open(tmp, "w") as out:
+                    out.write(str(cmd.seq_no))
+                    out.flush()
+                    if self.fsync != "never":
+                        os.fsync(out.fileno())
+                os.replace(tmp, self.control_seq_no_file)
+            except OSError as exc:  # obeyed anyway: the command's age still bounds a replay
+                self.log.warning("control seq_no not saved", extra={"fields": {
+                    "event": "control_seq_no_not_saved", "error": str(exc)}})
+        return cmd
 
     async def _obey(self, cmd: Any, now: float) -> None:
         action = cmd.action
@@ -921,6 +948,15 @@ def default_client_timestamp_file(state_dir: Path, client_id: int) -> Path:
 
 def client_lock_file(state_dir: Path, client_id: int) -> Path:
     return state_dir / f"client-{client_id}.lock"
+
+
+def _read_control_seq_no(path: Path) -> int:
+    """The last control seq_no a node obeyed (0 when missing or unreadable)."""
+    try:
+        value = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    return value if 0 <= value < 2**63 else 0
 
 
 class ClientIdClaim:

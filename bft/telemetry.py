@@ -24,7 +24,8 @@ signatures apart from any other use of `sign_bytes`, and the magic keeps a
 telemetry body from being replayed as a control command. A telemetry message
 is always signed by the replica it names (`msg.node`), so a node can speak
 only for itself; a control command is accepted by `ControlGate` only when the
-admin signed it.
+admin signed it for this cluster and node, recently, and it is newer than the
+last one obeyed (see `ControlCommand`).
 
 Decoding untrusted bytes (`decode_signed_untrusted`) is strict: every item head
 in its shortest form, exact array lengths, exact types (a bool is not an int),
@@ -56,7 +57,10 @@ from bft.effects import Event, Evidence, Executed
 from bft.errors import MalformedMessage
 
 __all__ = [
+    "CLUSTER_ID_BYTES",
     "CONTROL_MAGIC",
+    "CONTROL_MAX_AGE_S",
+    "MAX_EVIDENCE_BODY_BYTES",
     "MAX_PAYLOAD_BYTES",
     "SIGNING_PREFIX",
     "TELEMETRY_MAGIC",
@@ -78,6 +82,7 @@ __all__ = [
     "TelemetryAggregator",
     "TelemetryEvent",
     "TelemetryMessage",
+    "control_cluster_id",
     "decode_signed_untrusted",
     "encode_signed",
     "is_control",
@@ -100,6 +105,12 @@ MAX_COMMITS = 16  # commits listed in one CommitBatch
 MAX_PEERS = 1024  # peers of a Cut
 MAX_DIGEST_BYTES = 32
 SIGNATURE_BYTES = 64
+#: A signed PRE-PREPARE, PREPARE, COMMIT or CHECKPOINT body is under 100 bytes.
+MAX_EVIDENCE_BODY_BYTES = 256
+CLUSTER_ID_BYTES = 32
+#: A control command is obeyed only this long after it was issued (wall clock, plus the
+#: config's max_clock_skew_s as tolerance): commands are about the operator's present.
+CONTROL_MAX_AGE_S = 10.0
 
 _U63 = 2**63  # unsigned integers are below this (as in bft.codec)
 
@@ -197,16 +208,23 @@ class CommitBatch:
 
 @dataclass(frozen=True, slots=True)
 class EvidenceReport:
-    """Node `node` holds a proof that `culprit` signed two conflicting messages;
-    `first` and `second` are the SHA-256 digests of their signed bodies."""
+    """Node `node` holds a proof: two signed messages that, it says, conflict.
+
+    `first_body`/`first_signature` and `second_body`/`second_signature` are the
+    two `Signed` envelopes as the replica received them (the statement's
+    canonical bytes and its signer's signature), so whoever receives the
+    report checks the proof itself (`bft.evidence.check_evidence_untrusted`)
+    instead of trusting the reporter: the report names no culprit, the proof
+    does. Bodies are at most `MAX_EVIDENCE_BODY_BYTES`.
+    """
 
     TAG = 4
     node: int
     seq_no: int
-    culprit: int
-    kind: str
-    first: bytes
-    second: bytes
+    first_body: bytes
+    first_signature: bytes
+    second_body: bytes
+    second_signature: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,13 +299,19 @@ ACTION_NAMES: dict[type, str] = {
 
 @dataclass(frozen=True, slots=True)
 class ControlCommand:
-    """An admin's command to node `target`.
+    """An admin's command to node `target` of the cluster `cluster`.
 
-    `seq_no` must be strictly greater than the last one the target accepted
-    (`ControlGate`), so a recorded command cannot be replayed.
+    `cluster` is `control_cluster_id` of the target's cluster, so a command
+    recorded on its way to one cluster means nothing to another that shares
+    the admin key. `seq_no` is the time the command was issued, wall-clock
+    microseconds since the epoch, made strictly increasing by its sender: a
+    node obeys it only while it is fresh (`CONTROL_MAX_AGE_S`) and only if it
+    is above the last one the node obeyed (`ControlGate`), so a recorded
+    command cannot be replayed.
     """
 
     TAG = 16
+    cluster: bytes
     target: int
     seq_no: int
     action: Action
@@ -363,7 +387,15 @@ def _body_items(msg: Any) -> list[Any]:
         commits = [[c.seq, c.view, c.size, c.ops, c.batch_time_us, c.digest] for c in msg.commits]
         return [msg.TAG, msg.node, msg.seq_no, commits, msg.more_commits, msg.more_requests]
     if isinstance(msg, EvidenceReport):
-        return [msg.TAG, msg.node, msg.seq_no, msg.culprit, msg.kind, msg.first, msg.second]
+        return [
+            msg.TAG,
+            msg.node,
+            msg.seq_no,
+            msg.first_body,
+            msg.first_signature,
+            msg.second_body,
+            msg.second_signature,
+        ]
     if isinstance(msg, ControlCommand):
         a = msg.action
         if isinstance(a, Pause):
@@ -376,7 +408,7 @@ def _body_items(msg: Any) -> list[Any]:
             action = [a.TAG]
         else:
             raise TypeError(f"not a control action: {a!r}")
-        return [msg.TAG, msg.target, msg.seq_no, action]
+        return [msg.TAG, msg.cluster, msg.target, msg.seq_no, action]
     raise TypeError(f"not a telemetry or control message: {type(msg).__name__}")
 
 
@@ -626,10 +658,10 @@ def _read_evidence(r: _Reader) -> EvidenceReport:
     return EvidenceReport(
         r.uint("node"),
         r.uint("seq_no"),
-        r.uint("culprit"),
-        r.text("kind", MAX_NAME_CHARS),
-        r.bytes_("first", MAX_DIGEST_BYTES, MAX_DIGEST_BYTES),
-        r.bytes_("second", MAX_DIGEST_BYTES, MAX_DIGEST_BYTES),
+        r.bytes_("first body", 1, MAX_EVIDENCE_BODY_BYTES),
+        r.bytes_("first signature", SIGNATURE_BYTES, SIGNATURE_BYTES),
+        r.bytes_("second body", 1, MAX_EVIDENCE_BODY_BYTES),
+        r.bytes_("second signature", SIGNATURE_BYTES, SIGNATURE_BYTES),
     )
 
 
@@ -638,7 +670,7 @@ _FIELD_COUNTS = {
     TelemetryEvent: 4,
     CommitBatch: 5,
     EvidenceReport: 6,
-    ControlCommand: 3,
+    ControlCommand: 4,
 }
 _READERS: dict[type, Callable[[_Reader], Any]] = {
     StatusSnapshot: _read_status,
@@ -650,6 +682,7 @@ _ACTION_FIELD_COUNTS = {Pause: 1, SetBehaviour: 2, Cut: 1}
 
 
 def _read_control(r: _Reader) -> ControlCommand:
+    cluster = r.bytes_("cluster", CLUSTER_ID_BYTES, CLUSTER_ID_BYTES)
     target, seq_no = r.uint("target"), r.uint("seq_no")
     count = r.array("action", 1, 3)
     tag = r.uint("action type")
@@ -667,7 +700,7 @@ def _read_control(r: _Reader) -> ControlCommand:
         action = Cut(tuple(r.uint("peer") for _ in range(r.array("peers", 0, MAX_PEERS))))
     else:
         action = cls()
-    return ControlCommand(target, seq_no, action)
+    return ControlCommand(cluster, target, seq_no, action)
 
 
 def _decode_body(magic: bytes, body: bytes) -> Any:
@@ -763,39 +796,80 @@ def decode_signed_untrusted(
 # --------------------------------------------------------------------------
 
 
+def control_cluster_id(config: Any, verifier: Any = None) -> bytes:
+    """The 32-byte identity of a cluster that control commands name (`ControlCommand.cluster`).
+
+    SHA-256 of the config's cluster name, f and every node's id, host and
+    port, and of each replica's public key as `verifier.public_key` gives it
+    (a `bft.crypto.Verifier`; a verifier without public keys, as the
+    simulator's, adds none). Every node, the dashboard and `bft ctl` compute
+    it from the same config and keys; two clusters differing in any of these
+    (another name, other addresses, replicas with other keys) differ here,
+    even when they share the admin key.
+    """
+    public_key = getattr(verifier, "public_key", None)
+    nodes = []
+    for node in sorted(config.nodes, key=lambda n: n.id):
+        key = public_key(("replica", node.id)) if public_key is not None else None
+        nodes.append([node.id, node.host.lower(), node.port, key or b""])
+    identity = ["bft-udp/v1/cluster", config.name, config.f, nodes]
+    return sha256(cbor2.dumps(identity, canonical=True))
+
+
 class ControlGate:
-    """Decides which control payloads node `node_id` obeys (pure; keeps the last seq_no).
+    """Decides which control payloads node `node_id` of cluster `cluster` obeys (pure).
 
-    `accept` returns the command only if the payload is a well-formed
-    `ControlCommand` for this node, validly signed by the admin, with a
-    `seq_no` strictly greater than the last accepted one; otherwise None, and
-    the reason is counted in `statistics()["drops"]`: not_control, malformed,
-    not_admin, wrong_target, stale_seq_no (a replay or a reordered older
-    command), bad_signature. The cheap checks run before the signature check.
+    `accept(payload, verifier, wall_us)` returns the command only if the
+    payload is a well-formed `ControlCommand` for this cluster
+    (`control_cluster_id`) and this node, validly signed by the admin, issued
+    (its `seq_no`) at most `max_age_s` before `wall_us` and at most
+    `clock_tolerance_s` after it (wall-clock microseconds; the tolerance
+    widens the age too), and numbered strictly above the last one accepted;
+    otherwise None, and the reason is counted in `statistics()["drops"]`:
+    not_control, malformed, not_admin, wrong_cluster, wrong_target,
+    stale_seq_no (a replay or a reordered older command), expired,
+    too_far_ahead (a clock far off), bad_signature. The cheap checks run
+    before the signature check.
 
-    `last_seq_no` starts where the caller says: a node that restarts should
-    start it at its wall clock in microseconds (the dashboard numbers commands
-    by its own wall clock), so commands recorded before the restart stay
-    rejected.
+    `last_seq_no` starts where the caller says: a node keeps the last accepted
+    one in its state directory and starts from it after a restart (or, with no
+    record, from its wall clock minus the tolerance), so a command it obeyed
+    before the restart is not obeyed again.
     """
 
     DROP_REASONS = (
         "not_control",
         "malformed",
         "not_admin",
+        "wrong_cluster",
         "wrong_target",
         "stale_seq_no",
+        "expired",
+        "too_far_ahead",
         "bad_signature",
     )
 
-    def __init__(self, node_id: int, *, last_seq_no: int = 0) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        cluster: bytes,
+        *,
+        last_seq_no: int = 0,
+        max_age_s: float = CONTROL_MAX_AGE_S,
+        clock_tolerance_s: float = 1.0,
+    ) -> None:
+        if len(cluster) != CLUSTER_ID_BYTES:
+            raise ValueError(f"a cluster id has {CLUSTER_ID_BYTES} bytes")
         self.node_id = node_id
+        self.cluster = cluster
         self.last_seq_no = last_seq_no
+        self.max_age_us = round(max_age_s * 1e6)
+        self.tolerance_us = round(clock_tolerance_s * 1e6)
         self.accepted = 0
         self.drops: collections.Counter[str] = collections.Counter()
 
-    def accept(self, payload: bytes, verifier: Any) -> ControlCommand | None:
-        """The command to carry out, or None (counted) for anything else."""
+    def accept(self, payload: bytes, verifier: Any, wall_us: int) -> ControlCommand | None:
+        """The command to carry out at wall-clock time `wall_us`, or None (counted)."""
         if not is_control(payload):
             self.drops["not_control"] += 1
             return None
@@ -809,11 +883,20 @@ class ControlGate:
         if opened.identity != ("admin", 0):
             self.drops["not_admin"] += 1
             return None
+        if cmd.cluster != self.cluster:
+            self.drops["wrong_cluster"] += 1
+            return None
         if cmd.target != self.node_id:
             self.drops["wrong_target"] += 1
             return None
         if cmd.seq_no <= self.last_seq_no:
             self.drops["stale_seq_no"] += 1
+            return None
+        if cmd.seq_no < wall_us - self.max_age_us - self.tolerance_us:
+            self.drops["expired"] += 1
+            return None
+        if cmd.seq_no > wall_us + self.tolerance_us:
+            self.drops["too_far_ahead"] += 1
             return None
         if not _verify(opened, verifier):
             self.drops["bad_signature"] += 1
@@ -932,7 +1015,9 @@ class TelemetryAggregator:
     * `observe(effect, now)` for every effect the node carries out; returns
       payloads to send at once: a `TelemetryEvent` per `Event` (except kind
       "evidence", which the `EvidenceReport` of the matching `Evidence` effect
-      covers), an `EvidenceReport` per `Evidence`. Both share a token bucket
+      covers), an `EvidenceReport` per `Evidence` (carrying its two signed
+      messages; one whose bodies are over `MAX_EVIDENCE_BODY_BYTES` is only
+      counted, as `evidence_unsendable`). Both share a token bucket
       (`max_events_per_s`, burst `max_event_burst`); what it refuses is counted
       as `events_suppressed` (and shown in the status drops). `Executed`
       effects are only remembered (cheap: no formatting, no signing).
@@ -990,6 +1075,7 @@ class TelemetryAggregator:
         self._tokens_at: float | None = None
         self._sent: collections.Counter[str] = collections.Counter()
         self.events_suppressed = 0
+        self.evidence_unsendable = 0
 
     def _next_seq_no(self) -> int:
         self._seq_no += 1
@@ -1035,6 +1121,16 @@ class TelemetryAggregator:
                 )
             ]
         if isinstance(effect, Evidence):
+            first, second = effect.first, effect.second
+            if not all(
+                isinstance(s.body, bytes)
+                and 0 < len(s.body) <= MAX_EVIDENCE_BODY_BYTES
+                and isinstance(s.signature, bytes)
+                and len(s.signature) == SIGNATURE_BYTES
+                for s in (first, second)
+            ):
+                self.evidence_unsendable += 1  # never for the four kinds a replica proves
+                return []
             if not self._take_token(now):
                 return []
             return [
@@ -1042,10 +1138,10 @@ class TelemetryAggregator:
                     EvidenceReport(
                         self.node_id,
                         self._next_seq_no(),
-                        _uint(effect.culprit),
-                        _printable(effect.kind, MAX_NAME_CHARS),
-                        sha256(effect.first.body),
-                        sha256(effect.second.body),
+                        first.body,
+                        first.signature,
+                        second.body,
+                        second.signature,
                     )
                 )
             ]
@@ -1094,6 +1190,8 @@ class TelemetryAggregator:
         drops = {str(k): _uint(v) for k, v in dict(stats.get("drops") or {}).items()}
         if self.events_suppressed:
             drops["telemetry_events_suppressed"] = self.events_suppressed
+        if self.evidence_unsendable:
+            drops["telemetry_evidence_unsendable"] = self.evidence_unsendable
         top = sorted(drops.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_DROP_REASONS]
         suspected = sorted(
             (_uint(peer), _uint(round(phi * 1000)))
@@ -1126,6 +1224,7 @@ class TelemetryAggregator:
         return {
             "sent": dict(self._sent),
             "events_suppressed": self.events_suppressed,
+            "evidence_unsendable": self.evidence_unsendable,
             "pending_commits": self._pending_commits,
             "seq_no": self._seq_no,
         }

@@ -43,6 +43,7 @@ from bft.telemetry import (
     Resume,
     SetBehaviour,
     TelemetryMessage,
+    control_cluster_id,
 )
 from tui.net import ControlSender, TelemetryReceiver, address_family, open_endpoint
 from tui.state import (
@@ -158,10 +159,14 @@ class DashboardApp(App[None]):
         self.clock = clock
         self.refresh_hz = refresh_hz
         self.behaviours = tuple(behaviours)
-        self.model = ClusterModel.from_config(config, down_after_s=down_after_s)
+        self.model = ClusterModel.from_config(config, verifier=verifier, down_after_s=down_after_s)
         self.receiver = TelemetryReceiver(verifier)
         self.sender = (
-            ControlSender(admin_signer, max_datagram_bytes=config.max_datagram_bytes)
+            ControlSender(
+                admin_signer,
+                control_cluster_id(config, verifier),
+                max_datagram_bytes=config.max_datagram_bytes,
+            )
             if admin_signer is not None
             else None
         )

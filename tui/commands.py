@@ -31,6 +31,7 @@ from bft.telemetry import (
     Resume,
     Scalar,
     SetBehaviour,
+    control_cluster_id,
 )
 
 __all__ = ["add_tui_parsers", "cmd_ctl", "cmd_tui", "parse_action"]
@@ -147,7 +148,9 @@ def _add_ctl_parser(subparsers: argparse._SubParsersAction) -> None:
         "ctl",
         help="send one signed control command to a node",
         description="Send one control command, signed with the admin key, to node N. "
-        "Nodes obey only admin-signed commands numbered above the last one they obeyed. "
+        "Nodes obey only admin-signed commands for their cluster (as the config and keys "
+        "name it), issued within the last 10 s by their clock and numbered above the last "
+        "one they obeyed. "
         "Nothing is answered: watch the effect on the dashboard (bft tui).",
         epilog="actions: pause SECONDS | resume | behaviour NAME [KEY=VALUE ...] | clear | "
         "cut PEERS (ids separated by commas, or 'all') | heal | crash",
@@ -228,7 +231,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     action = parse_action(args.action, list(args.args), config, args.node)
     keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
     signer = keyring.signer("admin", 0)
-    sender = ControlSender(signer, max_datagram_bytes=config.max_datagram_bytes)
+    cluster = control_cluster_id(config, keyring.verifier())
+    sender = ControlSender(signer, cluster, max_datagram_bytes=config.max_datagram_bytes)
     node = config.node(args.node)
     try:
         cmd = send_control_now(sender, args.node, action, node.address)

@@ -188,22 +188,27 @@ async def open_endpoint(
 
 
 class ControlSender:
-    """Builds signed, framed control datagrams.
+    """Builds signed, framed control datagrams for the cluster `cluster`.
 
-    Sequence numbers are the wall clock in microseconds, made strictly
-    increasing: a node accepts a command only if its seq_no is above the last
-    one it accepted, and numbering by the clock keeps that true across runs of
-    the dashboard and `bft ctl`.
+    `cluster` is `bft.telemetry.control_cluster_id(config, verifier)` of the
+    cluster the commands are for. Sequence numbers are the wall clock in
+    microseconds (the time the command is issued), made strictly increasing: a
+    node accepts a command only if its seq_no is above the last one it
+    accepted and not older than `CONTROL_MAX_AGE_S` by its own clock, and
+    numbering by the clock keeps that true across runs of the dashboard and
+    `bft ctl`.
     """
 
     def __init__(
         self,
         signer: Any,
+        cluster: bytes,
         *,
         max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
         wall_clock_us: Callable[[], int] | None = None,
     ) -> None:
         self.signer = signer
+        self.cluster = cluster
         self.max_datagram_bytes = max_datagram_bytes
         self._wall_clock_us = wall_clock_us or (lambda: time.time_ns() // 1000)
         self._last_seq_no = 0
@@ -216,7 +221,7 @@ class ControlSender:
 
     def build(self, target: int, action: Action) -> tuple[ControlCommand, list[bytes]]:
         """The command for `target` and the datagrams that carry it."""
-        cmd = ControlCommand(target, self.next_seq_no(), action)
+        cmd = ControlCommand(self.cluster, target, self.next_seq_no(), action)
         payload = encode_signed(cmd, self.signer)
         self._message_id = (self._message_id + 1) & MAX_MESSAGE_ID
         self.sent += 1

@@ -22,6 +22,14 @@ What the numbers mean:
   nodes reporting different digests for one sequence number is shown as a
   *conflict* event.
 
+* The evidence panel shows only proofs the dashboard checked itself
+  (`bft.evidence.check_evidence_untrusted`, against the config's public
+  keys): two validly signed messages of one replica that conflict. The
+  culprit shown is the signer of both, never whom a report names. A report
+  whose proof does not check is counted (`evidence_rejected`, and by reason)
+  and listed as an event of its *reporter* ("bad_evidence"), which proves
+  nothing against anyone. Without a verifier nothing is shown.
+
 Everything is bounded: the commit log, the view timeline, the evidence and
 event lists are rings; telemetry from node ids outside the config is ignored.
 A status snapshot older (by seq_no) than the last one of its node is ignored,
@@ -37,6 +45,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bft.evidence import InvalidEvidence, check_evidence_untrusted
 from bft.telemetry import (
     CommitBatch,
     EvidenceReport,
@@ -93,11 +102,13 @@ class ViewRow:
 
 @dataclass(slots=True)
 class EvidenceRow:
-    """A proof that `culprit` signed two conflicting messages, and the nodes holding it."""
+    """A checked proof that `culprit` signed two conflicting messages of `kind` for
+    `slot` ((view, seq), or (seq,) for checkpoints), and the nodes holding it."""
 
     culprit: int
     kind: str
-    first: str  # hex digests
+    slot: tuple[int, ...]
+    first: str  # the two conflicting digests, hex, in sorted order
     second: str
     reporters: set[int] = field(default_factory=set)
 
@@ -184,6 +195,7 @@ class ClusterModel:
         nodes: Sequence[tuple[int, str]],
         f: int,
         *,
+        verifier: Any = None,
         down_after_s: float = DOWN_AFTER_S,
         commit_log_size: int = 500,
         timeline_size: int = 50,
@@ -193,6 +205,7 @@ class ClusterModel:
     ) -> None:
         self.f = f
         self.n = len(nodes)
+        self.verifier = verifier  # checks evidence; None: no evidence is shown
         self.down_after_s = down_after_s
         self.nodes: dict[int, _Node] = {i: _Node(i, addr) for i, addr in nodes}
         self.commit_log_size = commit_log_size
@@ -216,7 +229,7 @@ class ClusterModel:
 
     @classmethod
     def from_config(cls, config: Any, **options: Any) -> ClusterModel:
-        """A model of every node of a `ClusterConfig`."""
+        """A model of every node of a `ClusterConfig` (pass `verifier=` to show evidence)."""
         return cls([(node.id, str(node)) for node in config.nodes], config.f, **options)
 
     # ------------------------------------------------------------------ input
@@ -338,11 +351,25 @@ class ClusterModel:
         self._event(node.id, kind, text)
 
     def _apply_evidence(self, node: _Node, r: EvidenceReport) -> None:
-        first, second = sorted((r.first.hex(), r.second.hex()))
-        key = (r.culprit, r.kind, first, second)
+        if self.verifier is None:
+            self.stats["evidence_unchecked"] += 1
+            return
+        try:
+            proof = check_evidence_untrusted(
+                r.first_body, r.first_signature, r.second_body, r.second_signature, self.verifier
+            )
+        except InvalidEvidence as exc:
+            self.stats["evidence_rejected"] += 1
+            self.stats[f"evidence_rejected_{exc.reason}"] += 1
+            self._event(node.id, "bad_evidence", f"its proof does not check ({exc.reason})")
+            return
+        first, second = sorted(d.hex() for d in proof.digests)
+        key = (proof.culprit, proof.kind, proof.slot, first, second)
         row = self._evidence.get(key)
         if row is None:
-            row = self._evidence[key] = EvidenceRow(r.culprit, r.kind, first, second)
+            row = self._evidence[key] = EvidenceRow(
+                proof.culprit, proof.kind, proof.slot, first, second
+            )
             while len(self._evidence) > self.evidence_size:
                 self._evidence.popitem(last=False)
         row.reporters.add(node.id)
@@ -472,7 +499,7 @@ class ClusterModel:
         return [self._views[v] for v in sorted(self._views)]
 
     def evidence_rows(self) -> list[EvidenceRow]:
-        """Every distinct proof received, oldest first."""
+        """Every distinct checked proof received, oldest first."""
         return list(self._evidence.values())
 
     def event_rows(self) -> list[EventRow]:
@@ -480,7 +507,8 @@ class ClusterModel:
         return list(self._events)
 
     def statistics(self) -> dict[str, int]:
-        """Counters: applied_<Type>, ignored_<reason>, conflicts."""
+        """Counters: applied_<Type>, ignored_<reason>, conflicts, evidence_rejected (and
+        evidence_rejected_<reason>), evidence_unchecked (no verifier)."""
         return dict(self.stats)
 
 
@@ -561,9 +589,11 @@ def view_line(row: ViewRow, n: int) -> str:
 
 
 def evidence_lines(row: EvidenceRow) -> list[str]:
-    """The evidence panel's two lines for a proof: culprit, kind and holders; the digests."""
+    """The evidence panel's two lines for a checked proof: culprit, kind, slot and
+    holders; the two conflicting digests."""
+    slot = f"v{row.slot[0]} n{row.slot[1]}" if len(row.slot) == 2 else f"n{row.slot[0]}"
     return [
-        f"node {row.culprit}: {row.kind} (held by {_ids(row.reporters)})",
+        f"node {row.culprit}: {row.kind} {slot} (held by {_ids(row.reporters)})",
         f"  {row.first[:16]} / {row.second[:16]}",
     ]
 

@@ -8,17 +8,22 @@ Golden screens live in tests/tui/golden/; regenerate with UPDATE_GOLDEN=1.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import Net, Ops
 from textual.widgets import DataTable, Log, Static
 
+from bft.codec import encode
 from bft.config import ClientEntry, ClusterConfig, NodeAddress
-from bft.crypto import Ed25519Keys
+from bft.crypto import Ed25519Keys, batch_digest
+from bft.messages import Batch, Commit, Prepare, PrePrepare, Proposal, Request, Signed
 from bft.telemetry import (
     ClearBehaviour,
     CommitBatch,
@@ -33,13 +38,15 @@ from bft.telemetry import (
     Resume,
     SetBehaviour,
     StatusSnapshot,
+    TelemetryAggregator,
     TelemetryEvent,
+    control_cluster_id,
     encode_signed,
 )
 from transport.frame import decode_frame_untrusted, encode_frames
 from tui.app import DashboardApp, HelpScreen
 from tui.net import TelemetryReceiver
-from tui.state import ClusterModel, commit_line, format_agreed_time
+from tui.state import ClusterModel, commit_line, event_line, evidence_lines, format_agreed_time
 
 GOLDEN = Path(__file__).parent / "golden"
 KEYS = Ed25519Keys(4, 1, seed=11, admin=True)
@@ -93,6 +100,11 @@ def framed(
     payload: bytes, sender: int = 0, message_id: int = 1, max_datagram_bytes: int = 1400
 ) -> list[bytes]:
     return encode_frames(sender, message_id, payload, max_datagram_bytes)
+
+
+def wall_us() -> int:
+    """The wall clock as a node reads it for control commands (microseconds)."""
+    return time.time_ns() // 1000
 
 
 def model(**options: Any) -> ClusterModel:
@@ -221,18 +233,118 @@ def test_view_timeline() -> None:
     ]
 
 
-def test_evidence_is_deduplicated_with_its_holders() -> None:
-    m = model()
-    a, b = b"\x01" * 32, b"\x02" * 32
-    m.apply(EvidenceReport(1, 1, 0, "conflicting_prepare", a, b), 1.0)
-    m.apply(EvidenceReport(2, 1, 0, "conflicting_prepare", b, a), 1.0)  # same proof
-    m.apply(EvidenceReport(2, 2, 0, "conflicting_commit", a, b), 1.0)
+def report(node: int, seq_no: int, first: Signed, second: Signed) -> EvidenceReport:
+    """An evidence report as node `node` sends it: the two signed messages."""
+    return EvidenceReport(node, seq_no, first.body, first.signature, second.body, second.signature)
+
+
+def signed_by(statement: Any, signer: int | None = None, keys: Any = KEYS) -> Signed:
+    """`statement` signed by replica `signer` (default: the replica it names)."""
+    signer = statement.replica if signer is None else signer
+    signed = keys.signer("replica", signer).sign(
+        dataclasses.replace(statement, replica=signer)
+    )
+    if signer == statement.replica:
+        return signed
+    body = encode(statement)  # another replica's signature on this statement's bytes
+    return Signed(body=body, signature=signed.signature, statement=statement)
+
+
+D1, D2 = b"\x01" * 32, b"\x02" * 32
+
+
+def test_evidence_is_checked_and_deduplicated_with_its_holders() -> None:
+    m = model(verifier=VERIFIER)
+    a, b = signed_by(Prepare(1, 5, D1, 0)), signed_by(Prepare(1, 5, D2, 0))
+    c, d = signed_by(Commit(1, 5, D1, 0)), signed_by(Commit(1, 5, D2, 0))
+    assert m.apply(report(1, 1, a, b), 1.0)
+    assert m.apply(report(2, 1, b, a), 1.0)  # the same proof, the other way round
+    assert m.apply(report(2, 2, c, d), 1.0)
     rows = m.evidence_rows()
-    assert [(r.culprit, r.kind, r.reporters) for r in rows] == [
-        (0, "conflicting_prepare", {1, 2}),
-        (0, "conflicting_commit", {2}),
+    assert [(r.culprit, r.kind, r.slot, r.reporters) for r in rows] == [
+        (0, "prepare", (1, 5), {1, 2}),
+        (0, "commit", (1, 5), {2}),
     ]
-    assert rows[0].first == "01" * 32
+    assert (rows[0].first, rows[0].second) == ("01" * 32, "02" * 32)
+    assert evidence_lines(rows[0]) == [
+        "node 0: prepare v1 n5 (held by 1,2)",
+        "  0101010101010101 / 0202020202020202",
+    ]
+    assert m.statistics().get("evidence_rejected", 0) == 0
+
+
+def test_forged_evidence_against_a_correct_replica_is_not_shown() -> None:
+    """PROTOCOL.md Evidence ("a self-contained proof anyone can verify"): Byzantine replica 3
+    sends validly signed reports that blame correct replica 1; none of them is a proof, so
+    the dashboard shows no evidence against 1, counts each report and lists it as an event
+    of its reporter.
+
+    Failed before the fix: a report carried only a culprit and two digests, and the
+    Evidence panel showed "node 1: prepare (held by 3)" for any such report."""
+    receiver = TelemetryReceiver(VERIFIER)
+    m = model(verifier=VERIFIER)
+    real = signed_by(Prepare(1, 5, D1, 1))
+    outsider = Ed25519Keys(4, 1, seed=99, admin=True)
+    forged = {
+        "the same vote twice": (real, real),
+        "two votes that agree": (real, signed_by(Prepare(1, 5, D1, 1))),
+        "votes for two slots": (real, signed_by(Prepare(1, 6, D2, 1))),
+        "a prepare and a commit": (real, signed_by(Commit(1, 5, D2, 1))),
+        "a vote of replica 1 and one of replica 2": (real, signed_by(Prepare(1, 5, D2, 2))),
+        "a vote 'of' 1 signed by 3": (real, signed_by(Prepare(1, 5, D2, 1), signer=3)),
+        "a vote 'of' 1 signed by an outsider": (
+            real, signed_by(Prepare(1, 5, D2, 1), keys=outsider)),
+        "bytes that are no statement": (
+            real, Signed(body=b"\x85junk", signature=real.signature, statement=real.statement)),
+    }
+    for seq_no, (name, (first, second)) in enumerate(forged.items(), start=1):
+        payload = signed(report(3, seq_no, first, second))
+        msg = receiver.receive_datagram_untrusted(framed(payload)[0], ("h", 3), 1.0)
+        assert msg is not None, name  # well-formed and signed by 3: it reaches the model
+        m.apply(msg, 1.0)
+        assert m.evidence_rows() == [], name
+    stats = m.statistics()
+    assert stats["evidence_rejected"] == len(forged)
+    assert (stats["evidence_rejected_no_conflict"], stats["evidence_rejected_different_slots"],
+            stats["evidence_rejected_not_comparable"],
+            stats["evidence_rejected_different_signers"],
+            stats["evidence_rejected_bad_signature"], stats["evidence_rejected_malformed"]) == (
+        2, 1, 1, 1, 2, 1)
+    assert all(e.node == 3 and e.kind == "bad_evidence" for e in m.event_rows())
+    assert event_line(m.event_rows()[0]) == (
+        "node 3: bad_evidence its proof does not check (no_conflict)")
+
+
+def test_a_real_equivocation_reaches_the_evidence_panel() -> None:
+    """PROTOCOL.md Evidence, end to end: a primary sends two PRE-PREPAREs for (0, 1); correct
+    replica 1's Evidence goes through its telemetry and the dashboard's receiver; the panel
+    shows the checked proof against the primary."""
+    net = Net(4)
+    primary, client = net.keys.signer("replica", 0), net.keys.signer("client", 0)
+    net.replicas[0] = None  # the primary is the adversary here
+    for value in (b"x", b"y"):
+        batch = Batch(1, (client.sign(Request(Ops.put("k", value), 1, 0)),))
+        pp = primary.sign(PrePrepare(0, 1, batch_digest(batch), 0))
+        net.queue.append((0, 1, Proposal(pp, batch)))
+    net.deliver()
+    [evidence] = [e for e in net.evidence if e.culprit == 0][:1]
+    aggregator = TelemetryAggregator(1, net.keys.signer("replica", 1))
+    [payload] = aggregator.observe(evidence, 1.0)
+    verifier = net.keys.verifier()
+    m = model(verifier=verifier)
+    msg = TelemetryReceiver(verifier).receive_datagram_untrusted(framed(payload)[0], ("h", 1), 1.0)
+    assert msg is not None and m.apply(msg, 1.0)
+    [row] = m.evidence_rows()
+    assert (row.culprit, row.kind, row.slot, row.reporters) == (0, "pre_prepare", (0, 1), {1})
+    assert {row.first, row.second} == {
+        evidence.first.statement.digest.hex(), evidence.second.statement.digest.hex()}
+
+
+def test_without_a_verifier_no_evidence_is_shown() -> None:
+    m = model()
+    a, b = signed_by(Prepare(1, 5, D1, 0)), signed_by(Prepare(1, 5, D2, 0))
+    m.apply(report(1, 1, a, b), 1.0)
+    assert m.evidence_rows() == [] and m.statistics()["evidence_unchecked"] == 1
 
 
 def test_commit_rate_history_counts_cluster_progress_per_second() -> None:
@@ -295,7 +407,7 @@ def forged_datagrams() -> dict[str, bytes]:
         "forged": framed(signed(status(1, 2), outsider))[0],
         "unsigned": framed(unsigned)[0],
         "garbage": b"hello, dashboard",
-        "control": framed(encode_signed(ControlCommand(1, 5, Crash()), admin))[0],
+        "control": framed(encode_signed(ControlCommand(b"c" * 32, 1, 5, Crash()), admin))[0],
         "protocol": framed(b"\x84\x01\x02\x03\x04")[0],
         "corrupt": corrupt,
         "junk_telemetry": framed(b"BFTT\x00\x01")[0],
@@ -371,7 +483,12 @@ def feed_scene(app: DashboardApp) -> None:
             )
         )
     app.feed_message(
-        EvidenceReport(2, 9, 0, "conflicting_pre_prepare", bytes(range(32)), bytes(range(32, 64)))
+        report(
+            2,
+            9,
+            signed_by(PrePrepare(1, 12, bytes(range(32)), 0)),
+            signed_by(PrePrepare(1, 12, bytes(range(32, 64)), 0)),
+        )
     )
     app.feed_message(TelemetryEvent(3, 10, "state_transfer", (("seq", 16), ("behind", 5))))
 
@@ -402,7 +519,7 @@ def test_app_shows_table_commit_log_and_evidence() -> None:
         assert [line.split()[0] for line in lines] == ["17", "18", "19", "20", "21"]
         assert lines[0] == "      17 v1      2 22:13:20.017  put k17=v; get k17"
         text = screen_text(app)
-        assert "node 0: conflicting_pre_prepare (held by 2)" in text
+        assert "node 0: pre_prepare v1 n12 (held by 2)" in text
         assert "  0001020304050607 / 2021222324252627" in text
         assert "v1   p1  evidence     0.42s in 3/4" in text
         assert "node 3: state_transfer seq=16 behind=5" in text
@@ -559,10 +676,11 @@ def test_real_udp_telemetry_in_and_signed_control_out() -> None:
             return len(datagrams) == 8
 
         await wait_for(all_eight_arrived, pilot)
-        gate = ControlGate(1)
+        # checked as node 1 checks them: for this cluster, fresh by the wall clock
+        gate = ControlGate(1, control_cluster_id(config, VERIFIER))
         got = []
         for datagram in datagrams:
-            cmd = gate.accept(decode_frame_untrusted(datagram).payload, VERIFIER)
+            cmd = gate.accept(decode_frame_untrusted(datagram).payload, VERIFIER, wall_us())
             assert cmd is not None
             got.append(cmd.action)
         assert got == [
@@ -577,7 +695,8 @@ def test_real_udp_telemetry_in_and_signed_control_out() -> None:
         ]
         assert [c.action for c in app.sent_commands] == got
         # a replay of any of them is refused by the node
-        assert gate.accept(decode_frame_untrusted(datagrams[0]).payload, VERIFIER) is None
+        replay = decode_frame_untrusted(datagrams[0]).payload
+        assert gate.accept(replay, VERIFIER, wall_us()) is None
         assert gate.statistics()["drops"]["stale_seq_no"] == 1
         assert all(received(s) == [] for i, s in enumerate(node_sockets) if i != 1)
         app.redraw()
@@ -594,14 +713,16 @@ def test_static_panels_do_not_interpret_markup() -> None:
     app = DashboardApp(CONFIG, VERIFIER, clock=lambda: 1.0)
 
     async def body(pilot: Any) -> None:
-        app.feed_message(EvidenceReport(1, 1, 0, "[bold]x[/", b"\x01" * 32, b"\x02" * 32))
+        app.feed_message(
+            TelemetryEvent(1, 1, "view_change_start", (("view", 1), ("cause", "[bold]x[/")))
+        )
         app.feed_message(status(2, 1, behaviour="[red]"))
         app.redraw()
         await pilot.pause()
         text = screen_text(app)
-        assert "node 0: [bold]x[/ (held by 1)" in text
+        assert "v1   p1  [bold]x[/" in text
         assert "byz:[red]" in text
-        assert isinstance(app.query_one("#evidence", Static), Static)
+        assert isinstance(app.query_one("#timeline", Static), Static)
 
     run_app(app, body)
 
@@ -672,8 +793,10 @@ def test_bft_ctl_sends_an_admin_signed_command(tmp_path: Path, capsys: Any) -> N
         sockets[2].setblocking(True)
         sockets[2].settimeout(5)
         datagram = sockets[2].recv(65536)
-        verifier = load_keyring(Config.load(path), tmp_path / "keys").verifier()
-        cmd = ControlGate(2).accept(decode_frame_untrusted(datagram).payload, verifier)
+        config = Config.load(path)
+        verifier = load_keyring(config, tmp_path / "keys").verifier()
+        gate = ControlGate(2, control_cluster_id(config, verifier))
+        cmd = gate.accept(decode_frame_untrusted(datagram).payload, verifier, wall_us())
         assert cmd is not None
         assert cmd.action == SetBehaviour("slow", (("delay_ms", 200), ("drop", True)))
     finally:

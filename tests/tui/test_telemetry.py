@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cbor2
 import pytest
 from hypothesis import given
@@ -40,6 +42,8 @@ from bft.telemetry import (
 KEYS = Ed25519Keys(4, 2, seed=7, admin=True)
 VERIFIER = KEYS.verifier()
 ADMIN = KEYS.signer("admin", 0)
+CLUSTER = b"\xc1" * 32  # a control_cluster_id
+NOW = 1_000  # the gate's wall clock (microseconds) in the gate tests
 
 
 def replica(i: int):  # type: ignore[no-untyped-def]
@@ -140,10 +144,10 @@ evidence_reports = st.builds(
     EvidenceReport,
     node=node_id,
     seq_no=u63,
-    culprit=small,
-    kind=name,
-    first=st.binary(min_size=32, max_size=32),
-    second=st.binary(min_size=32, max_size=32),
+    first_body=st.binary(min_size=1, max_size=t.MAX_EVIDENCE_BODY_BYTES),
+    first_signature=st.binary(min_size=64, max_size=64),
+    second_body=st.binary(min_size=1, max_size=t.MAX_EVIDENCE_BODY_BYTES),
+    second_signature=st.binary(min_size=64, max_size=64),
 )
 telemetry_messages = st.one_of(statuses, events, commit_batches, evidence_reports)
 actions = st.one_of(
@@ -155,7 +159,13 @@ actions = st.one_of(
     st.builds(SetBehaviour, name=name, params=fields),
     st.builds(Cut, peers=st.lists(small, max_size=20).map(tuple)),
 )
-commands = st.builds(ControlCommand, target=node_id, seq_no=u63, action=actions)
+commands = st.builds(
+    ControlCommand,
+    cluster=st.binary(min_size=32, max_size=32),
+    target=node_id,
+    seq_no=u63,
+    action=actions,
+)
 
 
 # ---------------------------------------------------------------------- format
@@ -262,7 +272,7 @@ def test_bad_signatures_are_bad_signature() -> None:
 
 
 def test_signatures_do_not_cross_magics_or_kinds() -> None:
-    cmd = ControlCommand(1, 5, Pause(5000))
+    cmd = ControlCommand(CLUSTER, 1, 5, Pause(5000))
     body = body_of(cmd)
     # an admin signature made for some other purpose than control does not verify here
     signature = ADMIN.sign_bytes(body)
@@ -293,58 +303,63 @@ def test_encode_refuses_what_the_decoder_would_reject() -> None:
 
 
 def test_describe_commands() -> None:
-    assert ControlCommand(1, 1, Pause(5000)).describe() == "pause 5 s"
+    assert ControlCommand(CLUSTER, 1, 1, Pause(5000)).describe() == "pause 5 s"
     assert (
-        ControlCommand(1, 1, SetBehaviour("lie", (("rate", 3),))).describe()
+        ControlCommand(CLUSTER, 1, 1, SetBehaviour("lie", (("rate", 3),))).describe()
         == "behaviour lie rate=3"
     )
-    assert ControlCommand(1, 1, Cut((0, 2))).describe() == "cut 0,2"
-    assert ControlCommand(1, 1, Cut()).describe() == "cut all"
-    assert ControlCommand(1, 1, Crash()).describe() == "crash"
+    assert ControlCommand(CLUSTER, 1, 1, Cut((0, 2))).describe() == "cut 0,2"
+    assert ControlCommand(CLUSTER, 1, 1, Cut()).describe() == "cut all"
+    assert ControlCommand(CLUSTER, 1, 1, Crash()).describe() == "crash"
 
 
 # ---------------------------------------------------------------------- ControlGate
 
 
-def command(seq_no: int, target: int = 2, action=None, signer=ADMIN) -> bytes:  # type: ignore[no-untyped-def]
-    return encode_signed(ControlCommand(target, seq_no, action or Resume()), signer)
+def command(  # type: ignore[no-untyped-def]
+    seq_no: int, target: int = 2, action=None, signer=ADMIN, cluster: bytes = CLUSTER
+) -> bytes:
+    return encode_signed(ControlCommand(cluster, target, seq_no, action or Resume()), signer)
 
 
 def test_gate_accepts_fresh_admin_commands_once() -> None:
-    gate = ControlGate(2)
+    gate = ControlGate(2, CLUSTER)
     first = command(10, action=Pause(5000))
-    assert gate.accept(first, VERIFIER) == ControlCommand(2, 10, Pause(5000))
-    assert gate.accept(first, VERIFIER) is None  # replayed
-    assert gate.accept(command(9), VERIFIER) is None  # older than the last accepted
-    assert gate.accept(command(10, action=Crash()), VERIFIER) is None  # same seq_no
-    assert gate.accept(command(11), VERIFIER) == ControlCommand(2, 11, Resume())
+    assert gate.accept(first, VERIFIER, NOW) == ControlCommand(CLUSTER, 2, 10, Pause(5000))
+    assert gate.accept(first, VERIFIER, NOW) is None  # replayed
+    assert gate.accept(command(9), VERIFIER, NOW) is None  # older than the last accepted
+    assert gate.accept(command(10, action=Crash()), VERIFIER, NOW) is None  # same seq_no
+    assert gate.accept(command(11), VERIFIER, NOW) == ControlCommand(CLUSTER, 2, 11, Resume())
     stats = gate.statistics()
     assert stats["accepted"] == 2 and stats["last_seq_no"] == 11
     assert stats["drops"]["stale_seq_no"] == 3
 
 
 def test_gate_rejects_everything_not_from_the_admin_for_this_node() -> None:
-    gate = ControlGate(2, last_seq_no=100)
-    by_replica = raw_payload(CONTROL_MAGIC, body_of(ControlCommand(2, 200, Crash())), replica(1))
+    gate = ControlGate(2, CLUSTER, last_seq_no=100)
+    by_replica = raw_payload(
+        CONTROL_MAGIC, body_of(ControlCommand(CLUSTER, 2, 200, Crash())), replica(1)
+    )
     assert decode_signed_untrusted(by_replica, VERIFIER)[1] == ("replica", 1)  # valid, but...
-    assert gate.accept(by_replica, VERIFIER) is None
+    assert gate.accept(by_replica, VERIFIER, NOW) is None
     forged = raw_payload(
         CONTROL_MAGIC,
-        body_of(ControlCommand(2, 201, Crash())),
+        body_of(ControlCommand(CLUSTER, 2, 201, Crash())),
         replica(1),
         kind_code=2,
         signer_id=0,
     )  # a replica's signature labelled as admin
-    assert gate.accept(forged, VERIFIER) is None
+    assert gate.accept(forged, VERIFIER, NOW) is None
     unsigned = CONTROL_MAGIC + cbor2.dumps(
-        [2, 0, body_of(ControlCommand(2, 202, Crash())), b"\x00" * 64], canonical=True
+        [2, 0, body_of(ControlCommand(CLUSTER, 2, 202, Crash())), b"\x00" * 64], canonical=True
     )
-    assert gate.accept(unsigned, VERIFIER) is None
-    assert gate.accept(command(203, target=3), VERIFIER) is None
-    assert gate.accept(command(50), VERIFIER) is None  # below the starting seq_no
-    assert gate.accept(b"BFTC\x00junk", VERIFIER) is None
-    assert gate.accept(encode_signed(status(), replica(1)), VERIFIER) is None
-    assert gate.accept(b"\x84\x01\x02\x03\x04", VERIFIER) is None  # a protocol payload
+    assert gate.accept(unsigned, VERIFIER, NOW) is None
+    assert gate.accept(command(203, target=3), VERIFIER, NOW) is None
+    assert gate.accept(command(203, cluster=b"\xc2" * 32), VERIFIER, NOW) is None
+    assert gate.accept(command(50), VERIFIER, NOW) is None  # below the starting seq_no
+    assert gate.accept(b"BFTC\x00junk", VERIFIER, NOW) is None
+    assert gate.accept(encode_signed(status(), replica(1)), VERIFIER, NOW) is None
+    assert gate.accept(b"\x84\x01\x02\x03\x04", VERIFIER, NOW) is None  # a protocol payload
     assert gate.statistics() == {
         "accepted": 0,
         "last_seq_no": 100,
@@ -352,12 +367,57 @@ def test_gate_rejects_everything_not_from_the_admin_for_this_node() -> None:
             "not_control": 2,
             "malformed": 1,
             "not_admin": 1,
+            "wrong_cluster": 1,
             "wrong_target": 1,
             "stale_seq_no": 1,
+            "expired": 0,
+            "too_far_ahead": 0,
             "bad_signature": 2,
         },
     }
-    assert gate.accept(command(204), VERIFIER) is not None  # the gate still works
+    assert gate.accept(command(204), VERIFIER, NOW) is not None  # the gate still works
+
+
+def test_gate_obeys_only_commands_issued_recently_by_its_clock() -> None:
+    """A command's seq_no is its issue time (wall-clock microseconds): it is obeyed for
+    CONTROL_MAX_AGE_S after it was issued, with the clock tolerance either way; a command
+    recorded and held back, or numbered by a clock far ahead, is refused.
+
+    Before the fix the gate had no clock (its accept took no time): any command above the
+    last seq_no was obeyed whenever it arrived, and one numbered an hour ahead made every
+    later command stale."""
+    s = 1_000_000
+    now = 1_700_000_000 * s
+    gate = ControlGate(2, CLUSTER, max_age_s=10.0, clock_tolerance_s=1.0)
+    assert gate.accept(command(now - 11 * s - 1), VERIFIER, now) is None  # expired
+    assert gate.accept(command(now + s + 1), VERIFIER, now) is None  # too far ahead
+    assert gate.accept(command(now + 3600 * s), VERIFIER, now) is None
+    assert gate.last_seq_no == 0  # nothing refused moved the numbering
+    assert gate.accept(command(now - 11 * s), VERIFIER, now) is not None  # the oldest fresh
+    assert gate.accept(command(now + s), VERIFIER, now) is not None  # the newest fresh
+    drops = gate.statistics()["drops"]
+    assert (drops["expired"], drops["too_far_ahead"]) == (1, 2)
+
+
+def test_cluster_id_names_the_config_and_the_replicas_keys() -> None:
+    """Every field that tells two clusters apart changes the id; equal inputs give it
+    again (the node, the dashboard and `bft ctl` compute it independently)."""
+    from bft.config import ClusterConfig
+
+    base = ClusterConfig.local(4, name="alpha")
+    ident = t.control_cluster_id(base, VERIFIER)
+    assert len(ident) == t.CLUSTER_ID_BYTES
+    assert t.control_cluster_id(ClusterConfig.local(4, name="alpha"), KEYS.verifier()) == ident
+    others = [
+        t.control_cluster_id(ClusterConfig.local(4, name="beta"), VERIFIER),
+        t.control_cluster_id(ClusterConfig.local(4, name="alpha", base_port=7200), VERIFIER),
+        t.control_cluster_id(ClusterConfig.local(4, name="alpha", host="10.0.0.1"), VERIFIER),
+        t.control_cluster_id(ClusterConfig.local(7, name="alpha"), VERIFIER),
+        t.control_cluster_id(ClusterConfig.local(4, name="alpha", f=0), VERIFIER),
+        t.control_cluster_id(base, Ed25519Keys(4, 2, seed=8).verifier()),
+        t.control_cluster_id(base),
+    ]
+    assert len({ident, *others}) == len(others) + 1
 
 
 # ---------------------------------------------------------------------- aggregator
@@ -494,11 +554,20 @@ def test_events_and_evidence_are_sent_at_once() -> None:
     first = replica(0).sign(Prepare(1, 5, b"\x01" * 32, 0))
     second = replica(0).sign(Prepare(1, 5, b"\x02" * 32, 0))
     assert agg.observe(Event("evidence", {"culprit": 0, "kind": "prepare"}), 1.0) == []
-    [r] = decode_all(agg.observe(Evidence(0, "conflicting_prepare", first, second), 1.0))
-    assert r == EvidenceReport(
-        2, 2, 0, "conflicting_prepare", sha256(first.body), sha256(second.body)
-    )
+    [r] = decode_all(agg.observe(Evidence(0, "prepare", first, second), 1.0))
+    # the two signed messages themselves travel, so the dashboard can check the proof
+    assert r == EvidenceReport(2, 2, first.body, first.signature, second.body, second.signature)
     assert agg.observe(Persist(b"x"), 1.0) == []
+
+
+def test_evidence_too_big_for_a_report_is_counted_not_sent() -> None:
+    agg = TelemetryAggregator(2, replica(2))
+    first = replica(0).sign(Prepare(1, 5, b"\x01" * 32, 0))
+    huge = dataclasses.replace(first, body=b"\x00" * (t.MAX_EVIDENCE_BODY_BYTES + 1))
+    assert agg.observe(Evidence(0, "prepare", first, huge), 1.0) == []
+    assert agg.statistics()["evidence_unsendable"] == 1
+    [snapshot] = decode_all(agg.poll(1.0, lambda: {}))
+    assert ("telemetry_evidence_unsendable", 1) in snapshot.drops
 
 
 def test_event_fields_are_made_safe() -> None:
