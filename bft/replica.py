@@ -788,8 +788,7 @@ class Replica:
             slot.reset_view(self.view)
         old = slot.commits.get(c.replica)
         if old is not None:
-            if old.statement.digest != c.digest:  # type: ignore[union-attr]
-                self._evidence(c.replica, "commit", old, signed, key=("c", c.view, c.seq, c.replica))
+            self._conflicting_commit(slot, signed)
             return self._drop("duplicate_commit")
         slot.commits[c.replica] = signed
         self._check_committed(slot)
@@ -799,6 +798,9 @@ class Replica:
         matching COMMITs of one view for (seq, d) mean f+1 correct replicas prepared d there,
         so d is committed at seq (4.2, 4.4): a replica that lagged behind may execute it."""
         c: Commit = signed.statement  # type: ignore[assignment]
+        held_slot = self.log.get(c.seq)
+        if held_slot is not None:
+            self._conflicting_commit(held_slot, signed)
         if not self.log.in_window(c.seq) or c.seq <= self.last_executed:
             return self._drop("old_commit")
         slot = self.log.slot(c.seq)
@@ -811,6 +813,19 @@ class Replica:
         votes[c.replica] = signed
         if len(votes) >= self.quorum:
             self._decide_by_certificate(slot, c.digest, tuple(votes.values())[: self.quorum])
+
+    def _conflicting_commit(self, slot: Slot, signed: Signed) -> None:
+        """Evidence when we hold a COMMIT of the same signer for the same (v, seq) with another
+        digest (among the current view's votes or the relayed votes of earlier views)."""
+        c: Commit = signed.statement  # type: ignore[assignment]
+        held = slot.commits.get(c.replica) if slot.view == c.view else None
+        if held is None:
+            for (view, digest), votes in slot.old_commits.items():
+                if view == c.view and digest != c.digest and c.replica in votes:
+                    held = votes[c.replica]
+                    break
+        if held is not None and held.statement.digest != c.digest:  # type: ignore[union-attr]
+            self._evidence(c.replica, "commit", held, signed, key=("c", c.view, c.seq, c.replica))
 
     def _decide_by_certificate(self, slot: Slot, digest: bytes, cert: tuple[Signed, ...]) -> None:
         slot.decided = digest

@@ -325,3 +325,32 @@ def test_a_restarted_primary_never_signs_a_second_pre_prepare_for_a_new_view_seq
             assert st.digest == nv_pp[st.seq], f"replica 1 re-signed seq {st.seq} of view 1"
     assert not _conflicts(signed)
     assert not any(e.culprit == 1 for e in net.evidence), "evidence against a correct primary"
+
+
+def test_a_conflicting_commit_relayed_after_a_view_change_is_evidence():
+    """PROTOCOL.md "Evidence": two COMMITs with the same (v, seq, i) and different digests
+    are a proof; a replica that holds one and receives the other produces it.
+
+    Schedule (found by `bft sim --nodes 7 --seed 999 ... --byzantine 0:equivocate`, the
+    evidence witness): replica 3 holds replica 0's COMMIT(0, 1, dA); it then joins a view
+    change to view 1 (f+1 VIEW-CHANGEs); replica 0's COMMIT(0, 1, dB) arrives.
+
+    Failed before the fix: a COMMIT of an earlier view (or one below a proven checkpoint)
+    went straight to the commit-certificate path, which compared it with nothing."""
+    print(f"seed={SEED}")
+    import hashlib
+
+    from bft.effects import Evidence as EvidenceEffect
+
+    net = Net(4, seed=SEED)
+    r3 = net.replicas[3]
+    sign0 = net.keys.signer("replica", 0)
+    d_a, d_b = hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()
+    _receive(net, 3, sign0.sign(Commit(0, 1, d_a, 0)))
+    for j in (1, 2):
+        _receive(net, 3, net.keys.signer("replica", j).sign(ViewChange(1, 0, b"\0" * 32, (), (), j)))
+    assert r3.in_view_change and r3.view == 1
+    effects = _receive(net, 3, sign0.sign(Commit(0, 1, d_b, 0)))
+    proofs = [e for e in effects if isinstance(e, EvidenceEffect)]
+    assert [(e.culprit, e.kind) for e in proofs] == [(0, "commit")]
+    assert {proofs[0].first.statement.digest, proofs[0].second.statement.digest} == {d_a, d_b}
