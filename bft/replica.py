@@ -91,6 +91,7 @@ class _Transfer:
     chunks: dict[int, bytes] | None = None
     count: int = 0
     deadline: float = 0.0
+    source: int = -1  # the replica asked: chunks are taken from it only
 
 
 class Replica:
@@ -517,7 +518,7 @@ class Replica:
 
     def _try_propose(self, force: bool = False) -> None:
         if (not self.is_primary or self.in_view_change or self.transfer is not None
-                or self.next_seq <= self.proven_low):
+                or self.next_seq <= self.proven_low or self._awaiting_batches()):
             return
         cfg = self.config
         while self.pending:
@@ -556,7 +557,9 @@ class Replica:
             self.assigned[key] = self.next_seq
         if not reqs:
             return
-        batch_time = propose_batch_time(self._wall, self.last_batch_time)
+        # not below the batch before it, as the backups check it (rule 6): that may be a
+        # NEW-VIEW re-proposal not executed yet, stamped by an earlier primary's clock
+        batch_time = propose_batch_time(self._wall, self._previous_batch_time(self.next_seq))
         batch = Batch(batch_time, tuple(reqs))
         digest = self._digest(batch)
         seq = self.next_seq
@@ -1145,7 +1148,7 @@ class Replica:
             t.attempt += 1
             self.counters["state_transfer_retries"] += 1
         t.chunks, t.count = {}, 0
-        source = t.sources[t.attempt % len(t.sources)]
+        source = t.source = t.sources[t.attempt % len(t.sources)]
         t.deadline = self._now + max(self._vc_timeout(), 0.5)
         self._out.append(Send(source, self._sign(FetchState(t.seq, t.digest, self.id))))
 
@@ -1166,6 +1169,10 @@ class Replica:
         t = self.transfer
         if t is None or c.seq != t.seq or c.state_digest != t.digest or t.chunks is None:
             return self._drop("unexpected_state_chunk")
+        if c.replica != t.source:
+            # only the replica asked answers (TOCS 5.3): a liar's chunk would spoil the
+            # snapshot, and the transfer would start over, for as long as it kept lying
+            return self._drop("state_chunk_not_asked")
         max_chunks = self.limits.max_message_bytes // STATE_CHUNK_BYTES * 64 + 1
         if c.count == 0 or c.count > max_chunks or c.index >= c.count or (t.count and c.count != t.count):
             return self._drop("bad_state_chunk")
@@ -1330,6 +1337,11 @@ class Replica:
         for slot in self.log.slots.values():
             slot.reset_view(self.view)
         self.assigned = {}
+        # batches still wanted: those of decided slots (to execute); what the earlier view's
+        # pre-prepares wanted is wanted again below only if this NEW-VIEW re-proposes it
+        self.needed_batches = {d: q for d, q in self.needed_batches.items()
+                               if (held := self.log.get(q)) is not None and held.decided == d
+                               and held.batch is None}
         for pp_signed in nv.pre_prepares:
             pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
             if pp.seq <= self.proven_low:
@@ -1397,6 +1409,15 @@ class Replica:
             self._check_prepared(slot)
             self._check_committed(slot)
             self._execute_ready()
+        if self.is_primary:
+            self._try_propose()  # it may have waited for this batch (see _awaiting_batches)
+
+    def _awaiting_batches(self) -> bool:
+        """Whether a slot below the next seq to propose waits for its batch (a NEW-VIEW
+        re-proposal, or a seq decided before its batch came). A primary proposes nothing new
+        meanwhile: it does not know which requests that batch holds (backups refuse a
+        request assigned to another seq, rule 5) nor its batch_time (rule 6)."""
+        return any(self.last_executed < q < self.next_seq for q in self.needed_batches.values())
 
     def _on_fetch(self, signed: Signed) -> None:
         req: Fetch = signed.statement  # type: ignore[assignment]

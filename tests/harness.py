@@ -14,6 +14,7 @@ from typing import Any, Callable
 from bft import codec
 from bft.app import ExecContext, KVStore, Ops  # noqa: F401  (re-exported for tests)
 from bft.auth import sim_reply_auth
+from bft.clock import Interval
 from bft.config import ClusterConfig
 from bft.crypto import SimKeys
 from bft.effects import Broadcast, Evidence, Executed, Persist, Reply, SaveSnapshot, Send, SetTimer
@@ -25,7 +26,7 @@ from bft.storage import MemoryStorage
 class Net:
     def __init__(self, n: int = 4, *, seed: int = 1, clients: int = 4,
                  replica_class: type = Replica, reply_macs: bool = True,
-                 **overrides: Any) -> None:
+                 clock_skew_s: dict[int, float] | None = None, **overrides: Any) -> None:
         self.replica_class = replica_class
         self.seed = seed
         self.reply_macs = reply_macs
@@ -46,12 +47,18 @@ class Net:
         self.client_ts: dict[int, int] = {}
         self.invocations: list[tuple[int, int, bytes, float]] = []  # (client, t, op, now)
         self.sent_count = 0
+        self.clock_skew_s: dict[int, float] = dict(clock_skew_s or {})
         for i in range(n):
-            self._apply(i, self.replicas[i].start(self.now))  # type: ignore[union-attr]
+            self._apply(i, self.replicas[i].start(self.now, self.wall(i)))  # type: ignore[union-attr]
 
     @property
     def n(self) -> int:
         return self.config.n
+
+    def wall(self, i: int) -> Interval:
+        """Replica i's interval clock: true time (`now`) plus its `clock_skew_s[i]`."""
+        us = int((self.now + self.clock_skew_s.get(i, 0.0)) * 1_000_000)
+        return Interval(us, us)
 
     def _make(self, i: int, recovered: Any = None) -> Replica:
         reply_auth = (sim_reply_auth(self.seed, "replica", i, n_replicas=self.n,
@@ -122,7 +129,7 @@ class Net:
                 continue
             wire = codec.decode_untrusted(codec.encode(msg), self.config.limits)
             self.sent_count += 1
-            self._apply(dst, self.replicas[dst].receive(wire, self.now))  # type: ignore[union-attr]
+            self._apply(dst, self.replicas[dst].receive(wire, self.now, self.wall(dst)))  # type: ignore[union-attr]
         return steps
 
     def advance(self, seconds: float, step: float = 0.05) -> None:
@@ -133,7 +140,7 @@ class Net:
             for i, r in enumerate(self.replicas):
                 if r is not None and self.timers.get(i, float("inf")) <= self.now:
                     del self.timers[i]  # the node's contract: one tick per SetTimer
-                    self._apply(i, r.tick(self.now))
+                    self._apply(i, r.tick(self.now, self.wall(i)))
             self.deliver()
 
     def crash(self, i: int) -> None:
@@ -145,7 +152,7 @@ class Net:
         st = self.storage[i]
         r = self._make(i, recovered=(st.load_snapshot(), st.records()))
         self.replicas[i] = r
-        self._apply(i, r.start(self.now))
+        self._apply(i, r.start(self.now, self.wall(i)))
 
     def isolate(self, i: int) -> None:
         for j in range(-1, self.n):

@@ -146,4 +146,7 @@ def test_every_proof_correct_replicas_produce_passes_the_check(
             bytes.fromhex(second["body"]), bytes.fromhex(second["signature"]), verifier)
         assert (conflict.culprit, conflict.kind) == (proof["culprit"], proof["kind"])
         assert conflict.culprit == culprit
-    assert {proof["kind"] for proof in result.evidence} == kinds
+    # each run shows the kinds expected of it; an equivocating primary also signs two COMMITs
+    # for some slots, which correct replicas prove too
+    found = {proof["kind"] for proof in result.evidence}
+    assert kinds <= found <= {"pre_prepare", "prepare", "commit"}, found

@@ -183,3 +183,127 @@ def test_stalls_found_by_random_campaigns_are_gone(args):
     result = Simulation(build_sim_config(parser.parse_args(args.split()))).run(120)
     assert result.ok, (STALLS[args], result.violations)
     assert result.completed_requests == result.requests
+
+
+def test_one_liar_cannot_block_a_state_transfer():
+    """PROTOCOL.md "State transfer" (TOCS 5.3): a replica accepts chunks only from the
+    replica it asked; a snapshot that does not match the proven digest is discarded and
+    another replica is asked.
+
+    Schedule (issue 18, 2b): replica 3 is cut off while checkpoint 8 becomes stable; healed,
+    it fetches the state. Replica 1, Byzantine, answers every FETCH-STATE of replica 3 (to
+    anyone) with a well-signed bogus chunk right behind each honest one. The state (eight
+    values of 8 KB) takes two chunks.
+
+    Failed before the fix: the bogus chunk was taken (from any replica), the assembled state
+    did not match, the transfer restarted, and the liar did it again: replica 3 stayed at
+    seq 0 as long as the liar kept lying (here 50 lies; without a limit this schedule never
+    ends)."""
+    print(f"seed={SEED}")
+    from bft.messages import StateChunk
+
+    net = Net(4, seed=SEED, checkpoint_interval=4, log_window=8)
+    cut = {"on": True}
+    lies: list = []  # kept: their ids stay unique
+    lied: set[int] = set()
+    lies_when_done: list[int] = []
+
+    def schedule(src, dst, msg) -> bool:
+        st = getattr(msg, "statement", None)
+        if cut["on"]:
+            return 3 not in (src, dst) or src == -1
+        if not lies_when_done and net.replicas[3].stable_seq == 8:
+            lies_when_done.append(len(lies))
+        if dst == 3 and isinstance(st, StateChunk) and st.replica == 1 and id(msg) not in lied:
+            return False  # asked itself, the liar never answers honestly
+        if dst == 3 and src != 1 and isinstance(st, StateChunk) and len(lies) < 50:
+            # right behind each honest chunk, the liar's chunk for the same index
+            bogus = net.keys.signer("replica", 1).sign(
+                StateChunk(st.seq, st.state_digest, st.index, st.count, b"not the state", 1))
+            lies.append(bogus)
+            lied.add(id(bogus))
+            net.queue.appendleft((1, 3, bogus))
+        return True
+
+    net.filter = schedule
+    for k in range(8):
+        net.request(0, Ops.put(f"k{k}", bytes([k]) * 8192), to=0)
+        net.deliver()
+    assert [r.stable_seq for r in net.replicas] == [8, 8, 8, 0]
+    cut["on"] = False
+    net.advance(5)
+    r3 = net.replicas[3]
+    assert (r3.last_executed, r3.stable_seq) == (8, 8)
+    # it got the state while the liar was still at work (it lies 50 times, then stops)
+    assert 0 < lies_when_done[0] < 50, f"the transfer finished after {lies_when_done[0]} lies"
+    assert r3.app.digest() == net.replicas[0].app.digest()
+    assert r3.drops["state_chunk_not_asked"] >= 1
+
+
+def test_a_new_primary_stamps_its_first_batch_after_the_new_views_batches():
+    """PROTOCOL.md "Normal case", rule 6 and agreed time: a backup accepts a fresh batch only
+    at or after the batch_time of the previous seq, which may be a NEW-VIEW re-proposal not
+    yet executed; a correct new primary must stamp its first batch accordingly.
+
+    Schedule (issue 18, 2c): primary 0's clock is 0.9 s ahead (inside max_clock_skew = 1 s).
+    Seq 1 executes; half a second later seq 2 prepares but its COMMITs are lost, so NEW-VIEW(1) re-proposes it
+    with primary 0's batch_time; primary 1 (a correct clock) proposes a new request at once.
+
+    Failed before the fix: primary 1 stamped max(its clock, its last *executed* batch_time),
+    below seq 2's time, every backup refused it (batch_time_before_previous), and execution
+    stalled until the next view change."""
+    print(f"seed={SEED}")
+    from bft.messages import Commit
+
+    net = Net(4, seed=SEED, clock_skew_s={0: 0.9}, view_change_timeout_s=0.3,
+              view_change_timeout_max_s=0.4)  # so the view changes within 0.9 s
+    net.request(0, Ops.put("a", b"1"), to=0)
+    net.deliver()
+    net.advance(0.5)
+    net.filter = lambda src, dst, msg: not (
+        isinstance(getattr(msg, "statement", None), Commit) and msg.statement.view == 0)
+    net.request(0, Ops.put("b", b"1"), to=0)
+    net.deliver()
+    net.isolate(0)  # primary 0 goes away; 1, 2, 3 change view
+    net.request(1, Ops.put("c", b"1"))
+    _advance_until(net, lambda: net.completed(1, 1) is not None, limit_s=30)
+    views = [r.view for r in net.replicas[1:]]
+    assert views == [1, 1, 1], f"views {views}: the first batch of view 1 was refused"
+    assert sum(r.drops["batch_time_before_previous"] for r in net.replicas[1:]) == 0
+    assert [r.last_executed for r in net.replicas[1:]] == [3, 3, 3]
+
+
+def test_a_new_primary_waits_for_a_new_view_batch_before_proposing():
+    """PROTOCOL.md "Normal case", rule 5 (no request already assigned to another seq) and
+    "View change" (batches travel by digest; whoever lacks one fetches it).
+
+    Schedule (issue 18, suspected and confirmed): replica 1 misses primary 0's proposal of
+    seq 1 but has the client's request; the COMMITs are lost; replica 1 becomes primary of
+    view 1 and its NEW-VIEW re-proposes seq 1's digest, whose batch it must fetch, and the
+    answer is slow.
+
+    Failed before the fix: primary 1 proposed the request it held fresh at seq 2 at once;
+    every backup refused that batch (batch_request_assigned: it is seq 1's) and execution
+    waited for the next view."""
+    print(f"seed={SEED}")
+    from bft.messages import Commit, Proposal
+
+    net = Net(4, seed=SEED)
+    held: list = []
+
+    def schedule(src, dst, msg) -> bool:
+        if dst == 1 and isinstance(msg, Proposal) and msg.pre_prepare.statement.seq == 1 \
+                and (net.replicas[1].view == 0 or len(held) < 3):
+            held.append(msg)  # the batch reaches replica 1 late (the first FETCH answers too)
+            return False
+        st = getattr(msg, "statement", None)
+        return not (isinstance(st, Commit) and st.view == 0)
+
+    net.filter = schedule
+    net.request(0, Ops.put("a", b"1"))
+    net.deliver()
+    net.isolate(0)
+    _advance_until(net, lambda: net.completed(0, 1) is not None, limit_s=30)
+    assert [r.view for r in net.replicas[1:]] == [1, 1, 1]
+    assert sum(r.drops["batch_request_assigned"] for r in net.replicas[1:]) == 0
+    assert [r.last_executed for r in net.replicas[1:]] == [1, 1, 1]
