@@ -62,7 +62,7 @@ from bft.effects import (
 from bft.errors import ClientIdInUse, MalformedMessage
 from bft.messages import Request, Signed
 from bft.replica import Replica
-from bft.storage import WalStorage
+from bft.storage import WalStorage, votes_may_be_lost
 from bft.telemetry import (
     ClearBehaviour,
     ControlGate,
@@ -290,9 +290,16 @@ class Node:
         snapshot = self.storage.load_snapshot()
         records = self.storage.records()
         recovered = (snapshot, records) if (snapshot is not None or records) else None
+        votes_lost = votes_may_be_lost(self.storage.recovered)
+        if votes_lost:
+            self.log.warning("stable storage lost records this node may have signed: it will "
+                             "not vote where it may have voted before until it has caught up",
+                             extra={"fields": {"event": "votes_lost",
+                                               **dict(self.storage.recovered or {})}})
         self.replica = Replica(self.config, self.id, signer=self.signer, verifier=self.verifier,
                                app=self.app, recovered=recovered,
-                               reply_auth=reply_auth_for(self.signer, self.verifier))
+                               reply_auth=reply_auth_for(self.signer, self.verifier),
+                               votes_lost=votes_lost)
         if self.config.metrics_port is not None:
             try:
                 self.metrics = Metrics(self.id, self.config.metrics_port + self.id, me.host)

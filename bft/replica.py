@@ -99,9 +99,12 @@ class Replica:
 
     def __init__(self, config: ClusterConfig, replica_id: int, *, signer: Any, verifier: Any,
                  app: Any, recovered: tuple[tuple[int, bytes] | None, Iterable[bytes]] | None = None,
-                 digest_every_batch: bool = False, reply_auth: Any = None) -> None:
+                 digest_every_batch: bool = False, reply_auth: Any = None,
+                 votes_lost: bool = False) -> None:
         # reply_auth: a bft.auth.ReplyAuth of this replica: replies go out as MacReply (PBFT's
         # MACs for clients); None, or a client without a key, gets a signed reply instead.
+        # votes_lost: the stable storage lost records this replica may have signed (a damaged
+        # WAL or snapshot, bft.storage.votes_may_be_lost): see `vote_floor`.
         if not 0 <= replica_id < config.n:
             raise ValueError(f"replica id {replica_id} not in 0..{config.n - 1}")
         self.config = config
@@ -185,8 +188,20 @@ class Replica:
         self._wall = Interval(0, 0)
         self._dirty_persist = False
         self._recovering = recovered is not None
+        # After lost votes (PROTOCOL.md "Crash recovery": never sign what conflicts with an
+        # earlier signature): no PRE-PREPARE, PREPARE, COMMIT or NEW-VIEW for a seq at or
+        # below `vote_floor`, which lies above every seq it may have voted on (its stable
+        # checkpoint at the crash + L); None while unknown (nothing at all is signed then).
+        # Over once its own stable checkpoint reaches the floor.
+        self.votes_lost = votes_lost
+        self.vote_floor: int | None = None
         if recovered is not None:
             self._recover(*recovered)
+        if votes_lost:
+            if recovered is not None and recovered[0] is not None:
+                # the snapshot survived: it is the stable checkpoint the lost records follow
+                self.vote_floor = self.log.low + config.log_window
+            self.counters["votes_lost_restart"] += 1
 
     # ------------------------------------------------------------------ entry points
 
@@ -327,12 +342,27 @@ class Replica:
 
     def _normal_case_window(self, seq: int) -> str | None:
         """Why a PRE-PREPARE, PREPARE or COMMIT for seq of the current view is refused by the
-        watermarks, or None (rule 3, and no votes below a proven checkpoint)."""
+        watermarks, or None (rule 3, no votes below a proven checkpoint, none where our
+        earlier votes were lost)."""
         if not self.log.in_window(seq):
             return "outside_watermarks"
         if seq <= self.proven_low:
             return "below_proven_checkpoint"
+        if self._may_have_voted(seq):
+            return "votes_lost"
         return None
+
+    def _may_have_voted(self, seq: int) -> bool:
+        """Whether we may have signed a vote for seq before storage lost it (see vote_floor)."""
+        return self.votes_lost and (self.vote_floor is None or seq <= self.vote_floor)
+
+    def _learned_stable(self, seq: int) -> None:
+        """A stable checkpoint proven to us (2f+1 CHECKPOINTs or a NEW-VIEW's C). After lost
+        votes with the snapshot lost too, the first one bounds what we may have signed: the
+        cluster's stable checkpoint never goes back, so ours at the crash was at most seq."""
+        if self.votes_lost and self.vote_floor is None:
+            self.vote_floor = seq + self.config.log_window
+            self._event("vote_floor", floor=self.vote_floor)
 
     def _vc_timeout(self) -> float:
         """The view-change timer T (4.4, 4.5): the measured base, doubled per failed view,
@@ -518,7 +548,8 @@ class Replica:
 
     def _try_propose(self, force: bool = False) -> None:
         if (not self.is_primary or self.in_view_change or self.transfer is not None
-                or self.next_seq <= self.proven_low or self._awaiting_batches()):
+                or self.next_seq <= self.proven_low or self._awaiting_batches()
+                or self._may_have_voted(self.next_seq)):
             return
         cfg = self.config
         while self.pending:
@@ -1045,6 +1076,7 @@ class Replica:
 
     def _on_stable_proof(self, seq: int, digest: bytes, proof: tuple[Signed, ...]) -> None:
         """2f+1 matching CHECKPOINTs make seq stable; a replica behind or diverged fetches state."""
+        self._learned_stable(seq)
         own = self.own_snapshots.get(seq)
         if own is not None and own[0] == digest:
             self._make_stable(seq, digest, proof, own[1])
@@ -1067,6 +1099,9 @@ class Replica:
     def _make_stable(self, seq: int, digest: bytes, proof: tuple[Signed, ...],
                      snapshot: bytes) -> None:
         self.log.advance(seq)
+        if self.votes_lost and self.vote_floor is not None and seq >= self.vote_floor:
+            self.votes_lost = False  # the whole window lies above any lost vote
+            self._event("votes_lost_over", seq=seq)
         self.stable_digest, self.stable_proof, self.stable_snapshot = digest, proof, snapshot
         for s in [s for s in self.checkpoints if s <= seq]:
             del self.checkpoints[s]
@@ -1083,6 +1118,9 @@ class Replica:
         if self.transfer is not None and self.transfer.seq <= seq:
             self.transfer = None
         self.diverged = {d for d in self.diverged if d > seq}
+        # proofs for seqs below the window: no such message is accepted any more (bounded)
+        self.evidence_seen = {k for k in self.evidence_seen
+                              if k[1 if k[0] == "cp" else 2] > seq}
         self._event("checkpoint_stable", seq=seq, digest=digest.hex()[:16])
         # compact the WAL: snapshot, then re-persist what must survive it
         self._out.append(SaveSnapshot(seq, cbor2.dumps(
@@ -1284,6 +1322,10 @@ class Replica:
     def _maybe_send_new_view(self) -> None:
         if not self.in_view_change or self.primary() != self.id:
             return
+        if self.votes_lost:
+            # we may have sent a NEW-VIEW for this view before the loss (other pre-prepares):
+            # the view changes on past us
+            return self._drop("new_view_votes_lost")
         vcs = [s for s in self.view_changes.values()
                if s.statement.view == self.view]  # type: ignore[union-attr]
         if len(vcs) < self.quorum:
@@ -1324,6 +1366,7 @@ class Replica:
         self.vc_started_at = None
         # adopt the checkpoint min_s if we are behind it
         cp: ViewChange = plan.checkpoint
+        self._learned_stable(cp.stable_seq)
         if cp.stable_seq > self.log.low:
             self.transfer_target = (cp.stable_seq, cp.state_digest, cp.checkpoint_proof)
             own = self.own_snapshots.get(cp.stable_seq)
@@ -1344,8 +1387,8 @@ class Replica:
                                and held.batch is None}
         for pp_signed in nv.pre_prepares:
             pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
-            if pp.seq <= self.proven_low:
-                continue  # decided: it comes by state transfer, not by our vote
+            if pp.seq <= self.proven_low or self._may_have_voted(pp.seq):
+                continue  # decided, or our earlier vote is lost: no vote of ours now
             slot = self.log.slot(pp.seq)
             if slot.view != self.view:  # a slot made just now: it belongs to the new view
                 slot.reset_view(self.view)

@@ -139,6 +139,19 @@ _CORRUPT_SNAPSHOT_NAME = "snapshot.corrupt"
 _TEMP_SUFFIX = ".tmp"
 
 
+#: Damage on open that only a crash during a write leaves: the record was never synced, so
+#: nothing it described was ever sent (see "Why dropping everything ... is safe here").
+TORN_TAIL_REASONS = frozenset({"torn record header", "torn record"})
+
+
+def votes_may_be_lost(recovered: dict[str, Any] | None) -> bool:
+    """Whether what opening dropped (`WalStorage.recovered`) may hold records of messages the
+    replica signed and sent: any damage but a torn tail (a bad checksum, a bad segment
+    header, a missing segment, a corrupt snapshot). The replica must then not vote where it
+    may have voted before (bft.replica.Replica(votes_lost=True))."""
+    return recovered is not None and recovered.get("reason") not in TORN_TAIL_REASONS
+
+
 class StorageCorrupted(BftError):
     """Stored data that was intact when the storage was opened no longer is.
 

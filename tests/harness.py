@@ -60,13 +60,14 @@ class Net:
         us = int((self.now + self.clock_skew_s.get(i, 0.0)) * 1_000_000)
         return Interval(us, us)
 
-    def _make(self, i: int, recovered: Any = None) -> Replica:
+    def _make(self, i: int, recovered: Any = None, votes_lost: bool = False) -> Replica:
         reply_auth = (sim_reply_auth(self.seed, "replica", i, n_replicas=self.n,
                                      n_clients=len(self.config.clients))
                       if self.reply_macs else None)
         return self.replica_class(self.config, i, signer=self.keys.signer("replica", i),
                        verifier=self.keys.verifier(), app=KVStore(), recovered=recovered,
-                       digest_every_batch=True, reply_auth=reply_auth)
+                       digest_every_batch=True, reply_auth=reply_auth,
+                       **({"votes_lost": True} if votes_lost else {}))
 
     # -- effects
     def _apply(self, i: int, effects: list[Any]) -> None:
@@ -148,9 +149,13 @@ class Net:
         self.storage[i].crash()
         self.timers.pop(i, None)
 
-    def restart(self, i: int) -> None:
+    def restart(self, i: int, *, lose_records: bool = False, lose_snapshot: bool = False) -> None:
+        """Restart replica i from its storage; `lose_records` / `lose_snapshot` model a damaged
+        WAL or snapshot (the replica is told its earlier votes may be lost)."""
         st = self.storage[i]
-        r = self._make(i, recovered=(st.load_snapshot(), st.records()))
+        snapshot = None if lose_snapshot else st.load_snapshot()
+        records = [] if (lose_records or lose_snapshot) else st.records()
+        r = self._make(i, recovered=(snapshot, records), votes_lost=lose_records or lose_snapshot)
         self.replicas[i] = r
         self._apply(i, r.start(self.now, self.wall(i)))
 

@@ -258,3 +258,51 @@ def test_tune_gc_freezes_the_startup_heap_and_collects_less_often() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*previous)
+
+
+def test_a_node_whose_wal_lost_signed_records_restarts_without_voting_there(
+        tmp_path: Path, keys: Ed25519Keys) -> None:
+    """Issue 18 (weaker spot): `bft node` on a WAL damaged in the middle (records it may have
+    signed are gone) warns and starts its replica with votes_lost, so it does not vote at or
+    below its stable checkpoint + L; a torn tail (records never synced) changes nothing."""
+    import cbor2
+
+    from bft.replica import REC_SENT
+    from bft.storage import WalStorage
+
+    ports = free_udp_ports(N)
+    config = ClusterConfig.local(N, clients=2, fsync="never")
+    config = dataclasses.replace(
+        config, nodes=tuple(NodeAddress(i, "127.0.0.1", ports[i]) for i in range(N)))
+    votes = [keys.signer("replica", 0).sign(Prepare(0, seq, b"\x11" * 32, 0))
+             for seq in (1, 2, 3)]
+
+    def start(damage: str) -> Node:
+        state = tmp_path / damage
+        wal = WalStorage(state / "wal-0")
+        for v in votes:
+            wal.append(cbor2.dumps([REC_SENT, codec.encode(v)]))
+        wal.sync()
+        wal.close()
+        segment = next((state / "wal-0").glob("*.log"))
+        data = bytearray(segment.read_bytes())
+        if damage == "middle":
+            data[len(data) // 2] ^= 0x01
+        else:
+            data = data[:-3]
+        segment.write_bytes(bytes(data))
+        node = Node(config, 0, signer=keys.signer("replica", 0), verifier=keys.verifier(),
+                    state_dir=state)
+        node.open()
+        return node
+
+    damaged = start("middle")
+    try:
+        assert damaged.replica.votes_lost and damaged.replica.vote_floor is None
+    finally:
+        damaged.close()
+    torn = start("torn")
+    try:
+        assert not torn.replica.votes_lost
+    finally:
+        torn.close()

@@ -354,3 +354,90 @@ def test_a_conflicting_commit_relayed_after_a_view_change_is_evidence():
     proofs = [e for e in effects if isinstance(e, EvidenceEffect)]
     assert [(e.culprit, e.kind) for e in proofs] == [(0, "commit")]
     assert {proofs[0].first.statement.digest, proofs[0].second.statement.digest} == {d_a, d_b}
+
+
+def _votes_lost_schedule(lose_snapshot: bool):
+    """Replica 3 prepares seq 5 (K = 4, L = 8; checkpoint 4 stable), its COMMITs lost; it
+    crashes and restarts from storage that lost its records (and, if asked, its snapshot).
+    Primary 0, Byzantine, then sends it PRE-PREPARE(0, 5, d') with another batch."""
+    net = Net(4, seed=SEED, checkpoint_interval=4, log_window=8)
+    net.filter = _recording(net)
+    for k in range(4):
+        net.request(0, Ops.put(f"k{k}", b"v"), to=0)
+        net.deliver()
+    assert [r.stable_seq for r in net.replicas] == [4, 4, 4, 4]
+    inner = net.filter
+    net.filter = lambda src, dst, msg: inner(src, dst, msg) and not isinstance(
+        _statement(msg), Commit)
+    net.request(0, Ops.put("x", b"1"), to=0)
+    net.deliver()
+    before = [st for st in _own_votes(net, 3) if isinstance(st, Prepare) and st.seq == 5]
+    assert len(before) == 1
+    net.crash(3)
+    net.restart(3, lose_records=True, lose_snapshot=lose_snapshot)
+    forged = _forged_proposal(net, 0, 0, 5, client=1, op=Ops.put("x", b"2"), timestamp=1)
+    assert forged.pre_prepare.statement.digest != before[0].digest
+    return net, forged
+
+
+def test_a_replica_that_lost_its_votes_does_not_vote_where_it_may_have_voted():
+    """PROTOCOL.md "Crash recovery": a replica never signs a message that conflicts with one
+    it signed before the crash. When stable storage loses records (a damaged WAL: any damage
+    but a torn tail, bft.storage.votes_may_be_lost), the replica does not vote at or below
+    its stable checkpoint + L (everything it may have voted on) until it has caught up.
+
+    Failed before the fix: the replica restarted without its earlier votes and signed
+    PREPARE(0, 5, d') against its own PREPARE(0, 5, d): a correct node turned equivocator."""
+    print(f"seed={SEED}")
+    net, forged = _votes_lost_schedule(lose_snapshot=False)
+    r3 = net.replicas[3]
+    assert r3.votes_lost and r3.vote_floor == 4 + 8
+    effects = _receive(net, 3, forged)
+    assert not _signed_votes(effects)
+    assert r3.drops["votes_lost"] == 1
+    mine = [st for st in _own_votes(net, 3) if isinstance(st, Prepare)]
+    assert not _conflicts(mine)
+
+
+def test_a_replica_that_lost_its_snapshot_too_learns_its_floor_from_a_proof():
+    """As above with the snapshot lost as well: the floor is unknown, so the replica signs no
+    vote at all until a stable checkpoint is proven to it (the cluster's never goes back);
+    then it catches up by state transfer and votes again once past the floor."""
+    print(f"seed={SEED}")
+    net, forged = _votes_lost_schedule(lose_snapshot=True)
+    r3 = net.replicas[3]
+    assert r3.votes_lost and r3.vote_floor is None
+    assert not _signed_votes(_receive(net, 3, forged))
+    net.filter = _recording(net)  # COMMITs flow again; the cluster goes on
+    for k in range(12):
+        net.request(1, Ops.put(f"z{k}", b"v"), to=0)
+        net.deliver()
+        net.advance(0.2)
+    assert r3.vote_floor is not None and r3.vote_floor >= 12
+    assert not r3.votes_lost, "replica 3 never got past the floor"
+    assert r3.last_executed == net.replicas[0].last_executed
+    mine = [st for st in _own_votes(net, 3) if isinstance(st, Prepare)]
+    assert not _conflicts(mine)
+    assert any(st.seq > r3.vote_floor for st in mine), "it votes again above the floor"
+
+
+def test_evidence_memory_is_pruned_with_the_log():
+    """PROTOCOL.md "Checkpoints" (garbage collection) and "Peer input never breaks a
+    replica": what a replica remembers of proofs it produced is discarded with the log at a
+    stable checkpoint, so a Byzantine primary's equivocations cannot grow it without bound.
+
+    Failed before the fix: `evidence_seen` was never pruned."""
+    print(f"seed={SEED}")
+    net = Net(4, seed=SEED, checkpoint_interval=4, log_window=8)
+    r3 = net.replicas[3]
+    forged = _forged_proposal(net, 0, 0, 1, client=1, op=Ops.put("x", b"2"), timestamp=1)
+    net.request(0, Ops.put("x", b"1"), to=0)
+    net.deliver()
+    _receive(net, 3, forged)  # primary 0 signed two PRE-PREPAREs for (0, 1)
+    assert ("pp", 0, 1) in r3.evidence_seen
+    for k in range(8):
+        net.request(2, Ops.put(f"k{k}", b"v"))
+        net.deliver()
+        net.advance(0.05)
+    _advance_until(net, lambda: r3.stable_seq >= 4)
+    assert ("pp", 0, 1) not in r3.evidence_seen

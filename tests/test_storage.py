@@ -708,3 +708,34 @@ class WalMatchesModel(RuleBasedStateMachine):
 
 WalMatchesModel.TestCase.settings = settings(max_examples=30, stateful_step_count=20)
 test_wal_matches_model = WalMatchesModel.TestCase
+
+
+def test_only_a_torn_tail_keeps_every_signed_record(tmp_path):
+    """Issue 18 (weaker spot): which damage on open may have lost records of messages the
+    replica signed and sent (bft.storage.votes_may_be_lost). A torn tail holds only records
+    never synced, so nothing they describe was sent; any other damage may hold votes."""
+    from bft.storage import votes_may_be_lost
+
+    last = b"the last record"
+    segment = write_records(tmp_path / "full", RECORDS + [last])
+    full = segment.read_bytes()
+    cases = {"torn": full[:-3], "middle": bytearray(full)}
+    offset = len(full) - encoded_size(last) - encoded_size(RECORDS[-1])
+    cases["middle"][offset + 8] ^= 0x01  # a payload byte of a synced record, not the last
+    verdicts = {}
+    for name, data in cases.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / segment.name).write_bytes(bytes(data))
+        with WalStorage(directory) as s:
+            verdicts[name] = (s.recovered["reason"], votes_may_be_lost(s.recovered))
+    assert verdicts == {"torn": ("torn record", False), "middle": ("bad record checksum", True)}
+    with WalStorage(tmp_path / "full") as s:  # undamaged
+        assert s.recovered is None and not votes_may_be_lost(s.recovered)
+    prepare_old_state(tmp_path / "snap").close()
+    path = tmp_path / "snap" / "snapshot"
+    buf = bytearray(path.read_bytes())
+    buf[-6] ^= 0x40
+    path.write_bytes(bytes(buf))
+    with WalStorage(tmp_path / "snap") as s:
+        assert votes_may_be_lost(s.recovered)
