@@ -638,6 +638,12 @@ class Replica:
         slot = self.log.slot(pp.seq)
         if slot.view != self.view:
             slot.reset_view(self.view)
+        held = slot.deferred
+        if isinstance(held, Proposal) and held.pre_prepare.statement.digest != pp.digest:  # type: ignore[union-attr]
+            # one held back (its batch_time too far behind) is still signed: a proof
+            self._evidence(pp.replica, "pre_prepare", held.pre_prepare, pp_signed,
+                           key=("pp", pp.view, pp.seq))
+            return self._drop("conflicting_pre_prepare")
         if slot.pre_prepare is not None:
             old: PrePrepare = slot.pre_prepare.statement  # type: ignore[assignment]
             if old.digest != pp.digest:
@@ -1266,10 +1272,17 @@ class Replica:
         self.vc_cause = cause
         self.progress_deadline = None
         self.batch_deadline = None
+        # the last stable checkpoint known to us (OSDI'99 4.4), proven even if its state has
+        # not arrived yet, and our certificates in (h, h + L]: valid by construction
+        h, digest, proof = self.log.low, self.stable_digest, self.stable_proof
+        target = self.transfer_target
+        if target is not None and target[0] > h:
+            h, digest, proof = target
+        if not h:
+            digest, proof = b"\0" * 32, ()
         prepared = tuple(s.cert for s in sorted(self.log.slots.values(), key=lambda s: s.seq)
-                         if s.cert is not None and s.seq > self.log.low)
-        vc = self._sign(ViewChange(new_view, self.log.low, self.stable_digest if self.log.low else b"\0" * 32,
-                                   self.stable_proof if self.log.low else (), prepared, self.id))
+                         if s.cert is not None and h < s.seq <= h + self.config.log_window)
+        vc = self._sign(ViewChange(new_view, h, digest, proof, prepared, self.id))
         self.my_view_change = vc
         self.view_changes[self.id] = vc
         self._persist(REC_SENT, vc)

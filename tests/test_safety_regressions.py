@@ -441,3 +441,79 @@ def test_evidence_memory_is_pruned_with_the_log():
         net.advance(0.05)
     _advance_until(net, lambda: r3.stable_seq >= 4)
     assert ("pp", 0, 1) not in r3.evidence_seen
+
+
+def test_two_pre_prepares_are_evidence_even_when_one_was_deferred():
+    """PROTOCOL.md "Evidence": two PRE-PREPAREs with the same (v, seq) and different digests
+    are a proof, whatever else the replica did with them.
+
+    Schedule (issue 18, suspected and confirmed): primary 0, Byzantine, sends replica 3 a
+    PRE-PREPARE(0, 1, dA) whose batch_time is too far behind (held back until f+1 backups
+    vouch for it), then PRE-PREPARE(0, 1, dB) with another batch.
+
+    Failed before the fix: the held-back proposal was compared with nothing; the second one
+    replaced it (or was accepted), and no proof was produced."""
+    print(f"seed={SEED}")
+    from bft.effects import Evidence as EvidenceEffect
+
+    net = Net(4, seed=SEED)
+    net.advance(5)  # time passes: a batch stamped at 0 s is now too far behind
+    net.queue.clear()
+    old = _forged_proposal(net, 0, 0, 1, client=1, op=Ops.put("x", b"1"), timestamp=1, at_s=0.0)
+    new = _forged_proposal(net, 0, 0, 1, client=1, op=Ops.put("x", b"2"), timestamp=1)
+    _receive(net, 3, old)
+    assert net.replicas[3].drops["batch_time_too_far_behind"] == 1
+    effects = _receive(net, 3, new)
+    proofs = [e for e in effects if isinstance(e, EvidenceEffect)]
+    assert [(e.culprit, e.kind) for e in proofs] == [(0, "pre_prepare")]
+
+
+def test_a_view_change_from_a_replica_behind_its_new_view_checkpoint_is_valid():
+    """PROTOCOL.md "View change": a VIEW-CHANGE is valid iff C proves h and every certificate
+    in P lies in (h, h + L]; VIEW-CHANGE carries the last stable checkpoint *known* to the
+    replica (OSDI'99 4.4), proven even if its state has not arrived yet.
+
+    Schedule (issue 18, suspected; K = 4, L = 8): replica 3 is cut off while seqs 1..8
+    commit (checkpoint 8 stable at the others) and seqs 9, 10 prepare. Primary 0 goes away;
+    replica 3 comes back but its state transfer is slow. NEW-VIEW(1) (min_s = 8)
+    re-proposes 9 and 10; no COMMIT gets through, and view 1 fails too.
+
+    The review saw such a replica hold certificates beyond its own h + L, which made its
+    VIEW-CHANGE invalid. At this code it refuses PREPAREs beyond its own window, so it holds
+    none there (this schedule shows no certificate at all), but its VIEW-CHANGE now cites
+    checkpoint 8, known to it from the NEW-VIEW, and only certificates in (h, h + L], so it
+    is valid by construction. Failed before: it cited h = 0."""
+    print(f"seed={SEED}")
+    from bft.messages import StateChunk
+    from bft.viewchange import view_change_problem
+
+    net = Net(4, seed=SEED, checkpoint_interval=4, log_window=8)
+    phase = {"cut": True}
+    sent_vcs: list = []
+
+    def schedule(src, dst, msg) -> bool:
+        st = _statement(msg)
+        if src == 3 and isinstance(st, ViewChange):
+            sent_vcs.append(st)
+        if phase["cut"] and 3 in (src, dst) and src != -1:
+            return False
+        if isinstance(st, Commit) and st.seq > 8:
+            return False  # seqs 9 and 10 never commit
+        return not (dst == 3 and isinstance(st, StateChunk))  # the transfer is slow
+
+    net.filter = schedule
+    for k in range(10):
+        net.request(0, Ops.put(f"k{k}", b"v"), to=0)
+        net.deliver()
+        net.advance(0.05)
+    assert [r.stable_seq for r in net.replicas] == [8, 8, 8, 0]
+    phase["cut"] = False
+    net.isolate(0)
+    r3 = net.replicas[3]
+    _advance_until(net, lambda: r3.view == 1 and not r3.in_view_change)
+    _advance_until(net, lambda: any(vc.view == 2 for vc in sent_vcs))
+    assert r3.stable_seq == 0, "the state transfer was meant to be slow"
+    vc2 = [vc for vc in sent_vcs if vc.view == 2][0]
+    assert vc2.stable_seq == 8
+    geo = net.replicas[1].geo
+    assert view_change_problem(geo, vc2) is None, view_change_problem(geo, vc2)
