@@ -307,3 +307,48 @@ def test_a_new_primary_waits_for_a_new_view_batch_before_proposing():
     assert [r.view for r in net.replicas[1:]] == [1, 1, 1]
     assert sum(r.drops["batch_request_assigned"] for r in net.replicas[1:]) == 0
     assert [r.last_executed for r in net.replicas[1:]] == [1, 1, 1]
+
+
+def test_a_restarted_primary_leaves_no_gap_in_its_view():
+    """PROTOCOL.md "Normal case" (seq is the next unused number) and "Crash recovery".
+
+    Schedule (issue 18, suspected and confirmed): primary 0 proposes seqs 1..3 in view 0;
+    only seq 1 prepares anywhere and no COMMIT gets through. Views 1..3 fail (their
+    NEW-VIEWs are lost) and primary 0 is primary again in view 4, whose NEW-VIEW re-proposes
+    only seq 1 (primary 0 proposes the requests of seqs 2 and 3 again, at seq 2). Primary 0
+    then crashes and restarts from its WAL and a new request comes.
+
+    Failed before the fix: recovery set next_seq above primary 0's own view-0 proposals
+    (seq 4), so view 4 had no pre-prepare for seq 3: nothing above it could execute, and
+    the next view change had to fill the gap."""
+    print(f"seed={SEED}")
+    from bft.messages import Commit, NewView, Prepare
+
+    net = Net(4, seed=SEED)
+
+    def schedule(src, dst, msg) -> bool:
+        st = getattr(msg, "statement", None)
+        if isinstance(st, Commit) and st.view == 0:
+            return False
+        if isinstance(st, Prepare) and st.view == 0 and st.seq > 1:
+            return False  # seqs 2 and 3 never prepare
+        return not (isinstance(st, NewView) and 1 <= st.view <= 3)
+
+    net.filter = schedule
+    for k in range(3):
+        net.request(0, Ops.put(f"k{k}", b"v"), to=0)
+        net.deliver()
+        net.advance(0.01)
+    assert net.replicas[0].next_seq == 4
+    _advance_until(net, lambda: all(r.view == 4 and not r.in_view_change for r in net.replicas),
+                   limit_s=120)
+    nv = net.replicas[0].new_view_msg.statement
+    assert [pp.statement.seq for pp in nv.pre_prepares] == [1]  # seqs 2, 3 were not prepared
+    before = net.replicas[0].next_seq  # above the view-4 batch of the requests left over
+    assert before < 4
+    net.crash(0)
+    net.restart(0)
+    assert net.replicas[0].next_seq == before, "a restart opened a gap in view 4"
+    net.request(1, Ops.put("new", b"1"))
+    _advance_until(net, lambda: net.completed(1, 1) is not None, limit_s=30)
+    assert [r.view for r in net.replicas] == [4, 4, 4, 4]
