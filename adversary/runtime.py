@@ -10,7 +10,10 @@ For the node process (`bft node CONFIG --id N --scenario FILE`):
 node's rules (signing with `node.signer`), sets `node.behaviour_hook` (the
 dashboard's set-behaviour switches a behaviour on live; "" clears it), puts
 the scenario's network faults on `node.endpoint` as its `send_filter` and
-`recv_filter`, and arranges that a `crash` rule ends the process (exit status
+`recv_filter` (targeted rules, by message kind, sender, receiver, view and seq, are
+applied there too: the filter decodes what the node sends, and what clients send
+it, and a message that carries no view counts in the node's current view), and
+arranges that a `crash` rule ends the process (exit status
 137, like SIGKILL: recovery goes through the WAL). `serve_until_signal` runs
 the node plus the task that releases delayed datagrams, until SIGINT/SIGTERM.
 Time windows count from the node's start.
@@ -144,7 +147,8 @@ def install(node: Any, scenario: Scenario, *, seed: int = 0, crash: bool = True,
         peer_of_addr = {tuple(n.address): n.id for n in config.nodes}
         faults = DatagramFaults(scenario.network, node.id, peer_of_addr,
                                 random.Random(f"{seed}/network/{node.id}"),
-                                installation.elapsed_s)
+                                installation.elapsed_s, view_of=lambda: node.replica.view,
+                                limits=config.limits)
         node.endpoint.send_filter = faults.send_filter
         node.endpoint.recv_filter = faults.recv_filter
         installation.faults = faults

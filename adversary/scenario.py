@@ -22,6 +22,14 @@ kind = "drop"              # drop | delay | duplicate | reorder | corrupt | part
 rate = 0.05                # drop/duplicate/reorder/corrupt: a probability
 stop = 10                  # delay: delay_ms (+ jitter_ms); partition: groups = [[0, 1], [2, 3]]
 
+[[network]]                # targeted: only the messages every given field matches
+kind = "drop"
+rate = 1.0
+kinds = ["commit"]         # request | pre_prepare | prepare | commit | reply | checkpoint |
+                           # view_change | new_view | status | fetch | fetch_state | state_chunk
+to = [3]                   # receivers; `from`: senders (replica ids)
+views = [0, 0]             # rounds, not seconds (ByzzFuzz); `seqs = [LO, HI]` likewise
+
 [workload]                 # optional, simulator only
 kind = "fencing"           # random (default) | fencing (the fencing-token story)
 lease_ms = 1000
@@ -63,7 +71,8 @@ SIM_KEYS: dict[str, str] = {
 }
 WORKLOADS = ("random", "fencing")
 _RULE_KEYS = ("node", "behaviour", "start", "stop", "params")
-_NET_KEYS = ("kind", "rate", "delay_ms", "jitter_ms", "groups", "start", "stop", "nodes")
+_NET_KEYS = ("kind", "rate", "delay_ms", "jitter_ms", "groups", "start", "stop", "nodes",
+             "kinds", "from", "to", "views", "seqs")
 _TOP_KEYS = ("description", "sim", "workload", "adversary", "network")
 #: Sections of a cluster config (left to bft.config when a scenario lives in one).
 _CLUSTER_SECTIONS = ("cluster", "nodes", "clients", "telemetry", "batching", "checkpoints",
@@ -99,7 +108,7 @@ class Scenario:
                 raise ConfigError(f"replica {r.node} is not in 0..{n - 1}", file=self.source,
                                   field=f"adversary[{k}].node")
         for k, r in enumerate(self.network):
-            for i in (*r.nodes, *(j for g in r.groups for j in g)):
+            for i in r.replica_ids():
                 if not 0 <= i < n:
                     raise ConfigError(f"replica {i} is not in 0..{n - 1}", file=self.source,
                                       field=f"network[{k}]")
@@ -107,6 +116,10 @@ class Scenario:
     def with_rules(self, *rules: BehaviourRule) -> Scenario:
         """This scenario with more behaviour rules."""
         return replace(self, rules=self.rules + tuple(rules))
+
+    def with_network(self, *rules: NetworkRule) -> Scenario:
+        """This scenario with more network faults."""
+        return replace(self, network=self.network + tuple(rules))
 
     # -- the simulator ---------------------------------------------------
 
@@ -324,7 +337,8 @@ def parse_scenario(data: Mapping[str, Any], source: str | Path | None = None) ->
             item["kind"], rate=item.get("rate"), delay_ms=item.get("delay_ms"),
             jitter_ms=item.get("jitter_ms"), groups=item.get("groups"),
             start_s=item.get("start", 0.0), stop_s=item.get("stop"), nodes=item.get("nodes"),
-            file=file, field=where))
+            kinds=item.get("kinds"), senders=item.get("from"), receivers=item.get("to"),
+            views=item.get("views"), seqs=item.get("seqs"), file=file, field=where))
 
     scenario = Scenario(tuple(rules), tuple(network), sim, workload, description, file)
     crashes = [r.node for r in scenario.rules if r.behaviour == "crash"]

@@ -49,9 +49,12 @@ rules wrap a replica in `ByzantineNode` behaviours (a `crash` rule becomes a
 `Crash`, an `equivocate` rule with `mode = "twins"` builds a `TwinsNode`:
 two instances of one identity); the nodes of rules that are not `judged` join
 `byzantine`. `net_faults` rules (drop, delay, duplicate, reorder, corrupt,
-partition, each in a time window) act in the network on top of the base
-model; a corrupted message is framed as the UDP transport frames it, and the
-CRC32C checksum must catch the flipped bytes (counted as `bad_checksum`).
+partition, each in a time window, optionally only for the messages of some
+kinds, senders, receivers, views and seqs) act in the network on top of the
+base model; a targeted rule sees the message's `MessageInfo` (a message
+that carries no view counts in its sender's current view); a corrupted
+message is framed as the UDP transport frames it, and the CRC32C checksum
+must catch the flipped bytes (counted as `bad_checksum`).
 Every message a Byzantine replica signed on its way into a correct replica
 is shown to the `EquivocationWitness` (adversary/witness.py): each
 equivocation that reached a correct replica must leave `Evidence`.
@@ -81,7 +84,7 @@ from typing import Any
 from adversary.behaviours import BehaviourEnv, BehaviourRule, Collusion, TwinsNode, make_node
 from adversary.checkers import CheckerSuite
 from adversary.history import History
-from adversary.netfaults import FaultModel, NetworkRule, corrupt_bytes
+from adversary.netfaults import FaultModel, MessageInfo, NetworkRule, corrupt_bytes, message_info
 from adversary.witness import EquivocationWitness
 from bft import codec
 from bft.app import KVStore, decode_result_untrusted, ops
@@ -241,7 +244,7 @@ class SimConfig:
         ids = [*(c.node for c in crashes), *(s.node for s in self.silent), *self.byzantine]
         ids += [i for p in self.partitions for g in p.groups for i in g]
         ids += [r.node for r in self.adversary]
-        ids += [i for r in self.net_faults for i in (*r.nodes, *(j for g in r.groups for j in g))]
+        ids += [i for r in self.net_faults for i in r.replica_ids()]
         for i in ids:
             if not 0 <= i < n:
                 raise bad("nodes", f"replica id {i} is not in 0..{n - 1}")
@@ -499,6 +502,7 @@ class Simulation:
             self.rules.setdefault(rule.node, []).append(rule)
         self.collusion = Collusion()
         self.faults = FaultModel(config.net_faults, self.rng)
+        self._info_cache: tuple[tuple[Any, int | None, int], MessageInfo] | None = None
         self.faults_end_s = self._faults_end()
         #: The last scheduled fault change (finite); the run never stops before it.
         self._last_fault_s = max(
@@ -888,13 +892,14 @@ class Simulation:
             self._trace("drop", f"{src}>{dst}", payload)
             return
         fates = [(0.0, False)]
-        if self.faults.rules:
+        faults = self.faults
+        if faults.rules:
             sid = src[1] if src[0] == "replica" else None
             did = dst[1] if dst[0] == "replica" else None
-            fates = [(c.delay_s, c.corrupt) for c in self.faults.decide(self.now, sid, did)]
+            info = self._message_info(message, sid) if faults.needs_info else None
+            fates = [(c.delay_s, c.corrupt) for c in faults.decide(self.now, sid, did, info)]
             if not fates:
-                self._count(self.drops, "partition" if self.faults.partitioned(
-                    self.now, sid, did) else "fault_loss")
+                self._count(self.drops, faults.last_drop)
                 self._trace("drop", f"{src}>{dst}", payload)
                 return
         copies = 2 if cfg.duplicate > 0 and rng.random() < cfg.duplicate else 1
@@ -914,6 +919,23 @@ class Simulation:
                     continue
             self._trace("send", f"{src}>{dst}@{self.now + delay!r}", data)
             self._push(self.now + delay, "deliver", src, dst, data)
+
+    def _message_info(self, message: Any, sid: int | None) -> MessageInfo:
+        """What targeted network rules see of `message` sent by replica `sid` (None: a client):
+        derived once per message and step (a broadcast reuses it for every destination). A
+        message that carries no view belongs to its sender's current view."""
+        key = (message, sid, self.steps)
+        cached = self._info_cache
+        if cached is not None and cached[0][0] is message and cached[0][1:] == key[1:]:
+            return cached[1]
+        view = None
+        if sid is not None:
+            view = getattr(self.nodes[sid], "view", None)
+            if not isinstance(view, int):
+                view = None
+        info = message_info(message, view)
+        self._info_cache = (key, info)
+        return info
 
     def _corrupt(self, src: Address, payload: Any) -> Any:
         """Flip bytes of one datagram of `payload` as the UDP transport frames it; the frame's

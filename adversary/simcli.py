@@ -22,6 +22,11 @@ Examples:
     bft sim --config configs/local4.toml --json
     bft sim --scenario configs/scenarios/equivocating-primary.toml
     bft sim --nodes 7 --byzantine 0:equivocate,6:lie --history run.jsonl
+    bft sim --net 'kind="drop", rate=1, kinds=["new_view"], views=1' --crash 0@0.5
+
+`--net RULE` adds a network fault written as the keys of a scenario's
+`[[network]]` table (targeted ones included: `kinds`, `from`, `to`, `views`,
+`seqs`).
 """
 
 from __future__ import annotations
@@ -232,6 +237,10 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", default=None, metavar="FILE",
                         help="adversary scenario (TOML: [[adversary]], [[network]], [sim], "
                              "[workload]); see configs/scenarios/")
+    parser.add_argument("--net", action="append", default=[], metavar="RULE",
+                        help="a network fault, written as the keys of a scenario's [[network]] "
+                             "table, e.g. 'kind=\"drop\", rate=1, kinds=[\"commit\"], to=[3], "
+                             "views=0' (targeted: kinds, from, to, views, seqs); repeatable")
     parser.add_argument("--byzantine", action="append", default=[], metavar="ID:BEHAVIOUR",
                         help="replica ID behaves as BEHAVIOUR for the whole run (lie, "
                              "equivocate, pause, crash, silent, replay, clock-skew, slow, "
@@ -267,7 +276,32 @@ def _load_scenario(args: argparse.Namespace) -> Any:
             scenario = scenario.with_rules(*parse_byzantine_spec(spec))
         except ConfigError as exc:
             _error(args, str(exc))
+    for k, spec in enumerate(getattr(args, "net", None) or ()):
+        try:
+            scenario = scenario.with_network(parse_net_spec(spec, index=k))
+        except ConfigError as exc:
+            _error(args, str(exc))
     return scenario
+
+
+def parse_net_spec(text: str, index: int = 0) -> Any:
+    """A `--net` rule: the keys of a [[network]] table as a TOML inline table, with or without
+    the braces; ConfigError (naming `--net[index]` and the key) for anything wrong."""
+    import tomllib
+
+    from adversary.scenario import parse_scenario
+
+    body = text.strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        body = "{ " + body + " }"
+    where = f"--net[{index}]"
+    try:
+        table = tomllib.loads(f"rule = {body}")["rule"]
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not a TOML inline table: {exc}", field=where,
+                          fix='e.g. --net \'kind="drop", rate=1, kinds=["commit"], views=0\'') \
+            from None
+    return parse_scenario({"network": [table]}, source=where).network[0]
 
 
 def _option(args: argparse.Namespace, name: str, sim: Any, key: str) -> Any:
