@@ -30,7 +30,9 @@ Checked after every step:
   (PROTOCOL.md "Evidence": such pairs are proofs against their signer), and no evidence
   ever names a correct replica;
 * a correct replica signs a new PREPARE or COMMIT of view v only in view v, outside a view
-  change (PROTOCOL.md "Normal case": prepare and commit are steps of view v only).
+  change, and never for a seq at or below the checkpoint that view's NEW-VIEW proves stable
+  (PROTOCOL.md "Normal case": prepare and commit are steps of view v only; a replica below
+  a proven stable checkpoint takes no part in the normal case at or below it).
 
 Three properties share this machinery: any faulty replica and message kind
 (`GENERAL`), a Byzantine primary in the normal case (`NORMAL_CASE`), and a Byzantine new
@@ -98,6 +100,14 @@ KNOWN_BUGS: dict[str, bool] = {
     # resets them, and a second pre-prepare for (v, n) gets a second PREPARE
     # (test_a_new_view_slot_keeps_its_pre_prepare_and_prepare)
     "1d": True,
+    # 1a: a batch that arrives late, while the replica is in a view change, still completes a
+    # certificate of the view it left, and it signs a COMMIT there
+    # (test_a_replica_in_a_view_change_sends_no_commit_for_the_view_it_left)
+    "1a": True,
+    # 1b: a replica that enters a view whose NEW-VIEW proves a checkpoint above its low
+    # watermark still accepts fresh pre-prepares at or below it
+    # (test_a_replica_behind_the_new_view_checkpoint_takes_no_part_below_it)
+    "1b": True,
     # N1 (new, not in issue 18): a new primary that adopts the NEW-VIEW's checkpoint from its
     # own snapshot proposes fresh (in _make_stable) before next_seq moves past O, signing a
     # second PRE-PREPARE for a seq of its own NEW-VIEW
@@ -127,7 +137,8 @@ class Stop(Exception):
 
 @dataclass
 class Violation:
-    kind: str  # "raised", "agreement", "double_sign", "vote_outside_view", "evidence"
+    kind: str  # "raised", "agreement", "double_sign", "vote_outside_view",
+    # "vote_below_checkpoint", "evidence"
     text: str
     replica: int
     exc: BaseException | None = None
@@ -253,6 +264,19 @@ class AttackNet(Net):
                     self.violation("vote_outside_view", i, f"replica {i} signed {describe(msg)}"
                                    f" while (view, in view change) was {views[0]} before the "
                                    f"step and {views[1]} after it")
+                    if views[0] is not None and views[0][1] and views[1][1]:
+                        self.violations[-1].known = "1a"  # in a view change all along
+                r = self.replicas[i]
+                nv = r.new_view_msg.statement if r is not None and r.new_view_msg else None
+                if nv is not None and nv.view == s.view:
+                    min_s = max(vc.statement.stable_seq for vc in nv.view_changes)
+                    if s.seq <= min_s:
+                        # PROTOCOL.md: a replica below a proven stable checkpoint takes no
+                        # part in the normal case at or below it
+                        self.violation("vote_below_checkpoint", i, f"replica {i} signed "
+                                       f"{describe(msg)} in view {s.view}, whose NEW-VIEW "
+                                       f"proves checkpoint {min_s} stable")
+                        self.violations[-1].known = "1b"
         elif isinstance(s, Checkpoint):
             self._signed(i, "CHECKPOINT", -1, s.seq, s.state_digest, msg)
         elif isinstance(s, NewView):
@@ -483,6 +507,7 @@ def setups(draw: Any, role: str | None = None, stuck: bool | None = None) -> Set
     view_change = draw(st.booleans()) if role != "next" or not stuck else False
     return Setup(k=k, requests=draw(st.integers(0, 9)), view_change=view_change,
                  lag=draw(st.sampled_from([0, 0, 1, k + 1, 2 * k + 1])),
+                 lag_kind=draw(st.sampled_from(["cut", "batches"])),
                  catch_up=draw(st.booleans()), role=role,
                  faulty_silent=draw(st.sampled_from([False, False, False, True]))
                  if stuck is None else False,
@@ -1109,6 +1134,87 @@ def test_a_new_view_slot_keeps_its_pre_prepare_and_prepare():
     other = Batch(int(net.now * 1_000_000), ())
     try:
         net.feed(TARGET, Proposal(primary.sign(PrePrepare(1, 10, batch_digest(other), 1)), other))
+    except Stop:
+        pass
+    assert not net.violations, net.violations[0].text
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 item 1a: a late batch completes a certificate "
+                   "of the view the replica left; it commits while in a view change")
+def test_a_replica_in_a_view_change_sends_no_commit_for_the_view_it_left():
+    """PROTOCOL.md "Normal case": prepare and commit are steps of view v only: a replica in a
+    view change, or in another view, sends no PREPARE or COMMIT for v, even when a batch it
+    lacked arrives late.
+
+    Replica 2 gets only the PREPAREs of seq 2 in view 0 (no batch, no COMMIT), then the
+    others wait in a view change for primary 1. Primary 1's NEW-VIEW re-proposes seq 2;
+    replica 2 still lacks the batch (its copies are lost) and gets PREPAREs of view 1 from
+    replicas 0 and 3, but no COMMIT. Primary 1, Byzantine, sends it two conflicting
+    PRE-PREPAREs for seq 3: replica 2 holds evidence and starts a view change to 2. Then the
+    batch of seq 2 arrives (a relay of view 0's proposal).
+
+    Found by test_a_byzantine_new_primary_cannot_break_a_correct_replica. Fails on c9f30a9
+    (and today): `_on_proposal` hands the batch to `_got_batch` before its view checks, and
+    `_check_prepared` completes view 1's certificate: replica 2, in a view change to 2,
+    signs COMMIT(1, 2, d)."""
+    net = fresh(Setup(k=4, requests=1, lag=1, lag_kind="batches", catch_up=False, role="next",
+                      stuck=True))
+    t = net.replicas[TARGET]
+    held: list[Proposal] = []
+
+    def links_up(src: int, dst: int, m: Any) -> bool:
+        if dst == TARGET and isinstance(m, Proposal):
+            held.append(m)
+            return False
+        return not (dst == TARGET and isinstance(_statement(m), Commit))
+
+    net.filter = links_up
+    net.now += 0.1
+    net.tick_due(also=TARGET)
+    net.deliver()
+    slot = t.log.get(2)
+    assert (t.view, t.in_view_change) == (1, False)
+    assert slot.view == 1 and slot.batch is None and slot.decided is None
+    assert len(set(slot.prepares) - {1}) >= 2
+    primary = net.keys.signer("replica", 1)
+    try:
+        for bt in (0, 1):
+            b = Batch(int(net.now * 1_000_000) + bt, ())
+            net.feed(TARGET, Proposal(primary.sign(PrePrepare(1, 3, batch_digest(b), 1)), b))
+        assert (t.view, t.in_view_change) == (2, True)
+        net.feed(TARGET, next(m for m in held if m.pre_prepare.statement.seq == 2))
+    except Stop:
+        pass
+    assert not net.violations, net.violations[0].text
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 item 1b: a replica behind the NEW-VIEW's "
+                   "min_s accepts fresh pre-prepares for seqs at or below it")
+def test_a_replica_behind_the_new_view_checkpoint_takes_no_part_below_it():
+    """PROTOCOL.md "Normal case": a replica whose h is below a proven stable checkpoint (here
+    a NEW-VIEW's C) takes no part in the normal case at or below it: it transfers state
+    first.
+
+    Replica 2 is cut off while the others execute seqs 2..10 (K = 4, L = 8: their stable
+    checkpoint is 8, replica 2's is 0). The others change view to 1, and replica 2 enters
+    view 1 by primary 1's NEW-VIEW, whose checkpoint is 8; its state transfer is slow (the
+    STATE-CHUNKs do not arrive). Primary 1, Byzantine, sends it a fresh PRE-PREPARE(1, 5, d')
+    for a batch of its own (a get), although seq 5 committed long ago.
+
+    Found by test_a_byzantine_new_primary_cannot_break_a_correct_replica. Fails on c9f30a9
+    (and today): `_enter_view` only sets `transfer_target`, the window check still uses the
+    old low watermark 0, and replica 2 signs PREPARE(1, 5, d')."""
+    net = fresh(Setup(k=4, requests=1, lag=9, catch_up=False, role="next", stuck=True))
+    t = net.replicas[TARGET]
+    net.filter = lambda src, dst, m: not (dst == TARGET and isinstance(_statement(m), StateChunk))
+    net.now += 0.1
+    net.tick_due(also=TARGET)
+    net.deliver()
+    assert (t.view, t.in_view_change, t.log.low, t.transfer.seq) == (1, False, 0, 8)
+    primary = net.keys.signer("replica", 1)
+    other = Batch(int(net.now * 1_000_000), (_request(net, 0, 99, Ops.get("k0")),))
+    try:
+        net.feed(TARGET, Proposal(primary.sign(PrePrepare(1, 5, batch_digest(other), 1)), other))
     except Stop:
         pass
     assert not net.violations, net.violations[0].text
