@@ -87,19 +87,11 @@ from bft.replica import STATE_CHUNK_BYTES, Replica
 from bft.viewchange import plan_new_view
 
 # Temporary: bugs the properties have found and that bft/replica.py still has. While an entry
-# is True, a property treats a failure of that pattern as expected (the example stops there,
-# shown as a hypothesis event) and keeps looking for others; the xfail test named beside it
-# reproduces it. Once a bug is fixed, set its entry to False (or delete it) and drop the
-# xfail marker of its test.
+# is True, the properties treat a failure of that pattern as expected (the example stops
+# there, shown as a hypothesis event) and keep looking for others, and the reproduction
+# named beside it is a strict xfail. Once a bug is fixed, set its entry to False (or delete
+# it): its reproduction then runs as a plain test, and the properties look for it again.
 KNOWN_BUGS: dict[str, bool] = {
-    # 1c: a slot decided by 2f+1 COMMITs while its batch is missing takes a fresh
-    # pre-prepare with another digest; _execute_ready then raises InvariantViolation
-    # (test_a_decided_slot_keeps_its_digest_against_a_later_pre_prepare)
-    "1c": True,
-    # 1d: slots made for a NEW-VIEW's pre-prepares keep view -1; the next message for the seq
-    # resets them, and a second pre-prepare for (v, n) gets a second PREPARE
-    # (test_a_new_view_slot_keeps_its_pre_prepare_and_prepare)
-    "1d": True,
     # 1a: a batch that arrives late, while the replica is in a view change, still completes a
     # certificate of the view it left, and it signs a COMMIT there
     # (test_a_replica_in_a_view_change_sends_no_commit_for_the_view_it_left)
@@ -108,6 +100,14 @@ KNOWN_BUGS: dict[str, bool] = {
     # watermark still accepts fresh pre-prepares at or below it
     # (test_a_replica_behind_the_new_view_checkpoint_takes_no_part_below_it)
     "1b": True,
+    # 1c: a slot decided by 2f+1 COMMITs while its batch is missing takes a fresh
+    # pre-prepare with another digest; _execute_ready then raises InvariantViolation
+    # (test_a_decided_slot_keeps_its_digest_against_a_later_pre_prepare)
+    "1c": True,
+    # 1d: slots made for a NEW-VIEW's pre-prepares keep view -1; the next message for the seq
+    # resets them, and a second pre-prepare for (v, n) gets a second PREPARE
+    # (test_a_new_view_slot_keeps_its_pre_prepare_and_prepare)
+    "1d": True,
     # N1 (new, not in issue 18): a new primary that adopts the NEW-VIEW's checkpoint from its
     # own snapshot proposes fresh (in _make_stable) before next_seq moves past O, signing a
     # second PRE-PREPARE for a seq of its own NEW-VIEW
@@ -115,10 +115,18 @@ KNOWN_BUGS: dict[str, bool] = {
     "N1": True,
     # 2b: a lagging replica takes STATE-CHUNKs from any replica and the count from the first;
     # one bogus chunk ahead of each honest answer keeps it from catching up
-    # (test_one_liar_cannot_block_state_transfer, and the property
-    # test_state_transfer_completes_whatever_one_replica_sends is expected to fail)
+    # (test_one_liar_cannot_block_state_transfer and the property
+    # test_state_transfer_completes_whatever_one_replica_sends)
     "2b": True,
 }
+
+
+def known(item: str, what: str) -> pytest.MarkDecorator:
+    """The reproduction of KNOWN_BUGS[item]: a strict xfail while the entry is True."""
+    where = "new, not in issue 18" if item.startswith("N") else f"issue 18 item {item}"
+    return pytest.mark.xfail(KNOWN_BUGS.get(item, False), strict=True,
+                             reason=f"{where}: {what} (KNOWN_BUGS[{item!r}])")
+
 
 NULL_DIGEST = batch_digest(NULL_BATCH)
 ZERO_DIGEST = b"\0" * 32
@@ -1068,8 +1076,8 @@ def _request(net: AttackNet, client: int, t: int, op: bytes) -> Signed:
     return net.keys.signer("client", client).sign(Request(op, t, client))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 1c: a decided slot whose batch is missing "
-                   "accepts a pre-prepare with another digest; _execute_ready raises")
+@known("1c", "a decided slot whose batch is missing accepts a pre-prepare with another "
+       "digest; _execute_ready raises")
 def test_a_decided_slot_keeps_its_digest_against_a_later_pre_prepare():
     """PROTOCOL.md "Normal case": a slot that has committed-local never changes its digest (a
     later pre-prepare with another digest is dropped); "Peer input never breaks a replica".
@@ -1080,7 +1088,7 @@ def test_a_decided_slot_keeps_its_digest_against_a_later_pre_prepare():
     replica 2 accepts it as the slot's batch. The next request's execution reaches seq 3.
 
     Found by test_a_byzantine_primary_cannot_break_a_correct_backup. Fails on c9f30a9 (and
-    today): `_execute_ready` raises InvariantViolation "batch of seq 3 does not match its
+    on b2e6454): `_execute_ready` raises InvariantViolation "batch of seq 3 does not match its
     digest" out of `receive`."""
     net = fresh(Setup(role="primary", requests=2))
     t = net.replicas[TARGET]
@@ -1105,8 +1113,8 @@ def test_a_decided_slot_keeps_its_digest_against_a_later_pre_prepare():
     assert t.last_executed == 4
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 1d: slots made for a NEW-VIEW's "
-                   "pre-prepares keep view -1; a later pre-prepare gets a second PREPARE")
+@known("1d", "slots made for a NEW-VIEW's pre-prepares keep view -1; a later pre-prepare "
+       "gets a second PREPARE")
 def test_a_new_view_slot_keeps_its_pre_prepare_and_prepare():
     """PROTOCOL.md "Normal case": slots filled from a NEW-VIEW's O belong to v+1, and rule 4 (a
     backup accepts no second digest for (v, seq)); "Evidence": a correct replica never signs
@@ -1120,8 +1128,9 @@ def test_a_new_view_slot_keeps_its_pre_prepare_and_prepare():
     fresh PRE-PREPARE(1, 10, d') with another batch.
 
     Found by test_a_byzantine_new_primary_cannot_break_a_correct_replica. Fails on c9f30a9
-    (and today): a message for seq 10 reset the view -1 slot, wiping the NEW-VIEW's
-    pre-prepare and replica 2's PREPARE(1, 10, d); it accepts d' and signs PREPARE(1, 10, d')."""
+    (and on b2e6454): a message for seq 10 reset the view -1 slot, wiping the NEW-VIEW's
+    pre-prepare and replica 2's PREPARE(1, 10, d); it accepts d' and signs PREPARE(1, 10, d')
+    (although seq 10 has committed and executed there: the slot's batch becomes d')."""
     net = fresh(Setup(k=4, requests=1, lag=9, catch_up=False, role="next", stuck=True))
     t = net.replicas[TARGET]
     net.now += 0.1
@@ -1139,8 +1148,8 @@ def test_a_new_view_slot_keeps_its_pre_prepare_and_prepare():
     assert not net.violations, net.violations[0].text
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 1a: a late batch completes a certificate "
-                   "of the view the replica left; it commits while in a view change")
+@known("1a", "a late batch completes a certificate of the view the replica left; it "
+       "commits while in a view change")
 def test_a_replica_in_a_view_change_sends_no_commit_for_the_view_it_left():
     """PROTOCOL.md "Normal case": prepare and commit are steps of view v only: a replica in a
     view change, or in another view, sends no PREPARE or COMMIT for v, even when a batch it
@@ -1154,7 +1163,7 @@ def test_a_replica_in_a_view_change_sends_no_commit_for_the_view_it_left():
     batch of seq 2 arrives (a relay of view 0's proposal).
 
     Found by test_a_byzantine_new_primary_cannot_break_a_correct_replica. Fails on c9f30a9
-    (and today): `_on_proposal` hands the batch to `_got_batch` before its view checks, and
+    (and on b2e6454): `_on_proposal` hands the batch to `_got_batch` before its view checks, and
     `_check_prepared` completes view 1's certificate: replica 2, in a view change to 2,
     signs COMMIT(1, 2, d)."""
     net = fresh(Setup(k=4, requests=1, lag=1, lag_kind="batches", catch_up=False, role="next",
@@ -1188,8 +1197,8 @@ def test_a_replica_in_a_view_change_sends_no_commit_for_the_view_it_left():
     assert not net.violations, net.violations[0].text
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 1b: a replica behind the NEW-VIEW's "
-                   "min_s accepts fresh pre-prepares for seqs at or below it")
+@known("1b", "a replica behind the NEW-VIEW's min_s accepts fresh pre-prepares for seqs "
+       "at or below it")
 def test_a_replica_behind_the_new_view_checkpoint_takes_no_part_below_it():
     """PROTOCOL.md "Normal case": a replica whose h is below a proven stable checkpoint (here
     a NEW-VIEW's C) takes no part in the normal case at or below it: it transfers state
@@ -1202,7 +1211,7 @@ def test_a_replica_behind_the_new_view_checkpoint_takes_no_part_below_it():
     for a batch of its own (a get), although seq 5 committed long ago.
 
     Found by test_a_byzantine_new_primary_cannot_break_a_correct_replica. Fails on c9f30a9
-    (and today): `_enter_view` only sets `transfer_target`, the window check still uses the
+    (and on b2e6454): `_enter_view` only sets `transfer_target`, the window check still uses the
     old low watermark 0, and replica 2 signs PREPARE(1, 5, d')."""
     net = fresh(Setup(k=4, requests=1, lag=9, catch_up=False, role="next", stuck=True))
     t = net.replicas[TARGET]
@@ -1210,7 +1219,7 @@ def test_a_replica_behind_the_new_view_checkpoint_takes_no_part_below_it():
     net.now += 0.1
     net.tick_due(also=TARGET)
     net.deliver()
-    assert (t.view, t.in_view_change, t.log.low, t.transfer.seq) == (1, False, 0, 8)
+    assert (t.view, t.in_view_change) == (1, False) and t.last_executed < 8
     primary = net.keys.signer("replica", 1)
     other = Batch(int(net.now * 1_000_000), (_request(net, 0, 99, Ops.get("k0")),))
     try:
@@ -1224,8 +1233,8 @@ def _statement(m: Any) -> Any:
     return m.pre_prepare.statement if isinstance(m, Proposal) else getattr(m, "statement", m)
 
 
-@pytest.mark.xfail(strict=True, reason="new (found by the property, not in issue 18): a new "
-                   "primary proposes in _make_stable before next_seq moves past its NEW-VIEW")
+@known("N1", "a new primary proposes in _make_stable before next_seq moves past its "
+       "NEW-VIEW")
 def test_a_new_primary_never_proposes_over_its_own_new_view():
     """PROTOCOL.md "Evidence" and "Crash recovery": a correct node never signs two
     PRE-PREPAREs for one (v, seq); "View change": the NEW-VIEW's O assigns (min_s, max_s].
@@ -1239,7 +1248,7 @@ def test_a_new_primary_never_proposes_over_its_own_new_view():
     others' checkpoint) and O = [(7, D(r7 batch))].
 
     Found by test_no_peer_input_breaks_a_correct_replica (there with a Byzantine primary
-    0; it needs none). Fails on c9f30a9 (and today): `_enter_view` adopts checkpoint 6 from
+    0; it needs none). Fails on c9f30a9 (and on b2e6454): `_enter_view` adopts checkpoint 6 from
     replica 2's own snapshot through `_make_stable`, which ends in `_try_propose()` while
     next_seq is still 7 and O is not yet logged: replica 2 signs a fresh PRE-PREPARE(2, 7)
     for r8 right after its NEW-VIEW's PRE-PREPARE(2, 7) for r7, and replicas 0 and 3 hold
@@ -1315,13 +1324,12 @@ def transfer_against_a_liar(lie: Callable[[StateChunk], list[tuple[int, int, byt
     return net
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 2b: one bogus state chunk ahead of each "
-                   "honest answer blocks state transfer")
+@known("2b", "one bogus state chunk ahead of each honest answer blocks state transfer")
 def test_one_liar_cannot_block_state_transfer():
     """PROTOCOL.md "State transfer": a replica accepts chunks only from the replica it asked;
     a snapshot that does not match is discarded and another replica is asked.
 
-    Fails on c9f30a9 (and today): replica 2 takes a chunk from replica 3, which it did not
+    Fails on c9f30a9 (and on b2e6454): replica 2 takes a chunk from replica 3, which it did not
     ask, and its count (2) from it; each honest answer (count 1) is then dropped as
     `bad_state_chunk`, the transfer times out, and replica 2 stays at seq 0 for good (30 s
     here, dozens of retries)."""
@@ -1333,8 +1341,7 @@ def test_one_liar_cannot_block_state_transfer():
         f"{net.replicas[0].stable_seq}; drops {dict(t.drops)}")
 
 
-@pytest.mark.xfail(KNOWN_BUGS.get("2b", False), strict=True,
-                   reason="issue 18 item 2b (KNOWN_BUGS['2b'])")
+@known("2b", "one bogus state chunk ahead of each honest answer blocks state transfer")
 @settings(deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow],
           phases=[Phase.generate] if KNOWN_BUGS.get("2b") else list(Phase))
