@@ -21,7 +21,7 @@ requests and timer ticks at increasing times, so timers, view changes and state 
 run; the run then settles for a few seconds without attack.
 
 Checked after every step:
-* no `receive`, `tick` or `start` of any replica raises (PROTOCOL.md "Peer input never
+* no `receive` or `tick` of any replica raises (PROTOCOL.md "Peer input never
   breaks a replica": whatever a peer sends is dropped or acted on);
 * the correct replicas' executed prefixes agree: one batch digest (and one state digest)
   per executed seq (PROTOCOL.md "Normal case", the safety invariant);
@@ -145,8 +145,10 @@ class Stop(Exception):
 
 @dataclass
 class Violation:
-    kind: str  # "raised", "agreement", "double_sign", "vote_outside_view",
-    # "vote_below_checkpoint", "evidence"
+    """A property broken: `kind` is "raised", "agreement", "double_sign", "evidence",
+    "vote_outside_view" or "vote_below_checkpoint"."""
+
+    kind: str
     text: str
     replica: int
     exc: BaseException | None = None
@@ -373,20 +375,14 @@ class AttackNet(Net):
             self.tick_due()
             self.deliver()
 
-    def restart(self, i: int) -> None:
-        st_ = self.storage[i]
-        r = self._make(i, recovered=(st_.load_snapshot(), st_.records()))
-        self.replicas[i] = r
-        self.call(i, "start", lambda: r.start(self.now))
-
-    def feed(self, dst: int, msg: Any, label: str = "") -> None:
+    def feed(self, dst: int, msg: Any) -> None:
         """Deliver a message of the faulty peer to `dst` through the real codec."""
         self.learn(msg)
         wire = codec.decode_untrusted(codec.encode(msg), self.config.limits)
         r = self.replicas[dst]
         if r is None:
             return
-        self.trace.append(f"t={self.now:.2f} inject -> {dst}: {label or describe(wire)}")
+        self.trace.append(f"t={self.now:.2f} inject -> {dst}: {describe(wire)}")
         before = dict(r.drops)
         self.call(dst, f"receive {describe(wire)}", lambda: r.receive(wire, self.now))
         kind = type(wire.statement).__name__ if isinstance(wire, Signed) else type(wire).__name__
@@ -444,6 +440,8 @@ class Setup:
 
     @property
     def faulty(self) -> int:
+        """F's id: the primary of view v (T's view after the setup), of view v+1, or of v+2
+        when v+1's primary is T; a backup is 3."""
         view = 1 if self.view_change else 0
         return {"primary": view, "next": view + 1 if view + 1 != TARGET else 3,
                 "backup": 3}[self.role]
@@ -534,10 +532,8 @@ class Attacker:
         self.net, self.j, self.target, self.draw = net, j, target, draw
         self.signer = net.keys.signer("replica", j)
         self.n = net.n
-        self.f = net.config.f
         self.quorum = net.config.quorum
         self.k = net.config.checkpoint_interval
-        self.fresh_ts: dict[int, int] = {}
 
     @property
     def t(self) -> Replica:
@@ -951,7 +947,7 @@ def check(net: AttackNet) -> None:
 
 
 # --------------------------------------------------------------------------
-# The property
+# The properties
 # --------------------------------------------------------------------------
 
 
