@@ -164,6 +164,7 @@ class Replica:
         # when a fresh PRE-PREPARE of the current primary was last accepted: the only sign
         # of life that extends the progress timer (see _primary_alive_until)
         self._primary_ordered_at: float | None = None
+        self._entering_view = False  # see _enter_view
         self.new_view_deadline: float | None = None
         self.batch_deadline: float | None = None
         self.status_deadline: float = 0.0
@@ -547,7 +548,8 @@ class Replica:
         return self.next_seq - 1 - self.last_executed
 
     def _try_propose(self, force: bool = False) -> None:
-        if (not self.is_primary or self.in_view_change or self.transfer is not None
+        if (not self.is_primary or self.in_view_change or self._entering_view
+                or self.transfer is not None
                 or self.next_seq <= self.proven_low or self._awaiting_batches()
                 or self._may_have_voted(self.next_seq)):
             return
@@ -1363,6 +1365,20 @@ class Replica:
         self._enter_view(signed, plan)
 
     def _enter_view(self, nv_signed: Signed, plan: Any) -> None:
+        # nothing is proposed until O is logged and next_seq is past it (adopting the
+        # checkpoint below may reach _make_stable's _try_propose): see the end
+        self._entering_view = True
+        try:
+            self._enter_view_steps(nv_signed, plan)
+        finally:
+            self._entering_view = False
+        if self.is_primary:
+            self._try_propose(force=True)
+        if self._has_outstanding_work():
+            self._arm_progress()
+        self._execute_ready()
+
+    def _enter_view_steps(self, nv_signed: Signed, plan: Any) -> None:
         nv: NewView = nv_signed.statement  # type: ignore[assignment]
         started = self.vc_started_at
         self.view = nv.view
@@ -1435,14 +1451,10 @@ class Replica:
         if self.is_primary:
             for key in [k for k in self.pending if k in self.assigned]:
                 del self.pending[key]
-            self._try_propose(force=True)
         elif self._live_pending():
             live = (s for k, s in self.pending.items() if not self._stale(k))
             for signed in itertools.islice(live, MAX_RESEND_PER_STATUS):
                 self._out.append(Send(self.primary(), signed))
-        if self._has_outstanding_work():
-            self._arm_progress()
-        self._execute_ready()
 
     def _got_batch(self, digest: bytes, batch: Batch, pp: Signed | None = None) -> None:
         seq = self.needed_batches.pop(digest, None)

@@ -95,29 +95,29 @@ KNOWN_BUGS: dict[str, bool] = {
     # 1a: a batch that arrives late, while the replica is in a view change, still completes a
     # certificate of the view it left, and it signs a COMMIT there
     # (test_a_replica_in_a_view_change_sends_no_commit_for_the_view_it_left)
-    "1a": True,
+    "1a": False,
     # 1b: a replica that enters a view whose NEW-VIEW proves a checkpoint above its low
     # watermark still accepts fresh pre-prepares at or below it
     # (test_a_replica_behind_the_new_view_checkpoint_takes_no_part_below_it)
-    "1b": True,
+    "1b": False,
     # 1c: a slot decided by 2f+1 COMMITs while its batch is missing takes a fresh
     # pre-prepare with another digest; _execute_ready then raises InvariantViolation
     # (test_a_decided_slot_keeps_its_digest_against_a_later_pre_prepare)
-    "1c": True,
+    "1c": False,
     # 1d: slots made for a NEW-VIEW's pre-prepares keep view -1; the next message for the seq
     # resets them, and a second pre-prepare for (v, n) gets a second PREPARE
     # (test_a_new_view_slot_keeps_its_pre_prepare_and_prepare)
-    "1d": True,
+    "1d": False,
     # N1 (new, not in issue 18): a new primary that adopts the NEW-VIEW's checkpoint from its
     # own snapshot proposes fresh (in _make_stable) before next_seq moves past O, signing a
     # second PRE-PREPARE for a seq of its own NEW-VIEW
     # (test_a_new_primary_never_proposes_over_its_own_new_view)
-    "N1": True,
+    "N1": False,
     # 2b: a lagging replica takes STATE-CHUNKs from any replica and the count from the first;
     # one bogus chunk ahead of each honest answer keeps it from catching up
     # (test_one_liar_cannot_block_state_transfer and the property
     # test_state_transfer_completes_whatever_one_replica_sends)
-    "2b": True,
+    "2b": False,
 }
 
 
