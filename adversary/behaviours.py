@@ -1031,7 +1031,8 @@ class Withhold(Behaviour):
         if window and view_change_problem(self.geo, new) is not None:  # never expected
             self.counters["rewrite_invalid"] += 1
             return _remember(self._made, signed.body, signed)
-        self.counters["certs_withheld"] += len(vc.prepared) - len(certs)
+        if len(certs) < len(vc.prepared):
+            self.counters["certs_withheld"] += len(vc.prepared) - len(certs)
         if h < vc.stable_seq:
             self.counters["older_checkpoint"] += 1
         self.counters["view_changes_rewritten"] += 1
@@ -1198,6 +1199,8 @@ class BadNewView(Behaviour):
 
     def _keep_vc(self, signed: Signed, verified: bool = False) -> None:
         vc: ViewChange = signed.statement  # type: ignore[assignment]
+        if self.vcs.get(vc.view, {}).get(vc.replica) == signed:
+            return  # a resend: checked already
         if vc.replica >= self.geo.n or view_change_problem(self.geo, vc) is not None:
             return
         if not verified and not self.env.verified(signed):

@@ -142,3 +142,23 @@ def test_bft_up_refuses_a_crash_point_clearly(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2, err
     assert "adversary[0].behaviour" in err and "runs only in the simulator" in err
+
+
+def test_a_split_new_view_with_another_o_is_refused_where_it_conflicts() -> None:
+    """`bad-new-view` split end to end: primary 0 is cut off at 0.5 s and half the datagrams
+    to replicas 2 and 3 are lost until 2.5 s, so they miss certificates that primary 1 of
+    view 1 (Byzantine) holds. Group B (replica 3) gets a valid NEW-VIEW whose O differs
+    from group A's; once it prepared a seq where the two conflict, primary 1 sends it group
+    A's PRE-PREPARE for that seq: replica 3 refuses it and holds a proof against primary 1
+    (PROTOCOL.md "Evidence"); every request completes, nothing is violated."""
+    rules = (make_rule(1, "bad-new-view", params={"mode": "split"}),)
+    net = (cut(0, 0.5, 3.0),
+           make_network_rule("drop", rate=0.5, start_s=0.3, stop_s=2.5, nodes=(2, 3)))
+    run = run_scenario(Scenario(rules, net, {"nodes": 4, "seed": 2, **SIM, **WIDE}))
+    print(f"seed={run.seed}")
+    run.check()
+    counters = run.simulation.nodes[1].statistics()["adversary"]["behaviours"][0]["counters"]
+    assert counters.get("split_new_views") == 1 and "split_same_o" not in counters, counters
+    assert counters.get("second_pre_prepares", 0) >= 1
+    proofs = [e for e in run.result.evidence if e["culprit"] == 1]
+    assert any(e["holder"] == 3 and e["kind"] == "pre_prepare" for e in proofs), proofs
