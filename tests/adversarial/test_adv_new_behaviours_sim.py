@@ -73,6 +73,28 @@ CASES: dict[str, tuple[Any, ...]] = {
 }
 
 
+def receivers_drops(run: Any) -> dict[str, int]:
+    """The drop reasons of the correct replicas, summed."""
+    total: dict[str, int] = {}
+    for i in run.simulation.correct:
+        node = run.simulation.nodes[i]
+        for reason, k in getattr(getattr(node, "inner", node), "drops", {}).items():
+            total[reason] = total.get(reason, 0) + k
+    return total
+
+
+CHUNK_DROPS = ("unexpected_state_chunk", "state_chunk_not_asked", "bad_state_chunk")
+
+#: What the correct replicas must show of a behaviour's messages: refused for the intended
+#: reason, or accepted (well-signed and valid); drops, events and evidence of the run.
+RECEIVED = {
+    "withhold": lambda d, r, nodes: not any(k.startswith("bad_view_change") for k in d),
+    "bogus-chunks": lambda d, r, nodes: sum(d.get(k, 0) for k in CHUNK_DROPS)
+    + r.events.get("state_transfer_mismatch", 0) > 0,
+    "bad-new-view": lambda d, r, nodes: not any(k.startswith("new_view_") for k in d),
+}
+
+
 def acted_at(run: Any, nodes: tuple[int, ...], behaviour: str) -> list[float]:
     """When each faulty replica's behaviour first acted (crash points: when they crashed)."""
     sim = run.simulation
@@ -107,6 +129,16 @@ def test_new_behaviour_keeps_safety_and_liveness(case: str, n: int, seed: int) -
         f"{behaviour} first acted at {min(times):.3f} s, after the last request ({done:.3f} s)")
     if behaviour == "crash-at":
         assert r.network.get("crash_points", 0) >= 1 and r.network.get("restarts", 0) >= 1
+        return
+    drops = receivers_drops(run)
+    print({k: v for k, v in drops.items() if "view" in k or "chunk" in k or "pre_prepare" in k})
+    if params.get("mode") == "wrong_o":  # refused by the correct backups, for its O
+        assert drops.get("new_view_wrong_o", 0) >= 1, drops
+    elif params.get("mode") == "reissue":  # refused, with a proof against the primary
+        assert drops.get("conflicting_pre_prepare", 0) >= 1, drops
+        assert {e["culprit"] for e in r.evidence} & set(nodes), r.evidence
+    else:
+        assert RECEIVED[behaviour](drops, r, nodes), drops
 
 
 def test_crash_points_are_counted_per_rule_and_a_node_may_stay_down() -> None:
