@@ -6,7 +6,8 @@ and what comes out:
 
     message --> [pause: hold] --> inner.receive(message, now, wall') --> effects
                                                                           |
-    [lie] -> [equivocate] -> [replay] -> [slow] -> [silent]  <------------+
+    [lie] -> [equivocate] -> [withhold] -> [bad-new-view] -> [replay]  <--+
+      -> [slow] -> [silent] -> [bogus-chunks] -> [crash-at: cut the step]
 
 `ByzantineNode(inner, rules, env)` has the replica's interface
 (`start/receive/tick(now, wall) -> list[Effect]`; every other attribute, such
@@ -43,18 +44,44 @@ The vocabulary (`BEHAVIOURS`; parameters with defaults in `PARAMS`):
 * `clock-skew`: the replica's interval clock is off by `offset_s` plus
   `drift_ppm` microseconds per second since the behaviour started.
 * `slow`: its own messages leave `delay_ms` (+- `jitter_ms`) late.
+* `withhold`: its VIEW-CHANGEs leave out prepared certificates (all, a share
+  `certs`, or the `seqs` named) and/or cite a stable checkpoint
+  `checkpoint_back` checkpoints older than its own (a valid proof it holds,
+  or genesis); re-signed with its own key and checked with
+  `bft.viewchange.view_change_problem`, so every receiver accepts them. With
+  `silent_after_checkpoint = n` it falls silent once its CHECKPOINT for a
+  seq >= n has gone out.
+* `bogus-chunks`: answers every FETCH-STATE it receives with well-signed
+  StateChunks of wrong data or a wrong count, `ahead` of its honest ones or
+  `instead` of them; with `push`, also unasked to every peer whose STATUS
+  shows it below the stable checkpoint it knows of.
+* `bad-new-view`: as primary of a view it enters, `split` sends two valid
+  NEW-VIEWs (different 2f+1 sets of VIEW-CHANGEs, the most different O it
+  can make) to two groups of backups and then (`cross`) the other group's
+  PRE-PREPAREs where the two differ; `wrong_o` sends a NEW-VIEW whose O does
+  not follow from its V (refused: `new_view_wrong_o`); `reissue` sends an
+  honest NEW-VIEW and then fresh PRE-PREPAREs with other batches for O's seqs.
+* `crash-at`: crashes at an event of its own replica (it sends a CHECKPOINT,
+  PRE-PREPARE, PREPARE or COMMIT, enters a view change or a view, executes a
+  batch; narrowed by `seq` and `view`), right `after` the message leaves or
+  `before` (its WAL record written, the message not sent), and restarts from
+  its storage after `restart_after_s`. The wrapper cuts the step's effects and
+  asks the driver for the crash through `BehaviourEnv.request_crash`: the
+  simulator provides it; real processes refuse the rule (`SIMULATOR_ONLY`).
 
 Rules (`BehaviourRule`) carry the node, the behaviour, a window `[start_s,
 stop_s)` in seconds from the run's origin (the simulator's time 0, or the
 node's start), and validated parameters. `judged` says whether the checkers
 still judge such a node as correct: a paused, crashed, skewed, slow or
-replaying node runs the honest protocol and must stay safe; a liar, an
-equivocator or a silent node is Byzantine.
+replaying node runs the honest protocol and must stay safe, and so does one
+that crashes at protocol events (`crash-at`); a liar, an equivocator, a
+silent, withholding or chunk-lying node and a bad new primary are Byzantine.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -65,15 +92,28 @@ from bft.crypto import batch_digest, sha256
 from bft.effects import Broadcast, Event, Executed, Persist, Reply, SaveSnapshot, Send, SetTimer
 from bft.errors import ConfigError
 from bft.messages import (
+    NULL_BATCH,
     Batch,
     Checkpoint,
     Commit,
+    FetchState,
     MacReply,
+    NewView,
     Prepare,
     PrePrepare,
     Proposal,
     Request,
     Signed,
+    StateChunk,
+    Status,
+    ViewChange,
+)
+from bft.viewchange import (
+    Geometry,
+    checkpoint_proof_problem,
+    new_view_problem,
+    plan_new_view,
+    view_change_problem,
 )
 
 # --------------------------------------------------------------------------
@@ -86,9 +126,10 @@ class Param:
     """One behaviour parameter: its kind, default and, for choices, the allowed values.
 
     Kinds: "float" (finite), "nonneg" (finite >= 0), "positive" (> 0),
-    "probability" ([0, 1]), "int" (>= 0), "bool", "choice" (one of
-    `choices`), "choices" (a list of distinct `choices`), "groups" (a list of
-    lists of replica ids).
+    "probability" ([0, 1]), "int" (>= 0), "count" (an integer >= 1), "bool",
+    "choice" (one of `choices`), "choices" (a list of distinct `choices`),
+    "groups" (a list of lists of replica ids), "seqs" (a list of distinct
+    sequence numbers >= 1).
     """
 
     kind: str
@@ -100,6 +141,10 @@ class Param:
 LIES = ("vote_digest", "reply_result", "checkpoint_digest", "bad_signature", "no_signature",
         "invented_request")
 EQUIVOCATIONS = ("pre_prepare", "prepare", "commit", "checkpoint")
+CHUNK_LIES = ("data", "count")
+#: Protocol events of a node's own replica that a `crash-at` rule can crash it at.
+CRASH_EVENTS = ("checkpoint", "pre_prepare", "prepare", "commit", "view_change", "new_view",
+                "execute")
 
 #: behaviour -> parameter -> Param. The vocabulary of scenarios and `--byzantine`.
 PARAMS: dict[str, dict[str, Param]] = {
@@ -139,18 +184,68 @@ PARAMS: dict[str, dict[str, Param]] = {
         "delay_ms": Param("nonneg", 200.0, "extra delay of every message it sends"),
         "jitter_ms": Param("nonneg", 50.0, "uniform jitter around the delay"),
     },
+    "withhold": {
+        "certs": Param("probability", 1.0, "share of its prepared certificates (chosen per "
+                       "seq, once) that its VIEW-CHANGEs leave out; `seqs` wins if given"),
+        "seqs": Param("seqs", [], "leave out exactly the certificates of these seqs"),
+        "checkpoint_back": Param("int", 0, "cite the stable checkpoint this many stable "
+                                 "checkpoints back (a valid proof it holds; genesis if it "
+                                 "holds none that old); 0: its current one"),
+        "silent_after_checkpoint": Param("int", 0, "once its CHECKPOINT for a seq >= this "
+                                         "has gone out, send nothing more; 0: off"),
+    },
+    "bogus-chunks": {
+        "lies": Param("choices", list(CHUNK_LIES), "data: chunks of wrong data; count: "
+                      "chunks that claim a wrong number of chunks", CHUNK_LIES),
+        "mode": Param("choice", "ahead", "ahead: the bogus chunks go out before its honest "
+                      "ones; instead: only bogus ones", ("ahead", "instead")),
+        "push": Param("bool", False, "also push bogus chunks, unasked, to every peer whose "
+                      "STATUS shows it below its stable checkpoint (anyone's transfer)"),
+    },
+    "bad-new-view": {
+        "mode": Param("choice", "split", "split: two valid NEW-VIEWs (different 2f+1 sets of "
+                      "VIEW-CHANGEs, different O where it can) to two groups of backups; "
+                      "wrong_o: a NEW-VIEW whose O does not follow from its V; reissue: an "
+                      "honest NEW-VIEW, then fresh PRE-PREPAREs with other batches for O's "
+                      "seqs", ("split", "wrong_o", "reissue")),
+        "cross": Param("bool", True, "split: once a backup's PREPARE shows it took its "
+                       "NEW-VIEW's pre-prepare for a seq, send it the other group's "
+                       "PRE-PREPARE for that seq (with its batch)"),
+    },
+    "crash-at": {
+        "event": Param("choice", "execute", "the event of its own replica it crashes at",
+                       CRASH_EVENTS),
+        "seq": Param("int", 0, "only at this seq (checkpoint, pre_prepare, prepare, commit, "
+                     "execute); 0: any"),
+        "view": Param("int", 0, "only in this view (or for this view: view_change, "
+                      "new_view); 0: any"),
+        "when": Param("choice", "after", "after: the triggering message leaves, then it "
+                      "dies (the rest of that step is lost); before: its WAL record is "
+                      "written, the message never leaves", ("after", "before")),
+        "restart_after_s": Param("nonneg", 1.0, "restart from its storage this long after "
+                                 "the crash"),
+        "restart": Param("bool", True, "false: the node stays down"),
+        "times": Param("count", 1, "how many crashes the rule makes in all (each restart "
+                       "re-arms it)"),
+    },
 }
 
 #: Behaviour name aliases accepted in scenarios and on the command line.
 ALIASES = {"twins": ("equivocate", {"mode": "twins"}), "clock_skew": ("clock-skew", {}),
-           "skew": ("clock-skew", {})}
+           "skew": ("clock-skew", {}), "bogus_chunks": ("bogus-chunks", {}),
+           "bad_new_view": ("bad-new-view", {}), "crash_at": ("crash-at", {})}
 
 #: Whether the checkers still judge a node with this behaviour as correct.
 JUDGED = {"lie": False, "equivocate": False, "silent": False, "pause": True, "crash": True,
-          "replay": True, "clock-skew": True, "slow": True}
+          "replay": True, "clock-skew": True, "slow": True, "withhold": False,
+          "bogus-chunks": False, "bad-new-view": False, "crash-at": True}
 
 #: Behaviours carried out by the driver (simulator or launcher), not by the wrapper.
 LIFECYCLE = frozenset({"crash"})
+
+#: Behaviours that need the driver's help at run time (`BehaviourEnv.request_crash`): the
+#: simulator gives it; real processes and live switching refuse them.
+SIMULATOR_ONLY = frozenset({"crash-at"})
 
 BEHAVIOURS: tuple[str, ...] = tuple(PARAMS)
 
@@ -163,10 +258,18 @@ def _check_param(p: Param, value: Any, where: str, file: str | None) -> Any:
         if not isinstance(value, bool):
             raise bad(f"expected true or false, got {value!r}")
         return value
-    if p.kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise bad(f"expected an integer >= 0, got {value!r}")
+    if p.kind in ("int", "count"):
+        low = 1 if p.kind == "count" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise bad(f"expected an integer >= {low}, got {value!r}")
         return value
+    if p.kind == "seqs":
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in value):
+            raise bad(f"expected a list of sequence numbers >= 1, got {value!r}")
+        if len(set(value)) != len(value):
+            raise bad("a sequence number is listed twice")
+        return sorted(value)
     if p.kind in ("float", "nonneg", "positive", "probability"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not math.isfinite(value):
@@ -282,6 +385,11 @@ class BehaviourRule:
         """When the fault is over for liveness purposes (None: never)."""
         if self.behaviour == "crash":
             return self.restart_at()
+        if self.behaviour == "crash-at":
+            # crashes at events of unknown times: a bounded window bounds the last restart
+            if self.stop_s is None or not self.params.get("restart", True):
+                return None
+            return self.stop_s + float(self.params.get("restart_after_s", 1.0))
         end = self.window()[1]
         return None if math.isinf(end) else end
 
@@ -348,7 +456,13 @@ class Collusion:
 class BehaviourEnv:
     """What a behaviour may use: who it is, its signer, a seeded Random, the shared
     collusion, the origin of its time windows (None: the `now` of `start()`), and its
-    replica's `bft.auth.ReplyAuth` (None: its replies are signed)."""
+    replica's `bft.auth.ReplyAuth` (None: its replies are signed).
+
+    `config` (the ClusterConfig) gives quorum and log window (`geometry()`); `verifier`
+    checks what a behaviour reuses of others' signed messages (without one it trusts
+    them); `request_crash(rule) -> bool` asks the driver to crash the node at the end of
+    the current step (True: it will; None: the driver cannot, so `crash-at` does nothing).
+    """
 
     node_id: int
     n: int
@@ -359,6 +473,22 @@ class BehaviourEnv:
     max_backlog: int = 20_000
     external_sigstop: bool = False  # a launcher carries out `pause` rules with mode "sigstop"
     reply_auth: Any = None
+    config: Any = None
+    verifier: Any = None
+    request_crash: Callable[[BehaviourRule], bool] | None = None
+
+    def geometry(self) -> Geometry:
+        """n, f, log window and quorum (log window 0: unknown, without `config`)."""
+        cfg = self.config
+        if cfg is not None:
+            return Geometry(cfg.n, cfg.f, cfg.log_window, cfg.quorum)
+        f = (self.n - 1) // 3
+        return Geometry(self.n, f, 0, (self.n + f) // 2 + 1)
+
+    def verified(self, message: Any) -> bool:
+        """Whether `message` and every signature nested in it verify (True without a
+        verifier)."""
+        return self.verifier is None or bool(self.verifier.verify_deep(message))
 
 
 # --------------------------------------------------------------------------
@@ -411,7 +541,9 @@ class Behaviour:
     Hooks: `wall(now, wall)` (the clock the replica sees), `hold(now)` (inputs
     held, no timers run), `observe(message)` (an input), `transform(effect,
     now)` (a Send/Broadcast/Reply -> what leaves instead), `due(now)` (effects
-    of its own that are due), `deadline()` (when it next needs a tick).
+    of its own that are due), `finish(stream, now)` (the whole step's effects,
+    after every transform: `crash-at` cuts them), `deadline()` (when it next
+    needs a tick).
     """
 
     name = ""
@@ -422,6 +554,7 @@ class Behaviour:
         self.params = rule.params
         self.counters: collections.Counter[str] = collections.Counter()
         self.announced = False
+        self.first_acted_s: float | None = None  # when it first counted an action
 
     def _t(self, now: float) -> float:
         return now - (self.env.origin_s or 0.0)
@@ -450,11 +583,15 @@ class Behaviour:
     def due(self, now: float) -> list[Any]:
         return []
 
+    def finish(self, stream: list[Any], now: float) -> list[Any]:
+        return stream
+
     def deadline(self) -> float | None:
         return None
 
     def statistics(self) -> dict[str, Any]:
-        return {"behaviour": self.name, **self.rule.to_dict(), "counters": dict(self.counters)}
+        return {"behaviour": self.name, **self.rule.to_dict(), "counters": dict(self.counters),
+                "first_acted_s": self.first_acted_s}
 
 
 class Lie(Behaviour):
@@ -738,12 +875,605 @@ class Slow(Behaviour):
         return min((h[0] for h in self.held), default=None)
 
 
+# --------------------------------------------------------------------------
+# Withholding, state-transfer lies, a Byzantine new primary, crash points
+# --------------------------------------------------------------------------
+
+NULL_DIGEST = batch_digest(NULL_BATCH)
+MAX_PROOFS = 8  # stable checkpoint proofs a behaviour keeps (the highest seqs)
+MAX_VOTE_SEQS = 16  # checkpoint seqs whose votes it collects at a time
+MAX_MADE = 256  # rewritten messages remembered (a resend carries the same rewrite)
+MAX_BATCHES = 512  # batches a Byzantine primary remembers (to re-send them elsewhere)
+MAX_ASKED = 64  # FETCH-STATEs answered per step
+MAX_SPLIT_TRIES = 256  # sets of 2f+1 VIEW-CHANGEs a split primary tries
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any, limit: int = MAX_MADE) -> Any:
+    """memo[key] = value, forgetting the oldest entries beyond `limit`; returns value."""
+    memo[key] = value
+    while len(memo) > limit:
+        del memo[next(iter(memo))]
+    return value
+
+
+def _same_kind(effect: Any, message: Any) -> Any:
+    """`effect` (a Send or Broadcast) carrying `message` instead."""
+    return Send(effect.to, message) if isinstance(effect, Send) else Broadcast(message)
+
+
+class ProofBook:
+    """Stable checkpoint proofs a node can cite, assembled from what it saw.
+
+    Sources: 2f+1 matching signed CHECKPOINTs (its own and others'), or the proof C
+    of a VIEW-CHANGE (alone or inside a NEW-VIEW). Each is checked before it is kept
+    (signatures with the env's verifier, then `checkpoint_proof_problem`), so a
+    message citing one passes the receivers' checks. Keeps the MAX_PROOFS highest.
+    """
+
+    def __init__(self, env: BehaviourEnv) -> None:
+        self.env = env
+        self.geo = env.geometry()
+        self.votes: dict[int, dict[bytes, dict[int, Signed]]] = {}
+        self.proofs: dict[int, tuple[bytes, tuple[Signed, ...]]] = {}
+
+    def observe(self, message: Any) -> None:
+        if not isinstance(message, Signed):
+            return
+        st = message.statement
+        if isinstance(st, Checkpoint):
+            self._vote(message)
+        elif isinstance(st, ViewChange):
+            self._add(st.stable_seq, st.state_digest, st.checkpoint_proof)
+        elif isinstance(st, NewView):
+            for vc in st.view_changes:
+                if isinstance(vc.statement, ViewChange):
+                    s = vc.statement
+                    self._add(s.stable_seq, s.state_digest, s.checkpoint_proof)
+
+    def _vote(self, signed: Signed) -> None:
+        cp: Checkpoint = signed.statement  # type: ignore[assignment]
+        if cp.seq == 0 or cp.seq in self.proofs or cp.replica >= self.geo.n or (
+                self.proofs and cp.seq < min(self.proofs)):
+            return
+        votes = self.votes.setdefault(cp.seq, {}).setdefault(cp.state_digest, {})
+        if cp.replica in votes or not self.env.verified(signed):
+            return
+        votes[cp.replica] = signed
+        if len(votes) >= self.geo.quorum:
+            proof = tuple(votes[r] for r in sorted(votes))[: self.geo.quorum]
+            self._add(cp.seq, cp.state_digest, proof, verified=True)
+        while len(self.votes) > MAX_VOTE_SEQS:
+            del self.votes[min(self.votes)]
+
+    def _add(self, seq: int, digest: bytes, proof: tuple[Signed, ...],
+             verified: bool = False) -> None:
+        if seq == 0 or seq in self.proofs or (
+                len(self.proofs) >= MAX_PROOFS and seq < min(self.proofs)):
+            return
+        if checkpoint_proof_problem(self.geo, seq, digest, proof) is not None:
+            return
+        if not verified and not all(self.env.verified(s) for s in proof):
+            return
+        self.proofs[seq] = (digest, tuple(proof))
+        self.votes.pop(seq, None)
+        while len(self.proofs) > MAX_PROOFS:
+            del self.proofs[min(self.proofs)]
+
+    def latest(self) -> tuple[int, bytes, tuple[Signed, ...]] | None:
+        """The highest stable checkpoint it holds a proof of: (seq, digest, proof)."""
+        if not self.proofs:
+            return None
+        seq = max(self.proofs)
+        return (seq, *self.proofs[seq])
+
+    def below(self, seq: int, back: int) -> tuple[int, bytes, tuple[Signed, ...]]:
+        """The proof `back` (>= 1) stable checkpoints below `seq`, or genesis (0, zeros, ())
+        when it holds none that old."""
+        older = sorted(s for s in self.proofs if s < seq)
+        if len(older) < back:
+            return 0, bytes(32), ()
+        pick = older[-back]
+        return (pick, *self.proofs[pick])
+
+
+class Withhold(Behaviour):
+    """VIEW-CHANGEs that leave out prepared certificates or cite an older stable checkpoint;
+    silence once a CHECKPOINT is out.
+
+    Every rewritten VIEW-CHANGE is re-signed with the node's own key and checked with
+    `bft.viewchange.view_change_problem` before it leaves (it passes every receiver's
+    check): the older checkpoint is one it holds a valid proof of (`ProofBook`, or
+    genesis), and only certificates in (h', h' + L] stay. A resend carries the same
+    rewrite.
+    """
+
+    name = "withhold"
+
+    def __init__(self, rule: BehaviourRule, env: BehaviourEnv) -> None:
+        super().__init__(rule, env)
+        self.geo = env.geometry()
+        self.book = ProofBook(env)
+        self.seqs = frozenset(rule.params["seqs"])
+        self.rate = float(rule.params["certs"])
+        self.back = int(rule.params["checkpoint_back"])
+        self.silent_after = int(rule.params["silent_after_checkpoint"])
+        self._leave: dict[int, bool] = {}  # seq -> its certificate is left out
+        self._made: dict[bytes, Signed] = {}  # original VIEW-CHANGE body -> what leaves
+        self.silenced = False
+
+    def observe(self, message: Any, now: float) -> None:
+        self.book.observe(message)
+
+    def _left_out(self, seq: int) -> bool:
+        if self.seqs:
+            return seq in self.seqs
+        if seq not in self._leave:
+            _remember(self._leave, seq, self.env.rng.random() < self.rate, 4096)
+        return self._leave[seq]
+
+    def _rewrite(self, signed: Signed) -> Signed:
+        made = self._made.get(signed.body)
+        if made is not None:
+            return made
+        vc: ViewChange = signed.statement  # type: ignore[assignment]
+        h, digest, proof = vc.stable_seq, vc.state_digest, vc.checkpoint_proof
+        window = self.geo.log_window
+        if self.back and window:
+            h, digest, proof = self.book.below(vc.stable_seq, self.back)
+            if h == 0:
+                digest = vc.state_digest if vc.stable_seq == 0 else bytes(32)
+        certs = tuple(c for c in vc.prepared
+                      if not self._left_out(c.pre_prepare.statement.seq)  # type: ignore[union-attr]
+                      and (not window or h < c.pre_prepare.statement.seq <= h + window))  # type: ignore[union-attr]
+        if h == vc.stable_seq and len(certs) == len(vc.prepared):
+            return _remember(self._made, signed.body, signed)  # nothing to withhold
+        new = ViewChange(vc.view, h, digest, proof, certs, vc.replica)
+        if window and view_change_problem(self.geo, new) is not None:  # never expected
+            self.counters["rewrite_invalid"] += 1
+            return _remember(self._made, signed.body, signed)
+        if len(certs) < len(vc.prepared):
+            self.counters["certs_withheld"] += len(vc.prepared) - len(certs)
+        if h < vc.stable_seq:
+            self.counters["older_checkpoint"] += 1
+        self.counters["view_changes_rewritten"] += 1
+        return _remember(self._made, signed.body, self.env.signer.sign(new))
+
+    def transform(self, effect: Any, now: float) -> list[Any]:
+        if not isinstance(effect, _MESSAGE_EFFECTS) or not self.active(now):
+            return [effect]
+        if self.silenced:
+            self.counters["suppressed"] += 1
+            return []
+        if isinstance(effect, Reply):
+            return [effect]
+        message = effect.message
+        if not isinstance(message, Signed) or not _own(message, self.env.node_id):
+            return [effect]
+        st = message.statement
+        if isinstance(st, Checkpoint):
+            self.book.observe(message)
+            if self.silent_after and st.seq >= self.silent_after:
+                self.silenced = True  # this one leaves; nothing after it
+                self.counters["silent_from_checkpoint"] = st.seq
+            return [effect]
+        if isinstance(st, ViewChange):
+            self.book.observe(message)  # its replica's own stable proof
+            return [_same_kind(effect, self._rewrite(message))]
+        return [effect]
+
+
+class BogusChunks(Behaviour):
+    """A state-transfer liar: well-signed StateChunks of wrong data or wrong counts.
+
+    It answers every FETCH-STATE it receives (whether or not its replica holds that
+    state) with bogus chunks, ahead of its honest ones or instead of them; with `push`
+    it also sends them unasked to every peer whose STATUS shows it below the stable
+    checkpoint the liar knows of (a lagging replica transfers from someone else).
+    A correct replica takes chunks only from the replica it asked and checks the
+    assembled state against the proven digest (TOCS 5.3).
+    """
+
+    name = "bogus-chunks"
+
+    def __init__(self, rule: BehaviourRule, env: BehaviourEnv) -> None:
+        super().__init__(rule, env)
+        self.book = ProofBook(env)
+        self.lies = [x for x in CHUNK_LIES if x in rule.params["lies"]] or ["data"]
+        self.instead = rule.params["mode"] == "instead"
+        self.push = bool(rule.params["push"])
+        self.asked: list[tuple[int, int, bytes]] = []  # (peer, seq, digest) this step
+        self.answered: set[tuple[int, int]] = set()  # (peer, seq) answered this step
+        self.out: list[Any] = []
+
+    def _bogus(self, seq: int, digest: bytes, count: int | None) -> list[Signed]:
+        rng, me = self.env.rng, self.env.node_id
+        lie = self.lies[rng.randrange(len(self.lies))]
+        self.counters[f"lie_{lie}"] += 1
+        if lie == "count":  # claims one chunk more than there are
+            chunks = [StateChunk(seq, digest, 0, (count or 1) + 1, rng.randbytes(32), me)]
+        else:
+            chunks = [StateChunk(seq, digest, i, count or 1, rng.randbytes(32), me)
+                      for i in range(count or 1)]
+        self.counters["bogus_chunks"] += len(chunks)
+        return [self.env.signer.sign(c) for c in chunks]
+
+    def observe(self, message: Any, now: float) -> None:
+        self.book.observe(message)
+        if not isinstance(message, Signed) or not self.active(now):
+            return
+        st = message.statement
+        me = self.env.node_id
+        if isinstance(st, FetchState) and st.replica != me and st.replica < self.env.n:
+            if len(self.asked) < MAX_ASKED:
+                self.asked.append((st.replica, st.seq, st.state_digest))
+        elif isinstance(st, Status) and self.push and st.replica != me \
+                and st.replica < self.env.n:
+            latest = self.book.latest()
+            if latest is not None and st.stable_seq < latest[0]:
+                self.counters["pushed"] += 1
+                self.out += [Send(st.replica, c) for c in self._bogus(latest[0], latest[1],
+                                                                       None)]
+
+    def transform(self, effect: Any, now: float) -> list[Any]:
+        if not isinstance(effect, Send) or not self.active(now):
+            return [effect]
+        st = getattr(effect.message, "statement", None)
+        if not isinstance(st, StateChunk) or st.replica != self.env.node_id:
+            return [effect]
+        out: list[Any] = []
+        key = (effect.to, st.seq)
+        if key not in self.answered:  # its replica's first honest chunk of this answer
+            self.answered.add(key)
+            out += [Send(effect.to, c) for c in self._bogus(st.seq, st.state_digest, st.count)]
+        if self.instead:
+            self.counters["honest_chunks_withheld"] += 1
+        else:
+            out.append(effect)
+        return out
+
+    def due(self, now: float) -> list[Any]:
+        out, self.out = self.out, []
+        for peer, seq, digest in self.asked:
+            if (peer, seq) not in self.answered:  # its replica had no such state: lie anyway
+                self.answered.add((peer, seq))
+                out += [Send(peer, c) for c in self._bogus(seq, digest, None)]
+        self.asked = []
+        self.answered = set()
+        return out
+
+
+class BadNewView(Behaviour):
+    """A Byzantine new primary: different valid NEW-VIEWs to different backups, a NEW-VIEW
+    with a wrong O, or fresh PRE-PREPAREs against its own NEW-VIEW's O.
+
+    * `split`: its replica's NEW-VIEW goes to group A (half the backups); group B gets
+      one built from another set of 2f+1 valid VIEW-CHANGEs (those it received, its
+      own with or without its certificates), the one whose O differs most (the same O
+      when no set gives another; counted `split_same_o`). Both pass `new_view_problem`.
+      With `cross`, a backup of group B whose PREPARE shows it took its version's
+      pre-prepare for a seq (once another backup prepared that seq too) is sent group
+      A's PRE-PREPARE for it, with its batch: a correct backup refuses it and holds a
+      proof against the primary. Group A sees nothing wrong and stays in the view, so
+      it would catch a backup of B that signed two PREPAREs for one (view, seq).
+    * `wrong_o`: O changed in its last entry (a digest swapped for the null request or
+      back), or one null entry added: correct backups refuse it (`new_view_wrong_o`).
+    * `reissue`: an honest NEW-VIEW; then, as with `cross`, each backup of group B gets
+      a fresh PRE-PREPARE for a seq of O with another batch (the same requests, a later
+      batch_time): a correct backup keeps its NEW-VIEW's pre-prepare (PROTOCOL.md
+      "Normal case": slots filled from O belong to the new view).
+    """
+
+    name = "bad-new-view"
+
+    def __init__(self, rule: BehaviourRule, env: BehaviourEnv) -> None:
+        super().__init__(rule, env)
+        self.geo = env.geometry()
+        self.mode = rule.params["mode"]
+        self.cross = bool(rule.params["cross"]) if self.mode == "split" else self.mode == "reissue"
+        self.vcs: dict[int, dict[int, Signed]] = {}  # view -> replica -> valid VIEW-CHANGE
+        self.batches: dict[bytes, Batch] = {NULL_DIGEST: NULL_BATCH}
+        self._made: dict[bytes, dict[int, Signed]] = {}  # NEW-VIEW body -> peer -> version
+        self._pps: dict[tuple[int, int, bytes], Signed] = {}
+        self.view = -1  # the view of the NEW-VIEW it last rewrote
+        self.o: list[dict[int, bytes]] = []  # the O of each version (index: group)
+        self.group_of: dict[int, int] = {}  # peer -> its version
+        self.prepared_by: dict[int, set[int]] = {}  # seq -> backups seen preparing it
+        self.fed: set[tuple[int, int]] = set()  # (peer, seq) sent a second PRE-PREPARE
+        self.out: list[Any] = []
+        self._wall: Any = None
+
+    def wall(self, now: float, wall: Any) -> Any:
+        self._wall = wall
+        return wall
+
+    def _keep_batch(self, proposal: Proposal) -> None:
+        pp = proposal.pre_prepare.statement
+        if isinstance(pp, PrePrepare) and pp.digest not in self.batches:
+            _remember(self.batches, pp.digest, proposal.batch, MAX_BATCHES)
+
+    def _batch(self, digest: bytes) -> Batch | None:
+        batch = self.batches.get(digest)
+        if batch is None or (digest != NULL_DIGEST and batch_digest(batch) != digest):
+            return None
+        return batch
+
+    def _keep_vc(self, signed: Signed, verified: bool = False) -> None:
+        vc: ViewChange = signed.statement  # type: ignore[assignment]
+        if self.vcs.get(vc.view, {}).get(vc.replica) == signed:
+            return  # a resend: checked already
+        if vc.replica >= self.geo.n or view_change_problem(self.geo, vc) is not None:
+            return
+        if not verified and not self.env.verified(signed):
+            return
+        self.vcs.setdefault(vc.view, {})[vc.replica] = signed
+        while len(self.vcs) > 3:
+            del self.vcs[min(self.vcs)]
+
+    def observe(self, message: Any, now: float) -> None:
+        if isinstance(message, Proposal):
+            self._keep_batch(message)
+            return
+        if not isinstance(message, Signed):
+            return
+        st = message.statement
+        if isinstance(st, ViewChange):
+            self._keep_vc(message)
+        elif isinstance(st, Prepare) and st.view == self.view and self.cross \
+                and self.active(now) and st.replica < self.geo.n:
+            self._feed(st)
+
+    def _pp(self, view: int, seq: int, digest: bytes) -> Signed:
+        key = (view, seq, digest)
+        signed = self._pps.get(key)
+        if signed is None:
+            signed = _remember(self._pps, key, self.env.signer.sign(
+                PrePrepare(view, seq, digest, self.env.node_id)), 4 * MAX_BATCHES)
+        return signed
+
+    def _new_view(self, view: int, vcs: list[Signed], digests: Iterable[tuple[int, bytes]]
+                  ) -> Signed:
+        pps = tuple(self._pp(view, seq, d) for seq, d in digests)
+        vcs = sorted(vcs, key=lambda s: s.statement.replica)  # type: ignore[union-attr]
+        return self.env.signer.sign(NewView(view, tuple(vcs), pps, self.env.node_id))
+
+    # -- the versions of one NEW-VIEW -------------------------------------
+
+    def _wrong_o(self, nv: NewView) -> Signed:
+        digests = [(p.statement.seq, p.statement.digest) for p in nv.pre_prepares]  # type: ignore[union-attr]
+        if digests:
+            seq, d = digests[-1]
+            digests[-1] = (seq, sha256(b"bft-wrong-o" + d) if d == NULL_DIGEST else NULL_DIGEST)
+        else:
+            min_s = max(s.statement.stable_seq for s in nv.view_changes)  # type: ignore[union-attr]
+            digests = [(min_s + 1, NULL_DIGEST)]
+        self.counters["wrong_o"] += 1
+        return self._new_view(nv.view, list(nv.view_changes), digests)
+
+    def _alternative(self, nv: NewView) -> tuple[Signed | None, dict[int, bytes]]:
+        """A second valid NEW-VIEW for nv.view whose O differs most from nv's (None when
+        no other set of 2f+1 VIEW-CHANGEs is at hand), and its O."""
+        me, view, quorum = self.env.node_id, nv.view, self.geo.quorum
+        pool: dict[int, list[Signed]] = {}
+        for s in nv.view_changes:  # checked by its replica
+            pool.setdefault(s.statement.replica, []).append(s)  # type: ignore[union-attr]
+        for r, s in sorted(self.vcs.get(view, {}).items()):
+            if s not in pool.setdefault(r, []):
+                pool[r].append(s)
+        for s in list(pool.get(me, [])):  # its own, without its certificates
+            vc: ViewChange = s.statement  # type: ignore[assignment]
+            if vc.prepared:
+                bare = self.env.signer.sign(replace(vc, prepared=()))
+                if bare not in pool[me]:
+                    pool[me].append(bare)
+        mine = {p.statement.seq: p.statement.digest for p in nv.pre_prepares}  # type: ignore[union-attr]
+        # the most seqs both re-propose with different digests (two pre-prepares for one
+        # (view, seq)), then the most seqs that differ at all
+        best: tuple[tuple[int, int], list[Signed], dict[int, bytes]] | None = None
+        honest = sorted(s.body for s in nv.view_changes)
+        candidates = (list(choice) for members in itertools.combinations(sorted(pool), quorum)
+                      for choice in itertools.product(*(pool[r] for r in members)))
+        for vcs in itertools.islice(candidates, MAX_SPLIT_TRIES):
+            if sorted(s.body for s in vcs) == honest:
+                continue
+            plan = plan_new_view([s.statement for s in vcs], NULL_DIGEST)  # type: ignore[misc]
+            o = dict(plan.digests)
+            diff = (sum(1 for q in o if q in mine and o[q] != mine[q]),
+                    sum(1 for q in set(o) | set(mine) if o.get(q) != mine.get(q)))
+            if best is None or diff > best[0]:
+                best = (diff, vcs, o)
+        if best is None:
+            return None, mine
+        if best[0] == (0, 0):
+            self.counters["split_same_o"] += 1
+        made = self._new_view(view, best[1], sorted(best[2].items()))
+        problem, _ = new_view_problem(self.geo, made.statement, NULL_DIGEST)  # type: ignore[arg-type]
+        if problem is not None:  # never expected
+            self.counters["split_invalid"] += 1
+            return None, mine
+        return made, best[2]
+
+    def _versions(self, signed: Signed) -> dict[int, Signed]:
+        made = self._made.get(signed.body)
+        if made is not None:
+            return made
+        nv: NewView = signed.statement  # type: ignore[assignment]
+        me, n = self.env.node_id, self.env.n
+        peers = [j for j in range(n) if j != me]
+        mine = {p.statement.seq: p.statement.digest for p in nv.pre_prepares}  # type: ignore[union-attr]
+        if self.mode == "wrong_o":
+            bad = self._wrong_o(nv)
+            return _remember(self._made, signed.body, {j: bad for j in peers})
+        _, group_b, _ = self.env.collusion.split(me, n, 0)
+        self.view, self.o, self.group_of = nv.view, [mine], {j: 0 for j in peers}
+        self.prepared_by, self.fed = {}, set()
+        versions = {j: signed for j in peers}
+        if self.mode == "split":
+            other, o_other = self._alternative(nv)
+            if other is None:
+                self.counters["split_impossible"] += 1  # no other 2f+1 VIEW-CHANGEs at hand
+            else:
+                self.o.append(o_other)
+                for j in group_b:
+                    versions[j], self.group_of[j] = other, 1
+                self.counters["split_new_views"] += 1
+        else:  # reissue: group B gets the second pre-prepares
+            for j in group_b:
+                self.group_of[j] = 1
+            self.o.append(mine)
+        return _remember(self._made, signed.body, versions)
+
+    # -- second PRE-PREPAREs ------------------------------------------------
+
+    def _feed(self, p: Prepare) -> None:
+        """Backup p.replica prepared p.seq (its version's pre-prepare): once another backup
+        prepared that seq too, send it a second PRE-PREPARE for the seq, once."""
+        j, seq = p.replica, p.seq
+        seen = self.prepared_by.setdefault(seq, set())
+        seen.add(j)
+        ready = [k for k in sorted(seen) if (k, seq) not in self.fed and len(seen) >= 2]
+        for k in ready:
+            group = self.group_of.get(k)
+            if group != 1:  # only group B is fed: group A stays in the view, watching
+                continue
+            self.fed.add((k, seq))
+            proposal = self._second(group, seq)
+            if proposal is not None:
+                self.out.append(Send(k, proposal))
+                self.counters["second_pre_prepares"] += 1
+
+    def _second(self, group: int, seq: int) -> Proposal | None:
+        own = self.o[group].get(seq) if len(self.o) > group else None
+        if self.mode == "split":
+            other = self.o[1 - group].get(seq) if len(self.o) == 2 else None
+            if other is None or other == own:
+                return None
+            batch = self._batch(other)
+            return None if batch is None else Proposal(self._pp(self.view, seq, other), batch)
+        # reissue: the same requests under a later batch_time, so another digest
+        if own is None:
+            return None
+        batch = self._batch(own)
+        if batch is None:
+            return None
+        now_us = self._wall.midpoint_us if self._wall is not None else 0
+        fresh = Batch(max(now_us, batch.batch_time + 1), batch.requests)
+        digest = batch_digest(fresh)
+        return Proposal(self._pp(self.view, seq, digest), fresh)
+
+    def transform(self, effect: Any, now: float) -> list[Any]:
+        if not isinstance(effect, (Send, Broadcast)):
+            return [effect]
+        message = effect.message
+        if isinstance(message, Proposal):
+            self._keep_batch(message)
+            return [effect]
+        if not isinstance(message, Signed) or not _own(message, self.env.node_id):
+            return [effect]
+        st = message.statement
+        if isinstance(st, ViewChange):
+            self._keep_vc(message, verified=True)
+            return [effect]
+        if not isinstance(st, NewView) or not self.active(now):
+            return [effect]
+        versions = self._versions(message)
+        if isinstance(effect, Send):
+            return [Send(effect.to, versions.get(effect.to, message))]
+        return [Send(j, versions[j]) for j in sorted(versions)]
+
+    def due(self, now: float) -> list[Any]:
+        out, self.out = self.out, []
+        return out
+
+
+class CrashAt(Behaviour):
+    """Crash at an event of its own replica; the driver restarts it from its storage.
+
+    Events: it sends its CHECKPOINT (`checkpoint`), a PRE-PREPARE, a PREPARE or a
+    COMMIT, it enters a view change (`view_change`: its VIEW-CHANGE goes out) or a view
+    (`new_view`), it executes a batch (`execute`); `seq` and `view` narrow it down.
+    At the first matching effect of a step in the window it asks the driver for a
+    crash (`BehaviourEnv.request_crash`); if granted, the step's effects are cut: with
+    `when = "after"` right after the triggering message (or event), with "before"
+    right before its message (its WAL record, written first, survives). Nothing else
+    of that step happens; the driver crashes the node (unsynced records are lost) and
+    restarts it after `restart_after_s`. A correct replica recovers from any such
+    point: the node stays judged.
+    """
+
+    name = "crash-at"
+
+    def __init__(self, rule: BehaviourRule, env: BehaviourEnv) -> None:
+        super().__init__(rule, env)
+        self.event = rule.params["event"]
+        self.seq = int(rule.params["seq"])
+        self.view = int(rule.params["view"])
+        self.before = rule.params["when"] == "before"
+        self.crashed = False
+
+    def _wanted(self, seq: int | None, view: int | None) -> bool:
+        return (not self.seq or seq == self.seq) and (not self.view or view == self.view)
+
+    def _own_message(self, effect: Any, kind: type) -> Any:
+        if not isinstance(effect, (Send, Broadcast)):
+            return None
+        message = effect.message
+        signed = message.pre_prepare if isinstance(message, Proposal) else message
+        st = getattr(signed, "statement", None)
+        if isinstance(st, kind) and getattr(st, "replica", None) == self.env.node_id:
+            return st
+        return None
+
+    def _trigger(self, stream: list[Any]) -> tuple[int, int] | None:
+        """(index of the triggering effect, index of its message) in `stream`, or None."""
+        kinds = {"checkpoint": Checkpoint, "pre_prepare": PrePrepare, "prepare": Prepare,
+                 "commit": Commit}
+        for k, e in enumerate(stream):
+            if self.event in kinds:
+                st = self._own_message(e, kinds[self.event])
+                if st is not None and self._wanted(st.seq, getattr(st, "view", None)):
+                    return k, k
+            elif self.event == "execute":
+                if isinstance(e, Executed) and self._wanted(e.seq, e.view):
+                    return k, k
+            elif isinstance(e, Event) and e.kind == {"view_change": "view_change_start",
+                                                      "new_view": "new_view"}[self.event]:
+                view = e.fields.get("view")
+                if self.view and view != self.view:  # `seq` does not apply to views
+                    continue
+                kind = ViewChange if self.event == "view_change" else NewView
+                sent = [m for m in range(k) if (st := self._own_message(stream[m], kind))
+                        is not None and st.view == view]
+                return k, (sent[0] if sent else k)
+        return None
+
+    def finish(self, stream: list[Any], now: float) -> list[Any]:
+        if self.crashed:
+            return []  # nothing leaves a dead node
+        request = self.env.request_crash
+        if request is None or not self.active(now):
+            return stream
+        found = self._trigger(stream)
+        if found is None or not request(self.rule):
+            return stream
+        at, message_at = found
+        self.crashed = True
+        self.counters["crashes"] += 1
+        cut = message_at if self.before else at + 1
+        return stream[:cut] + [Event("crash_point", {"node": self.env.node_id,
+                                                     "event": self.event,
+                                                     "when": "before" if self.before
+                                                     else "after"})]
+
+
 _CLASSES: dict[str, type[Behaviour]] = {
     "lie": Lie, "equivocate": Equivocate, "pause": Pause, "silent": Silent,
-    "replay": Replay, "clock-skew": ClockSkew, "slow": Slow,
+    "replay": Replay, "clock-skew": ClockSkew, "slow": Slow, "withhold": Withhold,
+    "bogus-chunks": BogusChunks, "bad-new-view": BadNewView, "crash-at": CrashAt,
 }
-#: The order in which outputs pass through behaviours.
-_ORDER = ("clock-skew", "pause", "lie", "equivocate", "replay", "slow", "silent")
+#: The order in which outputs pass through behaviours (`bogus-chunks` after `silent`: a
+#: silent liar still lies in its chunks; `crash-at` last: it cuts what the others made).
+_ORDER = ("clock-skew", "pause", "lie", "equivocate", "withhold", "bad-new-view", "replay",
+          "slow", "silent", "bogus-chunks", "crash-at")
 
 
 # --------------------------------------------------------------------------
@@ -819,7 +1549,7 @@ class ByzantineNode:
         start = max(0.0, self._last_now - (self.env.origin_s or 0.0))
         rule = make_rule(self.env.node_id, name, start_s=start, params=params,
                          field="set_behaviour")
-        if rule.behaviour in LIFECYCLE or rule.params.get("mode") == "twins":
+        if rule.behaviour in LIFECYCLE | SIMULATOR_ONLY or rule.params.get("mode") == "twins":
             raise ConfigError(f"{rule.behaviour} cannot be switched on in a running node",
                               field="set_behaviour.behaviour")
         self.live = [_CLASSES[rule.behaviour](rule, self.env)]
@@ -918,6 +1648,12 @@ class ByzantineNode:
                     out.append(e)
             out.extend(b.due(now))
             stream = out
+        for b in behaviours:
+            stream = b.finish(stream, now)
+            if b.first_acted_s is None and b.counters:
+                b.first_acted_s = now
+        if any(getattr(b, "crashed", False) for b in behaviours):
+            return stream  # the driver crashes the node now: no timer to set
         deadlines = [d for d in [self._inner_deadline, *(b.deadline() for b in behaviours)]
                      if d is not None]
         deadlines += [t for b in behaviours for t in b.boundaries() if t > now]

@@ -44,7 +44,13 @@ from typing import Any
 
 import trio
 
-from adversary.behaviours import BehaviourEnv, BehaviourRule, ByzantineNode, Collusion
+from adversary.behaviours import (
+    SIMULATOR_ONLY,
+    BehaviourEnv,
+    BehaviourRule,
+    ByzantineNode,
+    Collusion,
+)
 from adversary.netfaults import DatagramFaults
 from adversary.scenario import Scenario, load_factory, load_scenario
 from bft.errors import ConfigError
@@ -103,6 +109,26 @@ def _crash_process(node: Any) -> Callable[[BehaviourRule], None]:
     return crash
 
 
+def check_real_processes(scenario: Scenario, node: int | None = None) -> None:
+    """ConfigError naming the field for a rule that runs only in the simulator: Twins (two
+    instances of one identity) and crash points (`crash-at`: a crash at an event of the
+    replica and a restart relative to it need the simulator's driver; a launcher restarts
+    only at times known in advance). `node`: only that replica's rules."""
+    for k, r in enumerate(scenario.rules):
+        if node is not None and r.node != node:
+            continue
+        if r.params.get("mode") == "twins":
+            raise ConfigError("Twins (two instances of one identity) runs only in the simulator",
+                              file=scenario.source, field=f"adversary[{k}].params.mode",
+                              fix="run it with `bft sim --scenario`")
+        if r.behaviour in SIMULATOR_ONLY:
+            raise ConfigError(f"{r.behaviour} runs only in the simulator (a crash at an event "
+                              "of the replica, restarted relative to it)",
+                              file=scenario.source, field=f"adversary[{k}].behaviour",
+                              fix="run it with `bft sim --scenario`, or use `crash` "
+                              "(a crash at a time) in real processes")
+
+
 def install(node: Any, scenario: Scenario, *, seed: int = 0, crash: bool = True,
             on_crash: Callable[[BehaviourRule], None] | None = None) -> Installation:
     """Put `scenario`'s rules for `node.id` and its network faults into an opened `node`.
@@ -117,17 +143,15 @@ def install(node: Any, scenario: Scenario, *, seed: int = 0, crash: bool = True,
     config = node.config
     scenario.check_nodes(config.n)
     rules = scenario.rules_for(node.id)
-    for k, r in enumerate(scenario.rules):
-        if r.node == node.id and r.params.get("mode") == "twins":
-            raise ConfigError("Twins (two instances of one identity) runs only in the simulator",
-                              file=scenario.source, field=f"adversary[{k}].params.mode")
+    check_real_processes(scenario, node.id)
     if not crash:
         rules = tuple(r for r in rules if r.behaviour != "crash")
     rng = random.Random(f"{seed}/adversary/{node.id}")
     members = {r.node for r in scenario.rules if r.behaviour == "equivocate"}
     env = BehaviourEnv(node.id, config.n, node.signer, rng, Collusion(members),
                        external_sigstop=True,
-                       reply_auth=getattr(node.replica, "reply_auth", None))
+                       reply_auth=getattr(node.replica, "reply_auth", None), config=config,
+                       verifier=getattr(node, "verifier", None))
     wrapper = ByzantineNode(node.replica, rules, env,
                             on_crash=on_crash or _crash_process(node))
     node.replica = wrapper

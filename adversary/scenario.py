@@ -12,7 +12,8 @@ requests = 10
 
 [[adversary]]
 node = 0
-behaviour = "equivocate"   # lie | equivocate | pause | crash | silent | replay | clock-skew | slow
+behaviour = "equivocate"   # lie | equivocate | pause | crash | crash-at | silent | replay |
+                           # clock-skew | slow | withhold | bogus-chunks | bad-new-view
 start = 0.5                # seconds from the start (default 0)
 stop = 20                  # optional: for good if absent
 params = { overlap = 1 }   # optional: the behaviour's parameters (adversary.behaviours.PARAMS)

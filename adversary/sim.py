@@ -25,6 +25,11 @@ What is simulated:
   at `at_s` (its `MemoryStorage` survives, minus unsynced records) and, if
   `restart_s` is set, builds a new replica from it:
   `Replica(recovered=(storage.load_snapshot(), storage.records()))`.
+  Crash points: a behaviour may ask for a crash at the end of the current
+  step (`BehaviourEnv.request_crash`, used by `crash-at` rules that crash at
+  an event of the node's own replica); the step's effects it kept are
+  applied, then the node crashes the same way and restarts after the rule's
+  `restart_after_s`.
 * Silent nodes: `Silence(node, start_s, end_s)` keeps the node running but
   discards everything it sends in that window.
 * Clocks: replica i reads `SkewedClock(clock_skew_s[i], 0, clock_uncertainty_us)`
@@ -254,6 +259,10 @@ class SimConfig:
         twins = [r.node for r in self.adversary if r.params.get("mode") == "twins"]
         if len(set(twins)) != len(twins):
             raise bad("adversary", "at most one twins rule per replica")
+        pointed = {r.node for r in self.adversary if r.behaviour == "crash-at"}
+        if pointed & set(crashed):
+            raise bad("adversary", f"replica {min(pointed & set(crashed))} has a crash at a "
+                      "time and a crash-at rule: give it one kind of crash")
         for c in crashes:
             if c.at_s < 0 or (c.restart_s is not None and c.restart_s <= c.at_s):
                 raise bad("crashes", f"replica {c.node}: need 0 <= crash time < restart time")
@@ -567,6 +576,8 @@ class Simulation:
         self.events: dict[str, int] = {}  # Event kinds (and evidence) of judged replicas
         self.event_log: list[tuple[float, int, str, dict]] = []  # (time, node, kind, fields)
         self.faults_seen: dict[str, int] = {}  # crashes, restarts carried out
+        self._crash_now: dict[int, BehaviourRule] = {}  # crash points due at the step's end
+        self._crash_points: dict[tuple[int, int], int] = {}  # (node, rule index) -> crashes
         self.sim_violations: list[str] = []
         self.invariant_broken = False
         self._ran = False
@@ -747,7 +758,9 @@ class Simulation:
             node = cfg.wrap_node(ctx, node)
         if rules:
             env = BehaviourEnv(i, self.n, ctx.signer, ctx.rng, self.collusion, origin_s=0.0,
-                               reply_auth=ctx.reply_auth)
+                               reply_auth=ctx.reply_auth, config=self.cluster,
+                               verifier=self.verifier,
+                               request_crash=lambda rule, i=i: self._request_crash(i, rule))
             node = make_node(node, rules, env)
         return node
 
@@ -775,6 +788,35 @@ class Simulation:
         self._trace("restart", str(i), b"")
         self.checkers.on_restart(i, getattr(node, "last_executed", 0), self.now)
         self._apply(i, node.start(self.now, self._wall(i)))
+
+    # -- crash points (adversary/behaviours.py `crash-at`) -----------------
+
+    def _request_crash(self, i: int, rule: BehaviourRule) -> bool:
+        """A behaviour of replica i asks for a crash at the end of the current step (the
+        hook `BehaviourEnv.request_crash`). Granted unless the rule has made its `times`
+        crashes, or one is already due."""
+        key = (i, self.cfg.adversary.index(rule))
+        if self.nodes[i] is None or i in self._crash_now \
+                or self._crash_points.get(key, 0) >= int(rule.params.get("times", 1)):
+            return False
+        self._crash_points[key] = self._crash_points.get(key, 0) + 1
+        self._crash_now[i] = rule
+        return True
+
+    def _crash_point(self, i: int, rule: BehaviourRule) -> None:
+        """Carry out a granted crash point: the node's effects up to it are applied (its
+        storage synced as far as they sent anything); now it crashes like a `Crash` and,
+        if the rule says so, restarts from its storage `restart_after_s` later."""
+        self._on_crash(i)
+        self._count(self.faults_seen, "crash_points")
+        if rule.params.get("restart", True):
+            at = self.now + float(rule.params.get("restart_after_s", 1.0))
+            self._last_fault_s = max(self._last_fault_s, at)
+            self._push(at, "point_restart", i, self.incarnation[i])
+
+    def _on_point_restart(self, i: int, inc: int) -> None:
+        if self.nodes[i] is None and self.incarnation[i] == inc:
+            self._on_restart(i)
 
     def _on_timer(self, i: int, inc: int, gen: int) -> None:
         node = self.nodes[i]
@@ -849,6 +891,10 @@ class Simulation:
         if judged and view > self.max_view[i]:
             self.views_entered.update(range(self.max_view[i] + 1, view + 1))
             self.max_view[i] = view
+        if self._crash_now:
+            rule = self._crash_now.pop(i, None)
+            if rule is not None:
+                self._crash_point(i, rule)
 
     # -- network ---------------------------------------------------------
 

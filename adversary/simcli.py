@@ -472,6 +472,9 @@ def format_summary(result: Any) -> str:
         rules = ", ".join(f"{b['node']}:{b['behaviour']}" for b in result.behaviours)
         lines.append(f"  adversary: {rules} (not judged: "
                      f"{', '.join(str(i) for i in result.byzantine) or 'none'})")
+    if result.network.get("crash_points"):
+        lines.append(f"  crash points: {result.network['crash_points']} (restarts: "
+                     f"{result.network.get('restarts', 0)})")
     if result.evidence or result.witness:
         culprits = sorted({e["culprit"] for e in result.evidence})
         lines.append(f"  evidence: {len(result.evidence)} proofs against "

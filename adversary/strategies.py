@@ -19,7 +19,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from adversary.behaviours import BEHAVIOURS, BehaviourRule, make_rule
+from adversary.behaviours import BEHAVIOURS, CRASH_EVENTS, BehaviourRule, make_rule
 from adversary.netfaults import KINDS, NetworkRule, make_network_rule
 from adversary.scenario import Scenario
 
@@ -50,6 +50,20 @@ def _params(behaviour: str) -> st.SearchStrategy[dict[str, Any]]:
     if behaviour == "slow":
         return st.fixed_dictionaries({"delay_ms": st.sampled_from([100.0, 20.0, 400.0]),
                                       "jitter_ms": st.sampled_from([0.0, 20.0])})
+    if behaviour == "withhold":
+        return st.fixed_dictionaries({"certs": st.sampled_from([1.0, 0.5]),
+                                      "checkpoint_back": st.sampled_from([0, 1, 2]),
+                                      "silent_after_checkpoint": st.sampled_from([0, 4, 8])})
+    if behaviour == "bogus-chunks":
+        return st.fixed_dictionaries({"mode": st.sampled_from(["ahead", "instead"]),
+                                      "push": st.booleans()})
+    if behaviour == "bad-new-view":
+        return st.fixed_dictionaries({"mode": st.sampled_from(["split", "wrong_o",
+                                                               "reissue"])})
+    if behaviour == "crash-at":
+        return st.fixed_dictionaries({"event": st.sampled_from(list(CRASH_EVENTS)),
+                                      "when": st.sampled_from(["after", "before"]),
+                                      "restart_after_s": _durations})
     return st.just({})
 
 
@@ -99,9 +113,10 @@ def scenarios(draw: Any, *, nodes: st.SearchStrategy[int] | None = None,
     rules = []
     for node in faulty:
         for rule in draw(st.lists(behaviour_rules(node, behaviours), min_size=1, max_size=2)):
-            if rule.behaviour == "crash" and any(r.behaviour == "crash" for r in rules
+            crashes = ("crash", "crash-at")
+            if rule.behaviour in crashes and any(r.behaviour in crashes for r in rules
                                                  if r.node == node):
-                continue
+                continue  # one crash rule per replica
             if rule.params.get("mode") == "twins" and (not twins or any(
                     r.params.get("mode") == "twins" for r in rules if r.node == node)):
                 continue

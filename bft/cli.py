@@ -454,9 +454,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"generated keys in {key_dir}", flush=True)
     load_keyring(config, key_dir)  # clear error now rather than in every child
     if args.scenario is not None:
+        from adversary.runtime import check_real_processes
         from adversary.scenario import load_scenario
 
-        load_scenario(args.scenario).check_nodes(config.n)  # errors now, naming the field
+        up_scenario = load_scenario(args.scenario)
+        up_scenario.check_nodes(config.n)  # errors now, naming the field
+        check_real_processes(up_scenario)  # Twins, crash-at: simulator only
     global _UP_EXTRA
     _UP_EXTRA = {"scenario": args.scenario, "history": args.history}
     if not args.no_tui and sys.stdout.isatty() and config.monitor is not None:
