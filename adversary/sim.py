@@ -111,6 +111,9 @@ from bft.errors import ConfigError, InvariantViolation, MalformedMessage
 from bft.storage import MemoryStorage
 from transport.frame import FrameError, decode_frame_untrusted, encode_frames
 
+#: Decoded messages remembered by payload (see Simulation._decode).
+DECODE_CACHE_SIZE = 4096
+
 #: The true time (Unix seconds) at virtual time 0, for the replicas' wall clocks.
 SIM_EPOCH_S = 1_600_000_000.0
 
@@ -573,6 +576,7 @@ class Simulation:
         self.trace = hashlib.sha256()
         self.net: dict[str, int] = {"sent": 0, "delivered": 0, "duplicated": 0, "reordered": 0}
         self.drops: dict[str, int] = {}
+        self._decoded: dict[int, tuple[Any, Any]] = {}  # id(payload) -> (payload, message)
         self.events: dict[str, int] = {}  # Event kinds (and evidence) of judged replicas
         self.event_log: list[tuple[float, int, str, dict]] = []  # (time, node, kind, fields)
         self.faults_seen: dict[str, int] = {}  # crashes, restarts carried out
@@ -740,7 +744,7 @@ class Simulation:
         self.apps[i] = app
         ctx = NodeContext(
             replica_id=i, incarnation=inc, config=self.cluster, keys=self.keys,
-            signer=self.keys.signer("replica", i), verifier=self.keys.verifier(), app=app,
+            signer=self.keys.signer("replica", i), verifier=self.verifier, app=app,
             recovered=recovered, rng=random.Random(f"{cfg.seed}/replica/{i}/{inc}"),
             digest_every_batch=cfg.digest_every_batch, reply_auth=self._reply_auth("replica", i),
         )
@@ -1004,13 +1008,26 @@ class Simulation:
         return corrupt_bytes(payload, self.rng)
 
     def _decode(self, payload: Any) -> Any:
+        """The message of `payload`, decoded once for every receiver of one transmission (a
+        broadcast's copies share their bytes object; messages are immutable, so receivers
+        can share the decoded object as they would share equal ones)."""
         if not self.cfg.codec:
             return payload
-        try:
-            return codec.decode_untrusted(payload, self.cluster.limits)
-        except MalformedMessage:
+        cache = self._decoded
+        hit = cache.get(id(payload))
+        if hit is not None and hit[0] is payload:
+            message = hit[1]
+        else:
+            try:
+                message = codec.decode_untrusted(payload, self.cluster.limits)
+            except MalformedMessage:
+                message = None
+            if len(cache) >= DECODE_CACHE_SIZE:
+                cache.clear()
+            cache[id(payload)] = (payload, message)  # holds payload: its id stays unique
+        if message is None:
             self._count(self.drops, "malformed")
-            return None
+        return message
 
     def _on_deliver(self, src: Address, dst: Address, payload: Any) -> None:
         kind, j = dst

@@ -55,8 +55,18 @@ from bft.messages import (
     SIGNATURE_SIZE,
     STATEMENT_TYPES,
     Batch,
+    Checkpoint,
+    Commit,
+    Fetch,
+    FetchState,
+    Prepare,
+    PrePrepare,
+    Reply,
+    Request,
     Signed,
+    StateChunk,
     Statement,
+    Status,
     signer_of,
 )
 
@@ -390,6 +400,11 @@ class _BaseSigner:
         return f"{type(self).__name__}({self.kind!r}, {self.id})"
 
 
+#: Statements with no Signed inside them (verify_deep checks just the one signature).
+_FLAT_STATEMENTS = frozenset({Prepare, Commit, PrePrepare, Checkpoint, Status, Request, Reply,
+                              Fetch, FetchState, StateChunk})
+
+
 def _nested(obj: Any) -> Iterator[Any]:
     """The message-like values directly inside `obj` (fields, tuple items, a Signed's statement)."""
     if isinstance(obj, Signed):
@@ -513,6 +528,8 @@ class _CachingVerifier:
         pre-prepares, and whatever else nests. Stops at the first failure.
         Checks signatures only, not the protocol's rules about them.
         """
+        if type(message) is Signed and type(message.statement) in _FLAT_STATEMENTS:
+            return self.verify(message)  # the common case: nothing nested to walk
         stack = [message]
         while stack:
             obj = stack.pop()

@@ -63,6 +63,7 @@ class MessageLog:
         self.log_window = log_window
         self.low = 0  # h: seq of the last stable checkpoint
         self.slots: dict[int, Slot] = {}
+        self.top = 0  # the highest seq a slot was ever made for (slots above it: none)
 
     @property
     def high(self) -> int:
@@ -78,6 +79,8 @@ class MessageLog:
         s = self.slots.get(seq)
         if s is None:
             s = self.slots[seq] = Slot(seq)
+            if seq > self.top:
+                self.top = seq
         return s
 
     def advance(self, low: int) -> None:

@@ -965,8 +965,9 @@ class Replica:
     def _has_outstanding_work(self) -> bool:
         if self._live_pending():
             return True
-        return any(s.seq > self.last_executed and s.pre_prepare is not None
-                   for s in self.log.slots.values())
+        slots = self.log.slots
+        return any((s := slots.get(q)) is not None and s.pre_prepare is not None
+                   for q in range(self.last_executed + 1, self.log.top + 1))
 
     def _execute(self, slot: Slot) -> None:
         from bft.app import ExecContext
