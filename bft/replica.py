@@ -618,6 +618,13 @@ class Replica:
         batch = proposal.batch
         if pp.replica != self.primary(pp.view):
             return self._drop("pre_prepare_not_from_primary")
+        held = self.log.get(pp.seq)
+        conflict = (held is not None and held.view == pp.view and held.pre_prepare is not None
+                    and held.pre_prepare.statement.digest != pp.digest)  # type: ignore[union-attr]
+        if conflict:
+            # compared first: its batch may complete the slot below and move the window
+            self._evidence(pp.replica, "pre_prepare", held.pre_prepare, pp_signed,  # type: ignore[union-attr, arg-type]
+                           key=("pp", pp.view, pp.seq))
         digest_ok = self._digest(batch) == pp.digest
         # a batch someone fetched for a NEW-VIEW re-proposal, or a relay in loss recovery, of
         # any view: the digest alone authenticates it for a slot waiting for that digest
@@ -628,6 +635,8 @@ class Replica:
                     and pp.digest == (waiting.decided or waiting.digest)):
                 self.needed_batches.setdefault(pp.digest, pp.seq)
                 self._got_batch(pp.digest, batch, pp_signed)
+        if conflict:
+            return self._drop("conflicting_pre_prepare")
         if pp.view != self.view:
             return self._drop("wrong_view")
         if self.in_view_change:
@@ -646,12 +655,7 @@ class Replica:
             self._evidence(pp.replica, "pre_prepare", held.pre_prepare, pp_signed,
                            key=("pp", pp.view, pp.seq))
             return self._drop("conflicting_pre_prepare")
-        if slot.pre_prepare is not None:
-            old: PrePrepare = slot.pre_prepare.statement  # type: ignore[assignment]
-            if old.digest != pp.digest:
-                self._evidence(pp.replica, "pre_prepare", slot.pre_prepare, pp_signed,
-                               key=("pp", pp.view, pp.seq))
-                return self._drop("conflicting_pre_prepare")
+        if slot.pre_prepare is not None:  # the same digest (another one is a conflict, above)
             if slot.batch is None and digest_ok:  # re-issued header whose batch we lacked
                 self._got_batch(pp.digest, batch, pp_signed)
             return self._drop("duplicate_pre_prepare")
@@ -773,6 +777,11 @@ class Replica:
             return self._drop("prepare_from_primary")
         refused = self._normal_case_window(p.seq)
         if refused:
+            held = self.log.get(p.seq)  # compared first: a proof whatever the window says
+            old = held.prepares.get(p.replica) if held is not None and held.view == p.view \
+                else None
+            if old is not None and old.statement.digest != p.digest:  # type: ignore[union-attr]
+                self._evidence(p.replica, "prepare", old, signed, key=("p", p.view, p.seq, p.replica))
             return self._drop(refused)
         slot = self.log.slot(p.seq)
         if slot.view != self.view:
