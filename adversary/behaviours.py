@@ -918,8 +918,12 @@ class ByzantineNode:
                     out.append(e)
             out.extend(b.due(now))
             stream = out
-        deadlines = [d for d in [self._inner_deadline, *(b.deadline() for b in behaviours)]
-                     if d is not None]
+        # while inputs are held the replica runs no timer: its deadline (perhaps due already)
+        # waits for the end of the hold, when it is announced again (bft explore found a
+        # paused replica that was never ticked again: a due deadline, announced once, hid
+        # the end of the pause)
+        inner = None if any(b.hold(now) for b in behaviours) else self._inner_deadline
+        deadlines = [d for d in [inner, *(b.deadline() for b in behaviours)] if d is not None]
         deadlines += [t for b in behaviours for t in b.boundaries() if t > now]
         if self.on_crash is not None:
             origin = self.env.origin_s or 0.0
