@@ -12,12 +12,17 @@ scenario (with its simulator seed) gives the same run. A scenario is:
 * faults from the adversary's vocabulary, at most f faulty replicas at any
   time (`fault_intervals`, `max_faulty`, `budget_problem`): Byzantine
   behaviours (the ones the checkers do not judge) count for the whole run; a
-  crashed, paused, slow, skewed or replaying correct replica counts while its
-  fault lasts, a replica cut off by a partition or by a network rule limited
-  to its links while the rule is active. Faults start inside the estimated
-  active window (`estimate_active_window`: while requests are in flight); a
-  run records whether each fault was in force while requests were in flight,
-  measured on the run itself (first invoke to last completion).
+  crashed, paused or clock-skewed correct replica counts while its fault
+  lasts, a replica cut off by a partition or by a network rule that drops at
+  least half of its links' messages while the rule is active (slow and
+  replaying replicas, delays, duplicates and lighter loss change timing
+  only). Faults start inside the estimated active window
+  (`estimate_active_window`: while requests are in flight); a run records
+  whether each fault was in force while requests were in flight, measured on
+  the run itself (first invoke to last completion);
+* a profile (`PROFILES`): anything within the budget, a Byzantine primary
+  over a lossy network, or a Byzantine next primary with view 0 ending while
+  requests are in flight.
 
 Behaviours are drawn from `adversary.behaviours.BEHAVIOURS` at draw time, so
 new behaviours join campaigns by themselves: their parameters are drawn by
@@ -28,7 +33,9 @@ reads the behaviour's `PARAMS` spec. Network rules are drawn by
 only keywords `make_network_rule` accepts are drawn).
 
 `Campaign(...).run()` runs the scenarios in worker processes (`jobs`, default
-every core), stops at the first violation (or goes on with `keep_going`),
+every core), stops at the first violation (or goes on with `keep_going`; a
+run that reached its time limit with requests pending before their deadline
+is listed as unfinished, not a violation),
 after `runs` runs or `time_s` seconds, shrinks each failing scenario
 (`shrink`: a greedy, deterministic delta-debugging loop that keeps the kind of
 check that failed), writes it as a scenario TOML that `bft sim --scenario
@@ -395,11 +402,25 @@ def _start(rng: random.Random, window: tuple[float, float]) -> float:
     return _ms(rng.uniform(lo, lo + 0.8 * (hi - lo)))
 
 
-def draw_scenario(seed: int, index: int, options: ExploreOptions | None = None) -> Scenario:
-    """Run `index` of the campaign with seed `seed`: a scenario with at most f faulty replicas
-    at any time, its faults starting inside the estimated active window."""
+#: Profiles of a drawn run and their weights. "mixed": anything within the budget (Byzantine
+#: replicas anywhere, crashes, pauses, partitions, network rules). "primary": a Byzantine
+#: primary (of view 0 or 1) over a lossy, reordering network: the messages that reach some
+#: backups late or not at all are where its lies and second versions work. "view-change":
+#: the primary of view 1 is Byzantine and view 0 ends while requests are in flight (its
+#: primary crashes, pauses or is cut off where the budget allows, else the network goes
+#: down for a moment or the primary is slow), so the new primary's NEW-VIEW, re-proposals
+#: and batch fetches meet its behaviour. (ByzzFuzz, Winter et al. 2023: a few faults close
+#: to the protocol's rounds find more than many spread thin.)
+PROFILES: dict[str, float] = {"mixed": 0.5, "primary": 0.25, "view-change": 0.25}
+
+
+def draw(seed: int, index: int, options: ExploreOptions | None = None) -> tuple[Scenario, str]:
+    """Run `index` of the campaign with seed `seed` and its profile (see `PROFILES`): a
+    scenario with at most f faulty replicas at any time, its faults starting inside the
+    estimated active window (or at 0, in force from the first request)."""
     options = options or ExploreOptions()
     rng = random.Random(f"bft-explore/{seed}/{index}")
+    profile = rng.choices(list(PROFILES), weights=list(PROFILES.values()))[0]
     n = rng.choice(options.nodes)
     f = (n - 1) // 3
     clients = rng.randint(2, max(2, options.max_clients))
@@ -409,93 +430,22 @@ def draw_scenario(seed: int, index: int, options: ExploreOptions | None = None) 
     think = (lo, max(lo, float(rng.choice((0, 20, 50, 100, 300)))))
     interval = rng.choice((2, 4, 8))
     window = estimate_active_window(requests, think)
-    ctx = DrawContext(n, f, window)
-    names = options.behaviour_names()
-    byzantine_kinds = [b for b in names if not _judged(b)]
-    transient_kinds = [b for b in names if _judged(b)]
-    rules: list[BehaviourRule] = []
-    network: list[NetworkRule] = []
-
-    def fits(extra_rules: Iterable[BehaviourRule] = (),
-             extra_net: Iterable[NetworkRule] = ()) -> bool:
-        trial = Scenario(tuple(rules) + tuple(extra_rules), tuple(network) + tuple(extra_net))
-        return budget_problem(trial, n) is None
-
-    # Byzantine replicas: up to f, for the whole run, one or two behaviours each
-    count = 0 if not byzantine_kinds or rng.random() < 0.25 else rng.randint(1, f)
-    byzantine: list[int] = []
-    for _ in range(count):
-        byzantine.append(_pick_node(rng, n, avoid=byzantine))
-    for node in byzantine:
-        twins = False
-        drawn: set[str] = set()
-        for _ in range(rng.choice((1, 1, 2))):
-            behaviour = rng.choice(byzantine_kinds)
-            if behaviour in drawn:
-                continue
-            drawn.add(behaviour)
-            start = 0.0 if rng.random() < 0.6 else _start(rng, window)
-            stop = None if rng.random() < 0.7 else _ms(start + rng.choice(DURATIONS_S))
-            rule = _rule(node, behaviour, rng, ctx, start, stop)
-            if rule.params.get("mode") == "twins":
-                if twins:
-                    continue
-                twins = True
-            rules.append(rule)
-
-    # transient faults of (otherwise) correct replicas, each only if the budget allows it
-    crashed: set[int] = set()
-    kinds = [*transient_kinds]
-    if "partition" in options.kinds():
-        kinds.append("partition")
-    for _ in range(rng.randint(0, options.max_transient) if kinds else 0):
-        kind = rng.choice(kinds)
-        for _attempt in range(4):
-            start = _start(rng, window)
-            if kind == "partition":
-                size = rng.randint(1, f)
-                cut: list[int] = []
-                for _ in range(size):
-                    cut.append(_pick_node(rng, n, avoid=cut))
-                rule_n = make_network_rule("partition", groups=[sorted(cut)], start_s=start,
-                                           stop_s=_ms(start + rng.choice(DURATIONS_S)))
-                if fits(extra_net=[rule_n]):
-                    network.append(rule_n)
-                    break
-                continue
-            node = _pick_node(rng, n, avoid=crashed if kind == "crash" else ())
-            stop = None
-            if kind not in ("crash", "pause") and rng.random() < 0.8:
-                stop = _ms(start + rng.choice(DURATIONS_S))
-            rule = _rule(node, kind, rng, ctx, start, stop)
-            if (kind != "crash" or node not in crashed) and fits([rule]):
-                rules.append(rule)
-                if kind == "crash":
-                    crashed.add(node)
-                break
-
-    # weather: a lossy network for the whole run, as the reviews' campaigns had it
-    if rng.random() < 0.3:
-        for kind, kwargs in (("drop", {"rate": rng.choice((0.02, 0.05, 0.1))}),
-                             ("reorder", {"rate": 0.2, "delay_ms": 20.0})):
-            if kind in options.kinds():
-                network.append(make_network_rule(kind, **kwargs))
-    # and network rules on every link (or narrowed), each ending
-    weather = [k for k in options.kinds() if k != "partition" and k in NET_SAMPLERS]
-    matchers = _match_keywords()
-    for _ in range(rng.randint(0, options.max_weather) if weather else 0):
-        kind = rng.choice(weather)
-        kwargs = NET_SAMPLERS[kind](rng, ctx)
-        if matchers and rng.random() < 0.3:
-            key = rng.choice(matchers)
-            kwargs[key] = MATCH_SAMPLERS[key](rng, ctx)
-        start = 0.0 if rng.random() < 0.2 else _start(rng, window)
-        rule_n = make_network_rule(kind, start_s=start,
-                                   stop_s=_ms(start + rng.choice((*DURATIONS_S, 5.0))),
-                                   **kwargs)
-        if fits(extra_net=[rule_n]):
-            network.append(rule_n)
-
+    draft = _Draft(rng, options, DrawContext(n, f, window))
+    if profile == "primary":
+        draft.byzantine(first=rng.choice((0, 1)))
+        draft.base_weather(always=True)
+        draft.transient(rng.randint(0, 1))
+        draft.weather(rng.randint(0, options.max_weather))
+    elif profile == "view-change":
+        draft.byzantine(first=1, count=1)
+        draft.end_view_0()
+        draft.base_weather()
+        draft.weather(rng.randint(0, 1))
+    else:
+        draft.byzantine()
+        draft.transient(rng.randint(0, options.max_transient))
+        draft.base_weather()
+        draft.weather(rng.randint(0, options.max_weather))
     sim: dict[str, Any] = {
         "nodes": n, "seed": rng.getrandbits(32), "clients": clients, "requests": requests,
         "keys": rng.randint(2, 4), "think_ms": list(think),
@@ -503,10 +453,154 @@ def draw_scenario(seed: int, index: int, options: ExploreOptions | None = None) 
         "checkpoint_interval": interval, "log_window": max(8, interval * rng.choice((2, 4))),
         "liveness_bound_s": options.liveness_bound_s, "max_events": options.max_events,
     }
-    scenario = Scenario(tuple(rules), tuple(network), sim, {},
-                        f"bft explore --seed {seed}: run {index}")
+    scenario = Scenario(tuple(draft.rules), tuple(draft.network), sim, {},
+                        f"bft explore --seed {seed}: run {index} ({profile})")
     sim["until_s"] = until_for(scenario)
-    return dataclasses.replace(scenario, sim=sim)
+    return dataclasses.replace(scenario, sim=sim), profile
+
+
+def draw_scenario(seed: int, index: int, options: ExploreOptions | None = None) -> Scenario:
+    """The scenario of `draw(seed, index, options)`."""
+    return draw(seed, index, options)[0]
+
+
+class _Draft:
+    """A scenario being drawn: each fault is added only if the budget still holds."""
+
+    def __init__(self, rng: random.Random, options: ExploreOptions, ctx: DrawContext) -> None:
+        self.rng, self.options, self.ctx = rng, options, ctx
+        names = options.behaviour_names()
+        self.byzantine_kinds = [b for b in names if not _judged(b)]
+        self.transient_kinds = [b for b in names if _judged(b)]
+        self.kinds = options.kinds()
+        self.rules: list[BehaviourRule] = []
+        self.network: list[NetworkRule] = []
+        self.crashed: set[int] = set()
+
+    def fits(self, rules: Iterable[BehaviourRule] = (),
+             network: Iterable[NetworkRule] = ()) -> bool:
+        trial = Scenario(tuple(self.rules) + tuple(rules), tuple(self.network) + tuple(network))
+        return budget_problem(trial, self.ctx.n) is None
+
+    def start(self) -> float:
+        return _start(self.rng, self.ctx.window_s)
+
+    def byzantine(self, first: int | None = None, count: int | None = None) -> None:
+        """Up to f Byzantine replicas (`first` among them), one or two behaviours each, for
+        the whole run or a window of it."""
+        rng, ctx = self.rng, self.ctx
+        if not self.byzantine_kinds:
+            return
+        if count is None:
+            count = 0 if first is None and rng.random() < 0.25 else rng.randint(1, ctx.f)
+        nodes: list[int] = [first] if first is not None and count else []
+        while len(nodes) < count:
+            nodes.append(_pick_node(rng, ctx.n, avoid=nodes))
+        for node in nodes:
+            twins = False
+            drawn: set[str] = set()
+            for _ in range(rng.choice((1, 1, 2))):
+                behaviour = rng.choice(self.byzantine_kinds)
+                if behaviour in drawn:
+                    continue
+                drawn.add(behaviour)
+                start = 0.0 if rng.random() < 0.6 else self.start()
+                stop = None if rng.random() < 0.7 else _ms(start + rng.choice(DURATIONS_S))
+                rule = _rule(node, behaviour, rng, ctx, start, stop)
+                if rule.params.get("mode") == "twins":
+                    if twins:
+                        continue
+                    twins = True
+                self.rules.append(rule)
+
+    def _partition(self, cut: list[int], start: float, duration: float) -> bool:
+        rule = make_network_rule("partition", groups=[sorted(cut)], start_s=start,
+                                 stop_s=_ms(start + duration))
+        if self.fits(network=[rule]):
+            self.network.append(rule)
+            return True
+        return False
+
+    def _behaviour(self, node: int, kind: str, start: float) -> bool:
+        rng = self.rng
+        stop = None
+        if kind not in ("crash", "pause") and rng.random() < 0.8:
+            stop = _ms(start + rng.choice(DURATIONS_S))
+        rule = _rule(node, kind, rng, self.ctx, start, stop)
+        if (kind == "crash" and node in self.crashed) or not self.fits([rule]):
+            return False
+        self.rules.append(rule)
+        if kind == "crash":
+            self.crashed.add(node)
+        return True
+
+    def transient(self, count: int) -> None:
+        """Faults of (otherwise) correct replicas: crashes, pauses, partitions, slow, skewed
+        or replaying replicas; each only if the budget allows it (a few tries)."""
+        rng, ctx = self.rng, self.ctx
+        kinds = [*self.transient_kinds] + (["partition"] if "partition" in self.kinds else [])
+        for _ in range(count if kinds else 0):
+            kind = rng.choice(kinds)
+            for _attempt in range(4):
+                if kind == "partition":
+                    cut: list[int] = []
+                    for _ in range(rng.randint(1, ctx.f)):
+                        cut.append(_pick_node(rng, ctx.n, avoid=cut))
+                    if self._partition(cut, self.start(), rng.choice(DURATIONS_S)):
+                        break
+                elif self._behaviour(_pick_node(rng, ctx.n, avoid=self.crashed
+                                                if kind == "crash" else ()), kind, self.start()):
+                    break
+
+    def end_view_0(self) -> None:
+        """Something that ends view 0 while requests are in flight: its primary crashes,
+        pauses or is cut off if the budget allows; else the network goes down for a moment,
+        or the primary is slow."""
+        rng = self.rng
+        start = self.start()
+        down = [k for k in ("crash", "pause") if k in self.transient_kinds]
+        if "partition" in self.kinds:
+            down.append("partition")
+        rng.shuffle(down)
+        for kind in down:
+            if kind == "partition":
+                if self._partition([0], start, rng.choice(DURATIONS_S)):
+                    return
+            elif self._behaviour(0, kind, start):
+                return
+        if "drop" in self.kinds and (rng.random() < 0.7 or "slow" not in self.transient_kinds):
+            self.network.append(make_network_rule(
+                "drop", rate=1.0, start_s=start, stop_s=_ms(start + rng.choice((0.5, 1.0, 2.0)))))
+        elif "slow" in self.transient_kinds:
+            self._behaviour(0, "slow", start)
+
+    def base_weather(self, always: bool = False) -> None:
+        """A lossy, reordering network for the whole run, as the reviews' campaigns had it."""
+        if not always and self.rng.random() >= 0.3:
+            return
+        for kind, kwargs in (("drop", {"rate": self.rng.choice((0.02, 0.05, 0.1, 0.2))}),
+                             ("reorder", {"rate": 0.2, "delay_ms": 20.0})):
+            if kind in self.kinds:
+                self.network.append(make_network_rule(kind, **kwargs))
+
+    def weather(self, count: int) -> None:
+        """Network rules on every link (or narrowed by a MATCH_SAMPLERS keyword), each
+        ending."""
+        rng, ctx = self.rng, self.ctx
+        kinds = [k for k in self.kinds if k != "partition" and k in NET_SAMPLERS]
+        matchers = _match_keywords()
+        for _ in range(count if kinds else 0):
+            kind = rng.choice(kinds)
+            kwargs = NET_SAMPLERS[kind](rng, ctx)
+            if matchers and rng.random() < 0.3:
+                key = rng.choice(matchers)
+                kwargs[key] = MATCH_SAMPLERS[key](rng, ctx)
+            start = 0.0 if rng.random() < 0.2 else self.start()
+            rule = make_network_rule(kind, start_s=start,
+                                     stop_s=_ms(start + rng.choice((*DURATIONS_S, 5.0))),
+                                     **kwargs)
+            if self.fits(network=[rule]):
+                self.network.append(rule)
 
 
 def faults_end_s(scenario: Scenario) -> float:
@@ -625,17 +719,21 @@ def run_one(scenario: Scenario, *, replica_class: Any = None,
 def _task(args: tuple[int, int, ExploreOptions, Any, Any]) -> dict[str, Any]:
     """A worker's entry point (module level, so spawned processes can import it)."""
     seed, index, options, replica_class, node_factory = args
-    scenario = draw_scenario(seed, index, options)
+    scenario, profile = draw(seed, index, options)
     try:
         out = run_one(scenario, replica_class=replica_class, node_factory=node_factory)
-    except Exception as exc:  # a crash of the simulator itself: report it as a violation
-        out = {"ok": False, "outcome": "violation", "violations": [f"explore: the run raised {type(exc).__name__}: "
-                                           f"{exc}"], "kinds": ["explore"],
-               "kind": "explore", "nodes": scenario.sim["nodes"],
-               "seed": scenario.sim["seed"], "faults": 0, "faults_inside": 0,
+    except Exception as exc:  # the simulator or a node factory broke: a finding too
+        import traceback
+
+        where = traceback.format_exc().strip().splitlines()[-3:]
+        out = {"ok": False, "outcome": "violation", "kinds": ["explore"], "kind": "explore",
+               "violations": [f"explore: the run raised {type(exc).__name__}: {exc}",
+                              *where],
+               "nodes": scenario.sim["nodes"], "seed": scenario.sim["seed"],
+               "faults": 0, "faults_inside": 0,
                "behaviours": [r.behaviour for r in scenario.rules],
                "rule_kinds": [r.kind for r in scenario.network]}
-    out["index"] = index
+    out["index"], out["profile"] = index, profile
     return out
 
 
@@ -743,6 +841,7 @@ class Summary:
     behaviours: Counter = field(default_factory=Counter)
     rule_kinds: Counter = field(default_factory=Counter)
     sizes: Counter = field(default_factory=Counter)
+    profiles: Counter = field(default_factory=Counter)
     steps: int = 0
     wall_s: float = 0.0
     stopped: str = ""
@@ -773,6 +872,7 @@ class Summary:
         self.behaviours.update(out.get("behaviours", []))
         self.rule_kinds.update(out.get("rule_kinds", []))
         self.sizes[str(out.get("nodes"))] += 1
+        self.profiles[str(out.get("profile"))] += 1
         self.steps += int(out.get("steps", 0))
 
     def to_dict(self) -> dict[str, Any]:
@@ -781,7 +881,8 @@ class Summary:
 
         return {
             "seed": self.seed, "jobs": self.jobs, "runs": self.runs, "ok_runs": self.ok_runs,
-            "violating_runs": self.violating_runs, "violations": self.violations, "unfinished": self.unfinished,
+            "violating_runs": self.violating_runs, "violations": self.violations,
+            "unfinished": self.unfinished,
             "stopped": self.stopped,
             "wall_s": round(self.wall_s, 3),
             "runs_per_s": round(self.runs / self.wall_s, 3) if self.wall_s > 0 else None,
@@ -802,6 +903,7 @@ class Summary:
                 "behaviours": counts(self.behaviours),
                 "rule_kinds": counts(self.rule_kinds),
                 "nodes": counts(self.sizes),
+                "profiles": counts(self.profiles),
                 "steps": self.steps,
             },
             "options": {k: (list(v) if isinstance(v, tuple) else v)
@@ -905,7 +1007,8 @@ class Campaign:
             for entry in summary.unfinished:
                 scenario = draw_scenario(self.seed, entry["run"], self.options)
                 self.out.mkdir(parents=True, exist_ok=True)
-                entry["scenario"] = str(scenario.write(self.out / f"unfinished-{entry['run']}.toml"))
+                path = self.out / f"unfinished-{entry['run']}.toml"
+                entry["scenario"] = str(scenario.write(path))
         summary.wall_s = time.perf_counter() - started
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,11 @@ from bft.errors import InvariantViolation
 from bft.messages import Commit, Prepare, PreparedCert, Proposal
 from bft.replica import REC_CERT, REC_PROPOSAL, REC_SENT, Replica
 
+#: The drop counter each planted replica bumps when its bug acts (the honest replica would
+#: have done otherwise): `bft explore` sums it into coverage["drops"], so a campaign shows
+#: whether it reached the bug at all, found by a checker or not.
+PLANTED = "planted_bug_acted"
+
 
 class PreparesInViewChange(Replica):
     """Issue 18, 1a: prepare and commit are not restricted to the current view."""
@@ -35,6 +40,8 @@ class PreparesInViewChange(Replica):
                     if s.statement.digest == slot.digest and r != self.primary()]
         if len(matching) < self.quorum - 1:
             return
+        if self.in_view_change or slot.view != self.view:
+            self.drops[PLANTED] += 1  # the bug acts: a COMMIT the honest replica never signs
         slot.prepared = True
         slot.cert = PreparedCert(slot.pre_prepare, tuple(sorted(
             matching, key=lambda s: s.statement.replica))[: self.quorum - 1])
@@ -54,6 +61,8 @@ class DecidedSlotTakesAnother(Replica):
     def _accept_pre_prepare(self, slot: Any, pp_signed: Any, batch: Any, fresh: bool) -> None:
         pp = pp_signed.statement
         # planted: no `if slot.decided is not None and slot.decided != pp.digest: drop`
+        if slot.decided is not None and slot.decided != pp.digest:
+            self.drops[PLANTED] += 1  # the bug acts: a decided slot takes another digest
         mine = slot.prepares.get(self.id)
         if mine is not None and mine.statement.digest != pp.digest:
             return self._drop("contradicts_own_prepare")
@@ -103,3 +112,33 @@ class NewViewSlotsWithoutView(Replica):
         for seq, slot in self.log.slots.items():
             if seq not in before and slot.view == self.view:
                 slot.view = -1
+
+    def _wipes(self, seq: int) -> None:
+        slot = self.log.get(seq)
+        if slot is not None and slot.view == -1 and slot.pre_prepare is not None:
+            self.drops[PLANTED] += 1  # the bug acts: the NEW-VIEW's pre-prepare is wiped
+
+    def _on_prepare(self, signed: Any) -> None:
+        self._wipes(signed.statement.seq)
+        super()._on_prepare(signed)
+
+    def _on_commit(self, signed: Any) -> None:
+        self._wipes(signed.statement.seq)
+        super()._on_commit(signed)
+
+    def _on_proposal(self, proposal: Any) -> None:
+        self._wipes(proposal.pre_prepare.statement.seq)
+        super()._on_proposal(proposal)
+
+
+class QuorumOf2f(Replica):
+    """Certificates of 2f matching messages instead of 2f+1 (tests/adversarial/
+    test_adv_teeth.py's broken quorum): one equivocating primary splits the correct
+    replicas."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from bft.viewchange import Geometry
+
+        super().__init__(*args, **kwargs)
+        self.quorum = 2 * self.f
+        self.geo = Geometry(self.n, self.f, self.config.log_window, self.quorum)
