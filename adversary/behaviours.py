@@ -1654,8 +1654,17 @@ class ByzantineNode:
                 b.first_acted_s = now
         if any(getattr(b, "crashed", False) for b in behaviours):
             return stream  # the driver crashes the node now: no timer to set
-        deadlines = [d for d in [self._inner_deadline, *(b.deadline() for b in behaviours)]
-                     if d is not None]
+        # while inputs are held the replica runs no timer: its deadline (perhaps due already)
+        # waits for the end of the hold, when it is announced again (bft explore found a
+        # paused replica that was never ticked again: a due deadline, announced once, hid
+        # the end of the pause)
+        inner = None if any(b.hold(now) for b in behaviours) else self._inner_deadline
+        # a behaviour's deadline that is not in the future is spent (what was due went out
+        # above; a pause's end stays its deadline after it passed): it must not hide the
+        # replica's own deadlines
+        deadlines = [d for d in (b.deadline() for b in behaviours) if d is not None and d > now]
+        if inner is not None:
+            deadlines.append(inner)
         deadlines += [t for b in behaviours for t in b.boundaries() if t > now]
         if self.on_crash is not None:
             origin = self.env.origin_s or 0.0

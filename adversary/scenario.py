@@ -8,7 +8,8 @@ description = "The primary equivocates; 5 % loss until 10 s."
 [sim]                      # optional: defaults for `bft sim --scenario` (CLI flags win)
 nodes = 4
 seed = 7
-requests = 10
+requests = 10              # also: clients, keys, think_ms, delay_ms, until_s, liveness_bound_s,
+                           # checkpoint_interval, log_window, drain_s, max_events (SIM_KEYS)
 
 [[adversary]]
 node = 0
@@ -69,6 +70,7 @@ SIM_KEYS: dict[str, str] = {
     "nodes": "count", "seed": "int", "clients": "int", "requests": "int", "keys": "count",
     "until_s": "seconds", "liveness_bound_s": "seconds", "checkpoint_interval": "count",
     "log_window": "count", "drain_s": "nonneg", "think_ms": "range", "delay_ms": "range",
+    "max_events": "count",
 }
 WORKLOADS = ("random", "fencing")
 _RULE_KEYS = ("node", "behaviour", "start", "stop", "params")
@@ -133,7 +135,8 @@ class Scenario:
         sim = dict(self.sim)
         for key, name in (("nodes", "nodes"), ("seed", "seed"), ("clients", "clients"),
                           ("requests", "requests"), ("keys", "key_count"),
-                          ("liveness_bound_s", "liveness_bound_s"), ("drain_s", "drain_s")):
+                          ("liveness_bound_s", "liveness_bound_s"), ("drain_s", "drain_s"),
+                          ("max_events", "max_events")):
             if key in sim:
                 values[name] = sim[key]
         for key in ("think_ms", "delay_ms"):

@@ -783,6 +783,20 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return run_sim_command(args)
 
 
+def _add_explore_parser(subparsers: argparse._SubParsersAction) -> None:
+    from adversary.explore import add_explore_arguments, run_explore_command
+
+    parser = subparsers.add_parser(
+        "explore", help="a campaign of drawn adversarial simulations on every core",
+        description="Draw scenarios (at most f faulty replicas at any time, faults while "
+        "requests are in flight), simulate them in worker processes, stop at the first "
+        "violation, shrink it and write it as a scenario file `bft sim --scenario` replays; "
+        "print and write OUT/summary.json. Exits 0 without violations, 1 with, 2 for bad "
+        "arguments.")
+    add_explore_arguments(parser)
+    parser.set_defaults(handler=run_explore_command, explore_parser=parser)
+
+
 # --------------------------------------------------------------------------
 # bft bench
 # --------------------------------------------------------------------------
@@ -822,6 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_parser(subparsers)
     _add_client_parser(subparsers)
     _add_sim_parser(subparsers)
+    _add_explore_parser(subparsers)
     _add_bench_parser(subparsers)
     from tui.commands import add_tui_parsers  # here: tui.commands imports from this module
 
