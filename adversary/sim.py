@@ -94,7 +94,7 @@ from adversary.witness import EquivocationWitness
 from bft import codec
 from bft.app import KVStore, decode_result_untrusted, ops
 from bft.client import Client, ClientTimer, Completed, Failed, SendAll, SendTo
-from bft.clock import SkewedClock
+from bft.clock import Interval, SkewedClock
 from bft.config import ClusterConfig
 from bft.effects import (
     Broadcast,
@@ -565,6 +565,10 @@ class Simulation:
                                        config.lock_fraction, self.rng)
                               for c in range(config.clients)]
         self.client_timer_gen = [0] * config.clients
+        # addresses, made once: ("replica", i) and ("client", c)
+        self._replica_addr: tuple[Address, ...] = tuple(("replica", i) for i in range(self.n))
+        self._client_addr: tuple[Address, ...] = tuple(("client", c) for c in range(config.clients))
+        self._receivers: dict[int, tuple[Any, Any]] = {}  # replica -> (node, its receive call)
         self.requested = sum(max(0, int(w.remaining)) for w in self.workloads)
         self.clients_done = 0
         self.completed = 0
@@ -643,14 +647,22 @@ class Simulation:
         if self.clients_done == len(self.clients):
             stop_at = min(stop_at, self._last_fault_s + cfg.drain_s)
         end = stop_at
-        while self._heap:
-            at, _, kind, args = self._heap[0]
+        heap = self._heap
+        heappop = heapq.heappop
+        handlers: dict[str, Callable[..., None]] = {}  # event kind -> its _on_ method
+        check = self.checkers.check
+        n_clients = len(self.clients)
+        while heap:
+            at = heap[0][0]
             if at > stop_at:
                 break
-            heapq.heappop(self._heap)
+            _, _, kind, args = heappop(heap)
             self.now = at
+            handler = handlers.get(kind)
+            if handler is None:
+                handler = handlers[kind] = getattr(self, "_on_" + kind)
             try:
-                getattr(self, "_on_" + kind)(*args)
+                handler(*args)
             except InvariantViolation as exc:  # a bug in a node: report it with the seed
                 node = self._node_of_event(kind, args)
                 if node is not None and node in self.byzantine:
@@ -667,8 +679,8 @@ class Simulation:
                 end = self.now
                 break
             self.steps += 1
-            self.checkers.check(self.now)
-            if self.clients_done == len(self.clients):
+            check(at)
+            if self.clients_done == n_clients:
                 # drain: stop drain_s after the clients are done and the last fault happened,
                 # once the correct replicas that are up agree on how far they executed (a
                 # restarted one may still be catching up: give it up to the liveness bound)
@@ -732,7 +744,14 @@ class Simulation:
                               n_clients=len(self.cluster.clients))
 
     def _wall(self, i: int) -> Any:
-        return self.clocks[i].read(SIM_EPOCH_S + self.now)
+        """`self.clocks[i].read(SIM_EPOCH_S + self.now)`, computed here the same way (the
+        same float operations, the same Interval) without the checks of its arguments."""
+        clock = self.clocks[i]
+        true_s = SIM_EPOCH_S + self.now
+        # SkewedClock.local_s, then read's rounding to microseconds and Interval.around
+        center = round((true_s + clock.offset_s + true_s * clock.drift_ppm * 1e-6) * 1e6)
+        u = clock.uncertainty_us
+        return _interval(center - u, center + u)
 
     def _new_app(self) -> Any:
         return self.cfg.app_factory() if self.cfg.app_factory is not None else KVStore()
@@ -837,57 +856,63 @@ class Simulation:
         storage = self.storage[i]
         judged = i in self._judged
         dirty = False
-        src: Address = ("replica", i)
+        src: Address = self._replica_addr[i]
+        codes = _EFFECT_CODES
         for e in effects:
-            if isinstance(e, Persist):
+            code = codes.get(type(e))
+            if code is None:
+                code = _effect_code(type(e))
+                if code is None:
+                    raise TypeError(f"replica {i} returned an unknown effect {e!r}")
+            if code == _PERSIST:
                 storage.append(e.record)
                 dirty = True
-            elif isinstance(e, SaveSnapshot):
-                storage.write_snapshot(e.seq, e.data)
-            elif isinstance(e, (Send, Broadcast, Reply)):
+            elif code <= _REPLY:  # Broadcast, Send, Reply: something leaves the node
                 if dirty:
                     storage.sync()
                     dirty = False
-                if self._silent(i):
+                if self.cfg.silent and self._silent(i):
                     self._count(self.drops, "silent")
                     continue
-                if isinstance(e, Send):
+                if code == _BROADCAST:
+                    message = e.message
+                    payload = self._encode(message)
+                    transmit = self._transmit
+                    for dst in self._replica_addr:
+                        if dst[1] != i:
+                            transmit(src, dst, message, payload)
+                elif code == _SEND:
                     if not 0 <= e.to < self.n:
                         self._count(self.drops, "bad_destination")
                         continue
-                    self._transmit(src, ("replica", e.to), e.message)
-                elif isinstance(e, Broadcast):
-                    payload = self._encode(e.message)
-                    for j in range(self.n):
-                        if j != i:
-                            self._transmit(src, ("replica", j), e.message, payload)
+                    self._transmit(src, self._replica_addr[e.to], e.message)
                 else:
                     if not 0 <= e.client < len(self.clients):
                         self._count(self.drops, "bad_destination")
                         continue
-                    self._transmit(src, ("client", e.client), e.reply)
-            elif isinstance(e, Executed):
-                self.checkers.on_executed(i, e, self.now)
-                if len(self.event_log) < 20_000:
-                    self.event_log.append((self.now, i, "executed", {"seq": e.seq, "view": e.view, "reqs": [(s.statement.client, s.statement.timestamp) for s in e.batch.requests]}))
-            elif isinstance(e, SetTimer):
+                    self._transmit(src, self._client_addr[e.client], e.reply)
+            elif code == _SET_TIMER:
                 self.timer_gen[i] += 1
                 self._push(max(e.at, self.now), "timer", i, self.incarnation[i], self.timer_gen[i])
-            elif isinstance(e, Evidence):
-                if judged:
-                    self._count(self.events, "evidence")
-                    if len(self.evidence_log) < 1000:
-                        self.evidence_log.append(_proof(i, e, self.now))
-                self.checkers.on_evidence(i, e, self.now)
-            elif isinstance(e, Event):
+            elif code == _EVENT:
                 if len(self.event_log) < 20_000:
                     self.event_log.append((self.now, i, e.kind, e.fields))
                 if judged:
                     self._count(self.events, e.kind)
                 if e.kind == "state_transfer":
                     self.checkers.on_state_transfer(i, int(e.fields["seq"]), self.now)
-            else:
-                raise TypeError(f"replica {i} returned an unknown effect {e!r}")
+            elif code == _EXECUTED:
+                self.checkers.on_executed(i, e, self.now)
+                if len(self.event_log) < 20_000:
+                    self.event_log.append((self.now, i, "executed", {"seq": e.seq, "view": e.view, "reqs": [(s.statement.client, s.statement.timestamp) for s in e.batch.requests]}))
+            elif code == _SAVE_SNAPSHOT:
+                storage.write_snapshot(e.seq, e.data)
+            else:  # Evidence
+                if judged:
+                    self._count(self.events, "evidence")
+                    if len(self.evidence_log) < 1000:
+                        self.evidence_log.append(_proof(i, e, self.now))
+                self.checkers.on_evidence(i, e, self.now)
         if dirty:
             storage.sync()
         node = self.nodes[i]
@@ -933,7 +958,7 @@ class Simulation:
         if payload is None:
             payload = self._encode(message)
         self.net["sent"] += 1
-        if self._partitioned(src, dst):
+        if cfg.partitions and self._partitioned(src, dst):
             self._count(self.drops, "partition")
             self._trace("cut", f"{src}>{dst}", payload)
             return
@@ -941,7 +966,7 @@ class Simulation:
             self._count(self.drops, "loss")
             self._trace("drop", f"{src}>{dst}", payload)
             return
-        fates = [(0.0, False)]
+        fates = None
         faults = self.faults
         if faults.rules:
             sid = src[1] if src[0] == "replica" else None
@@ -952,10 +977,23 @@ class Simulation:
                 self._count(self.drops, faults.last_drop)
                 self._trace("drop", f"{src}>{dst}", payload)
                 return
-        copies = 2 if cfg.duplicate > 0 and rng.random() < cfg.duplicate else 1
-        if copies == 2:
+        if cfg.duplicate > 0 and rng.random() < cfg.duplicate:
             self.net["duplicated"] += 1
-            fates.append((0.0, False))
+            fates = (fates or [(0.0, False)]) + [(0.0, False)]
+        if fates is None:  # the usual case: one copy, on time, intact
+            lo, hi = cfg.delay_ms
+            if cfg.link_delay_ms and src[0] == "replica" and dst[0] == "replica":
+                lo, hi = cfg.link_delay_ms.get((src[1], dst[1]), (lo, hi))
+            delay = (lo + (hi - lo) * rng.random()) / 1000.0  # rng.uniform(lo, hi) / 1000
+            if cfg.reorder > 0 and rng.random() < cfg.reorder:
+                extra_ms = cfg.reorder_ms if cfg.reorder_ms is not None else 4 * cfg.delay_ms[1]
+                delay += rng.uniform(0.0, extra_ms) / 1000.0
+                self.net["reordered"] += 1
+            at = self.now + delay
+            self._trace("send", f"{src}>{dst}@{at!r}", payload)
+            self._counter += 1
+            heapq.heappush(self._heap, (at, self._counter, "deliver", (src, dst, payload)))
+            return
         for extra_s, corrupt in fates:
             delay = self._link_delay_s(src, dst) + extra_s
             if cfg.reorder > 0 and rng.random() < cfg.reorder:
@@ -1044,9 +1082,11 @@ class Simulation:
             witness = self.witness
             if witness is not None and j in self._judged and isinstance(node, _replica_type()):
                 expected = witness.before(j, node, message, self.now)
-            receive_from = getattr(node, "receive_from", None)
-            if receive_from is not None:
-                effects = receive_from(src, message, self.now, self._wall(j))
+            receiver = self._receivers.get(j)
+            if receiver is None or receiver[0] is not node:
+                receiver = self._receivers[j] = (node, getattr(node, "receive_from", None))
+            if receiver[1] is not None:
+                effects = receiver[1](src, message, self.now, self._wall(j))
             else:
                 effects = node.receive(message, self.now, self._wall(j))
             if expected:
@@ -1188,6 +1228,43 @@ class Simulation:
             witness=witness,
             evidence_ok=not witness.get("missed", 0),
         )
+
+
+# Effect kinds, as `_apply` tells them apart: one dict lookup by exact type (a subclass gets
+# the code of the first class of this list it derives from, as an isinstance chain would).
+_BROADCAST, _SEND, _REPLY, _PERSIST, _SET_TIMER, _EVENT, _EXECUTED, _SAVE_SNAPSHOT, _EVIDENCE = \
+    range(9)
+_EFFECT_CLASSES = ((Persist, _PERSIST), (SaveSnapshot, _SAVE_SNAPSHOT), (Send, _SEND),
+                   (Broadcast, _BROADCAST), (Reply, _REPLY), (Executed, _EXECUTED),
+                   (SetTimer, _SET_TIMER), (Evidence, _EVIDENCE), (Event, _EVENT))
+_EFFECT_CODES: dict[type, int] = dict(_EFFECT_CLASSES)
+
+
+def _effect_code(cls: type) -> int | None:
+    """The code of an effect class that is not one of bft.effects' own (remembered)."""
+    for base, code in _EFFECT_CLASSES:
+        if issubclass(cls, base):
+            _EFFECT_CODES[cls] = code
+            return code
+    return None
+
+
+def _interval_builder() -> Callable[[int, int], Interval]:
+    """Interval(earliest, latest) for bounds known to be ints with earliest <= latest: the same
+    object, without __init__'s checks (the slots are filled directly, as bft.codec does)."""
+    new, set_earliest, set_latest = (object.__new__, Interval.earliest_us.__set__,  # type: ignore[attr-defined]
+                                     Interval.latest_us.__set__)  # type: ignore[attr-defined]
+
+    def make(earliest: int, latest: int) -> Interval:
+        interval = new(Interval)
+        set_earliest(interval, earliest)
+        set_latest(interval, latest)
+        return interval
+
+    return make
+
+
+_interval = _interval_builder()
 
 
 def _replica_type() -> type:
