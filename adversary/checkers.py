@@ -120,6 +120,10 @@ class Checker:
         return node in self.correct
 
 
+def _where(node: int, executed: Any, index: int) -> str:
+    return f"replica {node} seq {executed.seq} index {index}"
+
+
 def _request_of(signed: Any) -> Request | None:
     statement = getattr(signed, "statement", None)
     return statement if isinstance(statement, Request) else None
@@ -189,26 +193,29 @@ class ValidityChecker(Checker):
     def on_executed(self, node: int, executed: Any, now: float) -> None:
         if not self._judged(node):
             return
+        issued, seen = self.issued, self._seen
         for index, signed in enumerate(executed.batch.requests):
             self.checked += 1
-            where = f"replica {node} seq {executed.seq} index {index}"
             request = _request_of(signed)
             if not isinstance(signed, Signed) or request is None:
-                self.violation(f"{where}: not a signed request: {signed!r}")
+                self.violation(f"{_where(node, executed, index)}: not a signed request: "
+                               f"{signed!r}")
                 continue
             key = (signed.body, signed.signature)
-            if key not in self._seen:
+            if key not in seen:
                 if not self.verifier.verify(signed):
-                    self.violation(f"{where}: request {request.client}/{request.timestamp} "
+                    self.violation(f"{_where(node, executed, index)}: request "
+                                   f"{request.client}/{request.timestamp} "
                                    "is not validly signed by its client")
                     continue
-                self._seen.add(key)
-            op = self.issued.get((request.client, request.timestamp))
+                seen.add(key)
+            op = issued.get((request.client, request.timestamp))
             if op is None:
-                self.violation(f"{where}: client {request.client} never issued request "
-                               f"{request.timestamp}")
+                self.violation(f"{_where(node, executed, index)}: client {request.client} "
+                               f"never issued request {request.timestamp}")
             elif op != request.op:
-                self.violation(f"{where}: client {request.client} request {request.timestamp} "
+                self.violation(f"{_where(node, executed, index)}: client {request.client} "
+                               f"request {request.timestamp} "
                                "executed with an op the client did not issue")
 
     def data(self) -> dict[str, Any]:
@@ -270,23 +277,28 @@ class ExactlyOnceChecker(Checker):
             result = results[index] if index < len(results) else None
             newest = latest.get(request.client, 0)
             first = done.get(key)
-            where = (f"replica {node}: client {request.client} request {request.timestamp} "
-                     f"at seq {executed.seq}")
             if first is not None:
                 skipped = result == first.result or (result == b"" and newest > request.timestamp)
                 if skipped:
                     self.duplicates_skipped += 1
                 else:
-                    self.violation(f"{where} executed again (first at seq {first.seq})")
+                    self.violation(f"{self._where(node, request, executed)} executed again "
+                                   f"(first at seq {first.seq})")
                 continue
             if request.timestamp < newest:
                 if result == b"":
                     self.duplicates_skipped += 1
                 else:
-                    self.violation(f"{where} executed after the newer request {newest}")
+                    self.violation(f"{self._where(node, request, executed)} executed after "
+                                   f"the newer request {newest}")
                 continue
             done[key] = _Execution(executed.seq, result if result is not None else b"")
             latest[request.client] = request.timestamp
+
+    @staticmethod
+    def _where(node: int, request: Request, executed: Any) -> str:
+        return (f"replica {node}: client {request.client} request {request.timestamp} "
+                f"at seq {executed.seq}")
 
     def data(self) -> dict[str, Any]:
         return {**super().data(), "duplicates_skipped": self.duplicates_skipped}

@@ -106,6 +106,14 @@ class ExecContext:
     max_clock_skew_us: int = 0
 
     def __post_init__(self) -> None:
+        seq, index = self.seq, self.index
+        if (type(seq) is int and type(index) is int and type(self.batch_time_us) is int
+                and type(self.client) is int and type(self.timestamp) is int
+                and type(self.max_clock_skew_us) is int and 0 <= seq <= MAX_TOKEN_SEQ
+                and 0 <= index < TOKEN_INDEX_SPAN and 0 <= self.batch_time_us < U64_LIMIT
+                and 0 <= self.client < U64_LIMIT and 0 <= self.timestamp < U64_LIMIT
+                and 0 <= self.max_clock_skew_us < U64_LIMIT):
+            return  # the usual case, in one test; otherwise say which value is wrong:
         for name in ("seq", "index", "batch_time_us", "client", "timestamp",
                      "max_clock_skew_us"):
             value = getattr(self, name)
@@ -477,6 +485,32 @@ def _parse_op(data: bytes, limits: KVLimits) -> Op:
     raise _BadOp("unknown_op")
 
 
+#: Parsed ops remembered by their bytes (see _parse_op_memo): each op is executed by every
+#: replica and by the checkers' model, and parsing is a pure function of the bytes and limits.
+OP_MEMO_SIZE = 4096
+_op_memo: dict[bytes, tuple[KVLimits, Op | str]] = {}
+
+
+def _parse_op_memo(data: bytes, limits: KVLimits) -> Op:
+    """`_parse_op(data, limits)`, remembered for the last OP_MEMO_SIZE distinct op bytes (ops
+    are immutable; a bad op is remembered by its reason and raises _BadOp again)."""
+    hit = _op_memo.get(data)
+    if hit is not None and hit[0] is limits:
+        parsed = hit[1]
+    else:
+        try:
+            parsed = _parse_op(data, limits)
+        except _BadOp as exc:
+            parsed = exc.reason
+        if type(data) is bytes:  # bytes only: a key must not change
+            if len(_op_memo) >= OP_MEMO_SIZE:
+                del _op_memo[next(iter(_op_memo))]
+            _op_memo[data] = (limits, parsed)
+    if type(parsed) is str:
+        raise _BadOp(parsed)
+    return parsed  # type: ignore[return-value]
+
+
 def decode_op_untrusted(data: bytes, limits: KVLimits = DEFAULT_KV_LIMITS) -> Op:
     """Decode op bytes strictly (as `KVStore.execute` does); raises only MalformedMessage."""
     try:
@@ -541,9 +575,11 @@ class Result:
         if self.kind == "error":
             return _dumps(["error", self.reason])
         if self.kind in ("ok", "not_found", "stale_token"):
-            return _dumps([self.kind])
+            return _BARE_RESULTS[self.kind]
         raise ValueError(f"unknown result kind {self.kind!r}")
 
+
+_BARE_RESULTS = {kind: _dumps([kind]) for kind in ("ok", "not_found", "stale_token")}
 
 OK = Result("ok")
 NOT_FOUND = Result("not_found")
@@ -638,7 +674,7 @@ class KVStore:
         """Apply `op` at `ctx` and return the encoded `Result`; never raises for a bad op."""
         self._counters.executed += 1
         try:
-            parsed = _parse_op(op, self.limits)
+            parsed = _parse_op_memo(op, self.limits)
         except _BadOp as exc:
             result = Result("error", reason=exc.reason)
         else:

@@ -121,6 +121,22 @@ _UINT, _BYTES, _ARRAY = 0 << 5, 2 << 5, 4 << 5
 _U64_END = 2**64  # from here cbor2 writes a bignum tag: left to the reference encoder
 
 
+def uint_bytes(n: int) -> bytes:
+    """The CBOR encoding of the unsigned integer `n` (0 <= n < 2**64), shortest form."""
+    return _SMALL_HEADS[n] if 0 <= n < 24 else _head(_UINT, n)
+
+
+def array_head(n: int) -> bytes:
+    """The shortest CBOR head of an array of `n` items (0 <= n < 2**64)."""
+    return _head(_ARRAY, n)
+
+
+def bytes_head(n: int) -> bytes:
+    """The shortest CBOR head of a byte string of `n` bytes (0 <= n < 2**64), as cbor2 writes
+    it: `bytes_head(len(b)) + b` is the encoding of `b`."""
+    return _head(_BYTES, n)
+
+
 def _wire_field_names(cls: type) -> tuple[str, ...]:
     """The fields of `cls` that are sent, in order (a `Signed`'s statement is not)."""
     if cls is m.Signed:
@@ -164,6 +180,8 @@ def _put(obj: Any, out: list[bytes]) -> None:
         out.append(_head(_ARRAY, len(obj)))
         for item in obj:
             _put(item, out)
+    elif t is m.Batch:
+        out.append(_encode_batch(obj))
     else:
         plan = _ENCODE_PLANS.get(t)
         if plan is None:
@@ -171,6 +189,31 @@ def _put(obj: Any, out: list[bytes]) -> None:
         out.append(plan[0])
         for item in plan[1](obj):
             _put(item, out)
+
+
+#: Batches whose encoding is remembered (see _encode_batch).
+BATCH_MEMO_SIZE = 1024
+BATCH_MEMO_MAX_BYTES = 64 * 1024  # larger batches are encoded each time
+_batch_memo: dict[int, tuple[m.Batch, bytes]] = {}
+
+
+def _encode_batch(batch: m.Batch) -> bytes:
+    """The encoding of a Batch, made once per batch object: a replica encodes each batch for
+    its digest, for its WAL record and to send it; batches are immutable, and the memo holds a
+    reference to each, so an id is never reused while remembered. Raises _Unsupported as
+    `_put` does (nothing is remembered then)."""
+    hit = _batch_memo.get(id(batch))
+    if hit is not None and hit[0] is batch:
+        return hit[1]
+    out: list[bytes] = [_BATCH_PREFIX]
+    for item in _BATCH_FIELDS(batch):
+        _put(item, out)
+    data = b"".join(out)
+    if len(data) <= BATCH_MEMO_MAX_BYTES:  # bounded memory: at most 64 MiB of batches
+        if len(_batch_memo) >= BATCH_MEMO_SIZE:
+            del _batch_memo[next(iter(_batch_memo))]
+        _batch_memo[id(batch)] = (batch, data)
+    return data
 
 
 def encode(message: Any) -> bytes:
@@ -194,6 +237,7 @@ def encode(message: Any) -> bytes:
 
 
 _SIGNED_PREFIX = _ENCODE_PLANS[m.Signed][0]
+_BATCH_PREFIX, _BATCH_FIELDS = _ENCODE_PLANS[m.Batch]
 
 
 # --------------------------------------------------------------------------
@@ -786,6 +830,12 @@ def _define(source: str, name: str, namespace: dict[str, Any]) -> Any:
 
 _decoded_signed = _builder(m.Signed)
 _decoded_mac_reply = _builder(m.MacReply)
+
+#: `Signed(body, signature, statement, checked)`, made without the frozen dataclass's
+#: per-field `object.__setattr__` (the same object): for signers, who make many.
+new_signed = _decoded_signed
+#: `MacReply(body, mac, statement, checked)`, likewise.
+new_mac_reply = _decoded_mac_reply
 
 # The generated readers share one namespace, so that each finds the readers of
 # the messages it holds by name (`_fast_read_Batch`, ...) when it runs.
