@@ -183,12 +183,10 @@ def _put(obj: Any, out: list[bytes]) -> None:
     elif t is m.Batch:
         out.append(_encode_batch(obj))
     else:
-        plan = _ENCODE_PLANS.get(t)
-        if plan is None:
+        put_fields = _FIELD_WRITERS.get(t)
+        if put_fields is None:
             raise _Unsupported
-        out.append(plan[0])
-        for item in plan[1](obj):
-            _put(item, out)
+        put_fields(obj, out)
 
 
 #: Batches whose encoding is remembered (see _encode_batch).
@@ -205,9 +203,8 @@ def _encode_batch(batch: m.Batch) -> bytes:
     hit = _batch_memo.get(id(batch))
     if hit is not None and hit[0] is batch:
         return hit[1]
-    out: list[bytes] = [_BATCH_PREFIX]
-    for item in _BATCH_FIELDS(batch):
-        _put(item, out)
+    out: list[bytes] = []
+    _FIELD_WRITERS[m.Batch](batch, out)
     data = b"".join(out)
     if len(data) <= BATCH_MEMO_MAX_BYTES:  # bounded memory: at most 64 MiB of batches
         if len(_batch_memo) >= BATCH_MEMO_SIZE:
@@ -230,14 +227,77 @@ def encode(message: Any) -> bytes:
                              _head(_BYTES, len(signature)), signature))
     out: list[bytes] = []
     try:
-        _put(message, out)
+        put_fields = _FIELD_WRITERS.get(type(message))
+        if put_fields is not None and type(message) is not m.Batch:
+            put_fields(message, out)
+        else:
+            _put(message, out)
     except _Unsupported:
         return _encode_reference(message)
     return b"".join(out)
 
 
 _SIGNED_PREFIX = _ENCODE_PLANS[m.Signed][0]
-_BATCH_PREFIX, _BATCH_FIELDS = _ENCODE_PLANS[m.Batch]
+
+# Source templates of the generated writers (`_put_<Name>(obj, out)`: what `_put` writes for
+# a message of exactly that class): each field's usual type is written at once, anything
+# else goes through `_put`, which writes it or raises `_Unsupported` as it always did.
+_WRITE_U64 = """\
+    v = obj.{name}
+    if type(v) is int and 0 <= v < 24:
+        append(_SMALL_HEADS[v])
+    else:
+        _put(v, out)
+"""
+_WRITE_BYTES = """\
+    v = obj.{name}
+    if type(v) is bytes:
+        n = len(v)
+        append(_SMALL_HEADS[0x40 | n] if n < 24 else _head(0x40, n))
+        append(v)
+    else:
+        _put(v, out)
+"""
+_WRITE_SIGNED_TUPLE = """\
+    v = obj.{name}
+    if type(v) is tuple:
+        append(_head(0x80, len(v)))
+        for x in v:
+            if type(x) is Signed and type(x.body) is bytes and type(x.signature) is bytes:
+                out += (_SIGNED_PREFIX, _head(0x40, len(x.body)), x.body,
+                        _head(0x40, len(x.signature)), x.signature)
+            else:
+                _put(x, out)
+    else:
+        _put(v, out)
+"""
+_WRITE_ANY = """\
+    _put(obj.{name}, out)
+"""
+
+
+def _writer_source(cls: type) -> str:
+    """The source of `_put_<Name>(obj, out)` for message class `cls` (see the templates)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    lines = [f"def _put_{cls.__name__}(obj, out):\n", "    append = out.append\n",
+             f"    append({_ENCODE_PLANS[cls][0]!r})\n"]
+    for name in _wire_field_names(cls):
+        hint = hints[name]
+        template = _WRITE_ANY
+        if typing.get_origin(hint) is typing.Annotated:
+            kind = hint.__metadata__[0]
+            if kind is m.Kind.U64:
+                template = _WRITE_U64
+            elif kind in (m.Kind.DIGEST, m.Kind.SIGNATURE, m.Kind.MAC, m.Kind.OP, m.Kind.BLOB):
+                template = _WRITE_BYTES
+        elif typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is m.Signed:
+            template = _WRITE_SIGNED_TUPLE
+        lines.append(template.format(name=name))
+    return "".join(lines)
+
+
+# Filled below, once _define exists: message class -> its generated writer.
+_FIELD_WRITERS: dict[type, Callable[[Any, list[bytes]], None]] = {}
 
 
 # --------------------------------------------------------------------------
@@ -827,6 +887,14 @@ def _define(source: str, name: str, namespace: dict[str, Any]) -> Any:
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102
     return namespace[name]
 
+
+_WRITERS_NAMESPACE: dict[str, Any] = {
+    "_put": _put, "_head": _head, "_SMALL_HEADS": _SMALL_HEADS, "Signed": m.Signed,
+    "_SIGNED_PREFIX": _SIGNED_PREFIX,
+}
+for _cls in m.ALL_TYPES:
+    _FIELD_WRITERS[_cls] = _define(_writer_source(_cls), f"_put_{_cls.__name__}",
+                                   _WRITERS_NAMESPACE)
 
 _decoded_signed = _builder(m.Signed)
 _decoded_mac_reply = _builder(m.MacReply)
