@@ -722,12 +722,20 @@ class CheckerSuite:
             self.state_digest, self.linearizability, self.evidence,
         )
         self.all: tuple[Checker, ...] = self.safety_checkers + (self.liveness,)
-        # check() runs after every step: call only the checkers that do something in it
-        self._checks = tuple(c.check for c in self.all if type(c).check is not Checker.check)
+        # the hooks run often (check() after every step): each calls only the checkers that
+        # do something in it
+        def overriding(hook: str) -> tuple[Callable[..., None], ...]:
+            return tuple(getattr(c, hook) for c in self.all
+                         if getattr(type(c), hook) is not getattr(Checker, hook))
+
+        self._checks = overriding("check")
+        self._on_executed = overriding("on_executed")
+        self._on_invoke = overriding("on_invoke")
+        self._on_complete = overriding("on_complete")
 
     def on_executed(self, node: int, executed: Any, now: float) -> None:
-        for c in self.all:
-            c.on_executed(node, executed, now)
+        for on_executed in self._on_executed:
+            on_executed(node, executed, now)
 
     def on_state_transfer(self, node: int, seq: int, now: float) -> None:
         for c in self.all:
@@ -742,12 +750,12 @@ class CheckerSuite:
             c.on_evidence(node, evidence, now)
 
     def on_invoke(self, client: int, timestamp: int, op: bytes, now: float) -> None:
-        for c in self.all:
-            c.on_invoke(client, timestamp, op, now)
+        for on_invoke in self._on_invoke:
+            on_invoke(client, timestamp, op, now)
 
     def on_complete(self, client: int, timestamp: int, result: bytes, now: float) -> None:
-        for c in self.all:
-            c.on_complete(client, timestamp, result, now)
+        for on_complete in self._on_complete:
+            on_complete(client, timestamp, result, now)
 
     def check(self, now: float) -> None:
         for check in self._checks:

@@ -186,6 +186,8 @@ class Replica:
         self.counters: collections.Counter[str] = collections.Counter()
         self._out: list[Effect] = []
         self._digest_memo: dict[int, tuple[Batch, bytes]] = {}
+        # client -> (its client_table entry, that entry as written in _snapshot)
+        self._table_entries: dict[int, tuple[tuple[int, bytes, bytes], bytes]] = {}
         self._pending_since: dict[tuple[int, int], float] = {}  # request -> first seen
         self._forwarded: set[tuple[int, int]] = set()  # requests forwarded to the primary
         # peer -> (last_executed, stable_seq) of its previous STATUS and how many STATUSes in
@@ -1037,14 +1039,23 @@ class Replica:
         table = sorted(self.client_table.items())  # by client: each appears once
         last_bt = self.last_batch_time
         if type(app_snapshot) is bytes and type(last_bt) is int and 0 <= last_bt < _U64_END:
-            # cbor2.dumps(..., canonical=True) below, written directly for the usual types
+            # cbor2.dumps(..., canonical=True) below, written directly for the usual types; a
+            # client's entry is written again only when it changed (a new tuple in the table)
             uint, head = codec.uint_bytes, codec.bytes_head
             out = [b"\x83", head(len(app_snapshot)), app_snapshot, codec.array_head(len(table))]
-            for c, (t, r, d) in table:
+            written = self._table_entries
+            for c, entry in table:
+                hit = written.get(c)
+                if hit is not None and hit[0] is entry:
+                    out.append(hit[1])
+                    continue
+                t, r, d = entry
                 if not (type(c) is int and type(t) is int and 0 <= c < _U64_END
                         and 0 <= t < _U64_END and type(r) is bytes and type(d) is bytes):
                     break
-                out += (b"\x84", uint(c), uint(t), head(len(r)), r, head(len(d)), d)
+                data = b"".join((b"\x84", uint(c), uint(t), head(len(r)), r, head(len(d)), d))
+                written[c] = (entry, data)
+                out.append(data)
             else:
                 out.append(uint(last_bt))
                 return b"".join(out)
