@@ -136,7 +136,7 @@ def batch_digest(batch: Batch) -> bytes:
     digest = sha256(data)
     if type(batch) is Batch and len(data) <= BATCH_DIGEST_MEMO_MAX_BYTES:
         if len(_batch_digests) >= BATCH_DIGEST_MEMO_SIZE:
-            del _batch_digests[next(iter(_batch_digests))]
+            _batch_digests.clear()  # (cheaper than evicting one by one)
         _batch_digests[id(batch)] = (batch, digest)
     return digest
 
@@ -545,7 +545,7 @@ class _CachingVerifier:
         """Remember the cache key of this very (immutable) object, for `_passed`."""
         passed = self._passed
         if len(passed) >= PASSED_MEMO_SIZE:
-            del passed[next(iter(passed))]
+            passed.clear()  # (cheaper than evicting one by one)
         passed[id(signed)] = (signed, key)  # holds the object: its id is not reused meanwhile
 
     def _remember(self, key: bytes, statement: Statement, size: int) -> None:
