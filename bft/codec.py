@@ -102,10 +102,8 @@ class _Unsupported(Exception):
 
 def _head(major: int, n: int) -> bytes:
     """The shortest CBOR head of major type `major` (its top 3 bits) and argument 0 <= n < 2**64."""
-    if n < 24:
-        return _SMALL_HEADS[major | n]
     if n < 0x100:
-        return bytes((major | 24, n))
+        return _HEADS_BELOW_256[major >> 5][n]
     if n < 0x10000:
         return _PACK_2(major | 25, n)
     if n < 0x100000000:
@@ -114,6 +112,11 @@ def _head(major: int, n: int) -> bytes:
 
 
 _SMALL_HEADS = tuple(bytes((b,)) for b in range(256))  # one-byte heads, indexed by the byte
+# For each major type: the heads of the arguments 0..255 (one byte below 24, then two)
+_HEADS_BELOW_256 = tuple(
+    tuple(bytes((major << 5 | n,)) if n < 24 else bytes((major << 5 | 24, n)) for n in range(256))
+    for major in range(8))
+_BYTES_HEADS = _HEADS_BELOW_256[2]  # byte strings of 0..255 bytes
 _PACK_2 = struct.Struct(">BH").pack
 _PACK_4 = struct.Struct(">BI").pack
 _PACK_8 = struct.Struct(">BQ").pack
@@ -253,7 +256,7 @@ _WRITE_BYTES = """\
     v = obj.{name}
     if type(v) is bytes:
         n = len(v)
-        append(_SMALL_HEADS[0x40 | n] if n < 24 else _head(0x40, n))
+        append(_BYTES_HEADS[n] if n < 256 else _head(0x40, n))
         append(v)
     else:
         _put(v, out)
@@ -890,6 +893,7 @@ def _define(source: str, name: str, namespace: dict[str, Any]) -> Any:
 
 _WRITERS_NAMESPACE: dict[str, Any] = {
     "_put": _put, "_head": _head, "_SMALL_HEADS": _SMALL_HEADS, "Signed": m.Signed,
+    "_BYTES_HEADS": _BYTES_HEADS,
     "_SIGNED_PREFIX": _SIGNED_PREFIX,
 }
 for _cls in m.ALL_TYPES:
