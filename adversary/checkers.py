@@ -120,6 +120,10 @@ class Checker:
         return node in self.correct
 
 
+def _where(node: int, executed: Any, index: int) -> str:
+    return f"replica {node} seq {executed.seq} index {index}"
+
+
 def _request_of(signed: Any) -> Request | None:
     statement = getattr(signed, "statement", None)
     return statement if isinstance(statement, Request) else None
@@ -189,26 +193,29 @@ class ValidityChecker(Checker):
     def on_executed(self, node: int, executed: Any, now: float) -> None:
         if not self._judged(node):
             return
+        issued, seen = self.issued, self._seen
         for index, signed in enumerate(executed.batch.requests):
             self.checked += 1
-            where = f"replica {node} seq {executed.seq} index {index}"
             request = _request_of(signed)
             if not isinstance(signed, Signed) or request is None:
-                self.violation(f"{where}: not a signed request: {signed!r}")
+                self.violation(f"{_where(node, executed, index)}: not a signed request: "
+                               f"{signed!r}")
                 continue
             key = (signed.body, signed.signature)
-            if key not in self._seen:
+            if key not in seen:
                 if not self.verifier.verify(signed):
-                    self.violation(f"{where}: request {request.client}/{request.timestamp} "
+                    self.violation(f"{_where(node, executed, index)}: request "
+                                   f"{request.client}/{request.timestamp} "
                                    "is not validly signed by its client")
                     continue
-                self._seen.add(key)
-            op = self.issued.get((request.client, request.timestamp))
+                seen.add(key)
+            op = issued.get((request.client, request.timestamp))
             if op is None:
-                self.violation(f"{where}: client {request.client} never issued request "
-                               f"{request.timestamp}")
+                self.violation(f"{_where(node, executed, index)}: client {request.client} "
+                               f"never issued request {request.timestamp}")
             elif op != request.op:
-                self.violation(f"{where}: client {request.client} request {request.timestamp} "
+                self.violation(f"{_where(node, executed, index)}: client {request.client} "
+                               f"request {request.timestamp} "
                                "executed with an op the client did not issue")
 
     def data(self) -> dict[str, Any]:
@@ -270,23 +277,28 @@ class ExactlyOnceChecker(Checker):
             result = results[index] if index < len(results) else None
             newest = latest.get(request.client, 0)
             first = done.get(key)
-            where = (f"replica {node}: client {request.client} request {request.timestamp} "
-                     f"at seq {executed.seq}")
             if first is not None:
                 skipped = result == first.result or (result == b"" and newest > request.timestamp)
                 if skipped:
                     self.duplicates_skipped += 1
                 else:
-                    self.violation(f"{where} executed again (first at seq {first.seq})")
+                    self.violation(f"{self._where(node, request, executed)} executed again "
+                                   f"(first at seq {first.seq})")
                 continue
             if request.timestamp < newest:
                 if result == b"":
                     self.duplicates_skipped += 1
                 else:
-                    self.violation(f"{where} executed after the newer request {newest}")
+                    self.violation(f"{self._where(node, request, executed)} executed after "
+                                   f"the newer request {newest}")
                 continue
             done[key] = _Execution(executed.seq, result if result is not None else b"")
             latest[request.client] = request.timestamp
+
+    @staticmethod
+    def _where(node: int, request: Request, executed: Any) -> str:
+        return (f"replica {node}: client {request.client} request {request.timestamp} "
+                f"at seq {executed.seq}")
 
     def data(self) -> dict[str, Any]:
         return {**super().data(), "duplicates_skipped": self.duplicates_skipped}
@@ -438,6 +450,7 @@ class LinearizabilityChecker(Checker):
         self._prefix_max: list[tuple[int, int]] = []  # max position of the first k completions
         self._known_upto = 0  # completions whose positions are all known, in completion order
         self._rt_pending: list[_Op] = []  # ops with a position, real-time order not yet checked
+        self._fed = False  # something came in since the last _advance
 
     # -- feeding ---------------------------------------------------------
 
@@ -455,6 +468,7 @@ class LinearizabilityChecker(Checker):
             return
         entry.completed_at, entry.result = now, result
         self._completion_order.append((client, timestamp))
+        self._fed = True
         self._compare(entry)
 
     def on_executed(self, node: int, executed: Any, now: float) -> None:
@@ -465,7 +479,10 @@ class LinearizabilityChecker(Checker):
         self._advance()
 
     def check(self, now: float) -> None:
-        self._advance()
+        # _advance depends only on what on_executed and on_complete feed in (and on what it
+        # did itself): with nothing new since the last one, it would do nothing
+        if self._fed:
+            self._advance()
 
     def finish(self, now: float) -> None:
         self._advance()
@@ -478,6 +495,7 @@ class LinearizabilityChecker(Checker):
     # -- the model -------------------------------------------------------
 
     def _advance(self) -> None:
+        self._fed = False
         progressed = False
         while self.model_seq + 1 in self.batches:
             seq = self.model_seq + 1
@@ -704,10 +722,20 @@ class CheckerSuite:
             self.state_digest, self.linearizability, self.evidence,
         )
         self.all: tuple[Checker, ...] = self.safety_checkers + (self.liveness,)
+        # the hooks run often (check() after every step): each calls only the checkers that
+        # do something in it
+        def overriding(hook: str) -> tuple[Callable[..., None], ...]:
+            return tuple(getattr(c, hook) for c in self.all
+                         if getattr(type(c), hook) is not getattr(Checker, hook))
+
+        self._checks = overriding("check")
+        self._on_executed = overriding("on_executed")
+        self._on_invoke = overriding("on_invoke")
+        self._on_complete = overriding("on_complete")
 
     def on_executed(self, node: int, executed: Any, now: float) -> None:
-        for c in self.all:
-            c.on_executed(node, executed, now)
+        for on_executed in self._on_executed:
+            on_executed(node, executed, now)
 
     def on_state_transfer(self, node: int, seq: int, now: float) -> None:
         for c in self.all:
@@ -722,16 +750,16 @@ class CheckerSuite:
             c.on_evidence(node, evidence, now)
 
     def on_invoke(self, client: int, timestamp: int, op: bytes, now: float) -> None:
-        for c in self.all:
-            c.on_invoke(client, timestamp, op, now)
+        for on_invoke in self._on_invoke:
+            on_invoke(client, timestamp, op, now)
 
     def on_complete(self, client: int, timestamp: int, result: bytes, now: float) -> None:
-        for c in self.all:
-            c.on_complete(client, timestamp, result, now)
+        for on_complete in self._on_complete:
+            on_complete(client, timestamp, result, now)
 
     def check(self, now: float) -> None:
-        for c in self.all:
-            c.check(now)
+        for check in self._checks:
+            check(now)
 
     def finish(self, now: float) -> None:
         for c in self.all:

@@ -77,11 +77,14 @@ Use: `Simulation(SimConfig(seed=1, nodes=4)).run(until_s=60.0) -> SimResult`.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import math
 import random
+import struct
 import time
+from zlib import crc32 as _crc32
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -94,7 +97,7 @@ from adversary.witness import EquivocationWitness
 from bft import codec
 from bft.app import KVStore, decode_result_untrusted, ops
 from bft.client import Client, ClientTimer, Completed, Failed, SendAll, SendTo
-from bft.clock import SkewedClock
+from bft.clock import Interval, SkewedClock
 from bft.config import ClusterConfig
 from bft.effects import (
     Broadcast,
@@ -110,6 +113,14 @@ from bft.effects import (
 from bft.errors import ConfigError, InvariantViolation, MalformedMessage
 from bft.storage import MemoryStorage
 from transport.frame import FrameError, decode_frame_untrusted, encode_frames
+
+#: A send in the trace: now, delivery time, source, destination, payload length, CRC-32.
+_SEND_RECORD = struct.Struct("<ddiiII").pack
+#: Trace records buffered before they are hashed.
+_TRACE_FLUSH = 4096
+
+#: The garbage collector's thresholds during a run, at least (see Simulation.run).
+GC_THRESHOLDS = (50_000, 20, 20)
 
 #: Decoded messages remembered by payload (see Simulation._decode).
 DECODE_CACHE_SIZE = 4096
@@ -369,7 +380,8 @@ class Workload:
             self._last = ("lock", lock)
             return ops.lock(lock, rng.choice((200, 1000, 5000)))
         key = rng.choice(self.keys)
-        kind = rng.choices(("put", "get", "cas", "delete"), weights=(35, 30, 20, 15))[0]
+        # weights 35, 30, 20, 15 (cumulative: the same draw, without summing them each time)
+        kind = rng.choices(("put", "get", "cas", "delete"), cum_weights=(35, 65, 85, 100))[0]
         self._last = (kind, key)
         if kind == "put":
             return ops.put(key, value)
@@ -565,6 +577,20 @@ class Simulation:
                                        config.lock_fraction, self.rng)
                               for c in range(config.clients)]
         self.client_timer_gen = [0] * config.clients
+        # addresses, made once: ("replica", i) and ("client", c)
+        self._replica_addr: tuple[Address, ...] = tuple(("replica", i) for i in range(self.n))
+        self._client_addr: tuple[Address, ...] = tuple(("client", c) for c in range(config.clients))
+        self._receivers: dict[int, tuple[Any, Any]] = {}  # replica -> (node, its receive call)
+        # no fault can touch a message (no loss, duplication, reordering, partition, network
+        # rule or per-link delay): _transmit takes its short way
+        self._plain_net = (not config.partitions and not config.drop > 0
+                           and not config.duplicate > 0 and not config.reorder > 0
+                           and not self.faults.rules and not config.link_delay_ms)
+        self._delay_lo = config.delay_ms[0]
+        self._delay_span = config.delay_ms[1] - config.delay_ms[0]
+        # endpoints in trace records: replica i is i, client c is -1 - c
+        self._address_code: dict[Address, int] = {
+            **{a: a[1] for a in self._replica_addr}, **{a: -1 - a[1] for a in self._client_addr}}
         self.requested = sum(max(0, int(w.remaining)) for w in self.workloads)
         self.clients_done = 0
         self.completed = 0
@@ -574,6 +600,7 @@ class Simulation:
         self.now = 0.0
         self.steps = 0
         self.trace = hashlib.sha256()
+        self._trace_parts: list[bytes] = []  # trace records not hashed yet (see _trace)
         self.net: dict[str, int] = {"sent": 0, "delivered": 0, "duplicated": 0, "reordered": 0}
         self.drops: dict[str, int] = {}
         self._decoded: dict[int, tuple[Any, Any]] = {}  # id(payload) -> (payload, message)
@@ -624,6 +651,18 @@ class Simulation:
         if self._ran:
             raise RuntimeError("a Simulation runs once; make a new one")
         self._ran = True
+        # A run allocates many short-lived objects and keeps many long-lived ones: the cyclic
+        # garbage collector, at its default thresholds, spends a tenth of the run scanning
+        # them. Collect less often while the run lasts (memory is still freed by reference
+        # counting; cycles wait a little longer). Nothing here depends on when it runs.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(*(max(t, least) for t, least in zip(thresholds, GC_THRESHOLDS)))
+        try:
+            return self._run(until_s)
+        finally:
+            gc.set_threshold(*thresholds)
+
+    def _run(self, until_s: float) -> SimResult:
         started = time.perf_counter()  # measured for the report only
         cfg = self.cfg
         for i in range(self.n):
@@ -643,14 +682,22 @@ class Simulation:
         if self.clients_done == len(self.clients):
             stop_at = min(stop_at, self._last_fault_s + cfg.drain_s)
         end = stop_at
-        while self._heap:
-            at, _, kind, args = self._heap[0]
+        heap = self._heap
+        heappop = heapq.heappop
+        handlers: dict[str, Callable[..., None]] = {}  # event kind -> its _on_ method
+        check = self.checkers.check
+        n_clients = len(self.clients)
+        while heap:
+            at = heap[0][0]
             if at > stop_at:
                 break
-            heapq.heappop(self._heap)
+            _, _, kind, args = heappop(heap)
             self.now = at
+            handler = handlers.get(kind)
+            if handler is None:
+                handler = handlers[kind] = getattr(self, "_on_" + kind)
             try:
-                getattr(self, "_on_" + kind)(*args)
+                handler(*args)
             except InvariantViolation as exc:  # a bug in a node: report it with the seed
                 node = self._node_of_event(kind, args)
                 if node is not None and node in self.byzantine:
@@ -667,8 +714,8 @@ class Simulation:
                 end = self.now
                 break
             self.steps += 1
-            self.checkers.check(self.now)
-            if self.clients_done == len(self.clients):
+            check(at)
+            if self.clients_done == n_clients:
                 # drain: stop drain_s after the clients are done and the last fault happened,
                 # once the correct replicas that are up agree on how far they executed (a
                 # restarted one may still be catching up: give it up to the liveness bound)
@@ -732,7 +779,14 @@ class Simulation:
                               n_clients=len(self.cluster.clients))
 
     def _wall(self, i: int) -> Any:
-        return self.clocks[i].read(SIM_EPOCH_S + self.now)
+        """`self.clocks[i].read(SIM_EPOCH_S + self.now)`, computed here the same way (the
+        same float operations, the same Interval) without the checks of its arguments."""
+        clock = self.clocks[i]
+        true_s = SIM_EPOCH_S + self.now
+        # SkewedClock.local_s, then read's rounding to microseconds and Interval.around
+        center = round((true_s + clock.offset_s + true_s * clock.drift_ppm * 1e-6) * 1e6)
+        u = clock.uncertainty_us
+        return _interval(center - u, center + u)
 
     def _new_app(self) -> Any:
         return self.cfg.app_factory() if self.cfg.app_factory is not None else KVStore()
@@ -837,57 +891,66 @@ class Simulation:
         storage = self.storage[i]
         judged = i in self._judged
         dirty = False
-        src: Address = ("replica", i)
+        src: Address = self._replica_addr[i]
+        codes = _EFFECT_CODES
         for e in effects:
-            if isinstance(e, Persist):
+            code = codes.get(type(e))
+            if code is None:
+                code = _effect_code(type(e))
+                if code is None:
+                    raise TypeError(f"replica {i} returned an unknown effect {e!r}")
+            if code == _PERSIST:
                 storage.append(e.record)
                 dirty = True
-            elif isinstance(e, SaveSnapshot):
-                storage.write_snapshot(e.seq, e.data)
-            elif isinstance(e, (Send, Broadcast, Reply)):
+            elif code <= _REPLY:  # Broadcast, Send, Reply: something leaves the node
                 if dirty:
                     storage.sync()
                     dirty = False
-                if self._silent(i):
+                if self.cfg.silent and self._silent(i):
                     self._count(self.drops, "silent")
                     continue
-                if isinstance(e, Send):
+                if code == _BROADCAST:
+                    message = e.message
+                    payload = self._encode(message)
+                    if self._plain_net and type(payload) is bytes:
+                        self._broadcast_plain(i, payload)
+                        continue
+                    transmit = self._transmit
+                    for dst in self._replica_addr:
+                        if dst[1] != i:
+                            transmit(src, dst, message, payload)
+                elif code == _SEND:
                     if not 0 <= e.to < self.n:
                         self._count(self.drops, "bad_destination")
                         continue
-                    self._transmit(src, ("replica", e.to), e.message)
-                elif isinstance(e, Broadcast):
-                    payload = self._encode(e.message)
-                    for j in range(self.n):
-                        if j != i:
-                            self._transmit(src, ("replica", j), e.message, payload)
+                    self._transmit(src, self._replica_addr[e.to], e.message)
                 else:
                     if not 0 <= e.client < len(self.clients):
                         self._count(self.drops, "bad_destination")
                         continue
-                    self._transmit(src, ("client", e.client), e.reply)
-            elif isinstance(e, Executed):
-                self.checkers.on_executed(i, e, self.now)
-                if len(self.event_log) < 20_000:
-                    self.event_log.append((self.now, i, "executed", {"seq": e.seq, "view": e.view, "reqs": [(s.statement.client, s.statement.timestamp) for s in e.batch.requests]}))
-            elif isinstance(e, SetTimer):
+                    self._transmit(src, self._client_addr[e.client], e.reply)
+            elif code == _SET_TIMER:
                 self.timer_gen[i] += 1
                 self._push(max(e.at, self.now), "timer", i, self.incarnation[i], self.timer_gen[i])
-            elif isinstance(e, Evidence):
-                if judged:
-                    self._count(self.events, "evidence")
-                    if len(self.evidence_log) < 1000:
-                        self.evidence_log.append(_proof(i, e, self.now))
-                self.checkers.on_evidence(i, e, self.now)
-            elif isinstance(e, Event):
+            elif code == _EVENT:
                 if len(self.event_log) < 20_000:
                     self.event_log.append((self.now, i, e.kind, e.fields))
                 if judged:
                     self._count(self.events, e.kind)
                 if e.kind == "state_transfer":
                     self.checkers.on_state_transfer(i, int(e.fields["seq"]), self.now)
-            else:
-                raise TypeError(f"replica {i} returned an unknown effect {e!r}")
+            elif code == _EXECUTED:
+                self.checkers.on_executed(i, e, self.now)
+                if len(self.event_log) < 20_000:
+                    self.event_log.append((self.now, i, "executed", {"seq": e.seq, "view": e.view, "reqs": [(s.statement.client, s.statement.timestamp) for s in e.batch.requests]}))
+            elif code == _SAVE_SNAPSHOT:
+                storage.write_snapshot(e.seq, e.data)
+            else:  # Evidence
+                if judged:
+                    self._count(self.events, "evidence")
+                    if len(self.evidence_log) < 1000:
+                        self.evidence_log.append(_proof(i, e, self.now))
+                self.checkers.on_evidence(i, e, self.now)
         if dirty:
             storage.sync()
         node = self.nodes[i]
@@ -933,7 +996,19 @@ class Simulation:
         if payload is None:
             payload = self._encode(message)
         self.net["sent"] += 1
-        if self._partitioned(src, dst):
+        if self._plain_net and type(payload) is bytes:
+            # no fault can touch it: what the code below does then, in short
+            now = self.now
+            at = now + (self._delay_lo + self._delay_span * rng.random()) / 1000.0
+            trace = self._trace_parts
+            trace.append(_SEND_RECORD(now, at, self._address_code[src], self._address_code[dst],
+                                      len(payload), _crc32(payload)))
+            if len(trace) >= _TRACE_FLUSH:
+                self._flush_trace()
+            self._counter += 1
+            heapq.heappush(self._heap, (at, self._counter, "deliver", (src, dst, payload)))
+            return
+        if cfg.partitions and self._partitioned(src, dst):
             self._count(self.drops, "partition")
             self._trace("cut", f"{src}>{dst}", payload)
             return
@@ -941,7 +1016,7 @@ class Simulation:
             self._count(self.drops, "loss")
             self._trace("drop", f"{src}>{dst}", payload)
             return
-        fates = [(0.0, False)]
+        fates = None
         faults = self.faults
         if faults.rules:
             sid = src[1] if src[0] == "replica" else None
@@ -952,10 +1027,31 @@ class Simulation:
                 self._count(self.drops, faults.last_drop)
                 self._trace("drop", f"{src}>{dst}", payload)
                 return
-        copies = 2 if cfg.duplicate > 0 and rng.random() < cfg.duplicate else 1
-        if copies == 2:
+        if cfg.duplicate > 0 and rng.random() < cfg.duplicate:
             self.net["duplicated"] += 1
-            fates.append((0.0, False))
+            fates = (fates or [(0.0, False)]) + [(0.0, False)]
+        if fates is None:  # the usual case: one copy, on time, intact
+            lo, hi = cfg.delay_ms
+            if cfg.link_delay_ms and src[0] == "replica" and dst[0] == "replica":
+                lo, hi = cfg.link_delay_ms.get((src[1], dst[1]), (lo, hi))
+            delay = (lo + (hi - lo) * rng.random()) / 1000.0  # rng.uniform(lo, hi) / 1000
+            if cfg.reorder > 0 and rng.random() < cfg.reorder:
+                extra_ms = cfg.reorder_ms if cfg.reorder_ms is not None else 4 * cfg.delay_ms[1]
+                delay += rng.uniform(0.0, extra_ms) / 1000.0
+                self.net["reordered"] += 1
+            at = self.now + delay
+            if type(payload) is bytes:  # _trace_send, inlined: the hot path
+                trace = self._trace_parts
+                trace.append(_SEND_RECORD(self.now, at, self._address_code[src],
+                                          self._address_code[dst], len(payload),
+                                          _crc32(payload)))
+                if len(trace) >= _TRACE_FLUSH:
+                    self._flush_trace()
+            else:
+                self._trace_send(src, dst, at, payload)
+            self._counter += 1
+            heapq.heappush(self._heap, (at, self._counter, "deliver", (src, dst, payload)))
+            return
         for extra_s, corrupt in fates:
             delay = self._link_delay_s(src, dst) + extra_s
             if cfg.reorder > 0 and rng.random() < cfg.reorder:
@@ -967,8 +1063,31 @@ class Simulation:
                 data = self._corrupt(src, payload)
                 if data is None:
                     continue
-            self._trace("send", f"{src}>{dst}@{self.now + delay!r}", data)
+            self._trace_send(src, dst, self.now + delay, data)
             self._push(self.now + delay, "deliver", src, dst, data)
+
+    def _broadcast_plain(self, i: int, payload: bytes) -> None:
+        """`_transmit` of replica i's payload to every other replica, on a network no fault
+        touches (`_plain_net`): the same draws, records and events, with less bookkeeping."""
+        src = self._replica_addr[i]
+        now = self.now
+        lo, span = self._delay_lo, self._delay_span
+        random_ = self.rng.random
+        size, crc = len(payload), _crc32(payload)
+        trace = self._trace_parts
+        heap = self._heap
+        counter = self._counter
+        for dst in self._replica_addr:
+            j = dst[1]
+            if j != i:
+                at = now + (lo + span * random_()) / 1000.0
+                trace.append(_SEND_RECORD(now, at, i, j, size, crc))
+                counter += 1
+                heapq.heappush(heap, (at, counter, "deliver", (src, dst, payload)))
+        self.net["sent"] += self.n - 1
+        self._counter = counter
+        if len(trace) >= _TRACE_FLUSH:
+            self._flush_trace()
 
     def _message_info(self, message: Any, sid: int | None) -> MessageInfo:
         """What targeted network rules see of `message` sent by replica `sid` (None: a client):
@@ -1044,9 +1163,11 @@ class Simulation:
             witness = self.witness
             if witness is not None and j in self._judged and isinstance(node, _replica_type()):
                 expected = witness.before(j, node, message, self.now)
-            receive_from = getattr(node, "receive_from", None)
-            if receive_from is not None:
-                effects = receive_from(src, message, self.now, self._wall(j))
+            receiver = self._receivers.get(j)
+            if receiver is None or receiver[0] is not node:
+                receiver = self._receivers[j] = (node, getattr(node, "receive_from", None))
+            if receiver[1] is not None:
+                effects = receiver[1](src, message, self.now, self._wall(j))
             else:
                 effects = node.receive(message, self.now, self._wall(j))
             if expected:
@@ -1131,10 +1252,33 @@ class Simulation:
     def _count(counter: dict[str, int], key: str) -> None:
         counter[key] = counter.get(key, 0) + 1
 
+    # The trace hash (SimResult.trace_hash): SHA-256 over a record of every send, drop, cut,
+    # completion, crash and restart, in order. A send is a fixed-size binary record (virtual
+    # times, endpoints, payload length and CRC-32); the rarer events are text with their
+    # payload. Records are hashed in chunks.
+
     def _trace(self, kind: str, where: str, payload: Any) -> None:
         data = payload if isinstance(payload, bytes) else repr(payload).encode()
-        self.trace.update(f"{kind}|{self.now!r}|{where}|{len(data)}|".encode())
-        self.trace.update(data)
+        self._trace_parts.append(f"{kind}|{self.now!r}|{where}|{len(data)}|".encode())
+        self._trace_parts.append(data)
+        if len(self._trace_parts) >= _TRACE_FLUSH:
+            self._flush_trace()
+
+    def _trace_send(self, src: Address, dst: Address, at: float, payload: Any) -> None:
+        data = payload if type(payload) is bytes else repr(payload).encode()
+        self._trace_parts.append(_SEND_RECORD(self.now, at, self._address_code[src],
+                                              self._address_code[dst], len(data),
+                                              _crc32(data)))
+        if len(self._trace_parts) >= _TRACE_FLUSH:
+            self._flush_trace()
+
+    def _flush_trace(self) -> None:
+        self.trace.update(b"".join(self._trace_parts))
+        self._trace_parts.clear()
+
+    def _trace_hash(self) -> str:
+        self._flush_trace()
+        return self.trace.hexdigest()
 
     def _result(self, wall_seconds: float) -> SimResult:
         cfg = self.cfg
@@ -1182,12 +1326,49 @@ class Simulation:
             events=dict(sorted(self.events.items())),
             network=network,
             checkers=checkers.data(),
-            trace_hash=self.trace.hexdigest(),
+            trace_hash=self._trace_hash(),
             evidence=tuple(self.evidence_log),
             behaviours=tuple(r.to_dict() for r in cfg.adversary),
             witness=witness,
             evidence_ok=not witness.get("missed", 0),
         )
+
+
+# Effect kinds, as `_apply` tells them apart: one dict lookup by exact type (a subclass gets
+# the code of the first class of this list it derives from, as an isinstance chain would).
+_BROADCAST, _SEND, _REPLY, _PERSIST, _SET_TIMER, _EVENT, _EXECUTED, _SAVE_SNAPSHOT, _EVIDENCE = \
+    range(9)
+_EFFECT_CLASSES = ((Persist, _PERSIST), (SaveSnapshot, _SAVE_SNAPSHOT), (Send, _SEND),
+                   (Broadcast, _BROADCAST), (Reply, _REPLY), (Executed, _EXECUTED),
+                   (SetTimer, _SET_TIMER), (Evidence, _EVIDENCE), (Event, _EVENT))
+_EFFECT_CODES: dict[type, int] = dict(_EFFECT_CLASSES)
+
+
+def _effect_code(cls: type) -> int | None:
+    """The code of an effect class that is not one of bft.effects' own (remembered)."""
+    for base, code in _EFFECT_CLASSES:
+        if issubclass(cls, base):
+            _EFFECT_CODES[cls] = code
+            return code
+    return None
+
+
+def _interval_builder() -> Callable[[int, int], Interval]:
+    """Interval(earliest, latest) for bounds known to be ints with earliest <= latest: the same
+    object, without __init__'s checks (the slots are filled directly, as bft.codec does)."""
+    new, set_earliest, set_latest = (object.__new__, Interval.earliest_us.__set__,  # type: ignore[attr-defined]
+                                     Interval.latest_us.__set__)  # type: ignore[attr-defined]
+
+    def make(earliest: int, latest: int) -> Interval:
+        interval = new(Interval)
+        set_earliest(interval, earliest)
+        set_latest(interval, latest)
+        return interval
+
+    return make
+
+
+_interval = _interval_builder()
 
 
 def _replica_type() -> type:

@@ -76,6 +76,8 @@ MAX_TOKEN_SEQ = (2**63 - 1) // TOKEN_INDEX_SPAN - 1
 U64_LIMIT = 2**63
 
 SNAPSHOT_VERSION = "kv1"
+# A snapshot's array head (three items) and its version text, as cbor2 writes them
+_SNAPSHOT_HEAD = b"\x83" + bytes((0x60 | len(SNAPSHOT_VERSION),)) + SNAPSHOT_VERSION.encode()
 
 
 # --------------------------------------------------------------------------
@@ -106,6 +108,14 @@ class ExecContext:
     max_clock_skew_us: int = 0
 
     def __post_init__(self) -> None:
+        seq, index = self.seq, self.index
+        if (type(seq) is int and type(index) is int and type(self.batch_time_us) is int
+                and type(self.client) is int and type(self.timestamp) is int
+                and type(self.max_clock_skew_us) is int and 0 <= seq <= MAX_TOKEN_SEQ
+                and 0 <= index < TOKEN_INDEX_SPAN and 0 <= self.batch_time_us < U64_LIMIT
+                and 0 <= self.client < U64_LIMIT and 0 <= self.timestamp < U64_LIMIT
+                and 0 <= self.max_clock_skew_us < U64_LIMIT):
+            return  # the usual case, in one test; otherwise say which value is wrong:
         for name in ("seq", "index", "batch_time_us", "client", "timestamp",
                      "max_clock_skew_us"):
             value = getattr(self, name)
@@ -235,6 +245,26 @@ def _loads_strict(data: bytes, max_bytes: int, max_depth: int) -> Any:
 
 def _dumps(obj: Any) -> bytes:
     return cbor2.dumps(obj, canonical=True)
+
+
+def _cbor_head(major: int, n: int) -> bytes:
+    """The shortest CBOR head of major type `major` (its top 3 bits) and argument n."""
+    if n < 24:
+        return bytes((major | n,))
+    if n < 0x100:
+        return bytes((major | 24, n))
+    if n < 0x10000:
+        return bytes((major | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((major | 26,)) + n.to_bytes(4, "big")
+    return bytes((major | 27,)) + n.to_bytes(8, "big")  # OverflowError past 2**64
+
+
+def _cbor_uint(n: int) -> bytes:
+    """The canonical CBOR of an unsigned int; TypeError or ValueError for anything else."""
+    if type(n) is not int or not 0 <= n < 2**64:
+        raise ValueError("not an unsigned 64-bit int")
+    return _cbor_head(0, n)
 
 
 def _is_u64(x: object) -> bool:
@@ -477,6 +507,32 @@ def _parse_op(data: bytes, limits: KVLimits) -> Op:
     raise _BadOp("unknown_op")
 
 
+#: Parsed ops remembered by their bytes (see _parse_op_memo): each op is executed by every
+#: replica and by the checkers' model, and parsing is a pure function of the bytes and limits.
+OP_MEMO_SIZE = 4096
+_op_memo: dict[bytes, tuple[KVLimits, Op | str]] = {}
+
+
+def _parse_op_memo(data: bytes, limits: KVLimits) -> Op:
+    """`_parse_op(data, limits)`, remembered for the last OP_MEMO_SIZE distinct op bytes (ops
+    are immutable; a bad op is remembered by its reason and raises _BadOp again)."""
+    hit = _op_memo.get(data)
+    if hit is not None and hit[0] is limits:
+        parsed = hit[1]
+    else:
+        try:
+            parsed = _parse_op(data, limits)
+        except _BadOp as exc:
+            parsed = exc.reason
+        if type(data) is bytes:  # bytes only: a key must not change
+            if len(_op_memo) >= OP_MEMO_SIZE:
+                _op_memo.clear()  # (cheaper than evicting one by one)
+            _op_memo[data] = (limits, parsed)
+    if type(parsed) is str:
+        raise _BadOp(parsed)
+    return parsed  # type: ignore[return-value]
+
+
 def decode_op_untrusted(data: bytes, limits: KVLimits = DEFAULT_KV_LIMITS) -> Op:
     """Decode op bytes strictly (as `KVStore.execute` does); raises only MalformedMessage."""
     try:
@@ -530,6 +586,16 @@ class Result:
 
     def encode(self) -> bytes:
         """Canonical CBOR bytes of this result (what goes into Reply.result)."""
+        kind = self.kind
+        if kind == "value" and type(self.value) is bytes:  # the usual results, written directly
+            return b"".join((_VALUE_HEAD, _cbor_head(0x40, len(self.value)), self.value))
+        if kind == "granted" and type(self.token) is int and type(self.expiry_us) is int \
+                and 0 <= self.token < 2**64 and 0 <= self.expiry_us < 2**64:
+            return b"".join((_GRANTED_HEAD, _cbor_head(0, self.token),
+                             _cbor_head(0, self.expiry_us)))
+        bare = _BARE_RESULTS.get(kind)
+        if bare is not None:
+            return bare
         if self.kind == "value":
             return _dumps(["value", self.value])
         if self.kind == "granted":
@@ -541,9 +607,13 @@ class Result:
         if self.kind == "error":
             return _dumps(["error", self.reason])
         if self.kind in ("ok", "not_found", "stale_token"):
-            return _dumps([self.kind])
+            return _BARE_RESULTS[self.kind]
         raise ValueError(f"unknown result kind {self.kind!r}")
 
+
+_BARE_RESULTS = {kind: _dumps([kind]) for kind in ("ok", "not_found", "stale_token")}
+_VALUE_HEAD = _dumps(["value", b""])[:-1]  # ["value", v] up to v's head
+_GRANTED_HEAD = _dumps(["granted", 0, 0])[:-2]  # ["granted", token, expiry] up to token
 
 OK = Result("ok")
 NOT_FOUND = Result("not_found")
@@ -552,8 +622,26 @@ STALE_TOKEN = Result("stale_token")
 _MAX_REASON_CHARS = 64
 
 
+#: Decoded results remembered by their bytes (results repeat: ok, not_found, values read by
+#: several clients); a Result is immutable, so callers may share one.
+RESULT_MEMO_SIZE = 1024
+_result_memo: dict[bytes, Result] = {}
+
+
 def decode_result_untrusted(data: bytes) -> Result:
     """Decode result bytes from a reply (untrusted); raises only MalformedMessage."""
+    hit = _result_memo.get(data) if type(data) is bytes else None
+    if hit is not None:
+        return hit
+    result = _decode_result(data)
+    if type(data) is bytes and len(data) <= 1024:  # bounded memory
+        if len(_result_memo) >= RESULT_MEMO_SIZE:
+            _result_memo.clear()  # (cheaper than evicting one by one)
+        _result_memo[data] = result
+    return result
+
+
+def _decode_result(data: bytes) -> Result:
     try:
         obj = _loads_strict(data, 2 * DEFAULT_KV_LIMITS.max_op_bytes, max_depth=2)
     except ValueError as exc:
@@ -638,7 +726,7 @@ class KVStore:
         """Apply `op` at `ctx` and return the encoded `Result`; never raises for a bad op."""
         self._counters.executed += 1
         try:
-            parsed = _parse_op(op, self.limits)
+            parsed = _parse_op_memo(op, self.limits)
         except _BadOp as exc:
             result = Result("error", reason=exc.reason)
         else:
@@ -653,13 +741,39 @@ class KVStore:
     def snapshot(self) -> bytes:
         """Canonical CBOR of the sorted state (cached until the next change)."""
         if self._snapshot_cache is None:
-            data = [[k, self._data[k]] for k in sorted(self._data)]
-            locks = [
-                [name, info.token, info.holder, info.expiry_us]
-                for name, info in sorted(self._locks.items())
-            ]
-            self._snapshot_cache = _dumps([SNAPSHOT_VERSION, data, locks])
+            try:
+                self._snapshot_cache = self._encode_snapshot()
+            except (TypeError, ValueError, UnicodeEncodeError):  # not the usual types
+                data = [[k, self._data[k]] for k in sorted(self._data)]
+                locks = [
+                    [name, info.token, info.holder, info.expiry_us]
+                    for name, info in sorted(self._locks.items())
+                ]
+                self._snapshot_cache = _dumps([SNAPSHOT_VERSION, data, locks])
         return self._snapshot_cache
+
+    def _encode_snapshot(self) -> bytes:
+        """`_dumps([SNAPSHOT_VERSION, data, locks])` as `snapshot` builds it, written directly
+        (the same bytes); TypeError or ValueError for a value of another type than a key's
+        str, a value's bytes or a lock's u64s (snapshot then leaves it to cbor2)."""
+        data = self._data
+        out = [_SNAPSHOT_HEAD, _cbor_head(0x80, len(data))]
+        for k in sorted(data):
+            v = data[k]
+            if type(k) is not str or type(v) is not bytes:
+                raise TypeError("not a str key and bytes value")
+            kb = k.encode()
+            out += (b"\x82", _cbor_head(0x60, len(kb)), kb, _cbor_head(0x40, len(v)), v)
+        locks = self._locks
+        out.append(_cbor_head(0x80, len(locks)))
+        for name in sorted(locks):
+            info = locks[name]
+            if type(name) is not str:
+                raise TypeError("not a str lock name")
+            nb = name.encode()
+            out += (b"\x84", _cbor_head(0x60, len(nb)), nb, _cbor_uint(info.token),
+                    _cbor_uint(info.holder), _cbor_uint(info.expiry_us))
+        return b"".join(out)
 
     def digest(self) -> bytes:
         """SHA-256 of `snapshot()`: equal states give equal digests, whatever the history."""

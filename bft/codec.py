@@ -102,10 +102,8 @@ class _Unsupported(Exception):
 
 def _head(major: int, n: int) -> bytes:
     """The shortest CBOR head of major type `major` (its top 3 bits) and argument 0 <= n < 2**64."""
-    if n < 24:
-        return _SMALL_HEADS[major | n]
     if n < 0x100:
-        return bytes((major | 24, n))
+        return _HEADS_BELOW_256[major >> 5][n]
     if n < 0x10000:
         return _PACK_2(major | 25, n)
     if n < 0x100000000:
@@ -114,11 +112,32 @@ def _head(major: int, n: int) -> bytes:
 
 
 _SMALL_HEADS = tuple(bytes((b,)) for b in range(256))  # one-byte heads, indexed by the byte
+# For each major type: the heads of the arguments 0..255 (one byte below 24, then two)
+_HEADS_BELOW_256 = tuple(
+    tuple(bytes((major << 5 | n,)) if n < 24 else bytes((major << 5 | 24, n)) for n in range(256))
+    for major in range(8))
+_BYTES_HEADS = _HEADS_BELOW_256[2]  # byte strings of 0..255 bytes
 _PACK_2 = struct.Struct(">BH").pack
 _PACK_4 = struct.Struct(">BI").pack
 _PACK_8 = struct.Struct(">BQ").pack
 _UINT, _BYTES, _ARRAY = 0 << 5, 2 << 5, 4 << 5
 _U64_END = 2**64  # from here cbor2 writes a bignum tag: left to the reference encoder
+
+
+def uint_bytes(n: int) -> bytes:
+    """The CBOR encoding of the unsigned integer `n` (0 <= n < 2**64), shortest form."""
+    return _SMALL_HEADS[n] if 0 <= n < 24 else _head(_UINT, n)
+
+
+def array_head(n: int) -> bytes:
+    """The shortest CBOR head of an array of `n` items (0 <= n < 2**64)."""
+    return _head(_ARRAY, n)
+
+
+def bytes_head(n: int) -> bytes:
+    """The shortest CBOR head of a byte string of `n` bytes (0 <= n < 2**64), as cbor2 writes
+    it: `bytes_head(len(b)) + b` is the encoding of `b`."""
+    return _head(_BYTES, n)
 
 
 def _wire_field_names(cls: type) -> tuple[str, ...]:
@@ -164,13 +183,37 @@ def _put(obj: Any, out: list[bytes]) -> None:
         out.append(_head(_ARRAY, len(obj)))
         for item in obj:
             _put(item, out)
+    elif t is m.Batch:
+        out.append(_encode_batch(obj))
     else:
-        plan = _ENCODE_PLANS.get(t)
-        if plan is None:
+        put_fields = _FIELD_WRITERS.get(t)
+        if put_fields is None:
             raise _Unsupported
-        out.append(plan[0])
-        for item in plan[1](obj):
-            _put(item, out)
+        put_fields(obj, out)
+
+
+#: Batches whose encoding is remembered (see _encode_batch).
+BATCH_MEMO_SIZE = 1024
+BATCH_MEMO_MAX_BYTES = 64 * 1024  # larger batches are encoded each time
+_batch_memo: dict[int, tuple[m.Batch, bytes]] = {}
+
+
+def _encode_batch(batch: m.Batch) -> bytes:
+    """The encoding of a Batch, made once per batch object: a replica encodes each batch for
+    its digest, for its WAL record and to send it; batches are immutable, and the memo holds a
+    reference to each, so an id is never reused while remembered. Raises _Unsupported as
+    `_put` does (nothing is remembered then)."""
+    hit = _batch_memo.get(id(batch))
+    if hit is not None and hit[0] is batch:
+        return hit[1]
+    out: list[bytes] = []
+    _FIELD_WRITERS[m.Batch](batch, out)
+    data = b"".join(out)
+    if len(data) <= BATCH_MEMO_MAX_BYTES:  # bounded memory: at most 64 MiB of batches
+        if len(_batch_memo) >= BATCH_MEMO_SIZE:
+            _batch_memo.clear()  # (cheaper than evicting one by one)
+        _batch_memo[id(batch)] = (batch, data)
+    return data
 
 
 def encode(message: Any) -> bytes:
@@ -187,13 +230,77 @@ def encode(message: Any) -> bytes:
                              _head(_BYTES, len(signature)), signature))
     out: list[bytes] = []
     try:
-        _put(message, out)
+        put_fields = _FIELD_WRITERS.get(type(message))
+        if put_fields is not None and type(message) is not m.Batch:
+            put_fields(message, out)
+        else:
+            _put(message, out)
     except _Unsupported:
         return _encode_reference(message)
     return b"".join(out)
 
 
 _SIGNED_PREFIX = _ENCODE_PLANS[m.Signed][0]
+
+# Source templates of the generated writers (`_put_<Name>(obj, out)`: what `_put` writes for
+# a message of exactly that class): each field's usual type is written at once, anything
+# else goes through `_put`, which writes it or raises `_Unsupported` as it always did.
+_WRITE_U64 = """\
+    v = obj.{name}
+    if type(v) is int and 0 <= v < 24:
+        append(_SMALL_HEADS[v])
+    else:
+        _put(v, out)
+"""
+_WRITE_BYTES = """\
+    v = obj.{name}
+    if type(v) is bytes:
+        n = len(v)
+        append(_BYTES_HEADS[n] if n < 256 else _head(0x40, n))
+        append(v)
+    else:
+        _put(v, out)
+"""
+_WRITE_SIGNED_TUPLE = """\
+    v = obj.{name}
+    if type(v) is tuple:
+        append(_head(0x80, len(v)))
+        for x in v:
+            if type(x) is Signed and type(x.body) is bytes and type(x.signature) is bytes:
+                out += (_SIGNED_PREFIX, _head(0x40, len(x.body)), x.body,
+                        _head(0x40, len(x.signature)), x.signature)
+            else:
+                _put(x, out)
+    else:
+        _put(v, out)
+"""
+_WRITE_ANY = """\
+    _put(obj.{name}, out)
+"""
+
+
+def _writer_source(cls: type) -> str:
+    """The source of `_put_<Name>(obj, out)` for message class `cls` (see the templates)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    lines = [f"def _put_{cls.__name__}(obj, out):\n", "    append = out.append\n",
+             f"    append({_ENCODE_PLANS[cls][0]!r})\n"]
+    for name in _wire_field_names(cls):
+        hint = hints[name]
+        template = _WRITE_ANY
+        if typing.get_origin(hint) is typing.Annotated:
+            kind = hint.__metadata__[0]
+            if kind is m.Kind.U64:
+                template = _WRITE_U64
+            elif kind in (m.Kind.DIGEST, m.Kind.SIGNATURE, m.Kind.MAC, m.Kind.OP, m.Kind.BLOB):
+                template = _WRITE_BYTES
+        elif typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is m.Signed:
+            template = _WRITE_SIGNED_TUPLE
+        lines.append(template.format(name=name))
+    return "".join(lines)
+
+
+# Filled below, once _define exists: message class -> its generated writer.
+_FIELD_WRITERS: dict[type, Callable[[Any, list[bytes]], None]] = {}
 
 
 # --------------------------------------------------------------------------
@@ -784,8 +891,23 @@ def _define(source: str, name: str, namespace: dict[str, Any]) -> Any:
     return namespace[name]
 
 
+_WRITERS_NAMESPACE: dict[str, Any] = {
+    "_put": _put, "_head": _head, "_SMALL_HEADS": _SMALL_HEADS, "Signed": m.Signed,
+    "_BYTES_HEADS": _BYTES_HEADS,
+    "_SIGNED_PREFIX": _SIGNED_PREFIX,
+}
+for _cls in m.ALL_TYPES:
+    _FIELD_WRITERS[_cls] = _define(_writer_source(_cls), f"_put_{_cls.__name__}",
+                                   _WRITERS_NAMESPACE)
+
 _decoded_signed = _builder(m.Signed)
 _decoded_mac_reply = _builder(m.MacReply)
+
+#: `Signed(body, signature, statement, checked)`, made without the frozen dataclass's
+#: per-field `object.__setattr__` (the same object): for signers, who make many.
+new_signed = _decoded_signed
+#: `MacReply(body, mac, statement, checked)`, likewise.
+new_mac_reply = _decoded_mac_reply
 
 # The generated readers share one namespace, so that each finds the readers of
 # the messages it holds by name (`_fast_read_Batch`, ...) when it runs.

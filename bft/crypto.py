@@ -61,6 +61,7 @@ from bft.messages import (
     FetchState,
     Prepare,
     PrePrepare,
+    Proposal,
     Reply,
     Request,
     Signed,
@@ -116,9 +117,28 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+#: Batches whose digest is remembered (see batch_digest).
+BATCH_DIGEST_MEMO_SIZE = 1024
+BATCH_DIGEST_MEMO_MAX_BYTES = 64 * 1024  # larger batches are not remembered (bounded memory)
+_batch_digests: dict[int, tuple[Batch, bytes]] = {}
+
+
 def batch_digest(batch: Batch) -> bytes:
-    """D(batch): SHA-256 of the batch's canonical encoding (binds batch_time and requests)."""
-    return sha256(codec.encode(batch))
+    """D(batch): SHA-256 of the batch's canonical encoding (binds batch_time and requests).
+
+    Computed once per batch object (several replicas of one simulation, and the checkers,
+    digest the same decoded batch): batches are immutable, and the memo holds a reference to
+    each, so an id is never reused while remembered."""
+    hit = _batch_digests.get(id(batch))
+    if hit is not None and hit[0] is batch:
+        return hit[1]
+    data = codec.encode(batch)
+    digest = sha256(data)
+    if type(batch) is Batch and len(data) <= BATCH_DIGEST_MEMO_MAX_BYTES:
+        if len(_batch_digests) >= BATCH_DIGEST_MEMO_SIZE:
+            _batch_digests.clear()  # (cheaper than evicting one by one)
+        _batch_digests[id(batch)] = (batch, digest)
+    return digest
 
 
 def request_digest(signed_request: Signed) -> bytes:
@@ -143,6 +163,9 @@ def _check_identity(kind: str, id: int) -> None:
 def statement_domain(kind: str) -> bytes:
     """The prefix signed before a statement body by a signer of `kind`."""
     return _PREFIX + kind.encode("ascii") + b"/statement\x00"
+
+
+_STATEMENT_DOMAINS = {kind: statement_domain(kind) for kind in KINDS}
 
 
 def bytes_domain(kind: str) -> bytes:
@@ -387,10 +410,8 @@ class _BaseSigner:
         if owner != (self.kind, self.id):
             raise ValueError(f"{self.kind} {self.id} cannot sign a statement of {owner}")
         body = codec.encode(statement)
-        return Signed(
-            body=body, signature=self._raw_sign(self._statement_domain + body),
-            statement=statement, checked=(body, statement),
-        )
+        return codec.new_signed(body, self._raw_sign(self._statement_domain + body),
+                                statement, (body, statement))
 
     def sign_bytes(self, data: bytes) -> bytes:
         """A 64-byte signature of `data`, in a domain no statement signature shares."""
@@ -399,6 +420,9 @@ class _BaseSigner:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.kind!r}, {self.id})"
 
+
+#: Objects that verified lately, remembered by identity (see _CachingVerifier._passed).
+PASSED_MEMO_SIZE = 4096
 
 #: Statements with no Signed inside them (verify_deep checks just the one signature).
 _FLAT_STATEMENTS = frozenset({Prepare, Commit, PrePrepare, Checkpoint, Status, Request, Reply,
@@ -435,6 +459,10 @@ class _CachingVerifier:
         self._cache_entries = cache_entries
         self._cache_bytes = cache_bytes
         self._cached_bytes = 0
+        # id -> (the very Signed, its cache key) for objects that verified lately: messages are
+        # immutable, so while its entry stays cached the same object is a cache hit without
+        # hashing its body (the simulator hands one decoded broadcast to every receiver)
+        self._passed: dict[int, tuple[Signed, bytes]] = {}
         self._stats = {
             "verified": 0,
             "failed": 0,
@@ -468,6 +496,13 @@ class _CachingVerifier:
         paired with a different statement), and the signature over the
         signer's domain prefix and the body as received verifies. Never raises.
         """
+        passed = self._passed.get(id(signed))
+        if passed is not None and passed[0] is signed and passed[1] in self._cache:
+            # this very (immutable) object verified, and its entry is still cached: a cache hit
+            # found without hashing the body again
+            self._cache.move_to_end(passed[1])
+            self._stats["cache_hits"] += 1
+            return True
         statement = signed.statement
         if not isinstance(statement, STATEMENT_TYPES):
             return self._fail("not_a_statement")
@@ -479,6 +514,7 @@ class _CachingVerifier:
         if cached is not None and (cached[0] is statement or cached[0] == statement):
             self._cache.move_to_end(key)
             self._stats["cache_hits"] += 1
+            self._passed_now(signed, key)
             return True
         identity = signer_of(statement)
         if (
@@ -499,13 +535,22 @@ class _CachingVerifier:
                 matches = False
         if not matches:
             return self._fail("body_mismatch")
-        if len(signature) != SIGNATURE_SIZE or not self._check(
-            identity, statement_domain(identity[0]) + body, signature
-        ):
+        domain = _STATEMENT_DOMAINS.get(identity[0])
+        if domain is None:
+            domain = statement_domain(identity[0])
+        if len(signature) != SIGNATURE_SIZE or not self._check(identity, domain + body, signature):
             return self._fail("bad_signature")
         self._stats["verified"] += 1
         self._remember(key, statement, len(body))
+        self._passed_now(signed, key)
         return True
+
+    def _passed_now(self, signed: Signed, key: bytes) -> None:
+        """Remember the cache key of this very (immutable) object, for `_passed`."""
+        passed = self._passed
+        if len(passed) >= PASSED_MEMO_SIZE:
+            passed.clear()  # (cheaper than evicting one by one)
+        passed[id(signed)] = (signed, key)  # holds the object: its id is not reused meanwhile
 
     def _remember(self, key: bytes, statement: Statement, size: int) -> None:
         if size > self._cache_bytes or self._cache_entries == 0:
@@ -530,12 +575,38 @@ class _CachingVerifier:
         """
         if type(message) is Signed and type(message.statement) in _FLAT_STATEMENTS:
             return self.verify(message)  # the common case: nothing nested to walk
+        if type(message) is Proposal:
+            return self._verify_proposal(message)
+        return self._verify_walk(message)
+
+    def _verify_walk(self, message: Any) -> bool:
         stack = [message]
         while stack:
             obj = stack.pop()
             if isinstance(obj, Signed) and not self.verify(obj):
                 return False
             stack.extend(_nested(obj))
+        return True
+
+    def _verify_proposal(self, proposal: Proposal) -> bool:
+        """verify_deep of a Proposal: the same checks in the same order as the walk (the
+        batch's requests last to first, then the pre-prepare), without walking the fields."""
+        pp, batch = proposal.pre_prepare, proposal.batch
+        if type(pp) is not Signed or type(batch) is not Batch or type(batch.requests) is not tuple:
+            return self._verify_walk(proposal)
+        flat = _FLAT_STATEMENTS
+        verify = self.verify
+        for s in reversed(batch.requests):
+            if type(s) is Signed and type(s.statement) in flat:
+                if not verify(s):
+                    return False
+            elif not self._verify_walk(s):
+                return False
+        if type(pp.statement) in flat:
+            if not verify(pp):
+                return False
+        elif not self._verify_walk(pp):
+            return False
         return True
 
     def verify_bytes(self, identity: Identity, data: bytes, signature: bytes) -> bool:
@@ -673,6 +744,12 @@ class Ed25519Keys:
 # --------------------------------------------------------------------------
 
 
+try:  # hmac.digest's own fast path, without its Python wrapper
+    from _hashlib import hmac_digest as _hmac_digest
+except ImportError:  # pragma: no cover - Python built without OpenSSL
+    _hmac_digest = hmac.digest
+
+
 def _seed_bytes(seed: int | bytes) -> bytes:
     if isinstance(seed, bytes):
         return seed
@@ -682,7 +759,7 @@ def _seed_bytes(seed: int | bytes) -> bytes:
 
 
 def _hmac_signature(secret: bytes, data: bytes) -> bytes:
-    mac = hmac.digest(secret, data, "sha256")
+    mac = _hmac_digest(secret, data, "sha256")
     return mac + mac  # extended to the wire's fixed 64 bytes; both halves are checked
 
 

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import cbor2
 
 from bft import codec
+from bft.app import ExecContext
 from bft.clock import Interval, accept_batch_time, propose_batch_time
 from bft.config import ClusterConfig
 from bft.crypto import batch_digest, request_digest, sha256
@@ -68,6 +69,13 @@ REC_SENT = 1  # a Signed message this replica signed and sent
 REC_PROPOSAL = 2  # a Proposal this replica proposed or accepted (keeps the batch)
 REC_CERT = 3  # a prepared certificate, durable before the COMMIT is sent
 REC_NEW_VIEW = 4  # a NEW-VIEW this replica accepted (it entered that view)
+
+# The CBOR heads of a WAL record [kind, body] up to its body's byte-string head: an array
+# of two and the kind (each kind is below 24, so one byte)
+_RECORD_HEADS = {kind: bytes((0x82, kind)) for kind in (REC_SENT, REC_PROPOSAL, REC_CERT,
+                                                         REC_NEW_VIEW)}
+
+_U64_END = 2**64  # CBOR's unsigned integers (cbor2 writes larger ones as tagged bignums)
 
 STATE_CHUNK_BYTES = 48 * 1024
 MAX_STATUS_SEQS = 64
@@ -178,6 +186,8 @@ class Replica:
         self.counters: collections.Counter[str] = collections.Counter()
         self._out: list[Effect] = []
         self._digest_memo: dict[int, tuple[Batch, bytes]] = {}
+        # client -> (its client_table entry, that entry as written in _snapshot)
+        self._table_entries: dict[int, tuple[tuple[int, bytes, bytes], bytes]] = {}
         self._pending_since: dict[tuple[int, int], float] = {}  # request -> first seen
         self._forwarded: set[tuple[int, int]] = set()  # requests forwarded to the primary
         # peer -> (last_executed, stable_seq) of its previous STATUS and how many STATUSes in
@@ -187,6 +197,18 @@ class Replica:
         self._peer_progress: dict[int, tuple[int, int, int]] = {}
         self._now = 0.0
         self._wall = Interval(0, 0)
+        # statement type -> handler of a replica's signed message (see _dispatch)
+        self._handlers: dict[type, Any] = {
+            Prepare: self._on_prepare,
+            Commit: self._on_commit,
+            Checkpoint: self._on_checkpoint,
+            ViewChange: self._on_view_change,
+            NewView: self._on_new_view,
+            Status: self._on_status,
+            Fetch: self._on_fetch,
+            FetchState: self._on_fetch_state,
+            StateChunk: self._on_state_chunk,
+        }
         self._dirty_persist = False
         self._recovering = recovered is not None
         # After lost votes (PROTOCOL.md "Crash recovery": never sign what conflicts with an
@@ -286,10 +308,13 @@ class Replica:
         return out
 
     def _next_deadline(self) -> float | None:
-        ds = [d for d in (self.batch_deadline, self.new_view_deadline, self.progress_deadline,
-                          self.status_deadline,
-                          self.transfer.deadline if self.transfer else None) if d is not None]
-        return min(ds) if ds else None
+        nxt = self.status_deadline
+        for d in (self.batch_deadline, self.new_view_deadline, self.progress_deadline):
+            if d is not None and (nxt is None or d < nxt):
+                nxt = d
+        if self.transfer is not None and (nxt is None or self.transfer.deadline < nxt):
+            nxt = self.transfer.deadline
+        return nxt
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
@@ -303,9 +328,9 @@ class Replica:
         if hit is not None and hit[0] is batch:
             return hit[1]
         digest = batch_digest(batch)
+        if len(memo) >= DIGEST_MEMO_SIZE:
+            memo.clear()  # (cheaper than evicting one by one: `del memo[next(iter(memo))]` scans)
         memo[id(batch)] = (batch, digest)
-        if len(memo) > DIGEST_MEMO_SIZE:
-            del memo[next(iter(memo))]
         return digest
 
     def _event(self, event_kind: str, /, **fields: Any) -> None:
@@ -315,7 +340,10 @@ class Replica:
         return self.signer.sign(statement)
 
     def _persist(self, kind: int, message: Any) -> None:
-        self._out.append(Persist(cbor2.dumps([kind, codec.encode(message)])))
+        # cbor2.dumps([kind, codec.encode(message)]), written directly (the same bytes)
+        data = codec.encode(message)
+        self._out.append(Persist(b"".join((_RECORD_HEADS[kind], codec.bytes_head(len(data)),
+                                            data))))
 
     def primary(self, view: int | None = None) -> int:
         return (self.view if view is None else view) % self.n
@@ -420,17 +448,7 @@ class Replica:
                 return self._on_checkpoint(message)
             return self._drop("own_message")
         self._note_arrival(st.replica)
-        handler = {
-            Prepare: self._on_prepare,
-            Commit: self._on_commit,
-            Checkpoint: self._on_checkpoint,
-            ViewChange: self._on_view_change,
-            NewView: self._on_new_view,
-            Status: self._on_status,
-            Fetch: self._on_fetch,
-            FetchState: self._on_fetch_state,
-            StateChunk: self._on_state_chunk,
-        }.get(type(st))
+        handler = self._handlers.get(type(st))
         if handler is None:  # PrePrepare without batch, Reply
             return self._drop("unexpected_type")
         handler(message)
@@ -806,8 +824,9 @@ class Replica:
             return
         if self.in_view_change or slot.view != self.view:
             return
+        digest, primary = slot.digest, self.primary()
         matching = [s for r, s in slot.prepares.items()
-                    if s.statement.digest == slot.digest and r != self.primary()]  # type: ignore[union-attr]
+                    if s.statement.digest == digest and r != primary]  # type: ignore[union-attr]
         if len(matching) < self.quorum - 1:
             return
         slot.prepared = True
@@ -979,12 +998,11 @@ class Replica:
                    for q in range(self.last_executed + 1, self.log.top + 1))
 
     def _execute(self, slot: Slot) -> None:
-        from bft.app import ExecContext
-
         batch = slot.batch
         assert batch is not None
         seq = slot.seq
         results = []
+        max_clock_skew_us = int(self.config.max_clock_skew_s * 1_000_000)
         for index, s in enumerate(batch.requests):
             r: Request = s.statement  # type: ignore[assignment]
             key = (r.client, r.timestamp)
@@ -998,7 +1016,7 @@ class Replica:
             ctx = ExecContext(seq=seq, index=index,  # agreed time is monotonic (PROTOCOL.md)
                               batch_time_us=max(batch.batch_time, self.last_batch_time),
                               client=r.client, timestamp=r.timestamp,
-                              max_clock_skew_us=int(self.config.max_clock_skew_s * 1_000_000))
+                              max_clock_skew_us=max_clock_skew_us)
             result = self.app.execute(r.op, ctx)
             self.client_table[r.client] = (r.timestamp, result, digest)
             results.append(result)
@@ -1026,8 +1044,31 @@ class Replica:
     # ------------------------------------------------------------------ snapshot of replica state
 
     def _snapshot(self) -> bytes:
-        table = sorted((c, t, r, d) for c, (t, r, d) in self.client_table.items())
-        return cbor2.dumps([self.app.snapshot(), [list(x) for x in table], self.last_batch_time],
+        app_snapshot = self.app.snapshot()
+        table = sorted(self.client_table.items())  # by client: each appears once
+        last_bt = self.last_batch_time
+        if type(app_snapshot) is bytes and type(last_bt) is int and 0 <= last_bt < _U64_END:
+            # cbor2.dumps(..., canonical=True) below, written directly for the usual types; a
+            # client's entry is written again only when it changed (a new tuple in the table)
+            uint, head = codec.uint_bytes, codec.bytes_head
+            out = [b"\x83", head(len(app_snapshot)), app_snapshot, codec.array_head(len(table))]
+            written = self._table_entries
+            for c, entry in table:
+                hit = written.get(c)
+                if hit is not None and hit[0] is entry:
+                    out.append(hit[1])
+                    continue
+                t, r, d = entry
+                if not (type(c) is int and type(t) is int and 0 <= c < _U64_END
+                        and 0 <= t < _U64_END and type(r) is bytes and type(d) is bytes):
+                    break
+                data = b"".join((b"\x84", uint(c), uint(t), head(len(r)), r, head(len(d)), d))
+                written[c] = (entry, data)
+                out.append(data)
+            else:
+                out.append(uint(last_bt))
+                return b"".join(out)
+        return cbor2.dumps([app_snapshot, [[c, t, r, d] for c, (t, r, d) in table], last_bt],
                            canonical=True)
 
     def _restore(self, snapshot: bytes) -> None:
