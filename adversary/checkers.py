@@ -38,6 +38,8 @@ The checkers:
   replica's results agree with the model; and real-time order holds (an op
   that completed before another was invoked comes first in the agreed order).
 * `EvidenceChecker`: no correct replica is caught signing conflicting messages.
+* `ConductChecker`: what each correct replica signs keeps the rules (no two conflicting
+  statements; votes only in their own view, outside a view change), seen as it is sent.
 * `LivenessChecker`: every issued request completes within `bound_s` after
   the later of its invocation and `faults_end_s`.
 
@@ -53,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bft.crypto import batch_digest
-from bft.messages import Request, Signed
+from bft.messages import Checkpoint, Commit, NewView, Prepare, Request, Signed
 
 #: Violations kept per checker; later ones are only counted.
 MAX_VIOLATIONS = 50
@@ -629,6 +631,79 @@ class EvidenceChecker(Checker):
 
 
 # --------------------------------------------------------------------------
+# Conduct: what a correct replica signs
+# --------------------------------------------------------------------------
+
+
+class ConductChecker(Checker):
+    """What each correct replica signs keeps PROTOCOL.md's rules, checked on every message
+    it sends (not only once a split shows in what replicas execute):
+
+    * never two PRE-PREPAREs (its own, or in its NEW-VIEW's O), PREPAREs or COMMITs with
+      different digests for one (view, seq), nor two CHECKPOINTs for one seq ("Evidence":
+      each pair would be a proof against a correct replica);
+    * a PREPARE or COMMIT of view v is signed only in view v, outside a view change ("Normal
+      case": prepare and commit are steps of view v only): the replica was in (v, not in a
+      view change) before or after the step that first sent it. A vote sent again later (loss
+      recovery, after a restart) is not a new signature.
+
+    The simulator feeds `on_sent(node, message, before, after)` with the replica's (view, in
+    view change) before and after the step; `after` None skips the view rule (a replica
+    wrapped by a behaviour may send later than it signed: `slow`, `pause`)."""
+
+    name = "conduct"
+
+    def __init__(self, correct: Iterable[int]) -> None:
+        super().__init__(correct)
+        self.signed: dict[tuple[int, str, int, int], bytes] = {}
+        self.votes_checked = 0
+
+    def on_sent(self, node: int, message: Any, before: Any, after: Any) -> None:
+        if node not in self.correct:
+            return
+        statement = getattr(message, "statement", None)
+        if statement is None:  # a Proposal: its pre-prepare header
+            pre_prepare = getattr(message, "pre_prepare", None)
+            if pre_prepare is not None and pre_prepare.statement.replica == node:
+                self._sign(node, "PRE-PREPARE", pre_prepare.statement)
+            return  # (a primary's proposal relayed by a backup is the primary's)
+        if getattr(statement, "replica", None) != node:
+            return  # relayed: someone else's
+        kind = type(statement)
+        if kind is Prepare or kind is Commit:
+            if self._sign(node, kind.__name__.upper(), statement) and after is not None:
+                self.votes_checked += 1
+                home = (statement.view, False)
+                if before != home and after != home:
+                    self.violation(f"replica {node} signed {kind.__name__.upper()}"
+                                   f"({statement.view}, {statement.seq}) while its (view, in "
+                                   f"view change) was {before} before the step, {after} after")
+        elif kind is Checkpoint:
+            key = (node, "CHECKPOINT", -1, statement.seq)
+            old = self.signed.setdefault(key, statement.state_digest)
+            if old != statement.state_digest:
+                self.violation(f"replica {node} signed two CHECKPOINTs for seq {statement.seq}")
+        elif kind is NewView:
+            for pp in statement.pre_prepares:
+                self._sign(node, "PRE-PREPARE", pp.statement)
+
+    def _sign(self, node: int, kind: str, statement: Any) -> bool:
+        """Record a signed statement; True if it is new (not a resend)."""
+        key = (node, kind, statement.view, statement.seq)
+        old = self.signed.get(key)
+        if old is None:
+            self.signed[key] = statement.digest
+            return True
+        if old != statement.digest:
+            self.violation(f"replica {node} signed two {kind}s for view {statement.view} seq "
+                           f"{statement.seq}: {_hex(old)} and {_hex(statement.digest)}")
+        return False
+
+    def data(self) -> dict[str, Any]:
+        return {**super().data(), "signed": len(self.signed), "votes_checked": self.votes_checked}
+
+
+# --------------------------------------------------------------------------
 # Liveness
 # --------------------------------------------------------------------------
 
@@ -714,12 +789,13 @@ class CheckerSuite:
         self.linearizability = LinearizabilityChecker(correct, model,
                                                       max_clock_skew_us=max_clock_skew_us)
         self.evidence = EvidenceChecker(correct, verifier)
+        self.conduct = ConductChecker(correct)
         self.liveness = LivenessChecker(correct, bound_s=liveness_bound_s,
                                         faults_end_s=faults_end_s,
                                         require_completion=require_completion)
         self.safety_checkers: tuple[Checker, ...] = (
             self.agreement, self.validity, self.exactly_once, self.total_order,
-            self.state_digest, self.linearizability, self.evidence,
+            self.state_digest, self.linearizability, self.evidence, self.conduct,
         )
         self.all: tuple[Checker, ...] = self.safety_checkers + (self.liveness,)
         # the hooks run often (check() after every step): each calls only the checkers that
@@ -748,6 +824,9 @@ class CheckerSuite:
     def on_evidence(self, node: int, evidence: Any, now: float) -> None:
         for c in self.all:
             c.on_evidence(node, evidence, now)
+
+    def on_sent(self, node: int, message: Any, before: Any, after: Any) -> None:
+        self.conduct.on_sent(node, message, before, after)
 
     def on_invoke(self, client: int, timestamp: int, op: bytes, now: float) -> None:
         for on_invoke in self._on_invoke:

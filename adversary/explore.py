@@ -68,7 +68,7 @@ from typing import Any
 from adversary import behaviours as _behaviours
 from adversary import netfaults as _netfaults
 from adversary.behaviours import BehaviourRule, Param, make_rule
-from adversary.netfaults import NetworkRule, make_network_rule
+from adversary.netfaults import ROUND_ACTIONS, ROUND_KINDS, NetworkRule, make_network_rule, round_schedule
 from adversary.scenario import Scenario
 from bft.errors import ConfigError
 
@@ -213,9 +213,16 @@ class ExploreOptions:
     max_weather: int = 2  # network rules on every link (loss, delay, duplicates, ...)
     liveness_bound_s: float = DEFAULT_LIVENESS_BOUND_S
     max_events: int = DEFAULT_MAX_EVENTS
+    profiles: tuple[str, ...] | None = None  # None: every profile, by PROFILES' weights
 
     def validate(self) -> None:
         """ConfigError naming the option for a value out of range or an unknown name."""
+        for name in self.profiles or ():
+            if name not in PROFILES:
+                raise ConfigError(f"unknown profile {name!r}", field="--profiles",
+                                  fix=f"known: {', '.join(PROFILES)}")
+        if self.profiles is not None and not self.profiles:
+            raise ConfigError("at least one profile", field="--profiles")
         if not self.nodes or any(n < 4 or (n - 1) % 3 for n in self.nodes):
             raise ConfigError(f"expected sizes n = 3f+1 >= 4, got {list(self.nodes)}",
                               field="--nodes", fix="e.g. --nodes 4,7")
@@ -378,6 +385,13 @@ NET_SAMPLERS: dict[str, Callable[[random.Random, DrawContext], dict[str, Any]]] 
 #: Only keywords `make_network_rule` accepts are drawn (see `_match_keywords`).
 MATCH_SAMPLERS: dict[str, Callable[[random.Random, DrawContext], Any]] = {
     "nodes": lambda rng, ctx: [_pick_node(rng, ctx.n)],
+    # targeted rules (adversary/netfaults.py): a message kind or two, one sender or
+    # receiver, a view, a range of seqs
+    "kinds": lambda rng, ctx: sorted(rng.sample(ROUND_KINDS, rng.choice((1, 1, 2)))),
+    "senders": lambda rng, ctx: [_pick_node(rng, ctx.n)],
+    "receivers": lambda rng, ctx: [_pick_node(rng, ctx.n)],
+    "views": lambda rng, ctx: rng.choice((0, 0, 1, 2)),
+    "seqs": lambda rng, ctx: (lambda lo: [lo, lo + rng.choice((0, 1, 4))])(rng.randint(1, 12)),
 }
 
 
@@ -411,7 +425,13 @@ def _start(rng: random.Random, window: tuple[float, float]) -> float:
 #: down for a moment or the primary is slow), so the new primary's NEW-VIEW, re-proposals
 #: and batch fetches meet its behaviour. (ByzzFuzz, Winter et al. 2023: a few faults close
 #: to the protocol's rounds find more than many spread thin.)
-PROFILES: dict[str, float] = {"mixed": 0.5, "primary": 0.25, "view-change": 0.25}
+#: "rounds": a ByzzFuzz schedule (adversary.netfaults.round_schedule: a partition and a
+#: few message faults, each scoped to one view) beside one Byzantine replica.
+#: "late": a Byzantine primary (of view 0 or 1) and one backup whose PRE-PREPAREs (with
+#: their batches) arrive late or not at all, sometimes across a view change: the backup
+#: decides by COMMITs, or enters a view, before it holds what the primary sent it.
+PROFILES: dict[str, float] = {"mixed": 0.3, "primary": 0.2, "view-change": 0.15,
+                              "rounds": 0.15, "late": 0.2}
 
 
 def draw(seed: int, index: int, options: ExploreOptions | None = None) -> tuple[Scenario, str]:
@@ -420,7 +440,8 @@ def draw(seed: int, index: int, options: ExploreOptions | None = None) -> tuple[
     estimated active window (or at 0, in force from the first request)."""
     options = options or ExploreOptions()
     rng = random.Random(f"bft-explore/{seed}/{index}")
-    profile = rng.choices(list(PROFILES), weights=list(PROFILES.values()))[0]
+    names = [p for p in PROFILES if options.profiles is None or p in options.profiles]
+    profile = rng.choices(names, weights=[PROFILES[p] for p in names])[0]
     n = rng.choice(options.nodes)
     f = (n - 1) // 3
     clients = rng.randint(2, max(2, options.max_clients))
@@ -441,6 +462,22 @@ def draw(seed: int, index: int, options: ExploreOptions | None = None) -> tuple[
         draft.end_view_0()
         draft.base_weather()
         draft.weather(rng.randint(0, 1))
+    elif profile == "rounds":
+        draft.byzantine(count=1)
+        draft.rounds()
+        draft.base_weather()
+    elif profile == "late":
+        primary = rng.choice((0, 0, 1))
+        kind = "equivocate" if primary == 0 else "bad-new-view"
+        if kind in draft.byzantine_kinds and rng.random() < 0.6:
+            draft.two_faced_primary(primary, kind)
+        else:
+            draft.byzantine(first=primary, count=1)
+            if rng.random() < 0.5:
+                draft.withholding(primary)
+        ends = draft.end_view_0() if primary == 1 or rng.random() < 0.5 else None
+        draft.late_backup(ends)
+        draft.base_weather()
     else:
         draft.byzantine()
         draft.transient(rng.randint(0, options.max_transient))
@@ -527,10 +564,11 @@ class _Draft:
         if kind not in ("crash", "pause") and rng.random() < 0.8:
             stop = _ms(start + rng.choice(DURATIONS_S))
         rule = _rule(node, kind, rng, self.ctx, start, stop)
-        if (kind == "crash" and node in self.crashed) or not self.fits([rule]):
+        crashing = kind in ("crash", "crash-at")  # one crash rule of either kind per replica
+        if (crashing and node in self.crashed) or not self.fits([rule]):
             return False
         self.rules.append(rule)
-        if kind == "crash":
+        if crashing:
             self.crashed.add(node)
         return True
 
@@ -552,10 +590,10 @@ class _Draft:
                                                 if kind == "crash" else ()), kind, self.start()):
                     break
 
-    def end_view_0(self) -> None:
+    def end_view_0(self) -> float:
         """Something that ends view 0 while requests are in flight: its primary crashes,
         pauses or is cut off if the budget allows; else the network goes down for a moment,
-        or the primary is slow."""
+        or the primary is slow. Returns when."""
         rng = self.rng
         start = self.start()
         down = [k for k in ("crash", "pause") if k in self.transient_kinds]
@@ -565,14 +603,91 @@ class _Draft:
         for kind in down:
             if kind == "partition":
                 if self._partition([0], start, rng.choice(DURATIONS_S)):
-                    return
+                    return start
             elif self._behaviour(0, kind, start):
-                return
+                return start
         if "drop" in self.kinds and (rng.random() < 0.7 or "slow" not in self.transient_kinds):
             self.network.append(make_network_rule(
                 "drop", rate=1.0, start_s=start, stop_s=_ms(start + rng.choice((0.5, 1.0, 2.0)))))
         elif "slow" in self.transient_kinds:
             self._behaviour(0, "slow", start)
+        return start
+
+    def rounds(self) -> None:
+        """A small round-based schedule (ByzzFuzz): each rule added if the budget allows it;
+        partitions end within the active window so liveness is judged too."""
+        rng, ctx = self.rng, self.ctx
+        stop = _ms(ctx.window_s[1] + rng.choice(DURATIONS_S))
+        kinds = tuple(k for k in ROUND_ACTIONS if k in self.kinds)
+        if not kinds:
+            return
+        for rule in round_schedule(rng, ctx.n, max_view=2,
+                                   partitions=1 if "partition" in self.kinds else 0,
+                                   message_faults=rng.randint(1, 3), actions=kinds,
+                                   partition_stop_s=stop):
+            # every rule ends: one scoped to a view the replicas cannot leave (its messages
+            # are the ones that would let them) would never end, and liveness is judged
+            # only once the network behaves
+            rule = dataclasses.replace(rule, stop_s=stop)
+            if self.fits(network=[rule]):
+                self.network.append(rule)
+
+    def two_faced_primary(self, node: int, kind: str) -> None:
+        """A primary with two versions: of view 0 (`equivocate`: its PRE-PREPAREs, maybe
+        PREPAREs, one version to each half of the backups, none to both, so the half that
+        gets the second hears the first decided by the others' COMMITs), or of view 1
+        (`bad-new-view`: two NEW-VIEWs, or its NEW-VIEW's seqs re-issued with other batches
+        to half the backups)."""
+        rng = self.rng
+        start = 0.0 if rng.random() < 0.6 else self.start()
+        if kind == "equivocate":
+            params: dict[str, Any] = {
+                "what": ["pre_prepare"] + (["prepare"] if rng.random() < 0.3 else []),
+                "overlap": 0}
+        else:
+            params = {"mode": rng.choice(("reissue", "reissue", "split"))}
+        self.rules.append(make_rule(node, kind, start_s=start, params=params))
+
+    def withholding(self, node: int) -> None:
+        """`node` (already Byzantine) also leaves prepared certificates out of its
+        VIEW-CHANGEs for the whole run, so a seq a late backup prepared may be re-proposed
+        with another batch."""
+        if "withhold" in self.byzantine_kinds and not any(
+                r.node == node and r.behaviour == "withhold" for r in self.rules):
+            self.rules.append(_rule(node, "withhold", self.rng, self.ctx, 0.0, None))
+
+    def late_backup(self, view_0_ends: float | None = None) -> None:
+        """PRE-PREPAREs to one backup held back (delayed, or some dropped) for a while,
+        maybe its COMMITs too: it hears that a seq is decided before it holds its batch (or a
+        batch a NEW-VIEW re-proposed comes only after the next view change began). Mostly
+        the last replica: the half an equivocating primary sends its second version."""
+        rng, ctx = self.rng, self.ctx
+        byzantine = {r.node for r in self.rules if not _judged(r.behaviour)}
+        honest = [i for i in range(ctx.n) if i not in byzantine]
+        backup = honest[-1] if rng.random() < 0.6 else _pick_node(
+            rng, ctx.n, avoid=byzantine | {0, 1} if ctx.n > 3 else byzantine)
+        start = 0.0 if rng.random() < 0.5 else self.start()
+        stop = _ms(max(start, ctx.window_s[1]) + rng.choice(DURATIONS_S))
+        delays = (50.0, 200.0, 500.0, 1000.0)
+        if view_0_ends is not None and rng.random() < 0.6:
+            # from just before view 0 ends, long enough to span the view change: the seqs in
+            # flight reach the backup only after NEW-VIEW re-proposed them (and their batches,
+            # fetched, later still)
+            start = _ms(max(0.0, view_0_ends - rng.choice((0.05, 0.2))))
+            stop = _ms(view_0_ends + rng.choice((2.0, 4.0)))
+            delays = (1000.0, 2000.0, 3000.0)
+        kinds = ["pre_prepare"] + (["commit"] if rng.random() < 0.4 else [])
+        if "delay" in self.kinds and (rng.random() < 0.7 or "drop" not in self.kinds):
+            rule = make_network_rule("delay", delay_ms=rng.choice(delays),
+                                     jitter_ms=rng.choice((0.0, 50.0)), kinds=kinds,
+                                     receivers=[backup], start_s=start, stop_s=stop)
+        elif "drop" in self.kinds:
+            rule = make_network_rule("drop", rate=rng.choice((0.5, 0.8, 1.0)), kinds=kinds,
+                                     receivers=[backup], start_s=start, stop_s=stop)
+        else:
+            return
+        if self.fits(network=[rule]):
+            self.network.append(rule)
 
     def base_weather(self, always: bool = False) -> None:
         """A lossy, reordering network for the whole run, as the reviews' campaigns had it."""
@@ -1083,6 +1198,18 @@ def _kind_names(text: str) -> tuple[str, ...]:
     return _known(text, _netfaults.KINDS, "network rule kind")
 
 
+def _profile_names(text: str) -> tuple[str, ...]:
+    import argparse
+
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [x for x in names if x not in PROFILES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown profile {unknown[0]!r}; known: {', '.join(PROFILES)}" if unknown
+            else "give at least one profile")
+    return names
+
+
 def add_explore_arguments(parser: Any) -> None:
     """Add the `bft explore` options to an argparse (sub)parser."""
     from adversary.simcli import non_negative_int, positive_int, seconds
@@ -1106,6 +1233,9 @@ def add_explore_arguments(parser: Any) -> None:
                         help="behaviours to draw, comma-separated (default: every one)")
     parser.add_argument("--network", type=_kind_names, default=None, metavar="LIST",
                         help="network rule kinds to draw, comma-separated (default: every one)")
+    parser.add_argument("--profiles", type=_profile_names, default=None, metavar="LIST",
+                        help="run profiles to draw, comma-separated (default: every one, "
+                             f"weighted): {', '.join(PROFILES)}")
     parser.add_argument("--max-requests", type=positive_int, default=25, metavar="R",
                         help="most requests per client (default 25)")
     parser.add_argument("--liveness-bound", type=seconds, default=DEFAULT_LIVENESS_BOUND_S,
@@ -1146,7 +1276,7 @@ def run_explore_command(args: Any) -> int:
     runs = args.runs if args.runs is not None else (None if args.time is not None else 1000)
     options = ExploreOptions(nodes=args.nodes, behaviours=args.behaviours,
                              network_kinds=args.network, max_requests=args.max_requests,
-                             liveness_bound_s=args.liveness_bound)
+                             liveness_bound_s=args.liveness_bound, profiles=args.profiles)
     try:
         if args.replica is not None:
             _resolve(args.replica)  # a clear error now, not in every worker

@@ -604,6 +604,7 @@ class Simulation:
         self.net: dict[str, int] = {"sent": 0, "delivered": 0, "duplicated": 0, "reordered": 0}
         self.drops: dict[str, int] = {}
         self._decoded: dict[int, tuple[Any, Any]] = {}  # id(payload) -> (payload, message)
+        self._conduct_state: dict[int, Any] = {}  # replica -> (view, in view change) after its last step
         self.events: dict[str, int] = {}  # Event kinds (and evidence) of judged replicas
         self.event_log: list[tuple[float, int, str, dict]] = []  # (time, node, kind, fields)
         self.faults_seen: dict[str, int] = {}  # crashes, restarts carried out
@@ -893,6 +894,16 @@ class Simulation:
         dirty = False
         src: Address = self._replica_addr[i]
         codes = _EFFECT_CODES
+        if judged:  # the conduct checker sees what it sends with its state around the step
+            node = self.nodes[i]
+            before = self._conduct_state.get(i)
+            after = None
+            if node is not None and i not in self.rules:  # a behaviour may send late
+                view, in_vc = getattr(node, "view", None), getattr(node, "in_view_change", None)
+                if view is not None and in_vc is not None:
+                    after = (view, in_vc)
+            self._conduct_state[i] = after
+            on_sent = self.checkers.on_sent
         for e in effects:
             code = codes.get(type(e))
             if code is None:
@@ -906,6 +917,8 @@ class Simulation:
                 if dirty:
                     storage.sync()
                     dirty = False
+                if judged and code != _REPLY:
+                    on_sent(i, e.message, before, after)
                 if self.cfg.silent and self._silent(i):
                     self._count(self.drops, "silent")
                     continue

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from adversary.checkers import (
     AgreementChecker,
     CheckerSuite,
+    ConductChecker,
     EvidenceChecker,
     ExactlyOnceChecker,
     LinearizabilityChecker,
@@ -27,7 +28,7 @@ from adversary.checkers import (
 from bft.app import ExecContext, KVStore, decode_result, ops
 from bft.crypto import SimKeys, batch_digest
 from bft.effects import Evidence, Executed
-from bft.messages import Batch, Prepare, Request, Signed
+from bft.messages import Batch, Checkpoint, Commit, PrePrepare, Prepare, Proposal, Request, Signed
 
 REPLICAS = (0, 1, 2, 3)
 KEYS = SimKeys(7, n_replicas=4, n_clients=4)
@@ -437,6 +438,60 @@ def test_evidence_against_correct_replica_is_a_violation() -> None:
     assert byz.ok and byz.data()["culprits"] == {"1": 1}
 
 
+def test_conduct_passes_votes_in_their_view_and_resends() -> None:
+    """PROTOCOL.md "Normal case": a correct replica prepares and commits in view v only while
+    it is in view v; a resend of the same vote later is no new signature."""
+    signer = KEYS.signer("replica", 1)
+    c = ConductChecker({0, 1, 2})
+    prepare = signer.sign(Prepare(0, 1, b"\x01" * 32, 1))
+    c.on_sent(1, prepare, (0, False), (0, False))
+    c.on_sent(1, signer.sign(Commit(0, 1, b"\x01" * 32, 1)), (0, False), (0, False))
+    c.on_sent(1, prepare, (1, True), (1, True))  # resent during a view change: fine
+    # entered view 1 in the step that sent it (NEW-VIEW's O prepared on entry)
+    c.on_sent(1, signer.sign(Prepare(1, 1, b"\x01" * 32, 1)), (0, True), (1, False))
+    c.on_sent(1, signer.sign(Checkpoint(4, b"\x07" * 32, 1)), (1, False), (1, False))
+    assert c.ok and c.data()["votes_checked"] == 3
+
+
+def test_conduct_reports_a_vote_signed_during_a_view_change() -> None:
+    """Issue 18, 1a: a replica that sent VIEW-CHANGE(1) signs COMMIT(0, n, d) when the batch
+    it lacked arrives: a violation, though no replica ever executes differently."""
+    c = ConductChecker({0, 1, 2})
+    c.on_sent(1, KEYS.signer("replica", 1).sign(Commit(0, 1, b"\x01" * 32, 1)),
+              (1, True), (1, True))
+    assert not c.ok and "COMMIT(0, 1)" in c.violations[0]
+    # unless the replica is wrapped by a behaviour that may send late (after is None)
+    late = ConductChecker({0, 1, 2})
+    late.on_sent(1, KEYS.signer("replica", 1).sign(Commit(0, 1, b"\x01" * 32, 1)),
+                 (1, True), None)
+    assert late.ok
+
+
+def test_conduct_reports_two_conflicting_signatures() -> None:
+    """PROTOCOL.md "Evidence": two PREPAREs, COMMITs or PRE-PREPAREs with different digests
+    for one (view, seq), or two CHECKPOINTs for one seq, from one correct replica."""
+    one, two = b"\x01" * 32, b"\x02" * 32
+    r1, r0 = KEYS.signer("replica", 1), KEYS.signer("replica", 0)
+    home = (0, False)
+    for make in (lambda d: r1.sign(Prepare(0, 3, d, 1)), lambda d: r1.sign(Commit(0, 3, d, 1)),
+                 lambda d: r1.sign(Checkpoint(3, d, 1))):
+        c = ConductChecker({0, 1, 2})
+        c.on_sent(1, make(one), home, home)
+        c.on_sent(1, make(two), home, home)
+        assert not c.ok and "replica 1 signed two" in c.violations[0], make(one)
+    batch = Batch(batch_time=1, requests=())
+    c = ConductChecker({0, 1, 2})
+    c.on_sent(0, Proposal(r0.sign(PrePrepare(0, 3, one, 0)), batch), home, home)
+    c.on_sent(1, Proposal(r0.sign(PrePrepare(0, 3, two, 0)), batch), home, home)  # relayed
+    assert c.ok
+    c.on_sent(0, Proposal(r0.sign(PrePrepare(0, 3, two, 0)), batch), home, home)
+    assert not c.ok and "PRE-PREPAREs" in c.violations[0]
+    byzantine = ConductChecker({0, 2, 3})  # replica 1 is not judged
+    byzantine.on_sent(1, r1.sign(Prepare(0, 3, one, 1)), home, home)
+    byzantine.on_sent(1, r1.sign(Prepare(0, 3, two, 1)), home, home)
+    assert byzantine.ok
+
+
 def test_liveness_reports_late_and_pending_requests() -> None:
     c = LivenessChecker(REPLICAS, bound_s=2.0, faults_end_s=5.0)
     c.on_invoke(0, 1, b"op", 1.0)  # deadline 7.0 (faults end at 5)
@@ -466,7 +521,8 @@ def test_suite_separates_safety_and_liveness() -> None:
     assert not suite.liveness_ok  # nobody completed anything
     assert all(v.startswith("liveness: ") for v in suite.violations)
     assert set(suite.data()) == {"agreement", "validity", "exactly_once", "total_order",
-                                 "state_digest", "linearizability", "evidence", "liveness"}
+                                 "state_digest", "linearizability", "evidence", "conduct",
+                                 "liveness"}
 
 
 # --------------------------------------------------------------------------
