@@ -155,6 +155,16 @@ def test_an_unknown_behaviour_is_drawn_with_its_parameter_spec(monkeypatch):
 # --------------------------------------------------------------------------
 
 
+def test_profiles_limit_what_is_drawn():
+    """`--profiles`: only the named profiles are drawn; every one is drawn by default."""
+    late = ExploreOptions(nodes=(4,), profiles=("late",))
+    assert {explore.draw(SEED, i, late)[1] for i in range(20)} == {"late"}
+    drawn = {explore.draw(SEED, i)[1] for i in range(200)}
+    assert drawn == set(explore.PROFILES)
+    with pytest.raises(explore.ConfigError):
+        ExploreOptions(profiles=("nonsense",)).validate()
+
+
 def test_a_run_is_drawn_from_its_seed_and_index_alone():
     print(f"seed={SEED}")
     assert draw_scenario(SEED, 5).to_toml() == draw_scenario(SEED, 5).to_toml()
@@ -294,7 +304,8 @@ def test_bft_explore_exits_1_and_writes_a_replayable_finding(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [["--nodes", "5"], ["--behaviours", "lie,nonsense"],
                                   ["--network", "flood"], ["--runs", "0"], ["--jobs", "-1"],
-                                  ["--replica", "no_such_module:Replica"]])
+                                  ["--replica", "no_such_module:Replica"],
+                                  ["--profiles", "late,nonsense"], ["--profiles", ","]])
 def test_bft_explore_bad_arguments_exit_2(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         code = bft_main(["explore", "--out", str(tmp_path), *argv])
