@@ -13,7 +13,7 @@ and what comes out:
 (`start/receive/tick(now, wall) -> list[Effect]`; every other attribute, such
 as `view`, `last_executed`, `app`, `timeout`, is the inner replica's), so the
 simulator (`adversary/sim.py`) and the Trio runtime (`bft/node.py`, through
-`adversary.runtime.install`) drive it exactly like a replica. Whatever it
+`adversary.runtime.AdversaryExtension`) drive it exactly like a replica. Whatever it
 re-signs it signs with the node's own signer (`env.signer`), and a reply the
 replica MAC'd it re-MACs with the node's own reply keys (`env.reply_auth`:
 the keys it shares with clients, so it can MAC as itself only); honest nodes
@@ -1500,6 +1500,7 @@ class ByzantineNode:
         self.rules: list[BehaviourRule] = list(rules)
         self.behaviours: list[Behaviour] = []
         self.live: list[Behaviour] = []  # switched on at run time (dashboard)
+        self._control_pause: Behaviour | None = None  # the admin's pause, one of `live`
         self._build()
         self.backlog: collections.deque[Any] = collections.deque()
         self.counters: collections.Counter[str] = collections.Counter()
@@ -1543,7 +1544,7 @@ class ByzantineNode:
 
         Raises ConfigError for an unknown behaviour or parameter (nothing changes then)."""
         if not name:
-            self.live = []
+            self.live = [b for b in self.live if b is self._control_pause]
             self.counters["live_cleared"] += 1
             return
         start = max(0.0, self._last_now - (self.env.origin_s or 0.0))
@@ -1552,8 +1553,31 @@ class ByzantineNode:
         if rule.behaviour in LIFECYCLE | SIMULATOR_ONLY or rule.params.get("mode") == "twins":
             raise ConfigError(f"{rule.behaviour} cannot be switched on in a running node",
                               field="set_behaviour.behaviour")
-        self.live = [_CLASSES[rule.behaviour](rule, self.env)]
+        self.live = [b for b in self.live if b is self._control_pause]
+        self.live.append(_CLASSES[rule.behaviour](rule, self.env))
         self.counters["live_set"] += 1
+
+    def pause_for(self, now: float, duration_s: float) -> None:
+        """The admin's pause: from `now`, hold every input and run no timer for
+        `duration_s`, then resume with the stale backlog (as a `pause` rule does). Beside
+        the live behaviour; a new pause replaces the previous one."""
+        start = max(0.0, now - (self.env.origin_s or 0.0))
+        rule = make_rule(self.env.node_id, "pause", start_s=start,
+                         params={"duration_s": max(duration_s, 1e-3)}, field="pause")
+        pause = _CLASSES["pause"](rule, self.env)
+        self.live = [b for b in self.live if b is not self._control_pause] + [pause]
+        self._control_pause = pause
+        self.counters["control_pauses"] += 1
+
+    def resume(self) -> None:
+        """End the admin's pause now (the backlog is replayed at the next step)."""
+        if self._control_pause is not None:
+            self.live = [b for b in self.live if b is not self._control_pause]
+            self._control_pause = None
+
+    def holding(self, now: float) -> bool:
+        """True while a pause holds the inputs."""
+        return any(b.hold(now) for b in self._all())
 
     def _all(self) -> list[Behaviour]:
         if not self.live:

@@ -2,7 +2,7 @@
 
 `LocalCluster(root, n=4, scenario=..., app=...)` writes a cluster config with
 short timeouts and free loopback ports under `root`, generates keys, and runs
-each replica as `python -m adversary.runtime` (a `bft node` with the
+each replica as `python -m bft node --scenario` (a `bft node` with the
 scenario installed). Use it inside Trio:
 
     cluster = LocalCluster(tmp_path, scenario="configs/scenarios/paused-primary.toml")
@@ -107,9 +107,9 @@ class LocalCluster:
 
     def command(self, node_id: int, restarted: bool = False) -> list[str]:
         """The command line of node `node_id`."""
-        cmd = [sys.executable, "-m", "adversary.runtime", str(self.config_path), "--id",
+        cmd = [sys.executable, "-m", "bft", "node", str(self.config_path), "--id",
                str(node_id), "--state-dir", str(self.state_dir), "--key-dir", str(self.key_dir),
-               "--scenario", str(self.scenario_path), "--seed", str(self.seed)]
+               "--scenario", str(self.scenario_path), "--adversary-seed", str(self.seed)]
         if self.app:
             cmd += ["--app", self.app]
         if restarted:

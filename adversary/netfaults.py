@@ -580,7 +580,7 @@ class DatagramFaults:
     """The faults of `rules` applied to one node's UDP datagrams.
 
     Install `send_filter` and `recv_filter` on a `transport.udp.UdpEndpoint`
-    (`adversary.runtime.install` does). Outgoing datagrams to replica `dst`
+    (`adversary.runtime.AdversaryExtension` does). Outgoing datagrams to replica `dst`
     (found by address in `peer_of_addr`) get the model's fate; delayed ones
     wait in a heap until `pop_due(now)` hands them out (also done on every
     datagram that passes). Incoming datagrams from addresses that are not

@@ -1,21 +1,27 @@
-"""The adversary in real processes: install behaviours and network faults into a `bft.node.Node`.
+"""The adversary in real processes: a `bft.node.NodeExtension` for a `bft.node.Node`.
 
-For the node process (`bft node CONFIG --id N --scenario FILE`):
+`AdversaryExtension(scenario, seed=S, crash=not restarted)` plugs into a node through
+its declared extension points (never by patching it):
 
-    node.open()                                   # binds, recovers node.replica
-    installation = install(node, scenario, seed=S, crash=not restarted)
-    trio.run(serve_until_signal, node, installation)
+* `wrap_replica`: the replica runs inside `adversary.behaviours.ByzantineNode` with the
+  scenario's rules for this node (signing with `node.signer`); a `crash` rule ends the
+  process (exit status 137, like SIGKILL: recovery goes through the WAL).
+* `send_filter` / `recv_filter`: the scenario's network faults (`DatagramFaults`; targeted
+  rules, by message kind, sender, receiver, view and seq, are applied there too: the
+  filter decodes what the node sends, and what clients send it, and a message that
+  carries no view counts in the node's current view), and the admin's cuts.
+* `obey`: the admin's control actions that are the adversary's: pause (the wrapper holds
+  every input and runs no timer, then resumes stale), resume, cut, heal, set and clear
+  a live behaviour.
+* `run`: the task that releases delayed datagrams; `status`: `behaviour` and `paused`
+  for the telemetry; `drops`: datagrams dropped by a cut.
 
-`install` wraps `node.replica` in `adversary.behaviours.ByzantineNode` with the
-node's rules (signing with `node.signer`), sets `node.behaviour_hook` (the
-dashboard's set-behaviour switches a behaviour on live; "" clears it), puts
-the scenario's network faults on `node.endpoint` as its `send_filter` and
-`recv_filter` (targeted rules, by message kind, sender, receiver, view and seq, are
-applied there too: the filter decodes what the node sends, and what clients send
-it, and a message that carries no view counts in the node's current view), and
-arranges that a `crash` rule ends the process (exit status
-137, like SIGKILL: recovery goes through the WAL). `serve_until_signal` runs
-the node plus the task that releases delayed datagrams, until SIGINT/SIGTERM.
+`bft node CONFIG --id N --scenario FILE` (or `--adversary`: no rules, the dashboard's
+controls only) installs it (the `bft` plugin, adversary/commands.py). In a test:
+
+    node.open()
+    extension = install(node, scenario, seed=S)   # node.add_extension(AdversaryExtension(...))
+
 Time windows count from the node's start.
 
 For the launcher (`bft up CONFIG --scenario FILE`, `LocalCluster`):
@@ -24,22 +30,16 @@ SIGCONT for `pause` rules with `mode = "sigstop"`, and restarting a node after
 its `crash` rule (`restart_after_s`; pass `--adversary-restarted` to the new
 incarnation so it does not crash again). `run_launcher(actions, ...)` carries
 them out; `pause_process(pid, duration_s)` is the bare SIGSTOP/SIGCONT.
-
-`main()` is a stand-alone `bft node` with the adversary wired in:
-`python -m adversary.runtime CONFIG --id N [--scenario FILE] [--app MODULE:FACTORY]
-[--state-dir DIR] [--key-dir DIR] [--fsync never] [--seed S] [--adversary-restarted]`.
 """
 
 from __future__ import annotations
 
-import argparse
+import collections
 import os
 import random
 import signal
-import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -52,48 +52,12 @@ from adversary.behaviours import (
     Collusion,
 )
 from adversary.netfaults import DatagramFaults
-from adversary.scenario import Scenario, load_factory, load_scenario
+from adversary.scenario import Scenario
 from bft.errors import ConfigError
+from bft.node import NodeExtension
+from bft.telemetry import ClearBehaviour, Cut, Heal, Pause, Resume, SetBehaviour
 
 CRASH_EXIT_STATUS = 137
-
-
-@dataclass
-class Installation:
-    """What `install` put into a node: the wrapper, the datagram faults, the shared clock."""
-
-    node: Any
-    wrapper: ByzantineNode
-    env: BehaviourEnv
-    faults: DatagramFaults | None = None
-    rules: tuple[BehaviourRule, ...] = ()
-
-    def elapsed_s(self) -> float:
-        """Seconds since the node's start (the origin of every time window)."""
-        now = trio.current_time()
-        if self.env.origin_s is None:
-            self.env.origin_s = now
-        return now - self.env.origin_s
-
-    async def release_delayed(self) -> None:
-        """Forever: send delayed datagrams when they are due (bypassing the filter)."""
-        if self.faults is None:
-            return
-        endpoint = self.node.endpoint
-        while True:
-            due = self.faults.next_due()
-            now = self.elapsed_s()
-            if due is not None and due <= now:
-                for data, addr in self.faults.pop_due(now):
-                    if endpoint.closed:
-                        return
-                    await endpoint.send_datagram(data, addr)
-                continue
-            await trio.sleep(0.01 if due is None else min(0.01, max(0.0005, due - now)))
-
-    def statistics(self) -> dict[str, Any]:
-        return {"network_faults": self.faults.statistics() if self.faults else {},
-                "adversary": self.wrapper.statistics().get("adversary", {})}
 
 
 def _crash_process(node: Any) -> Callable[[BehaviourRule], None]:
@@ -129,72 +93,163 @@ def check_real_processes(scenario: Scenario, node: int | None = None) -> None:
                               "(a crash at a time) in real processes")
 
 
-def install(node: Any, scenario: Scenario, *, seed: int = 0, crash: bool = True,
-            on_crash: Callable[[BehaviourRule], None] | None = None) -> Installation:
-    """Put `scenario`'s rules for `node.id` and its network faults into an opened `node`.
+class AdversaryExtension(NodeExtension):
+    """The adversary's part of a node (see the module's docstring). One per node."""
 
-    Requires `node.open()` first (the replica and the endpoint exist). Raises ConfigError
-    for what cannot run in a real process (Twins) or a replica id outside the cluster.
-    `crash=False` ignores crash rules (a restarted incarnation); `on_crash` replaces the
-    process exit (tests).
-    """
-    if node.replica is None or node.endpoint is None:
-        raise RuntimeError("install() needs an opened node (call node.open() first)")
-    config = node.config
-    scenario.check_nodes(config.n)
-    rules = scenario.rules_for(node.id)
-    check_real_processes(scenario, node.id)
-    if not crash:
-        rules = tuple(r for r in rules if r.behaviour != "crash")
-    rng = random.Random(f"{seed}/adversary/{node.id}")
-    members = {r.node for r in scenario.rules if r.behaviour == "equivocate"}
-    env = BehaviourEnv(node.id, config.n, node.signer, rng, Collusion(members),
-                       external_sigstop=True,
-                       reply_auth=getattr(node.replica, "reply_auth", None), config=config,
-                       verifier=getattr(node, "verifier", None))
-    wrapper = ByzantineNode(node.replica, rules, env,
-                            on_crash=on_crash or _crash_process(node))
-    node.replica = wrapper
-    installation = Installation(node, wrapper, env, rules=tuple(rules))
+    def __init__(self, scenario: Scenario | None = None, *, seed: int = 0, crash: bool = True,
+                 on_crash: Callable[[BehaviourRule], None] | None = None) -> None:
+        self.scenario = scenario if scenario is not None else Scenario()
+        self.seed = seed
+        self.crash = crash
+        self.on_crash = on_crash
+        self.node: Any = None
+        self.wrapper: ByzantineNode | None = None
+        self.env: BehaviourEnv | None = None
+        self.faults: DatagramFaults | None = None
+        self.rules: tuple[BehaviourRule, ...] = ()
+        self.behaviour = ""  # the live behaviour switched on by the admin
+        self.cut: set[Any] = set()  # addresses of the peers cut off by the admin
+        self._drops: collections.Counter[str] = collections.Counter()
+        self._peer_addr: dict[int, Any] = {}
 
-    def hook(name: str, params: dict[str, Any]) -> None:
+    # -- NodeExtension
+
+    def wrap_replica(self, node: Any, replica: Any) -> Any:
+        """Check the scenario against the cluster (ConfigError naming the field: Twins,
+        crash points, replicas outside the cluster), then wrap `replica`."""
+        if self.wrapper is not None:
+            raise RuntimeError("an AdversaryExtension serves one node")
+        config = node.config
+        scenario = self.scenario
+        scenario.check_nodes(config.n)
+        check_real_processes(scenario, node.id)
+        rules = scenario.rules_for(node.id)
+        if not self.crash:
+            rules = tuple(r for r in rules if r.behaviour != "crash")
+        rng = random.Random(f"{self.seed}/adversary/{node.id}")
+        members = {r.node for r in scenario.rules if r.behaviour == "equivocate"}
+        self.env = BehaviourEnv(node.id, config.n, node.signer, rng, Collusion(members),
+                                external_sigstop=True,
+                                reply_auth=getattr(replica, "reply_auth", None), config=config,
+                                verifier=node.verifier)
+        wrapper = self.wrapper = ByzantineNode(replica, rules, self.env,
+                                               on_crash=self.on_crash or _crash_process(node))
+        self.node = node
+        self.rules = tuple(rules)
+        self._peer_addr = {n.id: tuple(n.address) for n in config.nodes}
+        if scenario.network:
+            peer_of_addr = {tuple(n.address): n.id for n in config.nodes}
+            self.faults = DatagramFaults(scenario.network, node.id, peer_of_addr,
+                                         random.Random(f"{self.seed}/network/{node.id}"),
+                                         self.elapsed_s, view_of=lambda: wrapper.view,
+                                         limits=config.limits)
+        return wrapper
+
+    def send_filter(self, datagram: bytes, addr: Any) -> list[tuple[bytes, Any]]:  # type: ignore[override]
+        if self.cut and tuple(addr) in self.cut:
+            self._drops["cut"] += 1
+            return []
+        if self.faults is not None:
+            return self.faults.send_filter(datagram, addr)
+        return [(datagram, addr)]
+
+    def recv_filter(self, datagram: bytes, addr: Any) -> list[tuple[bytes, Any]]:  # type: ignore[override]
+        if self.cut and tuple(addr) in self.cut:
+            self._drops["cut"] += 1
+            return []
+        if self.faults is not None:
+            return self.faults.recv_filter(datagram, addr)
+        return [(datagram, addr)]
+
+    def obey(self, node: Any, action: Any, now: float) -> bool:
+        wrapper = self.wrapper
+        if wrapper is None:
+            return False
+        if isinstance(action, Pause):
+            wrapper.pause_for(now, action.duration_ms / 1000)
+        elif isinstance(action, Resume):
+            wrapper.resume()
+        elif isinstance(action, Cut):
+            ids = set(action.peers) or set(self._peer_addr)
+            self.cut = {self._peer_addr[i] for i in ids - {node.id} if i in self._peer_addr}
+        elif isinstance(action, Heal):
+            self.cut = set()
+        elif isinstance(action, SetBehaviour):
+            self.set_behaviour(action.name, dict(action.params))
+        elif isinstance(action, ClearBehaviour):
+            self.set_behaviour("", {})
+        else:
+            return False
+        node.tick_soon()  # the wrapper holds (or replays what it held) from now on
+        return True
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {"behaviour": self.behaviour,
+                "paused": self.wrapper is not None and self.wrapper.holding(now)}
+
+    def drops(self) -> Mapping[str, int]:
+        return self._drops
+
+    async def run(self, node: Any) -> None:
+        await self.release_delayed()
+
+    # -- the rest
+
+    def set_behaviour(self, name: str, params: dict[str, Any]) -> None:
+        """Switch a live behaviour on ("" = none); refused (and logged) if unknown."""
+        assert self.wrapper is not None
         try:
-            wrapper.set_live_behaviour(name, params)
+            self.wrapper.set_live_behaviour(name, params)
         except ConfigError as exc:
-            log = getattr(node, "log", None)
+            log = getattr(self.node, "log", None)
             if log is not None:
                 log.warning("behaviour refused", extra={"fields": {
                     "event": "behaviour_refused", "behaviour": name, "error": str(exc)}})
+            return
+        self.behaviour = name
 
-    node.behaviour_hook = hook
-    if scenario.network:
-        peer_of_addr = {tuple(n.address): n.id for n in config.nodes}
-        faults = DatagramFaults(scenario.network, node.id, peer_of_addr,
-                                random.Random(f"{seed}/network/{node.id}"),
-                                installation.elapsed_s, view_of=lambda: node.replica.view,
-                                limits=config.limits)
-        node.endpoint.send_filter = faults.send_filter
-        node.endpoint.recv_filter = faults.recv_filter
-        installation.faults = faults
-    return installation
+    def elapsed_s(self) -> float:
+        """Seconds since the node's start (the origin of every time window)."""
+        assert self.env is not None
+        now = trio.current_time()
+        if self.env.origin_s is None:
+            self.env.origin_s = now
+        return now - self.env.origin_s
+
+    async def release_delayed(self) -> None:
+        """Forever: send delayed datagrams when they are due (bypassing the filter)."""
+        if self.faults is None:
+            return
+        endpoint = self.node.endpoint
+        while True:
+            due = self.faults.next_due()
+            now = self.elapsed_s()
+            if due is not None and due <= now:
+                for data, addr in self.faults.pop_due(now):
+                    if endpoint.closed:
+                        return
+                    await endpoint.send_datagram(data, addr)
+                continue
+            await trio.sleep(0.01 if due is None else min(0.01, max(0.0005, due - now)))
+
+    def statistics(self) -> dict[str, Any]:
+        return {"network_faults": self.faults.statistics() if self.faults else {},
+                "adversary": (self.wrapper.statistics().get("adversary", {})
+                              if self.wrapper is not None else {}),
+                "drops": dict(self._drops)}
 
 
-async def serve_until_signal(node: Any, installation: Installation | None = None,
-                             announce: Callable[[], None] | None = None) -> None:
-    """Run `node` (and the delayed-datagram task) until SIGINT or SIGTERM. `announce` runs
-    once the signals are caught, so whoever waits for it may signal at once (a SIGTERM
-    before that would kill the process, not stop the node cleanly)."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        if announce is not None:
-            announce()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(node.run)
-            if installation is not None:
-                nursery.start_soon(installation.release_delayed)
-            async for sig in signals:
-                node.log.info("signal", extra={"fields": {"event": "signal", "signal": int(sig)}})
-                nursery.cancel_scope.cancel()
-                break
+def install(node: Any, scenario: Scenario, *, seed: int = 0, crash: bool = True,
+            on_crash: Callable[[BehaviourRule], None] | None = None) -> AdversaryExtension:
+    """Plug `scenario`'s rules for `node.id` and its network faults into an opened `node`
+    (`node.add_extension`). Raises ConfigError for what cannot run in a real process
+    (Twins) or a replica id outside the cluster. `crash=False` ignores crash rules (a
+    restarted incarnation); `on_crash` replaces the process exit (tests)."""
+    if node.replica is None or node.endpoint is None:
+        raise RuntimeError("install() needs an opened node (call node.open() first)")
+    ext = AdversaryExtension(scenario, seed=seed, crash=crash, on_crash=on_crash)
+    node.add_extension(ext)
+    return ext
 
 
 # --------------------------------------------------------------------------
@@ -258,62 +313,3 @@ async def pause_process(pid: int, duration_s: float) -> None:
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
-
-
-# --------------------------------------------------------------------------
-# A `bft node` with the adversary wired in
-# --------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m adversary.runtime",
-        description="Run one replica like `bft node`, with an adversary scenario installed.")
-    parser.add_argument("config", type=Path, help="cluster config (TOML)")
-    parser.add_argument("--id", type=int, required=True, help="this node's id")
-    parser.add_argument("--scenario", type=Path, default=None,
-                        help="scenario file (default: the config's own [[adversary]] tables)")
-    parser.add_argument("--app", default=None, metavar="MODULE:FACTORY",
-                        help="replicate FACTORY()'s state machine instead of the KV store")
-    parser.add_argument("--state-dir", type=Path, default=None)
-    parser.add_argument("--key-dir", type=Path, default=None)
-    parser.add_argument("--fsync", choices=["always", "never"], default=None)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the adversary's choices")
-    parser.add_argument("--adversary-restarted", action="store_true",
-                        help="this incarnation restarts after a crash rule: do not crash again")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the node until SIGINT/SIGTERM; 2 with a one-line error for a bad configuration."""
-    from bft.config import ClusterConfig, default_state_dir, load_keyring
-    from bft.node import Node
-
-    args = build_parser().parse_args(argv)
-    try:
-        config = ClusterConfig.load(args.config)
-        config.node(args.id)
-        scenario = load_scenario(args.scenario if args.scenario is not None else args.config)
-        app = load_factory(args.app)() if args.app else None
-        state_dir = args.state_dir or default_state_dir(config)
-        key_dir = args.key_dir or config.key_dir or state_dir / "keys"
-        keyring = load_keyring(config, key_dir)
-        node = Node(config, args.id, signer=keyring.signer("replica", args.id),
-                    verifier=keyring.verifier(), state_dir=state_dir, app=app, fsync=args.fsync)
-        node.open()
-        installation = install(node, scenario, seed=args.seed,
-                               crash=not args.adversary_restarted)
-    except (ConfigError, OSError) as exc:
-        print(f"bft: error: {exc}", file=sys.stderr)
-        return 2
-    (state_dir / f"node-{args.id}.pid").write_text(f"{os.getpid()}\n")
-    rules = ", ".join(f"{r.behaviour}@{r.start_s:g}s" for r in installation.rules) or "none"
-    print(f"node {args.id} listening on {config.node(args.id)} (view {node.replica.view}, "
-          f"executed {node.replica.last_executed}; adversary: {rules}; network faults: "
-          f"{len(scenario.network)})", flush=True)
-    trio.run(serve_until_signal, node, installation)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -52,7 +52,6 @@ replayable file), `Scenario.sim_config(...)` turns it into a `SimConfig`,
 
 from __future__ import annotations
 
-import importlib
 import math
 import tomllib
 from collections.abc import Mapping
@@ -63,6 +62,7 @@ from typing import Any
 from adversary.behaviours import BehaviourRule, make_rule
 from adversary.netfaults import NetworkRule, make_network_rule
 from bft.config import toml_value
+from bft.cliutil import load_factory  # noqa: F401 - here too, where it was first
 from bft.errors import ConfigError
 
 #: [sim] key -> (kind, check); kinds as in `_sim_value`.
@@ -391,24 +391,3 @@ def parse_byzantine_spec(text: str) -> tuple[BehaviourRule, ...]:
     if not rules:
         raise ConfigError("no ID:BEHAVIOUR given", field="--byzantine")
     return tuple(rules)
-
-
-def load_factory(spec: str, *, field: str = "--app") -> Any:
-    """The callable named by `module:attribute` (e.g. `myapp:make_store`); ConfigError if the
-    module cannot be imported or has no such callable."""
-    module_name, colon, attr = spec.partition(":")
-    if not colon or not module_name or not attr:
-        raise ConfigError(f"expected MODULE:FACTORY, got {spec!r}", field=field,
-                          fix="e.g. --app mypackage.store:make_store")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}", field=field) from None
-    obj: Any = module
-    for name in attr.split("."):
-        obj = getattr(obj, name, None)
-        if obj is None:
-            raise ConfigError(f"{module_name!r} has no {attr!r}", field=field)
-    if not callable(obj):
-        raise ConfigError(f"{spec!r} is not callable", field=field)
-    return obj

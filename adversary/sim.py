@@ -70,7 +70,7 @@ machine (default `KVStore`) and the checkers' sequential model;
 `workload_factory(client_id, requests, rng)` builds a client's workload
 (adversary/workloads.py: the fencing-token story, or a user application's
 random ops). `history=True` records every client operation in Jepsen's shape
-(`Simulation.history`, adversary/history.py).
+(`Simulation.history`, bft/history.py).
 
 Use: `Simulation(SimConfig(seed=1, nodes=4)).run(until_s=60.0) -> SimResult`.
 """
@@ -91,7 +91,7 @@ from typing import Any
 
 from adversary.behaviours import BehaviourEnv, BehaviourRule, Collusion, TwinsNode, make_node
 from adversary.checkers import CheckerSuite
-from adversary.history import History
+from bft.history import History
 from adversary.netfaults import FaultModel, MessageInfo, NetworkRule, corrupt_bytes, message_info
 from adversary.witness import EquivocationWitness
 from bft import codec

@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from benchmarks.bench import (
+from bft.bench import (
     BenchError,
     LoadRun,
     TelemetryListener,

@@ -49,7 +49,7 @@ CLIENT_BASE = 1 << 16
 
 
 def _config(n: int, clients: int) -> ClusterConfig:
-    from benchmarks.bench import local_config
+    from bft.bench import local_config
     return local_config(n, clients=clients)
 
 

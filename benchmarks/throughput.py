@@ -6,7 +6,7 @@ Run (from the repository root, in the venv):
     python benchmarks/throughput.py --nodes 4,7,10,13 --sweep 32      # scale
 
 For each n a fresh local cluster (f = (n-1)//3, free loopback ports, fsync
-never, every message Ed25519-signed) is started by `benchmarks.bench.run_benchmark`
+never, every message Ed25519-signed) is started by `bft.bench.run_benchmark`
 (the engine of `bft bench`), each client count is measured for --duration
 seconds after --warmup seconds, and the cluster is stopped. Prints one table
 per n, a terminal plot of latency against throughput, and for several n the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from benchmarks.bench import ascii_plot, config_to_toml, format_table, local_config, run_benchmark
+from bft.bench import ascii_plot, config_to_toml, format_table, local_config, run_benchmark
 
 
 def main() -> int:

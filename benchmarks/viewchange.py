@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from benchmarks.bench import (
+from bft.bench import (
     LoadRun,
     TelemetryListener,
     local_config,

@@ -6,6 +6,12 @@ declares its arguments and sets `handler` to a `cmd_<name>(args) -> int`
 function. `main()` parses, runs the handler and turns the expected errors
 (`EXPECTED_ERRORS`) into one line `bft: error: ...` on stderr and exit
 status 2, never a traceback. A bug (anything else) still shows its traceback.
+
+Packages above bft/ add to it as plugins (bft/plugins.py, the entry-point group
+`bft.plugins`): adversary/ contributes `bft sim`, `bft explore` and the scenario options
+of `bft node`/`bft up`; tui/ contributes `bft tui`, `bft ctl` and `bft up`'s dashboard.
+This module imports none of them: it only loads the plugins. What subcommands share
+(CliError, the config loader, the state and key directories) is in bft/cliutil.py.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bft.cliutil import CliError, ensure_local_keys, key_dir, load_config, state_dir
 from bft.config import (
     ClusterConfig,
     DuplicateKeyError,
-    default_state_dir,
     format_address,
     identities,
     inline_public_key,
@@ -30,13 +36,10 @@ from bft.config import (
 )
 from bft.crypto import generate_private_key, public_key_bytes, save_private_key, save_public_key
 from bft.errors import ClientIdInUse, ConfigError
+from bft.plugins import LoadedPlugins, load_plugins
 from transport.udp import TransportError
 
 __all__ = ["EXPECTED_ERRORS", "CliError", "build_parser", "main"]
-
-
-class CliError(Exception):
-    """A problem the user can fix (bad arguments, files in the way); printed without traceback."""
 
 
 #: Errors printed as `bft: error: ...` with exit status 2.
@@ -183,44 +186,25 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------
-# State directory and keys (shared by node, up, client)
-# --------------------------------------------------------------------------
+# The state and key directories, the config loader: bft/cliutil.py (plugins use them too)
+_state_dir = state_dir
+_key_dir = key_dir
+_load_config = load_config
+_ensure_local_keys = ensure_local_keys
+
+_PLUGINS: LoadedPlugins | None = None
 
 
-def _state_dir(config: ClusterConfig, state_dir: Path | None) -> Path:
-    return Path(state_dir) if state_dir is not None else default_state_dir(config)
+def plugins() -> LoadedPlugins:
+    """The `bft.plugins` plugins of this installation (loaded once per process)."""
+    global _PLUGINS
+    if _PLUGINS is None:
+        _PLUGINS = load_plugins()
+    return _PLUGINS
 
 
-def _key_dir(config: ClusterConfig, state_dir: Path | None, key_dir: Path | None = None) -> Path:
-    if key_dir is not None:
-        return Path(key_dir)
-    if config.key_dir is not None:
-        return config.key_dir
-    return _state_dir(config, state_dir) / "keys"
-
-
-def _ensure_local_keys(config: ClusterConfig, key_dir: Path) -> bool:
-    """Generate every missing key pair of a local cluster (first start). True if any was made."""
-    made = False
-    for kind, id in identities(config):
-        if inline_public_key(config, (kind, id)) is not None:
-            continue
-        stem = key_file_stem(kind, id)
-        if (key_dir / f"{stem}.key").exists() or (key_dir / f"{stem}.pub").exists():
-            continue
-        key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = generate_private_key()
-        save_private_key(key_dir / f"{stem}.key", key)
-        save_public_key(key_dir / f"{stem}.pub", key)
-        made = True
-    return made
-
-
-def _load_config(path: Path) -> ClusterConfig:
-    if not Path(path).exists():
-        raise CliError(f"config file not found: {path}")
-    return ClusterConfig.load(path)
+def _call_hooks(loaded: LoadedPlugins, name: str, *args: object) -> list[object]:
+    return [fn(*args) for _, fn in loaded.hooks(name)]
 
 
 # --------------------------------------------------------------------------
@@ -244,43 +228,45 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="WAL fsync policy (default: the config's, normally always)")
     parser.add_argument("--events", action="store_true",
                         help="also print one line per event on stdout")
-    parser.add_argument("--scenario", type=Path, default=None, metavar="FILE",
-                        help="adversarial scenario ([[adversary]]/[[network]] tables) to play "
-                        "on this node")
     parser.add_argument("--app", default=None, metavar="MODULE:FACTORY",
                         help="replicate your own StateMachine instead of the KV store")
-    parser.add_argument("--adversary-seed", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--adversary-restarted", action="store_true", help=argparse.SUPPRESS)
+    _add_plugin_arguments(parser, "add_node_arguments")
     parser.set_defaults(handler=cmd_node)
+
+
+def _add_plugin_arguments(parser: argparse.ArgumentParser, hook: str) -> None:
+    loaded = _PARSER_PLUGINS
+    for plugin, fn in list(loaded.hooks(hook)):
+        try:
+            fn(parser)
+        except (argparse.ArgumentError, ValueError, TypeError) as exc:
+            loaded.disable(plugin, f"plugin {plugin.name!r} failed to add its options "
+                           f"({hook}): {exc}; left out")
 
 
 def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
-    from bft.node import Node
+    from bft.cliutil import load_factory
+    from bft.node import Node, serve_until_signal, tune_gc
 
     config = _load_config(args.config)
     config.node(args.id)  # a clear error for an id not in the config
     state_dir = _state_dir(config, args.state_dir)
     keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
-    from adversary.runtime import install
-    from adversary.runtime import serve_until_signal as serve_with_adversary
-    from adversary.scenario import Scenario, load_factory, load_scenario
-
     app = load_factory(args.app)() if args.app else None
+    # what plugins plug in (the adversary, with --scenario or --adversary); else nothing
+    extensions = [ext for exts in _call_hooks(plugins(), "node_extensions", args, config, args.id)
+                  for ext in exts]  # type: ignore[attr-defined]
     node = Node(config, args.id, signer=keyring.signer("replica", args.id),
                 verifier=keyring.verifier(), state_dir=state_dir, fsync=args.fsync, app=app,
-                log_echo=False, on_effect=_event_printer(args.id) if args.events else None)
+                log_echo=False, on_effect=_event_printer(args.id) if args.events else None,
+                extensions=extensions)
     node.open()  # bind and recover before announcing: errors surface here
-    # always installed (empty without --scenario) so the dashboard can switch behaviours live
-    scenario = load_scenario(args.scenario) if args.scenario else Scenario()
-    inst = install(node, scenario, seed=args.adversary_seed, crash=not args.adversary_restarted)
     (state_dir / f"node-{args.id}.pid").write_text(f"{os.getpid()}\n")
     me = config.node(args.id)
-    from bft.node import tune_gc
-
     tune_gc()
-    trio.run(serve_with_adversary, node, inst, lambda: print(
+    trio.run(serve_until_signal, node, lambda: print(
         f"node {args.id} listening on {me} (view {node.replica.view}, "
         f"executed {node.replica.last_executed})", flush=True))
     return 0
@@ -435,9 +421,7 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration", type=float, default=None, metavar="S",
                         help="stop after this many seconds")
     parser.add_argument("--fsync", choices=["always", "never"], default=None)
-    parser.add_argument("--scenario", type=Path, default=None, metavar="FILE",
-                        help="adversarial scenario to play on the nodes ([[adversary]] and "
-                        "[[network]] tables; see configs/scenarios/)")
+    _add_plugin_arguments(parser, "add_up_arguments")
     parser.add_argument("--history", type=Path, default=None, metavar="FILE",
                         help="with --load: write every client operation as Jepsen-shaped JSON "
                         "lines (invoke/ok/fail/info) for an outside linearizability checker")
@@ -452,19 +436,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     key_dir = _key_dir(config, args.state_dir)
     if _ensure_local_keys(config, key_dir):
         print(f"generated keys in {key_dir}", flush=True)
-    load_keyring(config, key_dir)  # clear error now rather than in every child
-    if args.scenario is not None:
-        from adversary.runtime import check_real_processes
-        from adversary.scenario import load_scenario
-
-        up_scenario = load_scenario(args.scenario)
-        up_scenario.check_nodes(config.n)  # errors now, naming the field
-        check_real_processes(up_scenario)  # Twins, crash-at: simulator only
+    keyring = load_keyring(config, key_dir)  # clear error now rather than in every child
+    _call_hooks(plugins(), "check_up", args, config)  # errors now, naming the field
     global _UP_EXTRA
-    _UP_EXTRA = {"scenario": args.scenario, "history": args.history}
+    _UP_EXTRA = {"args": args, "history": args.history}
     if not args.no_tui and sys.stdout.isatty() and config.monitor is not None:
-        return _up_with_dashboard(args.config, config, state_dir, key_dir, args.load,
-                                  args.duration, args.fsync)
+        dashboards = [d for d in _call_hooks(plugins(), "dashboard", config, keyring,
+                                             config.monitor) if d is not None]
+        if dashboards:
+            return _up_with_dashboard(args.config, config, state_dir, key_dir, args.load,
+                                      args.duration, args.fsync, dashboards[0])
     return trio.run(run_cluster, args.config, config, state_dir, key_dir, args.load,
                     args.duration, args.fsync)
 
@@ -486,11 +467,12 @@ _UP_EXTRA: dict = {}  # options of `bft up` that reach the node commands and the
 
 
 def _node_command(config_path: Path, node_id: int, state_dir: Path, key_dir: Path,
-                  fsync: str | None, events: bool) -> list[str]:
+                  fsync: str | None, events: bool, restarted: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "bft", "node", str(config_path), "--id", str(node_id),
            "--state-dir", str(state_dir), "--key-dir", str(key_dir)]
-    if _UP_EXTRA.get("scenario") is not None:
-        cmd += ["--scenario", str(_UP_EXTRA["scenario"])]
+    if _UP_EXTRA.get("args") is not None:  # what plugins pass on (the adversary's options)
+        for extra in _call_hooks(plugins(), "up_node_arguments", _UP_EXTRA["args"], restarted):
+            cmd += extra  # type: ignore[arg-type]
     if events:
         cmd.append("--events")
     if fsync:
@@ -499,7 +481,8 @@ def _node_command(config_path: Path, node_id: int, state_dir: Path, key_dir: Pat
 
 
 def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path, key_dir: Path,
-                       load_ops_per_s: float, duration_s: float | None, fsync: str | None) -> int:
+                       load_ops_per_s: float, duration_s: float | None, fsync: str | None,
+                       run_dashboard) -> int:  # type: ignore[no-untyped-def]
     """`bft up` in a terminal: nodes as child processes, the dashboard in the foreground;
     quitting the dashboard (q) stops every node."""
     import subprocess
@@ -507,12 +490,6 @@ def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path
 
     import trio
 
-    from tui.app import DashboardApp
-    from tui.commands import _check_bindable
-
-    assert config.monitor is not None
-    _check_bindable(config.monitor)
-    keyring = load_keyring(config, key_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
     out = open(state_dir / "up.log", "a", encoding="utf-8")  # noqa: SIM115
@@ -530,15 +507,11 @@ def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path
 
             threading.Thread(target=trio.run, daemon=True, args=(
                 _drive_load, config, state_dir, key_dir, load_ops_per_s, say)).start()
-        app = DashboardApp(config, keyring.verifier(), keyring.signer("admin", 0),
-                           listen=config.monitor)
         import signal as _signal
 
         # the terminal went away (tmux killed, ssh dropped): stop the nodes, then exit
         _signal.signal(_signal.SIGHUP, lambda *_: (_stop_children(procs), os._exit(129)))
-        if duration_s is not None:
-            threading.Timer(duration_s, lambda: app.call_from_thread(app.exit)).start()
-        app.run()
+        run_dashboard(duration_s)
     finally:
         _stop_children(procs)
         out.close()
@@ -615,9 +588,8 @@ async def _supervise(config_path, config, state_dir, key_dir, load_ops_per_s, du
     async with trio.open_nursery() as nursery:
 
         async def spawn(node_id: int, restarted: bool = False) -> trio.Event:
-            cmd = _node_command(config_path, node_id, state_dir, key_dir, fsync, events=True)
-            if restarted:
-                cmd.append("--adversary-restarted")  # a scenario's crash happens once
+            cmd = _node_command(config_path, node_id, state_dir, key_dir, fsync, events=True,
+                                restarted=restarted)
             proc = await nursery.start(partial(
                 trio.run_process, cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, check=False, start_new_session=True))
@@ -642,21 +614,14 @@ async def _supervise(config_path, config, state_dir, key_dir, load_ops_per_s, du
             return 1
         if load_ops_per_s > 0:
             nursery.start_soon(_drive_load, config, state_dir, key_dir, load_ops_per_s, say)
-        if _UP_EXTRA.get("scenario") is not None:
-            # the launcher's part of a scenario: SIGSTOP/SIGCONT pauses, restarts after crashes
-            from adversary.runtime import launcher_actions, run_launcher
-            from adversary.scenario import load_scenario
-
-            actions = launcher_actions(load_scenario(_UP_EXTRA["scenario"]))
-
+        if _UP_EXTRA.get("args") is not None:
+            # what plugins run beside the nodes (a scenario's SIGSTOP/SIGCONT and restarts)
             async def restart(node_id: int) -> None:
-                say(f"[scenario] restarting node {node_id}")
                 await spawn(node_id, restarted=True)
 
-            if actions:
-                nursery.start_soon(partial(
-                    run_launcher, actions, pid_of=pids.get, restart=restart,
-                    on_action=lambda a: say(f"[scenario] {a.action} node {a.node}")))
+            for task in _call_hooks(plugins(), "up_task", _UP_EXTRA["args"], config):
+                if task is not None:
+                    nursery.start_soon(task, pids.get, restart, say)
         with trio.move_on_after(duration_s if duration_s is not None else math.inf) as timer:
             async for _ in signals:
                 say("stopping the cluster")
@@ -680,7 +645,7 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
 
     import time as _time
 
-    from adversary.history import History, call_recorded
+    from bft.history import History, call_recorded
 
     history_path = _UP_EXTRA.get("history")
     history = History() if history_path is not None else None
@@ -761,49 +726,12 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
 
 
 # --------------------------------------------------------------------------
-# bft sim
-# --------------------------------------------------------------------------
-
-
-def _add_sim_parser(subparsers: argparse._SubParsersAction) -> None:
-    from adversary.simcli import add_sim_arguments
-
-    parser = subparsers.add_parser(
-        "sim", help="run the deterministic simulator (same seed, same run)",
-        description="Run n pure replicas and clients in the deterministic simulator over a "
-        "simulated network with faults; check safety and liveness after every step. "
-        "Exits 0 when every check holds, 1 when any fails.")
-    add_sim_arguments(parser)
-    parser.set_defaults(handler=cmd_sim)
-
-
-def cmd_sim(args: argparse.Namespace) -> int:
-    from adversary.simcli import run_sim_command
-
-    return run_sim_command(args)
-
-
-def _add_explore_parser(subparsers: argparse._SubParsersAction) -> None:
-    from adversary.explore import add_explore_arguments, run_explore_command
-
-    parser = subparsers.add_parser(
-        "explore", help="a campaign of drawn adversarial simulations on every core",
-        description="Draw scenarios (at most f faulty replicas at any time, faults while "
-        "requests are in flight), simulate them in worker processes, stop at the first "
-        "violation, shrink it and write it as a scenario file `bft sim --scenario` replays; "
-        "print and write OUT/summary.json. Exits 0 without violations, 1 with, 2 for bad "
-        "arguments.")
-    add_explore_arguments(parser)
-    parser.set_defaults(handler=run_explore_command, explore_parser=parser)
-
-
-# --------------------------------------------------------------------------
 # bft bench
 # --------------------------------------------------------------------------
 
 
 def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
-    from benchmarks.bench import add_bench_arguments
+    from bft.bench import add_bench_arguments
 
     parser = subparsers.add_parser(
         "bench", help="measure throughput and latency of a cluster",
@@ -815,7 +743,7 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.bench import run_bench_command
+    from bft.bench import run_bench_command
 
     return run_bench_command(args)
 
@@ -825,8 +753,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `bft` parser with every subcommand."""
+_PARSER_PLUGINS = LoadedPlugins([], [])  # the plugins `build_parser` is adding
+
+
+def build_parser(loaded: LoadedPlugins | None = None) -> argparse.ArgumentParser:
+    """The `bft` parser with every subcommand, the plugins' (`loaded`, default: the
+    installed ones) included. A plugin that fails to add to it is left out and
+    described in `loaded.problems`."""
+    global _PARSER_PLUGINS
+    loaded = _PARSER_PLUGINS = loaded if loaded is not None else plugins()
     parser = argparse.ArgumentParser(
         prog="bft",
         description="A Byzantine-tolerant agreement network over UDP (PBFT).",
@@ -835,20 +770,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up_parser(subparsers)
     _add_node_parser(subparsers)
     _add_client_parser(subparsers)
-    _add_sim_parser(subparsers)
-    _add_explore_parser(subparsers)
     _add_bench_parser(subparsers)
-    from tui.commands import add_tui_parsers  # here: tui.commands imports from this module
-
-    add_tui_parsers(subparsers)
+    for plugin, add_commands in list(loaded.hooks("add_commands")):
+        before = dict(subparsers.choices)
+        try:
+            add_commands(subparsers)
+        except (argparse.ArgumentError, ValueError, TypeError, ImportError) as exc:
+            for name in set(subparsers.choices) - set(before):  # nothing half-added stays
+                del subparsers.choices[name]
+            subparsers._choices_actions[:] = [
+                a for a in subparsers._choices_actions if a.dest in before]
+            loaded.disable(plugin, f"plugin {plugin.name!r} failed to add its commands: "
+                           f"{type(exc).__name__}: {exc}; left out")
     _add_keygen_parser(subparsers)
     _add_config_parser(subparsers)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `bft` command line; returns the exit status (0 ok, 2 usage or expected error)."""
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, loaded: LoadedPlugins | None = None) -> int:
+    """Run the `bft` command line; returns the exit status (0 ok, 2 usage or expected error).
+    A plugin that could not be loaded is reported in one line on stderr (`bft: warning:
+    ...`) and the rest works."""
+    parser = build_parser(loaded)
+    for problem in _PARSER_PLUGINS.problems:
+        print(f"bft: warning: {problem}", file=sys.stderr)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) and usage errors (2)

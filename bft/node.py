@@ -12,6 +12,12 @@ agreed time. One task drives everything (no interleaving of replica steps):
 Persisting every record before any message of the same batch leaves the
 process is the write-ahead rule (PROTOCOL.md "Crash recovery").
 
+Extension points (`NodeExtension`): what a plugin such as the adversary adds to a node
+without patching it: a wrapper around the replica, datagram filters on the endpoint,
+the control actions the node does not carry out itself (pause, cut, behaviours), a task
+beside the loop, and fields of the telemetry status. A node without extensions is the
+production node: it runs the bare `Replica`.
+
 `ClusterClient` is the network side of the pure `bft.client.Client`; `ClientMux`
 lets many of them share one socket and one receiving task.
 """
@@ -30,7 +36,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import trio
 
@@ -64,23 +70,16 @@ from bft.messages import Request, Signed
 from bft.replica import Replica
 from bft.storage import WalStorage, votes_may_be_lost
 from bft.telemetry import (
-    ClearBehaviour,
     ControlGate,
     Crash,
-    Cut,
-    Heal,
-    Pause,
-    Resume,
-    SetBehaviour,
     TelemetryAggregator,
     control_cluster_id,
     is_control,
     is_telemetry,
 )
-from transport.udp import UdpEndpoint
+from transport.udp import DatagramFilter, UdpEndpoint
 
 CLIENT_SENDER_BASE = 1 << 31  # frame sender ids of clients (replicas use 0..n-1)
-MAX_PAUSED_BACKLOG = 20_000  # datagrams held while paused (like a kernel buffer); more are dropped
 DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
 
 
@@ -214,6 +213,54 @@ class Metrics:
 # ---------------------------------------------------------------------- node
 
 
+class NodeExtension:
+    """A declared extension point of `Node`: override what you need (this base does nothing).
+
+    The node calls, in this order and nowhere else:
+
+    * `wrap_replica(node, replica)` once the replica is recovered (in `open()`): return what
+      the node drives instead (the replica's interface: `start/receive/tick(now, wall) ->
+      effects`, its attributes). `node.core` stays the bare `Replica`.
+    * `send_filter` / `recv_filter` (attributes, `transport.udp.DatagramFilter` or None):
+      put on the endpoint after `wrap_replica`; the filters of several extensions are chained
+      in their order (sending: first extension first; receiving: likewise).
+    * `obey(node, action, now) -> bool` for an admin-signed control action the node does not
+      carry out itself (pause, resume, cut, heal, set/clear behaviour): True if it was taken.
+      Call `node.tick_soon()` for the replica (or its wrapper) to be ticked at once.
+    * `status(now) -> dict` fields for the telemetry status (`behaviour`, `paused`) and
+      `drops() -> {reason: count}` added to the node's drops there.
+    * `async run(node)`: a task beside the node's loop while it serves (cancelled with it).
+    """
+
+    send_filter: DatagramFilter | None = None
+    recv_filter: DatagramFilter | None = None
+
+    def wrap_replica(self, node: Node, replica: Any) -> Any:
+        return replica
+
+    def obey(self, node: Node, action: Any, now: float) -> bool:
+        return False
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {}
+
+    def drops(self) -> Mapping[str, int]:
+        return {}
+
+    async def run(self, node: Node) -> None:
+        return None
+
+
+def _chain(first: DatagramFilter | None, then: DatagramFilter | None) -> DatagramFilter | None:
+    if first is None or then is None:
+        return first or then
+
+    def chained(datagram: bytes, addr: Any) -> list[tuple[bytes, Any]]:
+        return [out for d, a in first(datagram, addr) for out in then(d, a)]
+
+    return chained
+
+
 @dataclass
 class NodeStats:
     received: int = 0
@@ -234,7 +281,7 @@ class Node:
                  state_dir: Path, app: Any = None, fsync: str | None = None,
                  clock: Callable[[], Interval] | None = None,
                  on_effect: Callable[[Any], None] | None = None,
-                 log_echo: bool = False) -> None:
+                 log_echo: bool = False, extensions: Sequence[NodeExtension] = ()) -> None:
         self.config = config
         self.id = node_id
         self.signer = signer
@@ -248,7 +295,9 @@ class Node:
                                self.state_dir / f"node-{node_id}.log.jsonl", echo=log_echo)
         self.stats = NodeStats()
         self.client_addrs: dict[int, Any] = {}
-        self.replica: Replica | None = None
+        self.replica: Any = None  # the core replica, or what an extension wrapped it in
+        self.core: Replica | None = None  # the core replica itself
+        self.extensions: list[NodeExtension] = []
         self.endpoint: UdpEndpoint | None = None
         self.storage: WalStorage | None = None
         self._deadline = math.inf
@@ -265,14 +314,11 @@ class Node:
             last_seq_no=max(_read_control_seq_no(self.control_seq_no_file),
                             wall_us - int(config.max_clock_skew_s * 1e6)),
             clock_tolerance_s=config.max_clock_skew_s)
-        self.paused_until = 0.0
-        self._backlog: list[Any] = []
-        self.behaviour = ""  # the adversary behaviour switched on from the dashboard, if any
-        self.cut_peers: set[int] = set()
         self._peer_of_addr = {n.address: n.id for n in config.nodes}
         self._peer_ids = tuple(n.id for n in config.nodes if n.id != node_id)
         self.metrics: Metrics | None = None
         self._metrics_due = 0.0
+        self._pending = list(extensions)  # plugged in by open()
 
     # -- lifecycle
 
@@ -296,10 +342,14 @@ class Node:
                              "not vote where it may have voted before until it has caught up",
                              extra={"fields": {"event": "votes_lost",
                                                **dict(self.storage.recovered or {})}})
-        self.replica = Replica(self.config, self.id, signer=self.signer, verifier=self.verifier,
-                               app=self.app, recovered=recovered,
-                               reply_auth=reply_auth_for(self.signer, self.verifier),
-                               votes_lost=votes_lost)
+        self.replica = self.core = Replica(
+            self.config, self.id, signer=self.signer, verifier=self.verifier, app=self.app,
+            recovered=recovered, reply_auth=reply_auth_for(self.signer, self.verifier),
+            votes_lost=votes_lost)
+        for ext in self._pending:
+            self._apply(ext)
+            self.extensions.append(ext)
+        self._pending = []
         if self.config.metrics_port is not None:
             try:
                 self.metrics = Metrics(self.id, self.config.metrics_port + self.id, me.host)
@@ -310,6 +360,24 @@ class Node:
             "event": "start", "id": self.id, "address": f"{me.host}:{me.port}",
             "recovered_records": len(records), "snapshot_seq": snapshot[0] if snapshot else None,
             "view": self.replica.view, "last_executed": self.replica.last_executed}})
+
+    def add_extension(self, ext: NodeExtension) -> None:
+        """Plug `ext` in (before or after `open()`; see `NodeExtension`)."""
+        if self.replica is None:
+            self._pending.append(ext)
+            return
+        self._apply(ext)  # raises (a scenario that cannot run here) before it counts
+        self.extensions.append(ext)
+
+    def _apply(self, ext: NodeExtension) -> None:
+        assert self.endpoint is not None
+        self.replica = ext.wrap_replica(self, self.replica)
+        self.endpoint.send_filter = _chain(self.endpoint.send_filter, ext.send_filter)
+        self.endpoint.recv_filter = _chain(self.endpoint.recv_filter, ext.recv_filter)
+
+    def tick_soon(self) -> None:
+        """Tick the replica at the loop's next turn (an extension changed what it holds)."""
+        self._deadline = -math.inf
 
     def close(self) -> None:
         self.log.info("node stopped", extra={"fields": {"event": "stop", **self.summary()}})
@@ -331,7 +399,13 @@ class Node:
             await self._carry_out(self.replica.start(trio.current_time(), self.clock()))
             self.started.set()
             task_status.started()
-            await self._loop()
+            if self.extensions:
+                async with trio.open_nursery() as nursery:
+                    for ext in self.extensions:
+                        nursery.start_soon(ext.run, self)
+                    await self._loop()
+            else:
+                await self._loop()
         finally:
             self.close()
 
@@ -342,8 +416,6 @@ class Node:
             wake = self._deadline
             if self.telemetry is not None:
                 wake = min(wake, self.telemetry.next_due())
-            if self.paused_until:
-                wake = min(wake, self.paused_until)
             # What is already there needs neither a timeout scope nor a wait: take it
             # and yield once (cancellation is checked first, so nothing taken is lost).
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -367,19 +439,8 @@ class Node:
                 if is_telemetry(payload):
                     self.stats.drops["telemetry_to_node"] += 1
                     continue
-                if self.cut_peers and self._peer_of_addr.get(rec.addr) in self.cut_peers:
-                    self.stats.drops["cut"] += 1
-                    continue
-                if self.paused_until:
-                    if len(self._backlog) < MAX_PAUSED_BACKLOG:
-                        self._backlog.append(rec)
-                    else:
-                        self.stats.drops["paused_overflow"] += 1
-                    continue
                 effects.extend(self._step(rec, now, wall))
-            if self.paused_until and now >= self.paused_until:
-                effects.extend(self._resume(now, wall))
-            if not self.paused_until and now >= self._deadline:
+            if now >= self._deadline:
                 self._deadline = math.inf
                 effects.extend(replica.tick(now, wall))
             if effects:
@@ -416,19 +477,6 @@ class Node:
         self.stats.steps += 1
         return self.replica.receive(msg, now, wall)
 
-    def _resume(self, now: float, wall: Interval) -> list[Any]:
-        """End a pause: process what arrived meanwhile, stale as it is (a GC pause)."""
-        assert self.replica is not None
-        self.paused_until = 0.0
-        backlog, self._backlog = self._backlog, []
-        self.log.info("resumed", extra={"fields": {"event": "resumed", "backlog": len(backlog)}})
-        effects: list[Any] = []
-        for rec in backlog:
-            effects.extend(self._step(rec, now, wall))
-        self._deadline = math.inf
-        effects.extend(self.replica.tick(now, wall))
-        return effects
-
     # -- control (admin-signed commands from the dashboard or `bft ctl`)
 
     def accept_control(self, payload: bytes) -> Any:
@@ -458,36 +506,16 @@ class Node:
         if self.telemetry is not None:
             self._telemetry_out.extend(self.telemetry.observe(
                 Event("control", {"action": cmd.describe()}), now))
-        if isinstance(action, Pause):
-            self.paused_until = now + action.duration_ms / 1000
-        elif isinstance(action, Resume):
-            if self.paused_until:
-                self.paused_until = now  # the loop resumes at once
-        elif isinstance(action, Cut):
-            peers = set(action.peers) or {n.id for n in self.config.nodes}
-            self.cut_peers = peers - {self.id}
-        elif isinstance(action, Heal):
-            self.cut_peers = set()
-        elif isinstance(action, SetBehaviour):
-            self.set_behaviour(action.name, dict(action.params))
-        elif isinstance(action, ClearBehaviour):
-            self.set_behaviour("", {})
-        elif isinstance(action, Crash):
+        if isinstance(action, Crash):
             self.log.warning("crash", extra={"fields": {"event": "crash"}})
             for h in self.log.handlers:
                 h.flush()
             os._exit(137)  # no clean close: recovery goes through the WAL
-
-    def set_behaviour(self, name: str, params: dict[str, Any]) -> None:
-        """Switch an adversary behaviour on ("" = honest). Hook for the adversary package."""
-        hook = getattr(self, "behaviour_hook", None)
-        if hook is None and name:
-            self.log.warning("behaviour unavailable", extra={"fields": {
-                "event": "behaviour_unavailable", "behaviour": name}})
-            return
-        if hook is not None:
-            hook(name, params)
-        self.behaviour = name
+        if not any(ext.obey(self, action, now) for ext in self.extensions):
+            # pause, cut and behaviours are the adversary's (`bft node --adversary`)
+            self.stats.drops["control_unsupported"] += 1
+            self.log.warning("control unsupported", extra={"fields": {
+                "event": "control_unsupported", "action": cmd.describe()}})
 
     # -- telemetry
 
@@ -503,10 +531,14 @@ class Node:
         drops.update({f"control_{k}": v for k, v in self.control.statistics().get("drops", {}).items()
                       if isinstance(v, int)})
         now = trio.current_time()
+        extra: dict[str, Any] = {"behaviour": "", "paused": False}
+        for ext in self.extensions:
+            extra.update(ext.status(now))
+            drops.update(ext.drops())
         suspected = {p: phi for p, phi in self.replica.timeout.suspected(now).items()
                      if isinstance(p, int)}
         st.update(msgs_in=self.stats.received, msgs_out=self.stats.sent, drops=dict(drops),
-                  behaviour=self.behaviour, paused=bool(self.paused_until), suspected=suspected)
+                  suspected=suspected, **extra)
         return st
 
     async def _send_telemetry(self) -> None:
@@ -571,14 +603,11 @@ class Node:
         endpoint = self.endpoint
         assert endpoint is not None
         send, send_to = endpoint.send_nowait, endpoint.send_to_nowait
-        cut = self.cut_peers
-        peers = self._peer_ids if not cut else [p for p in self._peer_ids if p not in cut]
+        peers = self._peer_ids
         sent = 0
         self._encoded.clear()
         for e in outgoing:
             if isinstance(e, Send):
-                if e.to in cut:
-                    continue
                 send(e.to, self._encode(e.message))
                 sent += 1
             elif isinstance(e, Broadcast):
@@ -630,7 +659,7 @@ class Node:
             out.update(view=r.view, last_executed=r.last_executed, stable_seq=r.stable_seq,
                        state_digest=r.app.digest().hex(), replica_drops=dict(r.drops),
                        # the core replica's own (an adversary wrapper keeps its own `counters`)
-                       replica_counters=dict(getattr(r, "inner", r).counters))
+                       replica_counters=dict(self.core.counters if self.core else {}))
         if self.endpoint is not None and not self.endpoint.closed:
             out["transport"] = self.endpoint.statistics()
         return out
@@ -640,9 +669,14 @@ class Node:
         return self.replica.app.digest()
 
 
-async def serve_until_signal(node: Node) -> None:
-    """Run `node` until SIGINT or SIGTERM, then shut down cleanly."""
+async def serve_until_signal(node: Node, announce: Callable[[], None] | None = None) -> None:
+    """Run `node` until SIGINT or SIGTERM, then shut down cleanly (`bft node`).
+
+    `announce` runs once the signals are caught, so whoever waits for it may signal at once
+    (a SIGTERM before that would kill the process, not stop the node cleanly)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        if announce is not None:
+            announce()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(node.run)
             async for sig in signals:

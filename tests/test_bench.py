@@ -21,8 +21,8 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks import bench
-from benchmarks.bench import (
+from bft import bench
+from bft.bench import (
     BenchError,
     LocalCluster,
     ascii_plot,

@@ -20,7 +20,7 @@ import trio
 
 from bft.config import ClusterConfig, NodeAddress
 from bft.crypto import Ed25519Keys
-from bft.node import Node
+from bft.node import Node, NodeExtension
 from bft.telemetry import Action, Crash, Pause, control_cluster_id
 from transport.frame import decode_frame_untrusted
 from transport.udp import free_udp_ports
@@ -46,9 +46,21 @@ def with_admin_of(keys: Ed25519Keys, seed: int) -> Ed25519Keys:
     return other
 
 
+class Obeys(NodeExtension):
+    """Takes every action the node hands on (pause, cut, behaviours are an extension's:
+    the adversary's), and keeps them."""
+
+    def __init__(self) -> None:
+        self.obeyed: list[Action] = []
+
+    def obey(self, node: Node, action: Action, now: float) -> bool:
+        self.obeyed.append(action)
+        return True
+
+
 def node(config: ClusterConfig, state_dir: Path, keys: Ed25519Keys = KEYS) -> Node:
     return Node(config, 1, signer=keys.signer("replica", 1), verifier=keys.verifier(),
-                state_dir=state_dir, fsync="never")
+                state_dir=state_dir, fsync="never", extensions=[Obeys()])
 
 
 def test_a_command_captured_from_one_cluster_is_refused_by_another(tmp_path: Path) -> None:
@@ -122,15 +134,15 @@ async def test_a_running_node_obeys_bft_ctl_once_across_a_restart(tmp_path: Path
 
         async def obeys(n: Node) -> None:
             sock.sendto(datagram, ("127.0.0.1", ports[1]))
-            while not n.paused_until:
+            while not n.extensions[0].obeyed:
                 await trio.sleep(0.005)
-            assert n.control.last_seq_no == cmd.seq_no
+            assert n.control.last_seq_no == cmd.seq_no and n.extensions[0].obeyed == [cmd.action]
 
         async def refuses_the_replay(n: Node) -> None:
             sock.sendto(datagram, ("127.0.0.1", ports[1]))
             while not n.control.statistics()["drops"]["stale_seq_no"]:
                 await trio.sleep(0.005)
-            assert not n.paused_until and n.control.accepted == 0
+            assert not n.extensions[0].obeyed and n.control.accepted == 0
 
         await running(obeys)
         await running(refuses_the_replay)

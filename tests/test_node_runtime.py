@@ -24,7 +24,7 @@ from bft.crypto import Ed25519Keys
 from bft.effects import Broadcast, Reply, Send, SetTimer
 from bft.messages import Commit, Prepare, Request
 from bft.messages import Reply as ReplyMessage
-from bft.node import CLIENT_SENDER_BASE, Node
+from bft.node import CLIENT_SENDER_BASE, Node, NodeExtension
 from transport.udp import Received, UdpEndpoint, free_udp_ports
 
 pytestmark = pytest.mark.udp
@@ -152,14 +152,42 @@ async def test_a_step_of_messages_is_sent_without_yielding(node: Node, peers, ke
     assert node.endpoint.statistics()["sent_datagrams"] == 5
 
 
-async def test_cut_peers_get_nothing(node: Node, peers, keys) -> None:
+async def test_an_extensions_filters_see_what_the_node_sends(node: Node, peers, keys) -> None:
+    """`NodeExtension.send_filter` (as the adversary's cut uses it) is on the node's endpoint:
+    a filter that drops every datagram to node 2 leaves node 2 with nothing."""
     prepare, commit, _ = outgoing(keys)
-    node.cut_peers = {2}
+    to2 = node.config.node(2).address
+
+    class NotToTwo(NodeExtension):
+        def send_filter(self, datagram: bytes, addr: Any) -> list[tuple[bytes, Any]]:  # type: ignore[override]
+            return [] if tuple(addr) == tuple(to2) else [(datagram, addr)]
+
+    node.add_extension(NotToTwo())
     await node._carry_out([Broadcast(prepare), Send(2, commit), Send(3, commit)])
     assert arrived(peers[1]) == [prepare]
     assert arrived(peers[2]) == []
     assert arrived(peers[3]) == [prepare, commit]
-    assert node.stats.sent == 3
+
+
+def test_an_extension_wraps_the_replica_and_the_core_stays_reachable(node: Node) -> None:
+    core = node.replica
+
+    class Wrapper:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    class Wrapping(NodeExtension):
+        def wrap_replica(self, n: Node, replica: Any) -> Any:
+            return Wrapper(replica)
+
+    node.add_extension(Wrapping())
+    assert isinstance(node.replica, Wrapper) and node.replica.inner is core
+    assert node.core is core
+    core.counters["status_resends"] += 1  # the summary reports the core's own counters
+    assert node.summary()["replica_counters"] == {"status_resends": 1}
 
 
 async def test_a_full_send_buffer_is_waited_for_once_and_nothing_is_lost(

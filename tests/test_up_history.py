@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench import config_to_toml, local_config
+from bft.bench import config_to_toml, local_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,9 @@
 """`bft tui` and `bft ctl`: the dashboard and one-shot control commands.
 
-`add_tui_parsers(subparsers)` adds both subcommands to the `bft` parser
-(`bft.cli.build_parser` calls it). Like the rest of `bft.cli`: argparse, one
+The tui's `bft` plugin (entry point group `bft.plugins`, see bft/plugins.py):
+`add_commands(subparsers)` adds both subcommands to the `bft` parser, and
+`dashboard(config, keyring, listen)` is the dashboard `bft up` shows in a
+terminal. Like the rest of `bft.cli`: argparse, one
 `cmd_<name>(args) -> int` handler per subcommand, `CliError` for what the user
 can fix. Textual is imported only inside `cmd_tui` (it is slow to import).
 
@@ -17,8 +19,9 @@ import argparse
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
-from bft.cli import CliError, _key_dir, _load_config
+from bft.cliutil import CliError, key_dir, load_config
 from bft.config import ClusterConfig, format_address, load_keyring, parse_address
 from bft.errors import ConfigError
 from bft.telemetry import (
@@ -34,7 +37,7 @@ from bft.telemetry import (
     control_cluster_id,
 )
 
-__all__ = ["add_tui_parsers", "cmd_ctl", "cmd_tui", "parse_action"]
+__all__ = ["add_commands", "add_tui_parsers", "cmd_ctl", "cmd_tui", "dashboard", "parse_action"]
 
 MAX_PAUSE_S = 3600.0
 
@@ -43,6 +46,29 @@ def add_tui_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add `bft tui` and `bft ctl` to the `bft` subcommands."""
     _add_tui_parser(subparsers)
     _add_ctl_parser(subparsers)
+
+
+add_commands = add_tui_parsers  # the plugin hook
+
+
+def dashboard(config: ClusterConfig, keyring: Any, listen: tuple[str, int]) -> Any:
+    """The plugin hook `bft up` calls: CliError now if `listen` cannot be bound, else a
+    function `run(duration_s)` that shows the dashboard until the user quits (q) or
+    `duration_s` passes (None: no limit)."""
+    _check_bindable(listen)
+
+    def run(duration_s: float | None) -> None:
+        import threading
+
+        from tui.app import DashboardApp
+
+        app = DashboardApp(config, keyring.verifier(), keyring.signer("admin", 0),
+                           listen=listen)
+        if duration_s is not None:
+            threading.Timer(duration_s, lambda: app.call_from_thread(app.exit)).start()
+        app.run()
+
+    return run
 
 
 def _add_key_options(parser: argparse.ArgumentParser) -> None:
@@ -113,8 +139,8 @@ def _check_bindable(address: tuple[str, int]) -> None:
 
 def cmd_tui(args: argparse.Namespace) -> int:
     """Run the dashboard until the user quits."""
-    config = _load_config(args.config)
-    keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
+    config = load_config(args.config)
+    keyring = load_keyring(config, key_dir(config, args.state_dir, args.key_dir))
     listen = _listen_address(config, args.listen)
     try:
         admin = keyring.signer("admin", 0)
@@ -225,11 +251,11 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     """Sign and send one control command; print what was sent."""
     from tui.net import ControlSender, send_control_now
 
-    config = _load_config(args.config)
+    config = load_config(args.config)
     if not 0 <= args.node < config.n:
         raise CliError(f"no node {args.node} in {args.config} (ids 0..{config.n - 1})")
     action = parse_action(args.action, list(args.args), config, args.node)
-    keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
+    keyring = load_keyring(config, key_dir(config, args.state_dir, args.key_dir))
     signer = keyring.signer("admin", 0)
     cluster = control_cluster_id(config, keyring.verifier())
     sender = ControlSender(signer, cluster, max_datagram_bytes=config.max_datagram_bytes)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adversary.history import check_history_shape
+from bft.history import check_history_shape
 from adversary.pytest_plugin import run_scenario
 from adversary.scenario import Scenario, load_scenario
 from adversary.workloads import FencingStory, _Holder

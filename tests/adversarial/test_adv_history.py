@@ -11,7 +11,7 @@ import trio
 import trio.lowlevel
 
 from adversary.behaviours import make_rule
-from adversary.history import (
+from bft.history import (
     History,
     call_recorded,
     check_history_shape,

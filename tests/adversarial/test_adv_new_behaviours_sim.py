@@ -162,7 +162,7 @@ def test_crash_points_are_counted_per_rule_and_a_node_may_stay_down() -> None:
 def test_bft_up_refuses_a_crash_point_clearly(tmp_path, capsys) -> None:
     """Real processes cannot crash at a protocol event and restart relative to it (the
     launcher restarts at times known in advance): `bft up --scenario` says so, exit 2."""
-    from benchmarks.bench import config_to_toml, local_config
+    from bft.bench import config_to_toml, local_config
     from bft.cli import main
 
     cfg = tmp_path / "cluster.toml"

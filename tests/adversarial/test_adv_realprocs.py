@@ -1,4 +1,4 @@
-"""Real processes over loopback UDP: `python -m adversary.runtime` nodes (a `bft node` with the
+"""Real processes over loopback UDP: `python -m bft node --scenario` nodes (a `bft node` with the
 scenario installed) and a launcher doing what only a launcher can (SIGSTOP/SIGCONT).
 
 Each run drives two writing clients through the fault, then a barrier (a read every honest

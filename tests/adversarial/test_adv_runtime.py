@@ -26,6 +26,7 @@ from bft.config import ClusterConfig, NodeAddress
 from bft.crypto import SimKeys
 from bft.errors import ConfigError
 from bft.node import Node
+from bft.telemetry import ClearBehaviour, Crash, Cut, Heal, Pause, Resume, SetBehaviour
 
 
 def make_node(tmp_path: Path, node_id: int = 1) -> Node:
@@ -52,13 +53,83 @@ def test_install_wraps_the_replica_filters_the_endpoint_and_hooks_behaviours(
         assert node.replica.view == 0 and node.summary()["state_digest"]  # the replica's
         replica.counters["status_resends"] += 2  # the core's counters, not the wrapper's
         assert node.summary()["replica_counters"] == {"status_resends": 2}
-        node.set_behaviour("silent", {})
-        assert [b.name for b in node.replica.live] == ["silent"] and node.behaviour == "silent"
-        node.set_behaviour("gossip", {})  # refused and logged, the node goes on
+        assert node.extensions == [inst] and node.core is replica
+        now = 1.0
+        assert inst.obey(node, SetBehaviour("silent"), now)
         assert [b.name for b in node.replica.live] == ["silent"]
-        node.set_behaviour("", {})
-        assert node.replica.live == []
+        assert inst.status(now)["behaviour"] == "silent"
+        assert inst.obey(node, SetBehaviour("gossip"), now)  # refused and logged, goes on
+        assert [b.name for b in node.replica.live] == ["silent"]
+        assert inst.obey(node, ClearBehaviour(), now)
+        assert node.replica.live == [] and inst.status(now)["behaviour"] == ""
         assert "adversary" in node.replica.statistics()
+        assert not inst.obey(node, Crash(), now)  # the node's own, not the adversary's
+    finally:
+        node.close()
+
+
+def test_the_admins_pause_holds_inputs_beside_a_live_behaviour_until_resume(
+        tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+    try:
+        inst = install(node, Scenario())
+        wrapper = node.replica
+        wrapper.start(0.0)
+        inst.obey(node, SetBehaviour("silent"), 1.0)
+        assert not inst.status(1.0)["paused"]
+        inst.obey(node, Pause(5000), 2.0)
+        assert inst.status(2.5)["paused"] and wrapper.holding(6.9)
+        assert not wrapper.holding(7.1)  # over after 5 s
+        assert sorted(b.name for b in wrapper.live) == ["pause", "silent"]
+        inst.obey(node, Resume(), 3.0)
+        assert not inst.status(3.0)["paused"] and [b.name for b in wrapper.live] == ["silent"]
+        inst.obey(node, Pause(5000), 4.0)
+        inst.obey(node, ClearBehaviour(), 4.0)  # clears the behaviour, not the pause
+        assert [b.name for b in wrapper.live] == ["pause"] and inst.status(4.5)["paused"]
+    finally:
+        node.close()
+
+
+def test_the_admins_cut_drops_datagrams_to_and_from_the_peers_until_heal(
+        tmp_path: Path) -> None:
+    node = make_node(tmp_path)  # node 1
+    try:
+        inst = install(node, Scenario())
+        send, recv = node.endpoint.send_filter, node.endpoint.recv_filter
+        addr = {n.id: tuple(n.address) for n in node.config.nodes}
+        client = ("127.0.0.1", 5555)
+        assert send(b"d", addr[2]) == [(b"d", addr[2])]
+        inst.obey(node, Cut((2,)), 1.0)
+        assert send(b"d", addr[2]) == [] and recv(b"d", addr[2]) == []
+        assert send(b"d", addr[3]) == [(b"d", addr[3])] and recv(b"d", client) == [(b"d", client)]
+        assert inst.drops() == {"cut": 2}
+        inst.obey(node, Cut(), 1.0)  # every peer
+        assert all(send(b"d", addr[i]) == [] for i in (0, 2, 3))
+        inst.obey(node, Heal(), 1.0)
+        assert all(send(b"d", addr[i]) == [(b"d", addr[i])] for i in (0, 2, 3))
+    finally:
+        node.close()
+
+
+async def test_a_node_without_the_adversary_refuses_its_commands(tmp_path: Path) -> None:
+    """The production node (`bft node` without --adversary or --scenario) is not wrapped and
+    carries out no pause, cut or behaviour: each is counted and logged."""
+    node = make_node(tmp_path)
+    try:
+        assert node.replica is node.core and node.extensions == []
+
+        class Cmd:
+            def __init__(self, action: object) -> None:
+                self.action = action
+
+            def describe(self) -> str:
+                return "test"
+
+        for action in (Pause(1000), Cut((2,)), SetBehaviour("lie")):
+            await node._obey(Cmd(action), 1.0)
+        assert node.stats.drops["control_unsupported"] == 3
+        assert node._telemetry_status()["behaviour"] == ""
+        assert node._telemetry_status()["paused"] is False
     finally:
         node.close()
 

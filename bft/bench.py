@@ -13,7 +13,7 @@ and state directory as for `bft client`).
 
 Load: `C` closed-loop clients (each sends its next request as soon as the
 previous one completed with f+1 matching replies), spread over
-`--client-procs` separate worker processes (`python -m benchmarks.bench --worker`),
+`--client-procs` separate worker processes (`python -m bft.bench --worker`),
 so the load generator's crypto does not run in the process that measures.
 After `--warmup` seconds, and once every client has completed its first
 request (its set-up; reported apart as first_request_ms; waited for at most
@@ -758,7 +758,7 @@ async def _worker(spec: dict[str, Any]) -> None:
 
 def _worker_entry(argv: Sequence[str]) -> int:
     if len(argv) != 2 or argv[0] != "--worker":
-        print("usage: python -m benchmarks.bench --worker SPEC.json", file=sys.stderr)
+        print("usage: python -m bft.bench --worker SPEC.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[1]).read_text())
     with contextlib.suppress(KeyboardInterrupt):
@@ -794,7 +794,7 @@ class LoadResult:
 
 
 class LoadRun:
-    """Closed-loop clients in `processes` worker processes (`python -m benchmarks.bench --worker`).
+    """Closed-loop clients in `processes` worker processes (`python -m bft.bench --worker`).
 
     Use inside a nursery: `await load.start(nursery)` (returns once every worker is
     ready and told to go), watch `load.completed()`, then `await load.stop()` returns
@@ -838,7 +838,7 @@ class LoadRun:
             out_path.unlink(missing_ok=True)
             spec_path.write_text(json.dumps({**self.base_spec, "clients": group,
                                              "out": str(out_path)}))
-            proc = _spawn_logged([sys.executable, "-m", "benchmarks.bench", "--worker", str(spec_path)],
+            proc = _spawn_logged([sys.executable, "-m", "bft.bench", "--worker", str(spec_path)],
                                  self.work_dir / f"worker-{k}.err", stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE)
             assert proc.stdin is not None and proc.stdout is not None
@@ -1415,7 +1415,7 @@ def _command_runner(args: argparse.Namespace, counts: Sequence[int]) -> Callable
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m benchmarks.bench CONFIG ...` (the same as `bft bench`)."""
+    """`python -m bft.bench CONFIG ...` (the same as `bft bench`)."""
     parser = argparse.ArgumentParser(prog="bft bench", description=__doc__.split("\n\n")[0])
     add_bench_arguments(parser)
     return run_bench_command(parser.parse_args(argv))
