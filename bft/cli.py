@@ -235,7 +235,7 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_plugin_arguments(parser: argparse.ArgumentParser, hook: str) -> None:
-    loaded = _PARSER_PLUGINS
+    loaded = _active()
     for plugin, fn in list(loaded.hooks(hook)):
         try:
             fn(parser)
@@ -256,7 +256,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
     app = load_factory(args.app)() if args.app else None
     # what plugins plug in (the adversary, with --scenario or --adversary); else nothing
-    extensions = [ext for exts in _call_hooks(plugins(), "node_extensions", args, config, args.id)
+    extensions = [ext for exts in _call_hooks(_active(), "node_extensions", args, config, args.id)
                   for ext in exts]  # type: ignore[attr-defined]
     node = Node(config, args.id, signer=keyring.signer("replica", args.id),
                 verifier=keyring.verifier(), state_dir=state_dir, fsync=args.fsync, app=app,
@@ -437,11 +437,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     if _ensure_local_keys(config, key_dir):
         print(f"generated keys in {key_dir}", flush=True)
     keyring = load_keyring(config, key_dir)  # clear error now rather than in every child
-    _call_hooks(plugins(), "check_up", args, config)  # errors now, naming the field
+    _call_hooks(_active(), "check_up", args, config)  # errors now, naming the field
     global _UP_EXTRA
     _UP_EXTRA = {"args": args, "history": args.history}
     if not args.no_tui and sys.stdout.isatty() and config.monitor is not None:
-        dashboards = [d for d in _call_hooks(plugins(), "dashboard", config, keyring,
+        dashboards = [d for d in _call_hooks(_active(), "dashboard", config, keyring,
                                              config.monitor) if d is not None]
         if dashboards:
             return _up_with_dashboard(args.config, config, state_dir, key_dir, args.load,
@@ -471,7 +471,7 @@ def _node_command(config_path: Path, node_id: int, state_dir: Path, key_dir: Pat
     cmd = [sys.executable, "-m", "bft", "node", str(config_path), "--id", str(node_id),
            "--state-dir", str(state_dir), "--key-dir", str(key_dir)]
     if _UP_EXTRA.get("args") is not None:  # what plugins pass on (the adversary's options)
-        for extra in _call_hooks(plugins(), "up_node_arguments", _UP_EXTRA["args"], restarted):
+        for extra in _call_hooks(_active(), "up_node_arguments", _UP_EXTRA["args"], restarted):
             cmd += extra  # type: ignore[arg-type]
     if events:
         cmd.append("--events")
@@ -619,7 +619,7 @@ async def _supervise(config_path, config, state_dir, key_dir, load_ops_per_s, du
             async def restart(node_id: int) -> None:
                 await spawn(node_id, restarted=True)
 
-            for task in _call_hooks(plugins(), "up_task", _UP_EXTRA["args"], config):
+            for task in _call_hooks(_active(), "up_task", _UP_EXTRA["args"], config):
                 if task is not None:
                     nursery.start_soon(task, pids.get, restart, say)
         with trio.move_on_after(duration_s if duration_s is not None else math.inf) as timer:
@@ -753,7 +753,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 
-_PARSER_PLUGINS = LoadedPlugins([], [])  # the plugins `build_parser` is adding
+_PARSER_PLUGINS: LoadedPlugins | None = None  # the plugins of the last `build_parser`
+
+
+def _active() -> LoadedPlugins:
+    """The plugins the command line was built with (their hooks run the commands)."""
+    return _PARSER_PLUGINS if _PARSER_PLUGINS is not None else plugins()
 
 
 def build_parser(loaded: LoadedPlugins | None = None) -> argparse.ArgumentParser:
@@ -792,7 +797,7 @@ def main(argv: Sequence[str] | None = None, loaded: LoadedPlugins | None = None)
     A plugin that could not be loaded is reported in one line on stderr (`bft: warning:
     ...`) and the rest works."""
     parser = build_parser(loaded)
-    for problem in _PARSER_PLUGINS.problems:
+    for problem in _active().problems:
         print(f"bft: warning: {problem}", file=sys.stderr)
     try:
         args = parser.parse_args(argv)

@@ -89,7 +89,8 @@ def test_the_check_catches_planted_wrong_way_imports(tmp_path: Path, monkeypatch
         "import argparse\nfrom transport.udp import TransportError\n"
         "def build():\n    from tui.commands import add_tui_parsers\n"
         "    importlib.import_module('adversary.simcli')\n")
-    (tmp_path / "bft" / "replica.py").write_text("from transport import frame\nfrom . import codec\n")
+    (tmp_path / "bft" / "replica.py").write_text(
+        "from transport import frame\nfrom . import codec\n")
     (tmp_path / "tui" / "app.py").write_text("from ..adversary import sim\nimport bft.codec\n")
     (tmp_path / "adversary" / "sim.py").write_text("from benchmarks.bench import x\n")
     found = [b for p in project_modules() for b in wrong_way_imports(p)]
