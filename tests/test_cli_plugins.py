@@ -97,3 +97,27 @@ def test_broken_plugins_are_left_out_with_a_clear_line(tmp_path: Path, monkeypat
     finally:
         for name in ("raises_on_import", "clashes"):
             sys.modules.pop(name, None)
+
+
+def test_the_adversary_plugs_into_a_node_only_when_asked() -> None:
+    """`bft node` runs the bare production replica unless --adversary or --scenario asks for
+    the adversary; `bft up` passes --adversary (and its --scenario) to every node."""
+    from adversary import commands
+    from adversary.runtime import AdversaryExtension
+    from bft.cli import build_parser
+
+    scenario = Path(__file__).resolve().parents[1] / "configs/scenarios/lying-backup.toml"
+    parser = build_parser()
+    node = ["node", "c.toml", "--id", "1"]
+    assert commands.node_extensions(parser.parse_args(node), None, 1) == []
+    [ext] = commands.node_extensions(parser.parse_args([*node, "--adversary"]), None, 1)
+    assert isinstance(ext, AdversaryExtension) and ext.scenario.rules == () and ext.crash
+    [ext] = commands.node_extensions(parser.parse_args(
+        [*node, "--scenario", str(scenario), "--adversary-seed", "7", "--adversary-restarted"]),
+        None, 1)
+    assert ext.scenario.rules and ext.seed == 7 and not ext.crash
+    assert commands.up_node_arguments(parser.parse_args(["up", "c.toml"]), False) == [
+        "--adversary"]
+    up = parser.parse_args(["up", "c.toml", "--scenario", str(scenario)])
+    assert commands.up_node_arguments(up, False) == ["--adversary", "--scenario", str(scenario)]
+    assert commands.up_node_arguments(up, True)[-1] == "--adversary-restarted"
