@@ -655,6 +655,9 @@ class Node:
             "commits": self.stats.commits, "executed_requests": self.stats.executed_requests,
             "drops": dict(self.stats.drops),
         }
+        for ext in self.extensions:  # (datagrams an extension dropped: the adversary's cuts)
+            for reason, count in ext.drops().items():
+                out["drops"][reason] = out["drops"].get(reason, 0) + count
         if r is not None:
             out.update(view=r.view, last_executed=r.last_executed, stable_seq=r.stable_seq,
                        state_digest=r.app.digest().hex(), replica_drops=dict(r.drops),

@@ -102,7 +102,7 @@ def test_the_admins_cut_drops_datagrams_to_and_from_the_peers_until_heal(
         inst.obey(node, Cut((2,)), 1.0)
         assert send(b"d", addr[2]) == [] and recv(b"d", addr[2]) == []
         assert send(b"d", addr[3]) == [(b"d", addr[3])] and recv(b"d", client) == [(b"d", client)]
-        assert inst.drops() == {"cut": 2}
+        assert inst.drops() == {"cut": 2} and node.summary()["drops"]["cut"] == 2
         inst.obey(node, Cut(), 1.0)  # every peer
         assert all(send(b"d", addr[i]) == [] for i in (0, 2, 3))
         inst.obey(node, Heal(), 1.0)
