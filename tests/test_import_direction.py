@@ -110,3 +110,43 @@ def test_benchmarks_is_not_an_installed_package() -> None:
     found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "packages"]["find"]["include"]
     assert not any(pattern.startswith("benchmarks") for pattern in found)
+
+
+# Extensions plug into a node through its declared points (bft.node.NodeExtension), never by
+# patching it (STYLE.md): outside bft/node.py (and the endpoint's own module) nothing sets a
+# node's replica or an endpoint's datagram filters.
+PATCHED = {"replica", "send_filter", "recv_filter", "behaviour_hook"}
+MAY_SET = {"bft.node", "transport.udp"}
+
+
+def patching(path: Path) -> list[str]:
+    if module_name(path) in MAY_SET:
+        return []
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        else:
+            continue
+        for target in targets:
+            if isinstance(target, ast.Attribute) and target.attr in PATCHED and not (
+                    isinstance(target.value, ast.Name) and target.value.id == "self"):
+                out.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(target)}")
+    return out
+
+
+def test_nothing_patches_a_node() -> None:
+    assert [b for p in project_modules() for b in patching(p)] == []
+
+
+def test_the_patching_check_catches_a_planted_patch(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    (tmp_path / "adversary").mkdir()
+    planted = tmp_path / "adversary" / "runtime.py"
+    planted.write_text("def install(node, w, f):\n    node.replica = w\n"
+                       "    node.endpoint.send_filter = f\n    self.replica = w\n")
+    assert patching(planted) == ["adversary/runtime.py:2: node.replica",
+                                 "adversary/runtime.py:3: node.endpoint.send_filter"]
