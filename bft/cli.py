@@ -244,6 +244,10 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="WAL fsync policy (default: the config's, normally always)")
     parser.add_argument("--events", action="store_true",
                         help="also print one line per event on stdout")
+    parser.add_argument("--ready-file", type=Path, default=None, metavar="FILE",
+                        help="once bound, recovered and stoppable by SIGTERM, write FILE (JSON: "
+                        "pid, id, address, view, last_executed; for launchers, see "
+                        "bft/launcher.py)")
     parser.add_argument("--scenario", type=Path, default=None, metavar="FILE",
                         help="adversarial scenario ([[adversary]]/[[network]] tables) to play "
                         "on this node")
@@ -280,9 +284,17 @@ def cmd_node(args: argparse.Namespace) -> int:
     from bft.node import tune_gc
 
     tune_gc()
-    trio.run(serve_with_adversary, node, inst, lambda: print(
-        f"node {args.id} listening on {me} (view {node.replica.view}, "
-        f"executed {node.replica.last_executed})", flush=True))
+
+    def announce() -> None:
+        print(f"node {args.id} listening on {me} (view {node.replica.view}, "
+              f"executed {node.replica.last_executed})", flush=True)
+        if args.ready_file is not None:
+            from bft.launcher import write_ready_file
+
+            write_ready_file(args.ready_file, id=args.id, address=str(me),
+                             view=node.replica.view, last_executed=node.replica.last_executed)
+
+    trio.run(serve_with_adversary, node, inst, announce)
     return 0
 
 
