@@ -134,11 +134,12 @@ def throwaway_config(n: int = 4, *, name: str = "test", hosts: Sequence[str] | N
     never. `overrides` set any ClusterConfig field."""
     hosts = list(hosts) if hosts is not None else ["127.0.0.1"] * n
     ports = list(ports) if ports is not None else free_udp_ports(n, hosts[0])
-    values: dict[str, Any] = dict(
-        checkpoint_interval=8, log_window=16, batch_max_requests=16, batch_delay_s=0.002,
-        max_in_flight=8, view_change_timeout_s=0.5, view_change_timeout_min_s=0.2,
-        view_change_timeout_max_s=4.0, client_timeout_s=0.25, max_clock_skew_s=1.0,
-        status_interval_s=0.1, fsync="never")
+    values: dict[str, Any] = {
+        "checkpoint_interval": 8, "log_window": 16, "batch_max_requests": 16,
+        "batch_delay_s": 0.002, "max_in_flight": 8, "view_change_timeout_s": 0.5,
+        "view_change_timeout_min_s": 0.2, "view_change_timeout_max_s": 4.0,
+        "client_timeout_s": 0.25, "max_clock_skew_s": 1.0, "status_interval_s": 0.1,
+        "fsync": "never"}
     values.update(overrides)
     return ClusterConfig.local(
         n, nodes=tuple(NodeAddress(i, h, p) for i, (h, p) in enumerate(zip(hosts, ports))),
@@ -200,14 +201,14 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def spawn(cmd: Sequence[str], *, stdout: IO[Any] | int | None, stderr: IO[Any] | int | None
-          = subprocess.STDOUT, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a child of this launcher: own session (a Ctrl-C to the terminal is not its),
-    stdin closed, unbuffered Python output, and the parent-death signal."""
-    return subprocess.Popen(
-        list(cmd), stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-        env=dict(env if env is not None else os.environ, PYTHONUNBUFFERED="1"),
-        start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
+def spawn(cmd: Sequence[str], *, stdout: IO[Any] | int | None,
+          stderr: IO[Any] | int | None = subprocess.STDOUT,
+          stdin: IO[Any] | int | None = subprocess.DEVNULL,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child of this launcher (a node, a load worker): in its own session (a
+    Ctrl-C to the terminal is not its), with the parent-death signal (`die_with_parent`)."""
+    return subprocess.Popen(list(cmd), stdout=stdout, stderr=stderr, stdin=stdin, env=env,
+                            start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
 
 
 async def reap(popen: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> int:
@@ -324,7 +325,8 @@ class LocalCluster:
         k = 1 + sum(1 for p in self.all_procs if p.node_id == node_id)
         out_path = self.output_dir / f"node-{node_id}.run{k}.out"
         with open(out_path, "wb") as out:
-            popen = spawn(self.command(node_id, extra_args), stdout=out, env=self.env)
+            popen = spawn(self.command(node_id, extra_args), stdout=out,
+                          env=dict(self.env or os.environ, PYTHONUNBUFFERED="1"))
         proc = NodeProcess(node_id, popen, out_path)
         self.procs[node_id] = proc
         self.all_procs.append(proc)
