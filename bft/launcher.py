@@ -40,7 +40,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -292,6 +292,7 @@ class LocalCluster:
         self.all_procs: list[NodeProcess] = []
         self.signalled: set[int] = set()  # pids this object sent SIGTERM or SIGKILL to
         self._keyring: Any = None
+        self._echoed: dict[Path, tuple[int, bytes]] = {}  # output file -> (offset, partial)
         self._last_timestamp: dict[int, int] = {}
 
     @property
@@ -536,6 +537,30 @@ class LocalCluster:
         """What the latest incarnation of node `node_id` printed."""
         proc = self.procs.get(node_id)
         return proc.output() if proc is not None else ""
+
+    def echo_output(self, say: Callable[[str], None], *, final: bool = False) -> None:
+        """Pass each complete line the nodes printed since the last call to `say`, as
+        `[node N] line` (with `final`, an unfinished last line too)."""
+        for p in self.all_procs:
+            offset, partial = self._echoed.get(p.out_path, (0, b""))
+            try:
+                with open(p.out_path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except OSError:
+                continue
+            *lines, partial = (partial + data).split(b"\n")
+            if final and partial:
+                lines, partial = [*lines, partial], b""
+            self._echoed[p.out_path] = (offset + len(data), partial)
+            for line in lines:
+                say(f"[node {p.node_id}] {line.decode(errors='replace')}")
+
+    async def follow_output(self, say: Callable[[str], None], interval_s: float = 0.1) -> None:
+        """Forever: `echo_output` every `interval_s` (run it in a nursery)."""
+        while True:
+            self.echo_output(say)
+            await trio.sleep(interval_s)
 
     def events(self, node_id: int) -> list[dict[str, Any]]:
         """Every JSON log line node `node_id` wrote (all incarnations), in order."""
