@@ -41,8 +41,8 @@ prints a table and a terminal plot of latency against throughput
 
 The building blocks (`LocalCluster`, `TelemetryListener`, `LoadRun`) are
 public so the scripts in benchmarks/ can measure view changes and catch-up
-with them. Every process this module starts is recorded and stopped by its
-pid, and dies with its parent (PR_SET_PDEATHSIG).
+with them; `LocalCluster` is bft.launcher's. Every process this module starts
+is recorded and stopped by its pid, and dies with its parent (bft.launcher.spawn).
 
 Like bft/node.py, this module does I/O (trio, subprocess, time): it is not
 part of the pure core.

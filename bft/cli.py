@@ -417,7 +417,7 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
         "generated into the state directory on first start), optionally drive a "
         "client load, and print events as lines. Stops every node on exit, Ctrl-C, "
         "SIGTERM or after --duration. Each node's pid is written to "
-        "STATE_DIR/node-N.pid.")
+        "STATE_DIR/node-N.pid, its output to STATE_DIR/node-N.runK.out.")
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="state directory (default: state/<cluster name>)")
