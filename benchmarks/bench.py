@@ -325,9 +325,8 @@ class LocalCluster(launcher.LocalCluster):
                          start_timeout_s=START_TIMEOUT_S, stop_timeout_s=STOP_TIMEOUT_S)
         self.fsync = fsync
 
-    async def stop_all(self, *, node_ids: Sequence[int] | None = None,
-                       strict: bool = False) -> dict[int, dict[str, Any]]:
-        return await super().stop_all(node_ids=node_ids, strict=strict)
+    async def stop_all(self, *, strict: bool = False) -> dict[int, dict[str, Any]]:
+        return await super().stop_all(strict=strict)
 
 
 # --------------------------------------------------------------------------

@@ -390,16 +390,16 @@ class LocalCluster:
         if not proc.running():
             raise LaunchError(f"node {node_id} is not running (status "
                               f"{proc.popen.returncode}): {proc.describe()}")
-        return (await self.stop_all(node_ids=[node_id]))[node_id]
+        return (await self._stop([proc], strict=True))[node_id]
 
-    async def stop_all(self, *, node_ids: Sequence[int] | None = None,
-                       strict: bool = True) -> dict[int, dict[str, Any]]:
-        """SIGCONT and SIGTERM every running node (of `node_ids`), SIGKILL those still running
-        after `stop_timeout_s`; their stop summaries by node id. Every process is gone when
-        this returns or raises. With `strict`, LaunchError if a node had to be killed,
-        exited with a non-zero status or left no stop summary; else those are left out."""
-        procs = [p for i, p in self.procs.items()
-                 if p.running() and (node_ids is None or i in node_ids)]
+    async def stop_all(self, *, strict: bool = True) -> dict[int, dict[str, Any]]:
+        """SIGCONT and SIGTERM every running node, SIGKILL those still running after
+        `stop_timeout_s`; their stop summaries by node id. Every process is gone when this
+        returns or raises. With `strict`, LaunchError if a node had to be killed, exited
+        with a non-zero status or left no stop summary; else those are left out."""
+        return await self._stop([p for p in self.procs.values() if p.running()], strict)
+
+    async def _stop(self, procs: list[NodeProcess], strict: bool) -> dict[int, dict[str, Any]]:
         for p in procs:
             self._signal(p, signal.SIGCONT)  # a paused node must run to stop
             self._signal(p, signal.SIGTERM)

@@ -95,10 +95,14 @@ async def test_start_waits_for_readiness_and_stop_collects_summaries(tmp_path: P
                 assert (info["id"], info["view"], info["last_executed"]) == (i, 0, 0)
             await cluster.barrier()  # ready means serving: every replica executes a read
             pids = [p.pid for p in cluster.all_procs]
+            alone = await cluster.stop(3)
+            with pytest.raises(LaunchError, match="node 3 is not running"):
+                await cluster.stop(3)
             summaries = await cluster.stop_all()
     finally:
         cluster.cleanup()
-    assert sorted(summaries) == [0, 1, 2, 3]
+    assert sorted(summaries) == [0, 1, 2]
+    summaries[3] = alone
     assert len({s["state_digest"] for s in summaries.values()}) == 1
     assert all(s["event"] == "stop" and s["last_executed"] >= 1 for s in summaries.values())
     assert all(p.returncode == 0 for p in cluster.all_procs)
