@@ -571,10 +571,9 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
                 summaries = await cluster.stop_all(strict=False)
             cluster.cleanup()
             cluster.echo_output(say, final=True)
-            for proc in cluster.all_procs:
-                summary = summaries.get(proc.node_id) if proc is cluster.procs[proc.node_id] \
-                    else None
-                say(f"[node {proc.node_id}] exited with status {proc.returncode}" + (
+            for node_id, proc in sorted(cluster.procs.items()):  # the latest incarnations
+                summary = summaries.get(node_id)
+                say(f"[node {node_id}] exited with status {proc.returncode}" + (
                     f": view {summary.get('view')}, executed {summary.get('last_executed')}, "
                     f"state digest {str(summary.get('state_digest'))[:16]}"
                     if summary else ""))

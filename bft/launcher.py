@@ -293,6 +293,7 @@ class LocalCluster:
         self.signalled: set[int] = set()  # pids this object sent SIGTERM or SIGKILL to
         self._keyring: Any = None
         self._echoed: dict[Path, tuple[int, bytes]] = {}  # output file -> (offset, partial)
+        self._echoed_exits: set[int] = set()
         self._last_timestamp: dict[int, int] = {}
 
     @property
@@ -540,21 +541,28 @@ class LocalCluster:
 
     def echo_output(self, say: Callable[[str], None], *, final: bool = False) -> None:
         """Pass each complete line the nodes printed since the last call to `say`, as
-        `[node N] line` (with `final`, an unfinished last line too)."""
+        `[node N] line` (with `final`, an unfinished last line too), and once, each exit
+        of a node this object did not signal (`[node N] exited by itself with status S`)."""
         for p in self.all_procs:
-            offset, partial = self._echoed.get(p.out_path, (0, b""))
-            try:
-                with open(p.out_path, "rb") as f:
-                    f.seek(offset)
-                    data = f.read()
-            except OSError:
-                continue
-            *lines, partial = (partial + data).split(b"\n")
-            if final and partial:
-                lines, partial = [*lines, partial], b""
-            self._echoed[p.out_path] = (offset + len(data), partial)
-            for line in lines:
-                say(f"[node {p.node_id}] {line.decode(errors='replace')}")
+            self._echo_lines(p, say, final)
+            if not p.running() and p.pid not in self.signalled and p.pid not in self._echoed_exits:
+                self._echoed_exits.add(p.pid)
+                say(f"[node {p.node_id}] exited by itself with status {p.returncode}")
+
+    def _echo_lines(self, p: NodeProcess, say: Callable[[str], None], final: bool) -> None:
+        offset, partial = self._echoed.get(p.out_path, (0, b""))
+        try:
+            with open(p.out_path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            return
+        *lines, partial = (partial + data).split(b"\n")
+        if final and partial:
+            lines, partial = [*lines, partial], b""
+        self._echoed[p.out_path] = (offset + len(data), partial)
+        for line in lines:
+            say(f"[node {p.node_id}] {line.decode(errors='replace')}")
 
     async def follow_output(self, say: Callable[[str], None], interval_s: float = 0.1) -> None:
         """Forever: `echo_output` every `interval_s` (run it in a nursery)."""
