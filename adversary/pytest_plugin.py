@@ -260,8 +260,9 @@ def bft_sim(request: Any, bft_app_factory: Any) -> Callable[..., SimRun]:
 @pytest.fixture
 def bft_local_cluster(tmp_path: Path, request: Any) -> Any:
     """`bft_local_cluster(n=4, scenario=None, app=None, **config) -> LocalCluster`: real node
-    processes (python -m bft node --scenario) over loopback; every process is killed after the
-    test. `app` defaults to --bft-app."""
+    processes (`bft node --scenario`, started by bft.launcher) over loopback; every process
+    is killed after the test. `app` defaults to --bft-app; `config` sets ClusterConfig
+    fields."""
     made: list[LocalCluster] = []
     spec = request.config.getoption("--bft-app", default=None)
 

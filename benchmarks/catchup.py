@@ -76,8 +76,8 @@ async def run(root: Path, args: argparse.Namespace) -> dict[str, Any]:
             others = [i for i in range(config.n) if i != LAGGARD]
             target = max(listener.nodes[i].last_executed for i in others)
             t_restart = time.monotonic()
-            await cluster.spawn(LAGGARD)
-            await cluster.wait_listening(LAGGARD, timeout_s=120)
+            cluster.spawn(LAGGARD)
+            await cluster.wait_ready(LAGGARD, timeout_s=120)
             t_listening = time.monotonic()
             caught = await listener.wait_for(
                 lambda: listener.nodes[LAGGARD].last_executed >= target

@@ -41,8 +41,8 @@ prints a table and a terminal plot of latency against throughput
 
 The building blocks (`LocalCluster`, `TelemetryListener`, `LoadRun`) are
 public so the scripts in benchmarks/ can measure view changes and catch-up
-with them. Every process this module starts is recorded and stopped by its
-pid, and dies with its parent (PR_SET_PDEATHSIG).
+with them; `LocalCluster` is bft.launcher's. Every process this module starts
+is recorded and stopped by its pid, and dies with its parent (bft.launcher.spawn).
 
 Like bft/node.py, this module does I/O (trio, subprocess, time): it is not
 part of the pure core.
@@ -52,13 +52,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -70,17 +68,16 @@ from typing import Any
 
 import trio
 
+from bft import launcher
 from bft.config import (
-    FIELD_PATHS,
     ClientEntry,
     ClusterConfig,
     NodeAddress,
     default_state_dir,
-    format_address,
     load_keyring,
-    toml_value,
 )
 from bft.errors import ConfigError
+from bft.launcher import LaunchError, config_to_toml, ensure_keys, reap, spawn
 from transport.udp import TransportError, free_udp_ports
 
 __all__ = [
@@ -102,7 +99,6 @@ __all__ = [
     "percentiles",
     "process_cpu_seconds",
     "process_cpu_times",
-    "read_stop_summary",
     "run_bench_command",
     "run_benchmark",
 ]
@@ -112,7 +108,6 @@ STOP_TIMEOUT_S = 10.0
 PROGRESS_INTERVAL_S = 0.25
 PRIME_TIMEOUT_S = 30.0  # the window waits at most this long for every client's first reply
 MONITOR_SENDER_ID = 0xFFFF_FFFE  # the listener never sends; any id outside the nodes'
-_PR_SET_PDEATHSIG = 1
 
 
 class BenchError(Exception):
@@ -192,42 +187,6 @@ def local_config(n: int, *, host: str = "127.0.0.1", clients: int = 4,
     nodes = tuple(NodeAddress(i, host, p) for i, p in enumerate(ports))
     return ClusterConfig.local(n, host=host, clients=clients, nodes=nodes, **overrides)
 
-
-
-def config_to_toml(config: ClusterConfig) -> str:
-    """TOML text that `ClusterConfig.load` reads back as an equal config (source aside)."""
-    sections: dict[str, list[str]] = {}
-    for attr, path in FIELD_PATHS.items():
-        if attr in ("nodes", "clients", "limits"):
-            continue
-        section, key = path.split(".")
-        value = getattr(config, attr)
-        if value is None:
-            continue
-        if attr == "monitor":
-            value = format_address(*value)
-        sections.setdefault(section, []).append(f"{key} = {toml_value(value)}")
-    out = ["[cluster]", *sections.pop("cluster"), ""]
-    for node in config.nodes:
-        out += ["[[nodes]]", f"id = {node.id}", f"address = {toml_value(str(node))}"]
-        if node.public_key is not None:
-            out.append(f'public_key = "{node.public_key.hex()}"')
-        out.append("")
-    ids = [c.id for c in config.clients]
-    if all(c.public_key is None for c in config.clients) and ids == list(range(len(ids))):
-        out += ["[clients]", f"count = {len(ids)}", ""]
-    else:
-        for c in config.clients:
-            out += ["[[clients]]", f"id = {c.id}"]
-            if c.public_key is not None:
-                out.append(f'public_key = "{c.public_key.hex()}"')
-            out.append("")
-    for section, lines in sections.items():
-        out += [f"[{section}]", *lines, ""]
-    out.append("[limits]")
-    out += [f"{f.name} = {getattr(config.limits, f.name)}"
-            for f in dataclasses.fields(config.limits)]
-    return "\n".join(out) + "\n"
 
 
 def bench_cluster_config(config: ClusterConfig, *, clients: int,
@@ -329,51 +288,14 @@ def format_table(runs: Sequence[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child between fork and exec: the kernel SIGKILLs it when we die."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """Start a child from this (the main) thread: PR_SET_PDEATHSIG fires when the *thread*
-    that forked exits, so children must not be started from a worker thread (as
-    trio.lowlevel.open_process does)."""
-    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509
-                            **kwargs)
-
-
 def _spawn_logged(cmd: list[str], log_path: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
-    """`_spawn` with stderr (and stdout, unless given) appended to `log_path`."""
+    """`bft.launcher.spawn` (own session, parent-death signal) with stderr (and stdout,
+    unless given) appended to `log_path`; from this (the main) thread, as the parent-death
+    signal follows the thread that forked."""
     with open(log_path, "ab") as sink:
         kwargs.setdefault("stdout", sink)
-        return _spawn(cmd, stderr=sink if kwargs["stdout"] is not sink else subprocess.STDOUT,
-                      **kwargs)
-
-
-async def _wait_exit(proc: subprocess.Popen[bytes], timeout_s: float) -> int | None:
-    """The exit status of `proc` once it exits, None if it still runs after `timeout_s`."""
-    with trio.move_on_after(timeout_s):
-        while proc.poll() is None:
-            await trio.sleep(0.01)
-        return proc.returncode
-    return None
-
-
-async def _reap(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """Wait for `proc` to exit; SIGKILL it after `timeout_s`."""
-    if await _wait_exit(proc, timeout_s) is None:
-        proc.kill()
-        await _wait_exit(proc, timeout_s)
-
-
-def _node_command(config_path: Path, node_id: int, state_dir: Path, key_dir: Path,
-                  fsync: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "bft", "node", str(config_path), "--id", str(node_id),
-           "--state-dir", str(state_dir), "--key-dir", str(key_dir)]
-    if fsync:
-        cmd += ["--fsync", fsync]
-    return cmd
+        return spawn(cmd, stderr=sink if kwargs["stdout"] is not sink else subprocess.STDOUT,
+                     **kwargs)
 
 
 def monitored_cluster(root: Path, config: ClusterConfig, listener: Any
@@ -391,140 +313,20 @@ def monitored_cluster(root: Path, config: ClusterConfig, listener: Any
     return path, config, state, keys, LocalCluster(path, config, state, keys, fsync="never")
 
 
-def ensure_keys(config: ClusterConfig, key_dir: Path) -> None:
-    """Generate the key pair of every identity of `config` missing in `key_dir`."""
-    from bft.config import identities, key_file_stem
-    from bft.crypto import generate_private_key, save_private_key, save_public_key
-
-    key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for kind, id in identities(config):
-        stem = key_file_stem(kind, id)
-        if (key_dir / f"{stem}.key").exists():
-            continue
-        key = generate_private_key()
-        save_private_key(key_dir / f"{stem}.key", key)
-        save_public_key(key_dir / f"{stem}.pub", key, force=True)
-
-
-def read_stop_summary(log_path: Path) -> dict[str, Any] | None:
-    """The last stop summary a node wrote to its JSON-lines log, or None."""
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        if '"stop"' not in line:
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("event") == "stop":
-            return entry
-    return None
-
-
-class LocalCluster:
-    """The node processes of one cluster on this machine, each `python -m bft node`.
-
-    Guarantees: every process started is recorded; `kill`/`stop_all`/`cleanup` signal
-    only those, by pid; every wait is bounded; each node dies with the benchmark
-    (PR_SET_PDEATHSIG). A node's output goes to STATE_DIR/node-N.out.
-    """
+class LocalCluster(launcher.LocalCluster):
+    """`bft.launcher.LocalCluster` with the benchmarks' arguments: a node's output goes to
+    STATE_DIR/node-N.runK.out; `stop_all` returns the stop summaries there are (a node
+    that had to be killed has none) instead of raising."""
 
     def __init__(self, config_path: Path, config: ClusterConfig, state_dir: Path,
                  key_dir: Path, *, fsync: str | None = None) -> None:
-        self.config_path = Path(config_path)
-        self.config = config
-        self.state_dir = Path(state_dir)
-        self.key_dir = Path(key_dir)
+        super().__init__(config_path, config=config, state_dir=state_dir, key_dir=key_dir,
+                         node_args=["--fsync", fsync] if fsync else [],
+                         start_timeout_s=START_TIMEOUT_S, stop_timeout_s=STOP_TIMEOUT_S)
         self.fsync = fsync
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.all_procs: list[subprocess.Popen[bytes]] = []
-        self._out_offset: dict[int, int] = {}
 
-    def out_path(self, node_id: int) -> Path:
-        return self.state_dir / f"node-{node_id}.out"
-
-    def log_path(self, node_id: int) -> Path:
-        return self.state_dir / f"node-{node_id}.log.jsonl"
-
-    async def spawn(self, node_id: int) -> subprocess.Popen[bytes]:
-        """Start node `node_id` (without waiting for it to listen)."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        out = self.out_path(node_id)
-        self._out_offset[node_id] = out.stat().st_size if out.exists() else 0
-        proc = _spawn_logged(_node_command(self.config_path, node_id, self.state_dir,
-                                           self.key_dir, self.fsync), out,
-                             stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.procs[node_id] = proc
-        self.all_procs.append(proc)
-        return proc
-
-    def output(self, node_id: int) -> str:
-        """What the current incarnation of node `node_id` printed."""
-        try:
-            with open(self.out_path(node_id), "rb") as f:
-                f.seek(self._out_offset.get(node_id, 0))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    async def wait_listening(self, node_id: int, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Wait until node `node_id` printed `listening on`; BenchError if it exits or
-        takes longer than `timeout_s`."""
-        proc = self.procs[node_id]
-        with trio.move_on_after(timeout_s):
-            while "listening on" not in self.output(node_id):
-                if proc.poll() is not None:
-                    raise BenchError(f"node {node_id} exited with status {proc.returncode} "
-                                     f"before listening:\n{self.output(node_id)[-2000:]}")
-                await trio.sleep(0.02)
-            return
-        raise BenchError(f"node {node_id} did not listen within {timeout_s:g} s:\n"
-                         f"{self.output(node_id)[-2000:]}")
-
-    async def start(self, node_ids: Sequence[int] | None = None) -> None:
-        """Start the given nodes (default all) and wait until each listens."""
-        ids = list(node_ids) if node_ids is not None else [n.id for n in self.config.nodes]
-        for i in ids:
-            await self.spawn(i)
-        for i in ids:
-            await self.wait_listening(i)
-
-    def pids(self) -> dict[int, int]:
-        """Node id -> pid of its running process."""
-        return {i: p.pid for i, p in self.procs.items() if p.poll() is None}
-
-    async def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
-        """Send `sig` (default SIGKILL: a crash) to node `node_id` and reap it."""
-        proc = self.procs[node_id]
-        if proc.poll() is None:
-            proc.send_signal(sig)
-        await _reap(proc)
-
-    async def stop_all(self) -> dict[int, dict[str, Any]]:
-        """SIGTERM every running node, wait (SIGKILL after STOP_TIMEOUT_S); return the stop
-        summaries the nodes logged, by node id."""
-        running = {i: p for i, p in self.procs.items() if p.poll() is None}
-        for p in running.values():
-            p.send_signal(signal.SIGTERM)
-        for p in running.values():
-            await _reap(p)
-        out = {}
-        for i in running:
-            summary = read_stop_summary(self.log_path(i))
-            if summary is not None:
-                out[i] = summary
-        return out
-
-    def cleanup(self) -> None:
-        """SIGKILL and reap every process started here that still runs."""
-        for p in self.all_procs:
-            if p.poll() is None:
-                p.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-                    p.wait(timeout=STOP_TIMEOUT_S)
+    async def stop_all(self, *, strict: bool = False) -> dict[int, dict[str, Any]]:
+        return await super().stop_all(strict=strict)
 
 
 # --------------------------------------------------------------------------
@@ -889,7 +691,7 @@ class LoadRun:
         for k, w in enumerate(self.workers):
             with trio.move_on_after(STOP_TIMEOUT_S):
                 await w.done.wait()
-            await _reap(w.proc)
+            await reap(w.proc, STOP_TIMEOUT_S)
             try:
                 data = json.loads(w.out_path.read_text())
             except (OSError, ValueError) as exc:
@@ -1378,7 +1180,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         if not Path(args.config).exists():
             raise BenchError(f"config file not found: {args.config}")
         result = trio.run(_command_runner(args, counts))
-    except (BenchError, ConfigError, OSError, TransportError) as exc:
+    except (BenchError, LaunchError, ConfigError, OSError, TransportError) as exc:
         print(f"bft: error: {exc}", file=sys.stderr)
         return 2
     runs = result["runs"]

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bft.cliutil import CliError, ensure_local_keys, key_dir, load_config, state_dir
+from bft.cliutil import CliError, key_dir, load_config, state_dir
 from bft.config import (
     ClusterConfig,
     DuplicateKeyError,
@@ -190,7 +190,6 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 _state_dir = state_dir
 _key_dir = key_dir
 _load_config = load_config
-_ensure_local_keys = ensure_local_keys
 
 _PLUGINS: LoadedPlugins | None = None
 
@@ -228,6 +227,10 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="WAL fsync policy (default: the config's, normally always)")
     parser.add_argument("--events", action="store_true",
                         help="also print one line per event on stdout")
+    parser.add_argument("--ready-file", type=Path, default=None, metavar="FILE",
+                        help="once bound, recovered and stoppable by SIGTERM, write FILE (JSON: "
+                        "pid, id, address, view, last_executed; for launchers, see "
+                        "bft/launcher.py)")
     parser.add_argument("--app", default=None, metavar="MODULE:FACTORY",
                         help="replicate your own StateMachine instead of the KV store")
     _add_plugin_arguments(parser, "add_node_arguments")
@@ -266,9 +269,17 @@ def cmd_node(args: argparse.Namespace) -> int:
     (state_dir / f"node-{args.id}.pid").write_text(f"{os.getpid()}\n")
     me = config.node(args.id)
     tune_gc()
-    trio.run(serve_until_signal, node, lambda: print(
-        f"node {args.id} listening on {me} (view {node.replica.view}, "
-        f"executed {node.replica.last_executed})", flush=True))
+
+    def announce() -> None:
+        print(f"node {args.id} listening on {me} (view {node.core.view}, "
+              f"executed {node.core.last_executed})", flush=True)
+        if args.ready_file is not None:
+            from bft.launcher import write_ready_file
+
+            write_ready_file(args.ready_file, id=args.id, address=str(me),
+                             view=node.core.view, last_executed=node.core.last_executed)
+
+    trio.run(serve_until_signal, node, announce)
     return 0
 
 
@@ -408,7 +419,7 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
         "generated into the state directory on first start), optionally drive a "
         "client load, and print events as lines. Stops every node on exit, Ctrl-C, "
         "SIGTERM or after --duration. Each node's pid is written to "
-        "STATE_DIR/node-N.pid.")
+        "STATE_DIR/node-N.pid, its output to STATE_DIR/node-N.runK.out.")
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="state directory (default: state/<cluster name>)")
@@ -434,7 +445,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     state_dir = _state_dir(config, args.state_dir)
     key_dir = _key_dir(config, args.state_dir)
-    if _ensure_local_keys(config, key_dir):
+    from bft.launcher import ensure_keys
+
+    if ensure_keys(config, key_dir):
         print(f"generated keys in {key_dir}", flush=True)
     keyring = load_keyring(config, key_dir)  # clear error now rather than in every child
     _call_hooks(_active(), "check_up", args, config)  # errors now, naming the field
@@ -450,34 +463,29 @@ def cmd_up(args: argparse.Namespace) -> int:
                     args.duration, args.fsync)
 
 
-def _die_with_parent() -> None:
-    """In a child, before exec: get SIGTERM when the launcher dies, however it dies (Linux
-    PR_SET_PDEATHSIG), so a killed `bft up` never leaves nodes behind."""
-    try:
-        import ctypes
-        import signal as _signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(_signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-
-
 _UP_EXTRA: dict = {}  # options of `bft up` that reach the node commands and the load
 
 
-def _node_command(config_path: Path, node_id: int, state_dir: Path, key_dir: Path,
-                  fsync: str | None, events: bool, restarted: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "bft", "node", str(config_path), "--id", str(node_id),
-           "--state-dir", str(state_dir), "--key-dir", str(key_dir)]
-    if _UP_EXTRA.get("args") is not None:  # what plugins pass on (the adversary's options)
+def _plugin_node_args(restarted: bool = False) -> list[str]:
+    """What plugins pass on to each node of `bft up` (the adversary's options)."""
+    out: list[str] = []
+    if _UP_EXTRA.get("args") is not None:
         for extra in _call_hooks(_active(), "up_node_arguments", _UP_EXTRA["args"], restarted):
-            cmd += extra  # type: ignore[arg-type]
-    if events:
-        cmd.append("--events")
+            out += extra  # type: ignore[arg-type]
+    return out
+
+
+def _up_cluster(config_path: Path, config: ClusterConfig, state_dir: Path, key_dir: Path,
+                fsync: str | None):  # type: ignore[no-untyped-def]
+    """The launcher of `bft up`: every node with --events (and the fsync policy; what
+    plugins pass on is given at each spawn), its output in STATE_DIR/node-N.runK.out."""
+    from bft.launcher import LocalCluster
+
+    node_args = ["--events"]
     if fsync:
-        cmd += ["--fsync", fsync]
-    return cmd
+        node_args += ["--fsync", fsync]
+    return LocalCluster(config_path, config=config, state_dir=state_dir, key_dir=key_dir,
+                        node_args=node_args)
 
 
 def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path, key_dir: Path,
@@ -485,52 +493,32 @@ def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path
                        run_dashboard) -> int:  # type: ignore[no-untyped-def]
     """`bft up` in a terminal: nodes as child processes, the dashboard in the foreground;
     quitting the dashboard (q) stops every node."""
-    import subprocess
+    import signal as _signal
     import threading
 
     import trio
 
-    state_dir.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen] = []
-    out = open(state_dir / "up.log", "a", encoding="utf-8")  # noqa: SIM115
+    cluster = _up_cluster(config_path, config, state_dir, key_dir, fsync)
+    out = None
     try:
         for node in config.nodes:
-            proc = subprocess.Popen(
-                _node_command(config_path, node.id, state_dir, key_dir, fsync, events=True),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent)
-            procs.append(proc)
-            (state_dir / f"node-{node.id}.pid").write_text(f"{proc.pid}\n")
+            cluster.spawn(node.id, _plugin_node_args())
         if load_ops_per_s > 0:
+            out = open(state_dir / "up.log", "a", encoding="utf-8")  # noqa: SIM115
+
             def say(line: str) -> None:
                 print(line, file=out, flush=True)
 
             threading.Thread(target=trio.run, daemon=True, args=(
                 _drive_load, config, state_dir, key_dir, load_ops_per_s, say)).start()
-        import signal as _signal
-
         # the terminal went away (tmux killed, ssh dropped): stop the nodes, then exit
-        _signal.signal(_signal.SIGHUP, lambda *_: (_stop_children(procs), os._exit(129)))
+        _signal.signal(_signal.SIGHUP, lambda *_: (cluster.terminate_all(), os._exit(129)))
         run_dashboard(duration_s)
     finally:
-        _stop_children(procs)
-        out.close()
+        cluster.terminate_all()
+        if out is not None:
+            out.close()
     return 0
-
-
-def _stop_children(procs: list) -> None:  # type: ignore[type-arg]
-    """SIGTERM every child we started, then SIGKILL what is still alive after 5 s."""
-    import subprocess
-
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path, key_dir: Path,
@@ -538,114 +526,94 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
                       fsync: str | None = None, out=None) -> int:  # type: ignore[no-untyped-def]
     """Run every node of `config` as a child process until a signal or `duration_s`.
 
-    Children are started with `python -m bft node ... --events`; their output is printed
-    with a `[node N]` prefix. On exit every child gets SIGTERM, then SIGKILL after 5 s.
-    Returns 0, or 1 if a node failed to start."""
+    Children are `bft node ... --events` processes of a `bft.launcher.LocalCluster`; their
+    output is printed with a `[node N]` prefix. On exit every child gets SIGTERM, then
+    SIGKILL after a bound, and each node's stop summary is printed. Returns 0, or 1 if a
+    node failed to start."""
     import signal
 
     import trio
 
+    from bft.launcher import LaunchError
+
     out = out or sys.stdout
-    state_dir.mkdir(parents=True, exist_ok=True)
 
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
+    cluster = _up_cluster(config_path, config, state_dir, key_dir, fsync)
+    status = 0
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        return await _supervise(config_path, config, state_dir, key_dir, load_ops_per_s,
-                                duration_s, fsync, signals, say)
+        try:
+            async with trio.open_nursery() as nursery:
+                for node in config.nodes:
+                    cluster.spawn(node.id, _plugin_node_args())
+                nursery.start_soon(cluster.follow_output, say)
+                say(f"started {config.n} nodes of {config.name} (f={config.f}); state in "
+                    f"{state_dir}; Ctrl-C stops the cluster")
+                try:
+                    for node in config.nodes:
+                        await cluster.wait_ready(node.id)
+                except LaunchError as exc:
+                    say(f"bft: error: {exc}")
+                    status = 1
+                else:
+                    await _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals,
+                                         say)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                summaries = await cluster.stop_all(strict=False)
+            cluster.cleanup()
+            cluster.echo_output(say, final=True)
+            for node_id, proc in sorted(cluster.procs.items()):  # the latest incarnations
+                summary = summaries.get(node_id)
+                say(f"[node {node_id}] exited with status {proc.returncode}" + (
+                    f": view {summary.get('view')}, executed {summary.get('last_executed')}, "
+                    f"state digest {str(summary.get('state_digest'))[:16]}"
+                    if summary else ""))
+    return status
 
 
-async def _supervise(config_path, config, state_dir, key_dir, load_ops_per_s, duration_s,  # type: ignore[no-untyped-def]
-                     fsync, signals, say) -> int:
-    import subprocess
-    from functools import partial
-
+async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, say) -> None:  # type: ignore[no-untyped-def]
+    """`bft up` once every node is ready: the load, the scenario's launcher actions, until a
+    signal or `duration_s`."""
     import trio
 
-    failed: list[str] = []
+    from bft.launcher import reap
 
-    async def pump(node_id: int, proc: trio.Process, ready: trio.Event) -> None:
-        buf = b""
-        assert proc.stdout is not None
-        async for chunk in proc.stdout:
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                text = line.decode(errors="replace")
-                if "listening on" in text:
-                    ready.set()
-                say(f"[node {node_id}] {text}")
-        code = await proc.wait()
-        if not ready.is_set():
-            failed.append(f"node {node_id} exited with status {code} before it started")
-            ready.set()
-        else:
-            say(f"[node {node_id}] exited with status {code}")
+    if load_ops_per_s > 0:
+        nursery.start_soon(_drive_load, cluster.config, cluster.state_dir, cluster.key_dir,
+                           load_ops_per_s, say)
+    if _UP_EXTRA.get("args") is not None:
+        # what plugins run beside the nodes (a scenario's SIGSTOP/SIGCONT and restarts)
+        async def restart(node_id: int) -> None:
+            await reap(cluster.procs[node_id].popen, cluster.stop_timeout_s)
+            cluster.spawn(node_id, _plugin_node_args(restarted=True))
 
-    pids: dict[int, int] = {}
-
-    async with trio.open_nursery() as nursery:
-
-        async def spawn(node_id: int, restarted: bool = False) -> trio.Event:
-            cmd = _node_command(config_path, node_id, state_dir, key_dir, fsync, events=True,
-                                restarted=restarted)
-            proc = await nursery.start(partial(
-                trio.run_process, cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, check=False, start_new_session=True))
-            # (no PR_SET_PDEATHSIG here: trio starts children from a worker thread, and the
-            # signal follows that thread, not the process)
-            pids[node_id] = proc.pid
-            (state_dir / f"node-{node_id}.pid").write_text(f"{proc.pid}\n")
-            ready = trio.Event()
-            nursery.start_soon(pump, node_id, proc, ready)
-            return ready
-
-        readies = [await spawn(node.id) for node in config.nodes]
-        say(f"started {config.n} nodes of {config.name} (f={config.f}); state in {state_dir}; "
-            "Ctrl-C stops the cluster")
-        with trio.move_on_after(15):
-            for r in readies:
-                await r.wait()
-        if failed:
-            for f in failed:
-                say(f"bft: error: {f}")
-            nursery.cancel_scope.cancel()
-            return 1
-        if load_ops_per_s > 0:
-            nursery.start_soon(_drive_load, config, state_dir, key_dir, load_ops_per_s, say)
-        if _UP_EXTRA.get("args") is not None:
-            # what plugins run beside the nodes (a scenario's SIGSTOP/SIGCONT and restarts)
-            async def restart(node_id: int) -> None:
-                await spawn(node_id, restarted=True)
-
-            for task in _call_hooks(_active(), "up_task", _UP_EXTRA["args"], config):
-                if task is not None:
-                    nursery.start_soon(task, pids.get, restart, say)
-        with trio.move_on_after(duration_s if duration_s is not None else math.inf) as timer:
-            async for _ in signals:
-                say("stopping the cluster")
-                break
-        if timer.cancelled_caught:
-            say(f"duration of {duration_s:g} s reached: stopping the cluster")
-        nursery.cancel_scope.cancel()
-    return 0
+        for task in _call_hooks(_active(), "up_task", _UP_EXTRA["args"], cluster.config):
+            if task is not None:
+                nursery.start_soon(task, cluster.pid_of, restart, say)
+    with trio.move_on_after(duration_s if duration_s is not None else math.inf) as timer:
+        async for _ in signals:
+            say("stopping the cluster")
+            break
+    if timer.cancelled_caught:
+        say(f"duration of {duration_s:g} s reached: stopping the cluster")
 
 
 async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops_per_s: float,
                       say) -> None:  # type: ignore[no-untyped-def]
     """Closed-loop clients paced to `ops_per_s` in total; prints throughput once a second."""
     import random
+    import time as _time
 
     import trio
 
+    from bft.history import History, call_recorded
     from bft.app import Ops
     from bft.errors import ClientIdInUse
     from bft.node import ClientError, ClusterClient, claim_free_client_ids
-
-    import time as _time
-
-    from bft.history import History, call_recorded
 
     history_path = _UP_EXTRA.get("history")
     history = History() if history_path is not None else None

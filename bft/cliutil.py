@@ -10,17 +10,10 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from bft.config import (
-    ClusterConfig,
-    default_state_dir,
-    identities,
-    inline_public_key,
-    key_file_stem,
-)
-from bft.crypto import generate_private_key, save_private_key, save_public_key
+from bft.config import ClusterConfig, default_state_dir
 from bft.errors import ConfigError
 
-__all__ = ["CliError", "ensure_local_keys", "key_dir", "load_config", "load_factory", "state_dir"]
+__all__ = ["CliError", "key_dir", "load_config", "load_factory", "state_dir"]
 
 
 class CliError(Exception):
@@ -47,23 +40,6 @@ def key_dir(config: ClusterConfig, given_state_dir: Path | None,
     if config.key_dir is not None:
         return config.key_dir
     return state_dir(config, given_state_dir) / "keys"
-
-
-def ensure_local_keys(config: ClusterConfig, directory: Path) -> bool:
-    """Generate every missing key pair of a local cluster (first start). True if any was made."""
-    made = False
-    for kind, id in identities(config):
-        if inline_public_key(config, (kind, id)) is not None:
-            continue
-        stem = key_file_stem(kind, id)
-        if (directory / f"{stem}.key").exists() or (directory / f"{stem}.pub").exists():
-            continue
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = generate_private_key()
-        save_private_key(directory / f"{stem}.key", key)
-        save_public_key(directory / f"{stem}.pub", key)
-        made = True
-    return made
 
 
 def load_factory(spec: str, *, field: str = "--app") -> Any:

@@ -1,5 +1,5 @@
-"""Real processes over loopback UDP: `python -m bft node --scenario` nodes (a `bft node` with the
-scenario installed) and a launcher doing what only a launcher can (SIGSTOP/SIGCONT).
+"""Real processes over loopback UDP: `bft node --scenario FILE` nodes (the scenario installed)
+and a launcher doing what only a launcher can (SIGSTOP/SIGCONT).
 
 Each run drives two writing clients through the fault, then a barrier (a read every honest
 replica must execute), then stops every node and compares the state digests the honest
