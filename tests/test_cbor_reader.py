@@ -120,11 +120,12 @@ def cbor2_loads_strict(data: bytes, max_depth: int) -> Any:
     return obj
 
 
-def _outcome(f: Any, *args: Any) -> Any:
+def _outcome(f: Any, *args: Any, why: bool = False) -> Any:
+    """("value", what f returns) or ("error", its type, and with `why` its message)."""
     try:
         return ("value", f(*args))
     except (MalformedMessage, ValueError) as exc:
-        return ("error", type(exc).__name__)
+        return ("error", type(exc).__name__, str(exc) if why else None)
 
 
 def _mutants(data: bytes, rng: random.Random, count: int) -> list[bytes]:
@@ -162,7 +163,7 @@ def _app_outcomes(data: bytes, loads: Any) -> list[Any]:
         store = app.KVStore()
         return [
             _outcome(loads, data, 3),
-            _outcome(app.decode_op_untrusted, data),
+            _outcome(app.decode_op_untrusted, data, why=True),  # the reason a replica reports
             _outcome(app._decode_result, data),
             _outcome(store.restore, data),
             store.digest(),
