@@ -170,11 +170,14 @@ def _app_outcomes(data: bytes, loads: Any) -> list[Any]:
         ]
 
 
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=2)
+
+
 plain_values = st.recursive(
     st.none() | st.integers(-(2**64), 2**64 - 1) | st.binary(max_size=30) | st.text(max_size=10)
     | st.booleans() | st.floats(allow_nan=False),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner,
-                                                                 max_size=2),
+    _containers,
     max_leaves=12,
 )
 APP_SEEDS = [
