@@ -98,7 +98,7 @@ from bft import codec
 from bft.app import KVStore, decode_result_untrusted, ops
 from bft.client import Client, ClientTimer, Completed, Failed, SendAll, SendTo
 from bft.clock import Interval, SkewedClock
-from bft.config import ClusterConfig
+from bft.config import CLIENT_SENDER_BASE, ClusterConfig
 from bft.effects import (
     Broadcast,
     Event,
@@ -1127,7 +1127,7 @@ class Simulation:
         if not isinstance(payload, bytes):  # codec off: nothing to flip; the checksum's job
             self._count(self.drops, "bad_checksum")
             return None
-        sender = src[1] if src[0] == "replica" else (1 << 31) + src[1]
+        sender = src[1] if src[0] == "replica" else CLIENT_SENDER_BASE + src[1]
         frames = encode_frames(sender, self.net["sent"], payload, self.cluster.max_datagram_bytes)
         k = self.rng.randrange(len(frames))
         try:

@@ -37,15 +37,13 @@ from bft import codec
 from bft.app import KVStore
 from bft.auth import reply_auth_for
 from bft.client import Client, ClientTimer, Completed, SendAll, SendTo
-from bft.config import ClusterConfig
+from bft.config import CLIENT_SENDER_BASE, ClusterConfig
 from bft.crypto import Ed25519Keys
 from bft.effects import Broadcast, Reply, Send, SetTimer
 from bft.node import tune_gc
 from bft.replica import Replica
 from transport.frame import decode_frame_untrusted, encode_frames
 from transport.reassembly import Reassembler
-
-CLIENT_BASE = 1 << 16
 
 
 def _config(n: int, clients: int) -> ClusterConfig:
@@ -104,7 +102,7 @@ class Pipeline:
                     if j != i:
                         self._send(i, j, data)
             elif isinstance(e, Reply):
-                self._send(i, CLIENT_BASE + e.client, enc(e.reply))
+                self._send(i, CLIENT_SENDER_BASE + e.client, enc(e.reply))
             elif isinstance(e, SetTimer):
                 self.timers[i] = e.at
 
@@ -114,7 +112,7 @@ class Pipeline:
                 data = codec.encode(e.request)
                 dests = range(self.cfg.n) if isinstance(e, SendAll) else (e.replica,)
                 for j in dests:
-                    self._send(CLIENT_BASE + c, j, data)
+                    self._send(CLIENT_SENDER_BASE + c, j, data)
             elif isinstance(e, Completed):
                 self.completed += 1
                 self.latencies.append(e.latency_s)
@@ -177,8 +175,9 @@ class Pipeline:
                         del self.timers[i]
                         self._timed(i, lambda i=i: self._replica_effects(
                             i, self.replicas[i].tick(self.now)))
-            if dest >= CLIENT_BASE:
-                self._timed("clients", self._deliver_to_client, dest - CLIENT_BASE, sender, frame)
+            if dest >= CLIENT_SENDER_BASE:
+                self._timed("clients", self._deliver_to_client, dest - CLIENT_SENDER_BASE, sender,
+                            frame)
             else:
                 self._timed(dest, self._deliver_to_replica, dest, sender, frame)
 

@@ -64,8 +64,8 @@ CATEGORIES: list[tuple[str, Any]] = [
     ("ed25519 sign", lambda fn, f: _in(f, "bft/crypto.py") and fn.endswith("._raw_sign")),
     ("digests (sha256)", lambda fn, f: _in(f, "bft/crypto.py") and "digest" in fn),
     ("verify cache, bookkeeping", lambda fn, f: _in(f, "bft/crypto.py")),
-    ("cbor decode", lambda fn, f: _in(f, "bft/codec.py") and ("decode" in fn or "_read" in fn
-                                                              or "_expect" in fn)),
+    ("cbor decode", lambda fn, f: _in(f, "bft/cbor.py") or (_in(f, "bft/codec.py") and (
+        "decode" in fn or "_read" in fn))),
     ("cbor encode", lambda fn, f: _in(f, "bft/codec.py")),
     ("udp send (syscall)", lambda fn, f: _in(f, "transport/") and "_send_one" in fn),
     ("transport (framing, receive)", lambda fn, f: _in(f, "transport/")),

@@ -66,6 +66,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import cbor2
 
+from bft.cbor import loads_untrusted
 from bft.errors import InvariantViolation, MalformedMessage
 
 #: Tokens are `seq * TOKEN_INDEX_SPAN + index`; a batch holds fewer requests than this.
@@ -192,55 +193,23 @@ DEFAULT_KV_LIMITS = KVLimits()
 # --------------------------------------------------------------------------
 
 
-class _NoTags(dict):  # type: ignore[type-arg]
-    """A semantic-decoder table that refuses every CBOR tag (cbor2 looks tags up here)."""
-
-    def __missing__(self, tag: object) -> Any:
-        return _reject_tag
-
-
-def _reject_tag(*_args: object) -> Any:
-    raise ValueError("CBOR tags are not allowed")
-
-
-_NO_TAGS = _NoTags()
-
-
-def _plain(obj: Any) -> bool:
-    """True when obj holds only lists, ints, bytes, str and None."""
-    if obj is None or type(obj) in (int, bytes, str):
-        return True
-    if type(obj) is list:
-        return all(_plain(x) for x in obj)
-    return False
-
-
 def _loads_strict(data: bytes, max_bytes: int, max_depth: int) -> Any:
     """Decode canonical CBOR made of arrays, unsigned/negative ints, bytes, text and null.
 
     Raises ValueError for anything else: too long, tags, maps, floats, booleans,
     indefinite lengths, trailing bytes, or bytes that are not the canonical
     encoding of what they decode to (so every value has exactly one encoding).
+    The reading is `bft.cbor.loads_untrusted`'s (the one strict CBOR reader);
+    its `MalformedMessage` becomes ValueError here.
     """
     if not isinstance(data, bytes):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise ValueError(f"{len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        obj = cbor2.loads(
-            data,
-            max_depth=max_depth,
-            allow_indefinite=False,
-            semantic_decoders=_NO_TAGS,
-            tag_hook=_reject_tag,
-        )
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        return loads_untrusted(data, max_depth)
+    except MalformedMessage as exc:
         raise ValueError(f"undecodable CBOR: {exc}") from None
-    if not _plain(obj):
-        raise ValueError("unexpected CBOR type")
-    if cbor2.dumps(obj, canonical=True) != data:
-        raise ValueError("not canonical CBOR")
-    return obj
 
 
 def _dumps(obj: Any) -> bytes:

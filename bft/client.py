@@ -45,8 +45,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bft.cbor import MAJOR_BYTES, MAJOR_UINT, read_head
 from bft.crypto import request_digest
 from bft.detector import RttEstimator
+from bft.errors import MalformedMessage
 from bft.messages import DIGEST_SIZE, MacReply, Reply, Request, Signed
 
 # --------------------------------------------------------------------------
@@ -123,19 +125,6 @@ class _Outstanding:
     replies: dict[int, tuple[int, bytes]] | None = None
 
 
-def _peek_uint(data: bytes, pos: int) -> tuple[int, int]:
-    """A CBOR unsigned integer at `pos` (any width, canonical or not): (value, next pos)."""
-    head = data[pos]
-    if head < 24:
-        return head, pos + 1
-    if head > 27:
-        raise ValueError("not an unsigned integer")
-    end = pos + 1 + (1 << (head - 24))
-    if end > len(data):
-        raise ValueError("truncated")
-    return int.from_bytes(data[pos + 1:end], "big"), end
-
-
 # The canonical heads of `[Signed.TAG, body, signature]` and `[MacReply.TAG, body, mac]`
 # (an array of 3, then the tag: one byte below 24, two bytes from 24 to 255).
 assert Signed.TAG < 24 <= MacReply.TAG < 256
@@ -150,10 +139,11 @@ def peek_reply_untrusted(data: bytes) -> tuple[int, int, int, bytes] | None:
     """The (client, timestamp, replica, request digest) a reply's bytes claim, or None
     if they do not look like a `MacReply` or `Signed` reply.
 
-    Reads only the item heads up to the request digest: no decoding of the rest, no
-    check of the encoding's canonical form, of the signature or of the MAC. The
-    answer is a claim of whoever sent the bytes, good only to drop what cannot
-    count (`Client.prescreen`); anything accepted is decoded and checked in full
+    Reads only the item heads up to the request digest, each with the one strict head
+    reader (`bft.cbor.read_head`: bytes whose heads are not in their shortest form are no
+    well-formed reply, hence None); no decoding of the rest, no check of the signature or
+    of the MAC. The answer is a claim of whoever sent the bytes, good only to drop what
+    cannot count (`Client.prescreen`); anything accepted is decoded and checked in full
     by `Client.receive`. Never raises.
     """
     try:
@@ -163,24 +153,18 @@ def peek_reply_untrusted(data: bytes) -> tuple[int, int, int, bytes] | None:
             pos = 3
         else:
             return None
-        head = data[pos]  # the body: a byte string
-        if not 0x40 <= head <= 0x5B:
-            return None
-        if head < 0x58:
-            pos += 1
-        else:
-            pos += 1 + (1 << (head - 0x58))
+        _, pos = read_head(data, pos, MAJOR_BYTES, "the body")
         if data[pos] != _REPLY_HEAD or data[pos + 1] != Reply.TAG:
             return None
-        _, pos = _peek_uint(data, pos + 2)  # view
-        timestamp, pos = _peek_uint(data, pos)
-        client, pos = _peek_uint(data, pos)
-        replica, pos = _peek_uint(data, pos)
+        _, pos = read_head(data, pos + 2, MAJOR_UINT, "the view")
+        timestamp, pos = read_head(data, pos, MAJOR_UINT, "the timestamp")
+        client, pos = read_head(data, pos, MAJOR_UINT, "the client")
+        replica, pos = read_head(data, pos, MAJOR_UINT, "the replica")
         end = pos + 2 + DIGEST_SIZE
         if data[pos:pos + 2] != _DIGEST_HEAD or end > len(data):
             return None
         request = data[pos + 2:end]
-    except (IndexError, ValueError):
+    except (IndexError, MalformedMessage):
         return None
     return client, timestamp, replica, request
 

@@ -9,7 +9,8 @@ maps, no floats, no tags: one message has exactly one encoding.
 Decoding (`decode_untrusted`, `decode_statement_untrusted`) does not use
 cbor2 at all. It is a single forward pass over the bytes, directed by the
 message schema (the `Annotated` kinds of `bft.messages`), that reads each CBOR
-item head once and checks it before anything is allocated:
+item head once and checks it before anything is allocated (with `bft.cbor.read_head`,
+the one strict head reader that telemetry, the app and the client use too):
 
 * only unsigned integers, byte strings, text strings and definite-length
   arrays are accepted: tags, floats, simple values (true/false/null), maps,
@@ -57,6 +58,7 @@ from typing import Any
 import cbor2
 
 from bft import messages as m
+from bft.cbor import MAJOR_ARRAY, MAJOR_BYTES, MAJOR_TEXT, MAJOR_UINT, malformed, read_head
 from bft.errors import MalformedMessage
 
 
@@ -308,76 +310,30 @@ _FIELD_WRITERS: dict[type, Callable[[Any, list[bytes]], None]] = {}
 # --------------------------------------------------------------------------
 
 _U64_BOUND = 2**63
-# CBOR major types that can appear in a message (the others never do).
-_MAJOR_UINT, _MAJOR_BYTES, _MAJOR_TEXT, _MAJOR_ARRAY = 0, 2, 3, 4
-_MAJOR_NAMES = (
-    "an unsigned integer",
-    "a negative integer",
-    "a byte string",
-    "a text string",
-    "an array",
-    "a map",
-    "a CBOR tag",
-    "a float or simple value (true/false/null/break)",
-)
-# Smallest argument that needs each additional-info width (shortest-form rule).
-_MIN_FOR_WIDTH = {1: 24, 2: 1 << 8, 4: 1 << 16, 8: 1 << 32}
+# Item heads are read by the one strict CBOR reader, `bft.cbor.read_head` (shortest form
+# only, no indefinite lengths, the expected major type); the readers below check the fields.
 
 # A field reader takes (data, pos, depth of the enclosing array, limits) and
 # returns (value, position after the value).
 _Reader = Callable[[bytes, int, int, Limits], tuple[Any, int]]
 
 
-def _malformed(pos: int, what: str) -> MalformedMessage:
-    return MalformedMessage(f"at byte {pos}: {what}")
-
-
-def _expect(data: bytes, pos: int, major: int, what: str) -> tuple[int, int]:
-    """Read the head of an item of CBOR major type `major` at `pos`.
-
-    Returns (argument, position after the head). Rejects truncation, any
-    other major type, reserved and indefinite-length heads, and arguments
-    that are not in their shortest form.
-    """
-    try:
-        initial = data[pos]
-    except IndexError:
-        raise _malformed(pos, f"truncated: expected {what}") from None
-    if initial >> 5 != major:
-        raise _malformed(pos, f"expected {what}, found {_MAJOR_NAMES[initial >> 5]}")
-    info = initial & 31
-    if info < 24:
-        return info, pos + 1
-    if info > 27:
-        if info == 31:
-            raise _malformed(pos, "indefinite length not allowed")
-        raise _malformed(pos, f"reserved additional information {info}")
-    width = 1 << (info - 24)
-    end = pos + 1 + width
-    if end > len(data):
-        raise _malformed(pos, "truncated item head")
-    arg = int.from_bytes(data[pos + 1 : end], "big")
-    if arg < _MIN_FOR_WIDTH[width]:
-        raise _malformed(pos, "non-canonical (not shortest) item head")
-    return arg, end
-
-
 def _read_u64(data: bytes, pos: int, depth: int, limits: Limits) -> tuple[int, int]:
-    value, after = _expect(data, pos, _MAJOR_UINT, "an unsigned integer")
+    value, after = read_head(data, pos, MAJOR_UINT, "an unsigned integer")
     if value >= _U64_BOUND:
-        raise _malformed(pos, f"integer {value} out of range (must be below 2**63)")
+        raise malformed(pos, f"integer {value} out of range (must be below 2**63)")
     return value, after
 
 
 def _read_byte_string(data: bytes, pos: int, low: int, high: int, what: str) -> tuple[bytes, int]:
-    length, start = _expect(data, pos, _MAJOR_BYTES, "a byte string")
+    length, start = read_head(data, pos, MAJOR_BYTES, "a byte string")
     if not low <= length <= high:
         if low == high:
-            raise _malformed(pos, f"{what} must be exactly {low} bytes, got {length}")
-        raise _malformed(pos, f"{what} of {length} bytes is over the limit of {high}")
+            raise malformed(pos, f"{what} must be exactly {low} bytes, got {length}")
+        raise malformed(pos, f"{what} of {length} bytes is over the limit of {high}")
     end = start + length
     if end > len(data):
-        raise _malformed(pos, f"truncated: byte string of {length} bytes does not fit")
+        raise malformed(pos, f"truncated: byte string of {length} bytes does not fit")
     return data[start:end], end
 
 
@@ -402,19 +358,19 @@ def _read_blob(data: bytes, pos: int, depth: int, limits: Limits) -> tuple[bytes
 
 
 def _read_text(data: bytes, pos: int, depth: int, limits: Limits) -> tuple[str, int]:
-    length, start = _expect(data, pos, _MAJOR_TEXT, "a text string")
+    length, start = read_head(data, pos, MAJOR_TEXT, "a text string")
     # A character takes 1 to 4 bytes in UTF-8: bound the bytes before decoding.
     if length > 4 * limits.max_text_chars:
-        raise _malformed(pos, f"text of {length} bytes is over the limit")
+        raise malformed(pos, f"text of {length} bytes is over the limit")
     end = start + length
     if end > len(data):
-        raise _malformed(pos, f"truncated: text of {length} bytes does not fit")
+        raise malformed(pos, f"truncated: text of {length} bytes does not fit")
     try:
         text = data[start:end].decode("utf-8")  # strict: one encoding per string
     except UnicodeDecodeError:
-        raise _malformed(pos, "text is not valid UTF-8") from None
+        raise malformed(pos, "text is not valid UTF-8") from None
     if len(text) > limits.max_text_chars:
-        raise _malformed(pos, f"text of {len(text)} characters is over the limit")
+        raise malformed(pos, f"text of {len(text)} characters is over the limit")
     return text, end
 
 
@@ -432,12 +388,12 @@ _KIND_READERS: dict[m.Kind, _Reader] = {
 def _enter_array(data: bytes, pos: int, depth: int, limits: Limits, what: str) -> tuple[int, int]:
     """Read the head of an array at nesting `depth`; return (count, position after the head)."""
     if depth > limits.max_depth:
-        raise _malformed(pos, f"nesting deeper than {limits.max_depth}")
-    count, after = _expect(data, pos, _MAJOR_ARRAY, what)
+        raise malformed(pos, f"nesting deeper than {limits.max_depth}")
+    count, after = read_head(data, pos, MAJOR_ARRAY, what)
     if count > limits.max_items:
-        raise _malformed(pos, f"array of {count} items is over the limit of {limits.max_items}")
+        raise malformed(pos, f"array of {count} items is over the limit of {limits.max_items}")
     if count > len(data) - after:  # every item takes at least one byte
-        raise _malformed(pos, f"truncated: array of {count} items does not fit")
+        raise malformed(pos, f"truncated: array of {count} items does not fit")
     return count, after
 
 
@@ -448,19 +404,19 @@ def _read_message(
     start = pos
     count, pos = _enter_array(data, pos, depth, limits, "a message (array)")
     if count == 0:
-        raise _malformed(start, "empty array where a message belongs")
+        raise malformed(start, "empty array where a message belongs")
     tag_pos = pos
-    tag, pos = _expect(data, pos, _MAJOR_UINT, "a message type (unsigned integer)")
+    tag, pos = read_head(data, pos, MAJOR_UINT, "a message type (unsigned integer)")
     cls = table.get(tag)
     if cls is None:
         known = _ALL_BY_TAG.get(tag)
         if known is None:
-            raise _malformed(tag_pos, f"unknown message type {tag}")
+            raise malformed(tag_pos, f"unknown message type {tag}")
         allowed = ", ".join(c.__name__ for c in table.values())
-        raise _malformed(tag_pos, f"{known.__name__} not allowed here (expected {allowed})")
+        raise malformed(tag_pos, f"{known.__name__} not allowed here (expected {allowed})")
     readers = _WIRE_FIELDS[cls]
     if count != 1 + len(readers):
-        raise _malformed(start, f"{cls.__name__} has {len(readers)} fields, got {count - 1}")
+        raise malformed(start, f"{cls.__name__} has {len(readers)} fields, got {count - 1}")
     values = []
     for reader in readers:
         value, pos = reader(data, pos, depth, limits)
@@ -547,7 +503,7 @@ def _decode_whole(table: dict[int, type], data: bytes, depth: int, limits: Limit
         )
     message, end = _read_message(table, data, 0, depth, limits)
     if end != len(data):
-        raise _malformed(end, f"{len(data) - end} trailing bytes after the message")
+        raise malformed(end, f"{len(data) - end} trailing bytes after the message")
     return message
 
 
@@ -954,7 +910,7 @@ def _decode(
             if end == len(data):
                 return message
             # The reference decoder would read the same message up to `end`, then say this:
-            raise _malformed(end, f"{len(data) - end} trailing bytes after the message")
+            raise malformed(end, f"{len(data) - end} trailing bytes after the message")
     return _decode_whole(table, data, 1, limits)
 
 

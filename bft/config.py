@@ -169,9 +169,19 @@ class NodeAddress:
         return format_address(self.host, self.port)
 
 
+#: Frame sender ids (`transport.frame`: a u32 the sender claims, not authenticated): a
+#: replica sends with its id (0..n-1), a client with CLIENT_SENDER_BASE + its id, the
+#: dashboard with 2**32 - 1.
+CLIENT_SENDER_BASE = 1 << 31
+#: Client ids are below this, so that a client's sender id fits the u32 and is not the
+#: dashboard's.
+CLIENT_ID_LIMIT = (1 << 31) - 1
+
+
 @dataclass(frozen=True)
 class ClientEntry:
-    """A client allowed to submit requests; optional inline public key."""
+    """A client allowed to submit requests (id below CLIENT_ID_LIMIT); optional inline
+    public key."""
 
     id: int
     public_key: bytes | None = None
@@ -570,11 +580,13 @@ class ClusterConfig:
                     file=self._file,
                     field=where,
                 )
-            if not _is_int(client.id) or client.id < 0:
+            if not _is_int(client.id) or not 0 <= client.id < CLIENT_ID_LIMIT:
                 raise ConfigError(
-                    f"id must be a non-negative integer, got {client.id!r}",
+                    f"id must be an integer in 0..{CLIENT_ID_LIMIT - 1}, got {client.id!r}",
                     file=self._file,
                     field=f"{where}.id",
+                    fix=f"client ids are below {CLIENT_ID_LIMIT} (frame sender ids are "
+                    "CLIENT_SENDER_BASE + id, a u32)",
                 )
             if client.id in seen:
                 raise ConfigError(

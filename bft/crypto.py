@@ -463,6 +463,11 @@ class _CachingVerifier:
         # immutable, so while its entry stays cached the same object is a cache hit without
         # hashing its body (the simulator hands one decoded broadcast to every receiver)
         self._passed: dict[int, tuple[Signed, bytes]] = {}
+        # (the very Signed, why) of the last failure: failures are not cached, but the same
+        # (immutable) object asked again at once fails again for the same reason without a
+        # second Ed25519 check (the node checks a client's request to learn its address, then
+        # the replica checks it: a forged request would otherwise cost two)
+        self._failed: tuple[Signed, str] | None = None
         self._stats = {
             "verified": 0,
             "failed": 0,
@@ -483,9 +488,11 @@ class _CachingVerifier:
 
     # -- public API -----------------------------------------------------
 
-    def _fail(self, reason: str) -> bool:
+    def _fail(self, reason: str, signed: Signed | None = None) -> bool:
         self._stats["failed"] += 1
         self._stats["failed_" + reason] += 1
+        if signed is not None:
+            self._failed = (signed, reason)
         return False
 
     def verify(self, signed: Signed) -> bool:
@@ -503,12 +510,15 @@ class _CachingVerifier:
             self._cache.move_to_end(passed[1])
             self._stats["cache_hits"] += 1
             return True
+        failed = self._failed
+        if failed is not None and failed[0] is signed:
+            return self._fail(failed[1])  # this very object just failed: it fails again
         statement = signed.statement
         if not isinstance(statement, STATEMENT_TYPES):
-            return self._fail("not_a_statement")
+            return self._fail("not_a_statement", signed)
         body, signature = signed.body, signed.signature
         if not isinstance(body, bytes) or not isinstance(signature, bytes):
-            return self._fail("bad_signature")
+            return self._fail("bad_signature", signed)
         key = hashlib.sha256(body).digest() + signature
         cached = self._cache.get(key)
         if cached is not None and (cached[0] is statement or cached[0] == statement):
@@ -522,7 +532,7 @@ class _CachingVerifier:
             or not isinstance(identity[1], int)
             or not self._knows(identity)
         ):
-            return self._fail("unknown_signer")
+            return self._fail("unknown_signer", signed)
         checked = signed.checked
         if checked is not None and checked[0] is body and checked[1] is statement:
             # decoded from exactly this body by the strict (canonical-only) decoder, or
@@ -534,12 +544,12 @@ class _CachingVerifier:
             except (TypeError, ValueError, cbor2.CBOREncodeError):
                 matches = False
         if not matches:
-            return self._fail("body_mismatch")
+            return self._fail("body_mismatch", signed)
         domain = _STATEMENT_DOMAINS.get(identity[0])
         if domain is None:
             domain = statement_domain(identity[0])
         if len(signature) != SIGNATURE_SIZE or not self._check(identity, domain + body, signature):
-            return self._fail("bad_signature")
+            return self._fail("bad_signature", signed)
         self._stats["verified"] += 1
         self._remember(key, statement, len(body))
         self._passed_now(signed, key)

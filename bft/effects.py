@@ -1,6 +1,6 @@
 """Effects: what the pure Replica asks its driver (runtime or simulator) to do.
 
-`Replica.step()` and `Replica.tick()` return a list of effects in the order
+`Replica.receive(message, now)` and `Replica.tick(now)` return a list of effects in the order
 they must be carried out. The rule that matters for safety: every `Persist`
 comes before the `Send`/`Broadcast` of a message whose signing it records
 (write-ahead), so a replica that crashes and restarts never signs a vote that

@@ -53,7 +53,7 @@ from bft.client import (
     peek_reply_untrusted,
 )
 from bft.clock import Interval
-from bft.config import ClusterConfig
+from bft.config import CLIENT_SENDER_BASE, ClusterConfig
 from bft.effects import (
     Broadcast,
     Event,
@@ -79,7 +79,6 @@ from bft.telemetry import (
 )
 from transport.udp import DatagramFilter, UdpEndpoint
 
-CLIENT_SENDER_BASE = 1 << 31  # frame sender ids of clients (replicas use 0..n-1)
 DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
 
 
@@ -466,7 +465,9 @@ class Node:
         if isinstance(msg, Signed) and isinstance(msg.statement, Request):
             # Replies go to the address of the client's latest request whose signature
             # verified. Verify here only when that would change the address: when it
-            # would not, there is nothing to learn, and the replica verifies anyway.
+            # would not, there is nothing to learn, and the replica verifies anyway. The
+            # replica shares the verifier, which answers its check of this very object from
+            # memory (a cache hit, or the failure it just found): one Ed25519 check in all.
             # A request a replica relays (4.1: a backup forwards a retransmission to the
             # primary) comes from that replica's address: it says nothing of the client's.
             client = msg.statement.client

@@ -28,7 +28,7 @@ admin signed it for this cluster and node, recently, and it is newer than the
 last one obeyed (see `ControlCommand`).
 
 Decoding untrusted bytes (`decode_signed_untrusted`) is strict: every item head
-in its shortest form, exact array lengths, exact types (a bool is not an int),
+in its shortest form (read by `bft.cbor.read_head`, as the codec reads its heads), exact array lengths, exact types (a bool is not an int),
 bounded sizes (`MAX_PAYLOAD_BYTES`, `MAX_*` below), text only printable ASCII
 (so nothing a node sends can put control characters on the operator's
 terminal), no trailing bytes; hence `encode(decode(x)) == x`. It raises only
@@ -52,6 +52,7 @@ from typing import Any
 import cbor2
 
 from bft.app import decode_op_untrusted
+from bft.cbor import malformed, read_head
 from bft.crypto import sha256
 from bft.effects import Event, Evidence, Executed
 from bft.errors import MalformedMessage
@@ -453,22 +454,12 @@ def encode_signed(msg: TelemetryMessage | ControlCommand, signer: Any) -> bytes:
 # Strict decoding
 # --------------------------------------------------------------------------
 
-_MIN_FOR_WIDTH = {1: 24, 2: 1 << 8, 4: 1 << 16, 8: 1 << 32}
 _PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
-_MAJOR_NAMES = (
-    "an unsigned integer",
-    "a negative integer",
-    "a byte string",
-    "a text string",
-    "an array",
-    "a map",
-    "a tag",
-    "a simple value or float",
-)
 
 
 class _Reader:
-    """A cursor over untrusted bytes; every read checks type, form and bounds."""
+    """A cursor over untrusted bytes; every read checks type, form and bounds (item heads
+    are read by `bft.cbor.read_head`, the one strict CBOR head reader)."""
 
     __slots__ = ("data", "pos")
 
@@ -477,29 +468,12 @@ class _Reader:
         self.pos = pos
 
     def _fail(self, what: str) -> MalformedMessage:
-        return MalformedMessage(f"at byte {self.pos}: {what}")
+        return malformed(self.pos, what)
 
     def _head(self, major: int, what: str) -> int:
-        data, pos = self.data, self.pos
-        if pos >= len(data):
-            raise self._fail(f"truncated: expected {what}")
-        initial = data[pos]
-        if initial >> 5 != major:
-            raise self._fail(f"expected {what}, found {_MAJOR_NAMES[initial >> 5]}")
-        info = initial & 31
-        if info < 24:
-            self.pos = pos + 1
-            return info
-        if info > 27:
-            raise self._fail("indefinite length or reserved head")
-        width = 1 << (info - 24)
-        end = pos + 1 + width
-        if end > len(data):
-            raise self._fail("truncated item head")
-        arg = int.from_bytes(data[pos + 1 : end], "big")
-        if arg < _MIN_FOR_WIDTH[width]:
-            raise self._fail("non-canonical (not shortest) item head")
-        self.pos = end
+        """The argument of the head of major type `major` here (the one strict head reader,
+        `bft.cbor.read_head`: shortest form, no indefinite lengths); moves past the head."""
+        arg, self.pos = read_head(self.data, self.pos, major, what)
         return arg
 
     def peek_major(self) -> int:

@@ -324,6 +324,10 @@ ERROR_CASES = {
         edit("[clients]\ncount = 2\n", "[[clients]]\nid = 1\n[[clients]]\nid = 1\n"),
         "clients[1].id",
     ),
+    "client id too large for a frame sender id": (
+        edit("[clients]\ncount = 2\n", "[[clients]]\nid = 2147483647\n"),
+        "clients[0].id",
+    ),
     "client without id": (
         edit("[clients]\ncount = 2\n", '[[clients]]\npublic_key = "00"\n'),
         "clients[0].id",
@@ -628,3 +632,19 @@ def test_toml_value_reads_back_equal(value):
 
     from bft.config import toml_value
     assert tomllib.loads("k = " + toml_value(value))["k"] == value
+
+
+def test_the_largest_client_id_is_accepted_and_its_sender_id_fits_a_frame(tmp_path):
+    """A client's frame sender id is CLIENT_SENDER_BASE + its id: the largest id the config
+    accepts still frames (and is not the dashboard's 2**32 - 1); one more is refused above."""
+    from bft.config import CLIENT_ID_LIMIT, CLIENT_SENDER_BASE
+    from transport.frame import encode_frames
+
+    largest = CLIENT_ID_LIMIT - 1
+    text = edit("[clients]\ncount = 2\n", f"[[clients]]\nid = {largest}\n")(BASE)
+    config = ClusterConfig.load(write(tmp_path, text))
+    assert [c.id for c in config.clients] == [largest]
+    assert CLIENT_SENDER_BASE + largest == 2**32 - 2
+    assert encode_frames(CLIENT_SENDER_BASE + largest, 1, b"x", 1400)
+    with pytest.raises(ValueError):
+        encode_frames(CLIENT_SENDER_BASE + CLIENT_ID_LIMIT + 1, 1, b"x", 1400)

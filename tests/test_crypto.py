@@ -289,6 +289,29 @@ def test_cache_verifies_each_message_once(keys):
     assert (stats["verified"], stats["cache_hits"], stats["failed"]) == (1, 2, 2)
 
 
+def test_the_same_object_failing_again_is_not_checked_again(keys, monkeypatch):
+    """A forged message asked twice in a row (the node, then the replica) costs one Ed25519
+    check; each ask still counts as a failure, and nothing else is answered from it: an equal
+    copy is checked afresh, and a good message after it verifies."""
+    verifier = keys.verifier()
+    checks = []
+    real_check = verifier._check
+    monkeypatch.setattr(verifier, "_check", lambda *a: checks.append(a) or real_check(*a))
+    signed = keys.signer("client", 0).sign(m.Request(op=b"op", timestamp=1, client=0))
+    bad = replace(signed, signature=flip(signed.signature, 0))
+    assert not verifier.verify(bad)
+    assert not verifier.verify(bad)
+    assert len(checks) == 1
+    stats = verifier.statistics()
+    assert (stats["failed"], stats["failed_bad_signature"]) == (2, 2)
+    copy = replace(bad)  # equal, another object
+    assert not verifier.verify(copy)
+    assert len(checks) == 2
+    assert verifier.verify(signed)
+    assert not verifier.verify(bad)  # no longer the last failure: checked again
+    assert len(checks) == 4
+
+
 def test_cache_is_bounded_lru(keys):
     verifier = keys.verifier(cache_entries=2)
     signer = keys.signer("replica", 0)

@@ -260,6 +260,34 @@ def test_client_address_recorded_only_for_verified_requests_and_verified_only_on
     assert len(replica.received) == 8
 
 
+def test_a_client_signature_is_checked_once_between_node_and_replica(
+    node: Node, keys, monkeypatch
+) -> None:
+    """The node checks a request's signature to learn the client's address, and the replica
+    (sharing the verifier) checks it again: one Ed25519 check in all, forged or not. The
+    address is learned only from a correctly signed request."""
+    verifier = node.verifier
+    checks = []
+    real_check = verifier._check
+    monkeypatch.setattr(verifier, "_check", lambda *a: checks.append(a) or real_check(*a))
+    home, elsewhere = ("127.0.0.1", 40001), ("127.0.0.1", 40002)
+    wall = node.clock()
+    assert node.replica is not None
+    drops = node.replica.drops
+
+    node._step(Received(home, CLIENT_SENDER_BASE, request_payload(keys, 0, 1)), 1.0, wall)
+    stats = verifier.statistics()
+    assert len(checks) == 1 and (stats["verified"], stats["cache_hits"]) == (1, 1)
+    assert node.client_addrs == {0: home}
+
+    forged = request_payload(keys, 0, 2, forged=True)
+    node._step(Received(elsewhere, CLIENT_SENDER_BASE, forged), 1.0, wall)
+    stats = verifier.statistics()
+    assert len(checks) == 2 and stats["failed_bad_signature"] == 2  # node's ask, replica's ask
+    assert drops["bad_signature"] == 1
+    assert node.client_addrs == {0: home}
+
+
 def test_undecodable_payload_is_counted_not_stepped(node: Node, monkeypatch) -> None:
     replica = RecordingReplica()
     monkeypatch.setattr(node, "replica", replica)

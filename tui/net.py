@@ -52,7 +52,7 @@ from transport.frame import (
 from transport.reassembly import Reassembler
 
 #: The frame sender id the dashboard uses (frames' sender ids are not authenticated;
-#: replicas use 0..n-1 and clients 2**31 + c).
+#: replicas use 0..n-1 and clients bft.config.CLIENT_SENDER_BASE + c).
 ADMIN_FRAME_SENDER_ID = 2**32 - 1
 
 DEFAULT_MAX_DATAGRAM_BYTES = 1400

@@ -32,6 +32,7 @@ from adversary.netfaults import (
 from adversary.scenario import Scenario, parse_scenario
 from adversary.sim import Crash, Simulation
 from bft import codec
+from bft.config import CLIENT_SENDER_BASE
 from bft.crypto import SimKeys
 from bft.errors import ConfigError
 from bft.messages import (
@@ -471,7 +472,7 @@ def test_datagram_filter_targets_client_requests_on_receipt() -> None:
     print(f"seed={SEED}")
     peers = {("127.0.0.1", 7000 + i): i for i in range(N)}
     client = ("127.0.0.1", 5555)
-    [req] = encode_frames((1 << 31), 1, codec.encode(wire_message("Request", 0, 0, 0)), 1400)
+    [req] = encode_frames(CLIENT_SENDER_BASE, 1, codec.encode(wire_message("Request", 0, 0, 0)), 1400)
     drop = DatagramFaults([make_network_rule("drop", rate=1.0, kinds="request")], 2, peers,
                           random.Random(SEED), lambda: 0.0, view_of=lambda: 0)
     assert drop.recv_filter(req, client) == []
