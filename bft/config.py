@@ -63,6 +63,7 @@ from bft.crypto import (
 )
 from bft.errors import ConfigError
 from bft.messages import PUBLIC_KEY_SIZE
+from bft.quorum import quorum_size, weak_size
 
 __all__ = [
     "FIELD_PATHS",
@@ -320,12 +321,12 @@ class ClusterConfig:
         In general ceil((n+f+1)/2), the smallest size at which any two
         quorums share a correct replica; still at most n-f when n >= 3f+1.
         """
-        return (self.n + self.f) // 2 + 1
+        return quorum_size(self.n, self.f)
 
     @property
     def weak(self) -> int:
         """f+1: enough matching messages to include one correct replica."""
-        return self.f + 1
+        return weak_size(self.f)
 
     def primary(self, view: int) -> int:
         """The id of the primary of `view`: view mod n."""

@@ -51,10 +51,6 @@ class Slot:
         if self.decided is None:
             self.batch = None
 
-    def matching(self, votes: dict[int, Signed]) -> int:
-        d = self.digest
-        return sum(1 for s in votes.values() if s.statement.digest == d)  # type: ignore[union-attr]
-
 
 class MessageLog:
     """Slots by sequence number with low/high watermarks (h, h + L]."""

@@ -60,6 +60,19 @@ from bft.messages import (
     Status,
     ViewChange,
 )
+from bft.quorum import (
+    ADDED,
+    Conflict,
+    add_vote,
+    checkpoint_certificate,
+    commit_certificate,
+    commit_certificates,
+    count_at_or_above,
+    join_target,
+    prepared_certificate,
+    view_change_certificate,
+    vouched,
+)
 from bft.viewchange import Geometry, new_view_problem, plan_new_view, view_change_problem
 
 NULL_DIGEST = batch_digest(NULL_BATCH)
@@ -695,10 +708,8 @@ class Replica:
         if not isinstance(proposal, Proposal) or slot.pre_prepare is not None:
             return
         digest = proposal.pre_prepare.statement.digest  # type: ignore[union-attr]
-        primary = self.primary()
-        vouch = sum(1 for r, s in slot.prepares.items()
-                    if r != primary and r != self.id and s.statement.digest == digest)  # type: ignore[union-attr]
-        if vouch >= self.f + 1:
+        # f+1 backups other than us, so one of them correct, prepared it when it was fresh
+        if vouched(slot.prepares, digest, (self.primary(), self.id), self.f + 1):
             slot.deferred = None
             self.counters["late_pre_prepare_accepted"] += 1
             self._accept_pre_prepare(slot, proposal.pre_prepare, proposal.batch, fresh=True)
@@ -804,12 +815,12 @@ class Replica:
         slot = self.log.slot(p.seq)
         if slot.view != self.view:
             slot.reset_view(self.view)
-        old = slot.prepares.get(p.replica)
-        if old is not None:
-            if old.statement.digest != p.digest:  # type: ignore[union-attr]
-                self._evidence(p.replica, "prepare", old, signed, key=("p", p.view, p.seq, p.replica))
+        added = add_vote(slot.prepares, p.replica, signed)
+        if added is not ADDED:
+            if type(added) is Conflict:
+                self._evidence(p.replica, "prepare", added.first, added.second,
+                               key=("p", p.view, p.seq, p.replica))
             return self._drop("duplicate_prepare")
-        slot.prepares[p.replica] = signed
         if slot.deferred is not None:
             self._check_deferred(slot)
         self._check_prepared(slot)
@@ -824,14 +835,11 @@ class Replica:
             return
         if self.in_view_change or slot.view != self.view:
             return
-        digest, primary = slot.digest, self.primary()
-        matching = [s for r, s in slot.prepares.items()
-                    if s.statement.digest == digest and r != primary]  # type: ignore[union-attr]
-        if len(matching) < self.quorum - 1:
+        prepares = prepared_certificate(slot.prepares, slot.digest, self.primary(), self.quorum)
+        if prepares is None:
             return
         slot.prepared = True
-        slot.cert = PreparedCert(slot.pre_prepare, tuple(sorted(
-            matching, key=lambda s: s.statement.replica))[: self.quorum - 1])  # type: ignore[union-attr]
+        slot.cert = PreparedCert(slot.pre_prepare, prepares)
         pp: PrePrepare = slot.pre_prepare.statement  # type: ignore[assignment]
         commit = self._sign(Commit(pp.view, pp.seq, pp.digest, self.id))
         slot.commits[self.id] = commit
@@ -881,8 +889,9 @@ class Replica:
             return self._drop("old_commit_limit")
         votes = slot.old_commits.setdefault((c.view, c.digest), {})
         votes[c.replica] = signed
-        if len(votes) >= self.quorum:
-            self._decide_by_certificate(slot, c.digest, tuple(votes.values())[: self.quorum])
+        cert = commit_certificate(votes, c.digest, self.quorum)
+        if cert is not None:
+            self._decide_by_certificate(slot, c.digest, cert)
 
     def _conflicting_commit(self, slot: Slot, signed: Signed) -> None:
         """Evidence when we hold a COMMIT of the same signer for the same (v, seq) with another
@@ -927,19 +936,15 @@ class Replica:
             return
         if not slot.prepared:
             # 2f+1 matching COMMITs decide the seq even where we missed the prepare phase
-            by_digest: dict[bytes, list[Signed]] = {}
-            for c in slot.commits.values():
-                by_digest.setdefault(c.statement.digest, []).append(c)  # type: ignore[union-attr]
-            for digest, votes in by_digest.items():
-                if len(votes) >= self.quorum:
-                    self._decide_by_certificate(slot, digest, tuple(votes[: self.quorum]))
+            for digest, cert in commit_certificates(slot.commits, self.quorum):
+                self._decide_by_certificate(slot, digest, cert)
             return
-        if slot.matching(slot.commits) < self.quorum:
+        cert = commit_certificate(slot.commits, slot.digest, self.quorum)
+        if cert is None:
             return
         slot.decided = slot.digest
         slot.decided_pp = slot.pre_prepare
-        slot.commit_cert = tuple(s for s in slot.commits.values()
-                                 if s.statement.digest == slot.digest)[: self.quorum]  # type: ignore[union-attr]
+        slot.commit_cert = cert
         self._execute_ready()
 
     # ------------------------------------------------------------------ execution
@@ -1109,26 +1114,26 @@ class Replica:
         if old is not None and old.statement.seq >= cp.seq:  # type: ignore[union-attr]
             return self._drop("old_checkpoint")
         self.far_checkpoints[cp.replica] = signed
-        matching = tuple(s for s in self.far_checkpoints.values()
-                         if (s.statement.seq, s.statement.state_digest)  # type: ignore[union-attr]
-                         == (cp.seq, cp.state_digest))
-        if len(matching) >= self.quorum:
+        proof = checkpoint_certificate(self.far_checkpoints.values(), cp.seq, cp.state_digest,
+                                       self.quorum)
+        if proof is not None:
             self.far_checkpoints = {}
-            self._on_stable_proof(cp.seq, cp.state_digest, matching)
+            self._on_stable_proof(cp.seq, cp.state_digest, proof)
 
     def _add_checkpoint(self, signed: Signed) -> None:
         cp: Checkpoint = signed.statement  # type: ignore[assignment]
         votes = self.checkpoints.setdefault(cp.seq, {})
-        old = votes.get(cp.replica)
-        if old is not None:
-            if old.statement.state_digest != cp.state_digest:  # type: ignore[union-attr]
-                self._evidence(cp.replica, "checkpoint", old, signed, key=("cp", cp.seq, cp.replica))
+        added = add_vote(votes, cp.replica, signed)
+        if added is not ADDED:
+            if type(added) is Conflict:
+                self._evidence(cp.replica, "checkpoint", added.first, added.second,
+                               key=("cp", cp.seq, cp.replica))
             return
-        votes[cp.replica] = signed
-        matching = [s for s in votes.values()
-                    if s.statement.state_digest == cp.state_digest]  # type: ignore[union-attr]
-        if len(matching) >= self.quorum and cp.seq > self.log.low:
-            self._on_stable_proof(cp.seq, cp.state_digest, tuple(matching))
+        if cp.seq <= self.log.low:
+            return
+        proof = checkpoint_certificate(votes.values(), cp.seq, cp.state_digest, self.quorum)
+        if proof is not None:
+            self._on_stable_proof(cp.seq, cp.state_digest, proof)
 
     def _diverged_at(self, seq: int) -> bool:
         return seq in self.diverged
@@ -1355,9 +1360,7 @@ class Replica:
         ahead: a deadlock seen in tests/test_liveness_regressions.py)."""
         if not self.in_view_change or self.new_view_deadline is not None:
             return
-        count = sum(1 for s in self.view_changes.values()
-                    if s.statement.view >= self.view)  # type: ignore[union-attr]
-        if count >= self.quorum:
+        if count_at_or_above(self.view_changes, self.view) >= self.quorum:
             self.new_view_deadline = self._now + self._vc_timeout()
 
     def _on_view_change(self, signed: Signed) -> None:
@@ -1376,10 +1379,8 @@ class Replica:
             return self._drop("duplicate_view_change")
         self.view_changes[vc.replica] = signed
         # join: f+1 view changes for views above ours move us to the smallest of them (4.5)
-        higher = sorted(s.statement.view for s in self.view_changes.values()  # type: ignore[union-attr]
-                        if s.statement.view > self.view)  # type: ignore[union-attr]
-        if len(higher) >= self.f + 1:
-            target = higher[-(self.f + 1)]  # the smallest view at least f+1 replicas want
+        target = join_target(self.view_changes, self.view, self.f + 1)
+        if target is not None:
             self._start_view_change(target, "join")
             return
         self._arm_new_view_timer()
@@ -1392,14 +1393,12 @@ class Replica:
             # we may have sent a NEW-VIEW for this view before the loss (other pre-prepares):
             # the view changes on past us
             return self._drop("new_view_votes_lost")
-        vcs = [s for s in self.view_changes.values()
-               if s.statement.view == self.view]  # type: ignore[union-attr]
-        if len(vcs) < self.quorum:
+        vcs = view_change_certificate(self.view_changes, self.view, self.quorum)
+        if vcs is None:
             return
-        vcs = sorted(vcs, key=lambda s: s.statement.replica)[: self.quorum]  # type: ignore[union-attr]
         plan = plan_new_view([s.statement for s in vcs], NULL_DIGEST)  # type: ignore[misc]
         pps = tuple(self._sign(PrePrepare(self.view, seq, d, self.id)) for seq, d in plan.digests)
-        nv = self._sign(NewView(self.view, tuple(vcs), pps, self.id))
+        nv = self._sign(NewView(self.view, vcs, pps, self.id))
         self._persist(REC_SENT, nv)
         self._out.append(Broadcast(nv))
         self._enter_view(nv, plan)
