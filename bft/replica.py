@@ -74,19 +74,21 @@ from bft.quorum import (
     vouched,
 )
 from bft.viewchange import Geometry, new_view_problem, plan_new_view, view_change_problem
+from bft.walrecords import (  # the record kinds, imported from here by tests and planted replicas
+    REC_CERT,
+    REC_NEW_VIEW,
+    REC_PROPOSAL,
+    REC_SENT,
+    Record,
+    decode_record,
+    decode_snapshot,
+    encode_record,
+    encode_snapshot,
+)
+
+__all__ = ["REC_CERT", "REC_NEW_VIEW", "REC_PROPOSAL", "REC_SENT", "Replica"]
 
 NULL_DIGEST = batch_digest(NULL_BATCH)
-
-# WAL record kinds
-REC_SENT = 1  # a Signed message this replica signed and sent
-REC_PROPOSAL = 2  # a Proposal this replica proposed or accepted (keeps the batch)
-REC_CERT = 3  # a prepared certificate, durable before the COMMIT is sent
-REC_NEW_VIEW = 4  # a NEW-VIEW this replica accepted (it entered that view)
-
-# The CBOR heads of a WAL record [kind, body] up to its body's byte-string head: an array
-# of two and the kind (each kind is below 24, so one byte)
-_RECORD_HEADS = {kind: bytes((0x82, kind)) for kind in (REC_SENT, REC_PROPOSAL, REC_CERT,
-                                                         REC_NEW_VIEW)}
 
 _U64_END = 2**64  # CBOR's unsigned integers (cbor2 writes larger ones as tagged bignums)
 
@@ -352,11 +354,8 @@ class Replica:
     def _sign(self, statement: Any) -> Signed:
         return self.signer.sign(statement)
 
-    def _persist(self, kind: int, message: Any) -> None:
-        # cbor2.dumps([kind, codec.encode(message)]), written directly (the same bytes)
-        data = codec.encode(message)
-        self._out.append(Persist(b"".join((_RECORD_HEADS[kind], codec.bytes_head(len(data)),
-                                            data))))
+    def _persist(self, kind: int, message: Record) -> None:
+        self._out.append(Persist(encode_record(kind, message)))
 
     def primary(self, view: int | None = None) -> int:
         return (self.view if view is None else view) % self.n
@@ -1187,8 +1186,7 @@ class Replica:
                               if k[1 if k[0] == "cp" else 2] > seq}
         self._event("checkpoint_stable", seq=seq, digest=digest.hex()[:16])
         # compact the WAL: snapshot, then re-persist what must survive it
-        self._out.append(SaveSnapshot(seq, cbor2.dumps(
-            [seq, digest, snapshot, [codec.encode(s) for s in proof]])))
+        self._out.append(SaveSnapshot(seq, encode_snapshot(seq, digest, snapshot, proof)))
         self._persist_survivors()
         if self.is_primary:
             self._try_propose()
@@ -1725,21 +1723,20 @@ class Replica:
         """Reload the last stable snapshot and the records after it (crash recovery)."""
         if snapshot is not None:
             seq, data = snapshot
-            s_seq, digest, snap, proof_bytes = cbor2.loads(data)
-            proof = tuple(codec.decode_untrusted(b, self.limits) for b in proof_bytes)
+            s_seq, digest, snap, proof = decode_snapshot(data, self.limits)
             self._restore(snap)
             self.last_executed = s_seq
             self.next_seq = s_seq + 1
             self.log.advance(s_seq)
-            self.stable_digest, self.stable_proof, self.stable_snapshot = digest, proof, snap  # type: ignore[assignment]
+            self.stable_digest, self.stable_proof, self.stable_snapshot = digest, proof, snap
         max_view = 0
         entered_view = 0
         own_top: dict[int, int] = {}  # view -> highest seq we proposed in it
         for raw in records:
-            kind, body = cbor2.loads(raw)
-            msg = codec.decode_untrusted(body, self.limits) if kind != REC_CERT else None
+            kind, msg = decode_record(raw, self.limits)
             if kind == REC_CERT:
-                cert = _decode_cert(body, self.limits)
+                assert isinstance(msg, PreparedCert)
+                cert = msg
                 pp = cert.pre_prepare.statement
                 if pp.seq > self.log.low:  # type: ignore[union-attr]
                     slot = self.log.slot(pp.seq)  # type: ignore[union-attr]
@@ -1869,17 +1866,3 @@ class Replica:
             "counters": dict(self.counters),
         }
 
-
-def _decode_cert(body: bytes, limits: codec.Limits) -> PreparedCert:
-    """A PreparedCert from our own WAL (a carrier, not a top-level message)."""
-    try:
-        raw = cbor2.loads(body)
-        tag, pp_raw, prepares_raw = raw
-        if tag != PreparedCert.TAG:
-            raise ValueError("not a certificate")
-        pp = codec.decode_untrusted(cbor2.dumps(pp_raw, canonical=True), limits)
-        prepares = tuple(codec.decode_untrusted(cbor2.dumps(p, canonical=True), limits)
-                         for p in prepares_raw)
-    except (ValueError, TypeError, cbor2.CBORDecodeError) as e:
-        raise MalformedMessage(f"bad certificate record: {e}") from e
-    return PreparedCert(pp, prepares)  # type: ignore[arg-type]
