@@ -281,8 +281,8 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     tune_gc()
     trio.run(serve_with_adversary, node, inst, lambda: print(
-        f"node {args.id} listening on {me} (view {node.replica.view}, "
-        f"executed {node.replica.last_executed})", flush=True))
+        f"node {args.id} listening on {me} (view {node.replica.view}, "  # type: ignore[union-attr]
+        f"executed {node.replica.last_executed})", flush=True))  # type: ignore[union-attr]
     return 0
 
 
@@ -535,7 +535,7 @@ def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path
         import signal as _signal
 
         # the terminal went away (tmux killed, ssh dropped): stop the nodes, then exit
-        _signal.signal(_signal.SIGHUP, lambda *_: (_stop_children(procs), os._exit(129)))
+        _signal.signal(_signal.SIGHUP, lambda *_: (_stop_children(procs), os._exit(129)))  # type: ignore[func-returns-value]
         if duration_s is not None:
             threading.Timer(duration_s, lambda: app.call_from_thread(app.exit)).start()
         app.run()
@@ -755,7 +755,7 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
             claim.release()
         if history is not None:
             history.finish(_time.monotonic_ns())
-            history.write(history_path)
+            history.write(history_path)  # type: ignore[arg-type]  # (set with the history)
             say(f"[load] history of {len(history.entries)} "
                 f"events written to {history_path}")
 

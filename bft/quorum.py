@@ -10,7 +10,7 @@ Pure math over votes the replica already verified. The sizes:
 Votes are kept as `{voter: Signed}` (a slot's PREPAREs and COMMITs, the CHECKPOINTs of
 one seq, the VIEW-CHANGEs): one vote per voter, the first one. A tally returns a
 certificate (the votes that make it, as a tuple) or None, never a bare count;
-`add_vote` returns the earlier vote as `Conflict` evidence when a voter signs another
+`add_vote` returns the earlier vote as `ConflictingVotes` evidence when a voter signs another
 value for the same thing.
 
 Which value a vote is for: `digest` of a PREPARE or COMMIT, `state_digest` of a
@@ -52,27 +52,27 @@ def vote_value(statement: Prepare | Commit | Checkpoint) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class Conflict:
+class ConflictingVotes:
     """Evidence: `voter` signed `first` and `second`, votes for different values."""
 
     voter: int
-    first: Signed
-    second: Signed
+    first: Signed[Prepare | Commit | Checkpoint]
+    second: Signed[Prepare | Commit | Checkpoint]
 
 
 ADDED = "added"
 DUPLICATE = "duplicate"
 
 
-def add_vote(votes: dict[int, Signed[V]], voter: int, vote: Signed[V]) -> str | Conflict:
+def add_vote(votes: dict[int, Signed[V]], voter: int, vote: Signed[V]) -> str | ConflictingVotes:
     """Record `vote` of `voter` unless it has one already: ADDED; DUPLICATE when the earlier
-    vote is for the same value; a `Conflict` (the earlier vote kept) when it is not."""
+    vote is for the same value; a `ConflictingVotes` (the earlier vote kept) when it is not."""
     held = votes.get(voter)
     if held is None:
         votes[voter] = vote
         return ADDED
     if vote_value(held.statement) != vote_value(vote.statement):
-        return Conflict(voter, held, vote)
+        return ConflictingVotes(voter, held, vote)
     return DUPLICATE
 
 
@@ -155,5 +155,5 @@ def view_change_certificate(view_changes: Mapping[int, Signed[ViewChange]], view
     return tuple(vcs[:quorum])
 
 
-def _voter(s: Signed) -> int:
+def _voter(s: Signed[Prepare | ViewChange]) -> int:
     return s.statement.replica

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import itertools
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeVar
 
 import cbor2
 
@@ -57,12 +57,13 @@ from bft.messages import (
     Request,
     Signed,
     StateChunk,
+    Statement,
     Status,
     ViewChange,
 )
 from bft.quorum import (
     ADDED,
-    Conflict,
+    ConflictingVotes,
     add_vote,
     checkpoint_certificate,
     commit_certificate,
@@ -73,7 +74,13 @@ from bft.quorum import (
     view_change_certificate,
     vouched,
 )
-from bft.viewchange import Geometry, new_view_problem, plan_new_view, view_change_problem
+from bft.viewchange import (
+    Geometry,
+    NewViewPlan,
+    new_view_problem,
+    plan_new_view,
+    view_change_problem,
+)
 from bft.walrecords import (  # the record kinds, imported from here by tests and planted replicas
     REC_CERT,
     REC_NEW_VIEW,
@@ -89,6 +96,8 @@ from bft.walrecords import (  # the record kinds, imported from here by tests an
 __all__ = ["REC_CERT", "REC_NEW_VIEW", "REC_PROPOSAL", "REC_SENT", "Replica"]
 
 NULL_DIGEST = batch_digest(NULL_BATCH)
+
+S = TypeVar("S", bound=Statement)
 
 _U64_END = 2**64  # CBOR's unsigned integers (cbor2 writes larger ones as tagged bignums)
 
@@ -108,7 +117,7 @@ class _Transfer:
 
     seq: int
     digest: bytes
-    proof: tuple[Signed, ...]
+    proof: tuple[Signed[Checkpoint], ...]
     sources: list[int]
     attempt: int = 0
     chunks: dict[int, bytes] | None = None
@@ -154,19 +163,19 @@ class Replica:
         # request; the cached reply is resent only to that very request (same digest)
         self.client_table: dict[int, tuple[int, bytes, bytes]] = {}
         # requests known but not executed: (client, t) -> Signed request
-        self.pending: collections.OrderedDict[tuple[int, int], Signed] = collections.OrderedDict()
+        self.pending: collections.OrderedDict[tuple[int, int], Signed[Request]] = collections.OrderedDict()
         self.assigned: dict[tuple[int, int], int] = {}  # (client, t) -> seq, in the log above h
         # checkpoints: seq -> {replica: Signed Checkpoint}
-        self.checkpoints: dict[int, dict[int, Signed]] = {}
-        self.far_checkpoints: dict[int, Signed] = {}  # replica -> its highest far-ahead checkpoint
+        self.checkpoints: dict[int, dict[int, Signed[Checkpoint]]] = {}
+        self.far_checkpoints: dict[int, Signed[Checkpoint]] = {}  # replica -> its highest far-ahead checkpoint
         self.own_snapshots: dict[int, tuple[bytes, bytes]] = {}  # seq -> (digest, snapshot)
         self.stable_digest = b""
-        self.stable_proof: tuple[Signed, ...] = ()
+        self.stable_proof: tuple[Signed[Checkpoint], ...] = ()
         self.stable_snapshot: bytes | None = None
         # view change state
-        self.view_changes: dict[int, Signed] = {}  # sender -> its highest-view VIEW-CHANGE
-        self.my_view_change: Signed | None = None
-        self.new_view_msg: Signed | None = None  # NEW-VIEW of the current view (view > 0)
+        self.view_changes: dict[int, Signed[ViewChange]] = {}  # sender -> its highest-view VIEW-CHANGE
+        self.my_view_change: Signed[ViewChange] | None = None
+        self.new_view_msg: Signed[NewView] | None = None  # NEW-VIEW of the current view (view > 0)
         self.last_good_view = 0  # the last view in which a request executed (4.5 timer reset)
         self.vc_started_at: float | None = None
         self.vc_cause = ""
@@ -192,9 +201,9 @@ class Replica:
         self.batch_deadline: float | None = None
         self.status_deadline: float = 0.0
         self.transfer: _Transfer | None = None
-        self.transfer_target: tuple[int, bytes, tuple[Signed, ...]] | None = None
+        self.transfer_target: tuple[int, bytes, tuple[Signed[Checkpoint], ...]] | None = None
         self.last_timer: float | None = None
-        self.evidence_seen: set[tuple] = set()
+        self.evidence_seen: set[tuple[Any, ...]] = set()
         self.diverged: set[int] = set()
         self.heard_from: dict[int, float] = {}  # peer -> last time a valid message came  # checkpoint seqs where our digest differed from the proof
         self.drops: collections.Counter[str] = collections.Counter()
@@ -351,8 +360,9 @@ class Replica:
     def _event(self, event_kind: str, /, **fields: Any) -> None:
         self._out.append(Event(event_kind, fields))
 
-    def _sign(self, statement: Any) -> Signed:
-        return self.signer.sign(statement)
+    def _sign(self, statement: S) -> Signed[S]:
+        signed: Signed[S] = self.signer.sign(statement)
+        return signed
 
     def _persist(self, kind: int, message: Record) -> None:
         self._out.append(Persist(encode_record(kind, message)))
@@ -419,7 +429,7 @@ class Replica:
             # primary that slows down on purpose can stretch this only up to the ceiling.
             pace = self.exec_pace.silence_for_phi_s(self.config.phi_threshold)
             base = max(base, min(pace, cap))
-        return min(base * (2 ** min(self.failed_views, 16)), max(cap, base))
+        return min(base * (1 << min(self.failed_views, 16)), max(cap, base))
 
     @property
     def failed_views(self) -> int:
@@ -527,8 +537,8 @@ class Replica:
 
     # ------------------------------------------------------------------ requests (4.1)
 
-    def _on_request(self, signed: Signed) -> None:
-        req: Request = signed.statement  # type: ignore[assignment]
+    def _on_request(self, signed: Signed[Request]) -> None:
+        req: Request = signed.statement
         key = (req.client, req.timestamp)
         last = self.client_table.get(req.client)
         if last is not None and req.timestamp <= last[0]:
@@ -605,7 +615,7 @@ class Replica:
             held = self.log.get(self.next_seq)
         if self.next_seq > self.log.high:
             return
-        reqs = []
+        reqs: list[Signed[Request]] = []
         size = 0
         while self.pending and len(reqs) < self.config.batch_max_requests:
             key, signed = self.pending.popitem(last=False)
@@ -644,16 +654,16 @@ class Replica:
 
     def _on_proposal(self, proposal: Proposal) -> None:
         pp_signed = proposal.pre_prepare
-        pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
+        pp: PrePrepare = pp_signed.statement
         batch = proposal.batch
         if pp.replica != self.primary(pp.view):
             return self._drop("pre_prepare_not_from_primary")
         held = self.log.get(pp.seq)
-        conflict = (held is not None and held.view == pp.view and held.pre_prepare is not None
-                    and held.pre_prepare.statement.digest != pp.digest)  # type: ignore[union-attr]
-        if conflict:
+        held_pp = held.pre_prepare if held is not None and held.view == pp.view else None
+        conflict = held_pp is not None and held_pp.statement.digest != pp.digest
+        if conflict and held_pp is not None:
             # compared first: its batch may complete the slot below and move the window
-            self._evidence(pp.replica, "pre_prepare", held.pre_prepare, pp_signed,  # type: ignore[union-attr, arg-type]
+            self._evidence(pp.replica, "pre_prepare", held_pp, pp_signed,
                            key=("pp", pp.view, pp.seq))
         digest_ok = self._digest(batch) == pp.digest
         # a batch someone fetched for a NEW-VIEW re-proposal, or a relay in loss recovery, of
@@ -679,10 +689,10 @@ class Replica:
         slot = self.log.slot(pp.seq)
         if slot.view != self.view:
             slot.reset_view(self.view)
-        held = slot.deferred
-        if isinstance(held, Proposal) and held.pre_prepare.statement.digest != pp.digest:  # type: ignore[union-attr]
+        deferred = slot.deferred
+        if deferred is not None and deferred.pre_prepare.statement.digest != pp.digest:
             # one held back (its batch_time too far behind) is still signed: a proof
-            self._evidence(pp.replica, "pre_prepare", held.pre_prepare, pp_signed,
+            self._evidence(pp.replica, "pre_prepare", deferred.pre_prepare, pp_signed,
                            key=("pp", pp.view, pp.seq))
             return self._drop("conflicting_pre_prepare")
         if slot.pre_prepare is not None:  # the same digest (another one is a conflict, above)
@@ -706,7 +716,7 @@ class Replica:
         proposal = slot.deferred
         if not isinstance(proposal, Proposal) or slot.pre_prepare is not None:
             return
-        digest = proposal.pre_prepare.statement.digest  # type: ignore[union-attr]
+        digest = proposal.pre_prepare.statement.digest
         # f+1 backups other than us, so one of them correct, prepared it when it was fresh
         if vouched(slot.prepares, digest, (self.primary(), self.id), self.f + 1):
             slot.deferred = None
@@ -749,19 +759,19 @@ class Replica:
                 return max(prev, slot.batch.batch_time)
         return prev
 
-    def _accept_pre_prepare(self, slot: Slot, pp_signed: Signed, batch: Batch | None,
+    def _accept_pre_prepare(self, slot: Slot, pp_signed: Signed[PrePrepare], batch: Batch | None,
                             fresh: bool) -> None:
-        pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
+        pp: PrePrepare = pp_signed.statement
         if slot.decided is not None and slot.decided != pp.digest:
             # committed-local (2f+1 COMMITs, perhaps before its batch came): a decided digest
             # never changes, whatever a primary signs later (PROTOCOL.md "Normal case")
             held = slot.decided_pp
-            if held is not None and held.statement.view == pp.view:  # type: ignore[union-attr]
+            if held is not None and held.statement.view == pp.view:
                 self._evidence(pp.replica, "pre_prepare", held, pp_signed,
                                key=("pp", pp.view, pp.seq))
             return self._drop("conflicts_decided")
         mine = slot.prepares.get(self.id)
-        if mine is not None and mine.statement.digest != pp.digest:  # type: ignore[union-attr]
+        if mine is not None and mine.statement.digest != pp.digest:
             # we prepared another digest for (v, seq) before (e.g. before a crash): never contradict it
             return self._drop("contradicts_own_prepare")
         slot.pre_prepare, slot.digest, slot.fresh = pp_signed, pp.digest, fresh
@@ -774,7 +784,7 @@ class Replica:
             first_seen = self._now
             for s in batch.requests:
                 r = s.statement
-                key = (r.client, r.timestamp)  # type: ignore[union-attr]
+                key = (r.client, r.timestamp)
                 self.assigned[key] = pp.seq
                 first_seen = min(first_seen, self._pending_since.get(key, first_seen))
             if fresh and not self.is_primary and first_seen < self._now:
@@ -797,8 +807,8 @@ class Replica:
         self._arm_progress()
         self._check_prepared(slot)
 
-    def _on_prepare(self, signed: Signed) -> None:
-        p: Prepare = signed.statement  # type: ignore[assignment]
+    def _on_prepare(self, signed: Signed[Prepare]) -> None:
+        p: Prepare = signed.statement
         if p.view != self.view or self.in_view_change:
             return self._drop("wrong_view")
         if p.replica == self.primary(p.view):
@@ -808,7 +818,7 @@ class Replica:
             held = self.log.get(p.seq)  # compared first: a proof whatever the window says
             old = held.prepares.get(p.replica) if held is not None and held.view == p.view \
                 else None
-            if old is not None and old.statement.digest != p.digest:  # type: ignore[union-attr]
+            if old is not None and old.statement.digest != p.digest:
                 self._evidence(p.replica, "prepare", old, signed, key=("p", p.view, p.seq, p.replica))
             return self._drop(refused)
         slot = self.log.slot(p.seq)
@@ -816,7 +826,7 @@ class Replica:
             slot.reset_view(self.view)
         added = add_vote(slot.prepares, p.replica, signed)
         if added is not ADDED:
-            if type(added) is Conflict:
+            if type(added) is ConflictingVotes:
                 self._evidence(p.replica, "prepare", added.first, added.second,
                                key=("p", p.view, p.seq, p.replica))
             return self._drop("duplicate_prepare")
@@ -839,7 +849,7 @@ class Replica:
             return
         slot.prepared = True
         slot.cert = PreparedCert(slot.pre_prepare, prepares)
-        pp: PrePrepare = slot.pre_prepare.statement  # type: ignore[assignment]
+        pp: PrePrepare = slot.pre_prepare.statement
         commit = self._sign(Commit(pp.view, pp.seq, pp.digest, self.id))
         slot.commits[self.id] = commit
         slot.sent_commit = True
@@ -848,8 +858,8 @@ class Replica:
         self._out.append(Broadcast(commit))
         self._check_committed(slot)
 
-    def _on_commit(self, signed: Signed) -> None:
-        c: Commit = signed.statement  # type: ignore[assignment]
+    def _on_commit(self, signed: Signed[Commit]) -> None:
+        c: Commit = signed.statement
         if c.view > self.view:
             return self._drop("wrong_view")
         if c.view < self.view or self.in_view_change:
@@ -870,11 +880,11 @@ class Replica:
         slot.commits[c.replica] = signed
         self._check_committed(slot)
 
-    def _on_certificate_commit(self, signed: Signed) -> None:
+    def _on_certificate_commit(self, signed: Signed[Commit]) -> None:
         """A COMMIT of an earlier view, relayed by a peer with its commit certificate: 2f+1
         matching COMMITs of one view for (seq, d) mean f+1 correct replicas prepared d there,
         so d is committed at seq (4.2, 4.4): a replica that lagged behind may execute it."""
-        c: Commit = signed.statement  # type: ignore[assignment]
+        c: Commit = signed.statement
         held_slot = self.log.get(c.seq)
         if held_slot is not None:
             self._conflicting_commit(held_slot, signed)
@@ -892,27 +902,27 @@ class Replica:
         if cert is not None:
             self._decide_by_certificate(slot, c.digest, cert)
 
-    def _conflicting_commit(self, slot: Slot, signed: Signed) -> None:
+    def _conflicting_commit(self, slot: Slot, signed: Signed[Commit]) -> None:
         """Evidence when we hold a COMMIT of the same signer for the same (v, seq) with another
         digest (among the current view's votes or the relayed votes of earlier views)."""
-        c: Commit = signed.statement  # type: ignore[assignment]
+        c: Commit = signed.statement
         held = slot.commits.get(c.replica) if slot.view == c.view else None
         if held is None:
             for (view, digest), votes in slot.old_commits.items():
                 if view == c.view and digest != c.digest and c.replica in votes:
                     held = votes[c.replica]
                     break
-        if held is not None and held.statement.digest != c.digest:  # type: ignore[union-attr]
+        if held is not None and held.statement.digest != c.digest:
             self._evidence(c.replica, "commit", held, signed, key=("c", c.view, c.seq, c.replica))
 
-    def _decide_by_certificate(self, slot: Slot, digest: bytes, cert: tuple[Signed, ...]) -> None:
+    def _decide_by_certificate(self, slot: Slot, digest: bytes, cert: tuple[Signed[Commit], ...]) -> None:
         slot.decided = digest
         slot.commit_cert = cert
         slot.old_commits = {}
         self.counters["decided_by_certificate"] += 1
         if slot.batch is None or self._digest(slot.batch) != digest:
             slot.batch = self.batches.get(digest)
-        if slot.pre_prepare is not None and slot.pre_prepare.statement.digest == digest:  # type: ignore[union-attr]
+        if slot.pre_prepare is not None and slot.pre_prepare.statement.digest == digest:
             slot.decided_pp = slot.pre_prepare
         if slot.batch is None:
             return self._fetch_decided(slot)
@@ -924,8 +934,8 @@ class Replica:
         self.needed_batches[slot.decided] = slot.seq
         fetch = self._sign(Fetch(self.view, slot.seq, slot.decided, self.id))
         for s in slot.commit_cert:
-            if s.statement.replica != self.id:  # type: ignore[union-attr]
-                self._out.append(Send(s.statement.replica, fetch))  # type: ignore[union-attr]
+            if s.statement.replica != self.id:
+                self._out.append(Send(s.statement.replica, fetch))
 
     def _check_committed(self, slot: Slot) -> None:
         """committed-local: prepared + 2f+1 matching COMMITs, own included (4.2)."""
@@ -938,12 +948,12 @@ class Replica:
             for digest, cert in commit_certificates(slot.commits, self.quorum):
                 self._decide_by_certificate(slot, digest, cert)
             return
-        cert = commit_certificate(slot.commits, slot.digest, self.quorum)
-        if cert is None:
+        decided = commit_certificate(slot.commits, slot.digest, self.quorum)
+        if decided is None:
             return
         slot.decided = slot.digest
         slot.decided_pp = slot.pre_prepare
-        slot.commit_cert = cert
+        slot.commit_cert = decided
         self._execute_ready()
 
     # ------------------------------------------------------------------ execution
@@ -1008,7 +1018,7 @@ class Replica:
         results = []
         max_clock_skew_us = int(self.config.max_clock_skew_s * 1_000_000)
         for index, s in enumerate(batch.requests):
-            r: Request = s.statement  # type: ignore[assignment]
+            r: Request = s.statement
             key = (r.client, r.timestamp)
             self.pending.pop(key, None)
             self.assigned.pop(key, None)
@@ -1097,20 +1107,20 @@ class Replica:
 
     # ------------------------------------------------------------------ checkpoints (4.3)
 
-    def _on_checkpoint(self, signed: Signed) -> None:
-        cp: Checkpoint = signed.statement  # type: ignore[assignment]
+    def _on_checkpoint(self, signed: Signed[Checkpoint]) -> None:
+        cp: Checkpoint = signed.statement
         if cp.seq <= self.log.low or cp.seq % self.config.checkpoint_interval:
             return self._drop("old_checkpoint")
         if cp.seq > self.log.high + self.config.log_window:
             return self._far_checkpoint(signed)
         self._add_checkpoint(signed)
 
-    def _far_checkpoint(self, signed: Signed) -> None:
+    def _far_checkpoint(self, signed: Signed[Checkpoint]) -> None:
         """A checkpoint far beyond our window (we are far behind): keep only each replica's
         highest one (bounded memory) and look for 2f+1 that match."""
-        cp: Checkpoint = signed.statement  # type: ignore[assignment]
+        cp: Checkpoint = signed.statement
         old = self.far_checkpoints.get(cp.replica)
-        if old is not None and old.statement.seq >= cp.seq:  # type: ignore[union-attr]
+        if old is not None and old.statement.seq >= cp.seq:
             return self._drop("old_checkpoint")
         self.far_checkpoints[cp.replica] = signed
         proof = checkpoint_certificate(self.far_checkpoints.values(), cp.seq, cp.state_digest,
@@ -1119,12 +1129,12 @@ class Replica:
             self.far_checkpoints = {}
             self._on_stable_proof(cp.seq, cp.state_digest, proof)
 
-    def _add_checkpoint(self, signed: Signed) -> None:
-        cp: Checkpoint = signed.statement  # type: ignore[assignment]
+    def _add_checkpoint(self, signed: Signed[Checkpoint]) -> None:
+        cp: Checkpoint = signed.statement
         votes = self.checkpoints.setdefault(cp.seq, {})
         added = add_vote(votes, cp.replica, signed)
         if added is not ADDED:
-            if type(added) is Conflict:
+            if type(added) is ConflictingVotes:
                 self._evidence(cp.replica, "checkpoint", added.first, added.second,
                                key=("cp", cp.seq, cp.replica))
             return
@@ -1137,7 +1147,7 @@ class Replica:
     def _diverged_at(self, seq: int) -> bool:
         return seq in self.diverged
 
-    def _on_stable_proof(self, seq: int, digest: bytes, proof: tuple[Signed, ...]) -> None:
+    def _on_stable_proof(self, seq: int, digest: bytes, proof: tuple[Signed[Checkpoint], ...]) -> None:
         """2f+1 matching CHECKPOINTs make seq stable; a replica behind or diverged fetches state."""
         self._learned_stable(seq)
         own = self.own_snapshots.get(seq)
@@ -1159,7 +1169,7 @@ class Replica:
                    and s.batch is not None
                    for q in range(self.last_executed + 1, seq + 1))
 
-    def _make_stable(self, seq: int, digest: bytes, proof: tuple[Signed, ...],
+    def _make_stable(self, seq: int, digest: bytes, proof: tuple[Signed[Checkpoint], ...],
                      snapshot: bytes) -> None:
         self.log.advance(seq)
         if self.votes_lost and self.vote_floor is not None and seq >= self.vote_floor:
@@ -1233,7 +1243,7 @@ class Replica:
         seq, digest, proof = self.transfer_target
         if self.transfer is not None and self.transfer.seq >= seq:
             return
-        sources = sorted({s.statement.replica for s in proof} - {self.id})  # type: ignore[union-attr]
+        sources = sorted({s.statement.replica for s in proof} - {self.id})
         if not sources:
             return
         self.transfer = _Transfer(seq, digest, proof, sources)
@@ -1252,8 +1262,8 @@ class Replica:
         t.deadline = self._now + max(self._vc_timeout(), 0.5)
         self._out.append(Send(source, self._sign(FetchState(t.seq, t.digest, self.id))))
 
-    def _on_fetch_state(self, signed: Signed) -> None:
-        req: FetchState = signed.statement  # type: ignore[assignment]
+    def _on_fetch_state(self, signed: Signed[FetchState]) -> None:
+        req: FetchState = signed.statement
         if req.seq != self.log.low or self.stable_snapshot is None or req.state_digest != self.stable_digest:
             return self._drop("no_such_state")
         data = self.stable_snapshot
@@ -1264,8 +1274,8 @@ class Replica:
             self._out.append(Send(req.replica, self._sign(chunk)))
         self.counters["state_chunks_sent"] += count
 
-    def _on_state_chunk(self, signed: Signed) -> None:
-        c: StateChunk = signed.statement  # type: ignore[assignment]
+    def _on_state_chunk(self, signed: Signed[StateChunk]) -> None:
+        c: StateChunk = signed.statement
         t = self.transfer
         if t is None or c.seq != t.seq or c.state_digest != t.digest or t.chunks is None:
             return self._drop("unexpected_state_chunk")
@@ -1286,7 +1296,8 @@ class Replica:
             return self._request_state(retry=True)
         self._install_state(t.seq, t.digest, t.proof, data)
 
-    def _install_state(self, seq: int, digest: bytes, proof: tuple[Signed, ...], data: bytes) -> None:
+    def _install_state(self, seq: int, digest: bytes, proof: tuple[Signed[Checkpoint], ...],
+                       data: bytes) -> None:
         if seq <= self.last_executed and not self._diverged_at(seq):
             self.transfer = None  # we caught up through the log meanwhile: never roll back
             self._drop("stale_state_transfer")
@@ -1305,7 +1316,8 @@ class Replica:
 
     # ------------------------------------------------------------------ evidence
 
-    def _evidence(self, culprit: int, kind: str, first: Signed, second: Signed, key: tuple) -> None:
+    def _evidence(self, culprit: int, kind: str, first: Signed[Statement],
+                  second: Signed[Statement], key: tuple[Any, ...]) -> None:
         if key in self.evidence_seen:
             return
         self.evidence_seen.add(key)
@@ -1361,8 +1373,8 @@ class Replica:
         if count_at_or_above(self.view_changes, self.view) >= self.quorum:
             self.new_view_deadline = self._now + self._vc_timeout()
 
-    def _on_view_change(self, signed: Signed) -> None:
-        vc: ViewChange = signed.statement  # type: ignore[assignment]
+    def _on_view_change(self, signed: Signed[ViewChange]) -> None:
+        vc: ViewChange = signed.statement
         if vc.view <= self.view and not (self.in_view_change and vc.view == self.view):
             if vc.view < self.view or not self.in_view_change:
                 # a peer behind us: help it with the NEW-VIEW we entered
@@ -1373,7 +1385,7 @@ class Replica:
         if problem:
             return self._drop("bad_view_change:" + problem)
         old = self.view_changes.get(vc.replica)
-        if old is not None and old.statement.view >= vc.view:  # type: ignore[union-attr]
+        if old is not None and old.statement.view >= vc.view:
             return self._drop("duplicate_view_change")
         self.view_changes[vc.replica] = signed
         # join: f+1 view changes for views above ours move us to the smallest of them (4.5)
@@ -1394,15 +1406,15 @@ class Replica:
         vcs = view_change_certificate(self.view_changes, self.view, self.quorum)
         if vcs is None:
             return
-        plan = plan_new_view([s.statement for s in vcs], NULL_DIGEST)  # type: ignore[misc]
+        plan = plan_new_view([s.statement for s in vcs], NULL_DIGEST)
         pps = tuple(self._sign(PrePrepare(self.view, seq, d, self.id)) for seq, d in plan.digests)
         nv = self._sign(NewView(self.view, vcs, pps, self.id))
         self._persist(REC_SENT, nv)
         self._out.append(Broadcast(nv))
         self._enter_view(nv, plan)
 
-    def _on_new_view(self, signed: Signed) -> None:
-        nv: NewView = signed.statement  # type: ignore[assignment]
+    def _on_new_view(self, signed: Signed[NewView]) -> None:
+        nv: NewView = signed.statement
         if nv.view < self.view or (nv.view == self.view and not self.in_view_change):
             return self._drop("old_new_view")
         problem, plan = new_view_problem(self.geo, nv, NULL_DIGEST)
@@ -1412,7 +1424,7 @@ class Replica:
         self._persist(REC_NEW_VIEW, signed)
         self._enter_view(signed, plan)
 
-    def _enter_view(self, nv_signed: Signed, plan: Any) -> None:
+    def _enter_view(self, nv_signed: Signed[NewView], plan: NewViewPlan) -> None:
         # nothing is proposed until O is logged and next_seq is past it (adopting the
         # checkpoint below may reach _make_stable's _try_propose): see the end
         self._entering_view = True
@@ -1426,8 +1438,8 @@ class Replica:
             self._arm_progress()
         self._execute_ready()
 
-    def _enter_view_steps(self, nv_signed: Signed, plan: Any) -> None:
-        nv: NewView = nv_signed.statement  # type: ignore[assignment]
+    def _enter_view_steps(self, nv_signed: Signed[NewView], plan: NewViewPlan) -> None:
+        nv: NewView = nv_signed.statement
         started = self.vc_started_at
         self.view = nv.view
         self.in_view_change = False
@@ -1436,7 +1448,7 @@ class Replica:
         self.my_view_change = None
         self.new_view_deadline = None
         self.view_changes = {r: s for r, s in self.view_changes.items()
-                             if s.statement.view > self.view}  # type: ignore[union-attr]
+                             if s.statement.view > self.view}
         self.counters["views_entered"] += 1
         self._event("new_view", view=self.view, primary=self.primary(), cause=self.vc_cause,
                     duration_s=(self._now - started) if started is not None else 0.0)
@@ -1463,7 +1475,7 @@ class Replica:
                                if (held := self.log.get(q)) is not None and held.decided == d
                                and held.batch is None}
         for pp_signed in nv.pre_prepares:
-            pp: PrePrepare = pp_signed.statement  # type: ignore[assignment]
+            pp: PrePrepare = pp_signed.statement
             if pp.seq <= self.proven_low or self._may_have_voted(pp.seq):
                 continue  # decided, or our earlier vote is lost: no vote of ours now
             slot = self.log.slot(pp.seq)
@@ -1476,20 +1488,20 @@ class Replica:
             if batch is None:
                 cert = plan.certs.get(pp.seq)
                 self.needed_batches[pp.digest] = pp.seq
-                holders = [s.statement.replica for s in cert.prepares] if cert else []  # type: ignore[union-attr]
+                holders = [s.statement.replica for s in cert.prepares] if cert else []
                 fetch = self._sign(Fetch(pp.view, pp.seq, pp.digest, self.id))
                 targets = sorted(set(holders + [cert.pre_prepare.statement.replica]) - {self.id}) \
-                    if cert else []  # type: ignore[union-attr]
+                    if cert else []
                 for r in targets or [x for x in range(self.n) if x != self.id]:
                     self._out.append(Send(r, fetch))
             self._accept_pre_prepare(slot, pp_signed, batch, fresh=False)
         for slot in self.log.slots.values():
             if slot.decided is not None and slot.batch is not None:
                 for r in slot.batch.requests:
-                    self.assigned.setdefault((r.statement.client, r.statement.timestamp), slot.seq)  # type: ignore[union-attr]
+                    self.assigned.setdefault((r.statement.client, r.statement.timestamp), slot.seq)
         for signed in orphans:
             r = signed.statement
-            key = (r.client, r.timestamp)  # type: ignore[union-attr]
+            key = (r.client, r.timestamp)
             last = self.client_table.get(key[0])
             if key not in self.assigned and (last is None or last[0] < key[1]):
                 self.pending.setdefault(key, signed)
@@ -1504,7 +1516,7 @@ class Replica:
             for signed in itertools.islice(live, MAX_RESEND_PER_STATUS):
                 self._out.append(Send(self.primary(), signed))
 
-    def _got_batch(self, digest: bytes, batch: Batch, pp: Signed | None = None) -> None:
+    def _got_batch(self, digest: bytes, batch: Batch, pp: Signed[PrePrepare] | None = None) -> None:
         seq = self.needed_batches.pop(digest, None)
         self.batches[digest] = batch
         if seq is None:
@@ -1521,7 +1533,7 @@ class Replica:
             slot.batch = batch
             for s in batch.requests:
                 r = s.statement
-                self.assigned[(r.client, r.timestamp)] = seq  # type: ignore[union-attr]
+                self.assigned[(r.client, r.timestamp)] = seq
             self._check_prepared(slot)
             self._check_committed(slot)
             self._execute_ready()
@@ -1535,19 +1547,19 @@ class Replica:
         request assigned to another seq, rule 5) nor its batch_time (rule 6)."""
         return any(self.last_executed < q < self.next_seq for q in self.needed_batches.values())
 
-    def _on_fetch(self, signed: Signed) -> None:
-        req: Fetch = signed.statement  # type: ignore[assignment]
+    def _on_fetch(self, signed: Signed[Fetch]) -> None:
+        req: Fetch = signed.statement
         batch = self.batches.get(req.digest)
         if batch is None:
             return self._drop("fetch_unknown_batch")
         slot = self.log.get(req.seq)
         pp = slot.pre_prepare if slot is not None and slot.pre_prepare is not None else None
-        if pp is None or pp.statement.digest != req.digest:  # type: ignore[union-attr]
+        if pp is None or pp.statement.digest != req.digest:
             if slot is not None and slot.cert is not None and \
-                    slot.cert.pre_prepare.statement.digest == req.digest:  # type: ignore[union-attr]
+                    slot.cert.pre_prepare.statement.digest == req.digest:
                 pp = slot.cert.pre_prepare
             elif slot is not None and slot.decided_pp is not None and \
-                    slot.decided_pp.statement.digest == req.digest:  # type: ignore[union-attr]
+                    slot.decided_pp.statement.digest == req.digest:
                 pp = slot.decided_pp
             else:
                 return self._drop("fetch_unknown_batch")
@@ -1612,8 +1624,8 @@ class Replica:
             if sent >= MAX_RESEND_PER_STATUS:
                 break
 
-    def _on_status(self, signed: Signed) -> None:
-        st: Status = signed.statement  # type: ignore[assignment]
+    def _on_status(self, signed: Signed[Status]) -> None:
+        st: Status = signed.statement
         peer = st.replica
         out = self._out
         # Resend only to a peer that is stuck: no progress since its previous STATUS. A peer
@@ -1629,10 +1641,10 @@ class Replica:
         stuck = prev is not None and st.last_executed <= prev[0]
         rounds = 0
         relayed: set[int] = set()  # seqs whose certificate and batch went out already
-        if stuck and (self.last_executed > st.last_executed or any(
+        if stuck and prev is not None and (self.last_executed > st.last_executed or any(
                 seq > st.last_executed and slot.pre_prepare is not None
                 for seq, slot in self.log.slots.items())):
-            rounds = prev[2] + 1  # type: ignore[index]
+            rounds = prev[2] + 1
         self._peer_progress[peer] = (st.last_executed, st.stable_seq, rounds)
         if prev is None:
             return
@@ -1738,33 +1750,33 @@ class Replica:
                 assert isinstance(msg, PreparedCert)
                 cert = msg
                 pp = cert.pre_prepare.statement
-                if pp.seq > self.log.low:  # type: ignore[union-attr]
-                    slot = self.log.slot(pp.seq)  # type: ignore[union-attr]
-                    if slot.cert is None or slot.cert.pre_prepare.statement.view <= pp.view:  # type: ignore[union-attr]
+                if pp.seq > self.log.low:
+                    slot = self.log.slot(pp.seq)
+                    if slot.cert is None or slot.cert.pre_prepare.statement.view <= pp.view:
                         slot.cert = cert
                 continue
             if kind == REC_PROPOSAL:
                 assert isinstance(msg, Proposal)
                 pp = msg.pre_prepare.statement
-                self.batches[pp.digest] = msg.batch  # type: ignore[union-attr]
-                if pp.seq > self.log.low:  # type: ignore[union-attr]
-                    slot = self.log.slot(pp.seq)  # type: ignore[union-attr]
-                    if slot.view != pp.view:  # type: ignore[union-attr]
-                        slot.reset_view(pp.view)  # type: ignore[union-attr]
-                    slot.pre_prepare, slot.digest, slot.batch = msg.pre_prepare, pp.digest, msg.batch  # type: ignore[union-attr]
+                self.batches[pp.digest] = msg.batch
+                if pp.seq > self.log.low:
+                    slot = self.log.slot(pp.seq)
+                    if slot.view != pp.view:
+                        slot.reset_view(pp.view)
+                    slot.pre_prepare, slot.digest, slot.batch = msg.pre_prepare, pp.digest, msg.batch
                     for r in msg.batch.requests:
-                        self.assigned[(r.statement.client, r.statement.timestamp)] = pp.seq  # type: ignore[union-attr]
-                    if pp.replica == self.id:  # type: ignore[union-attr]
-                        own_top[pp.view] = max(own_top.get(pp.view, 0), pp.seq)  # type: ignore[union-attr]
-                max_view = max(max_view, pp.view)  # type: ignore[union-attr]
+                        self.assigned[(r.statement.client, r.statement.timestamp)] = pp.seq
+                    if pp.replica == self.id:
+                        own_top[pp.view] = max(own_top.get(pp.view, 0), pp.seq)
+                max_view = max(max_view, pp.view)
                 continue
             if kind == REC_NEW_VIEW:
                 assert isinstance(msg, Signed)
                 nv = msg.statement
-                if nv.view >= entered_view:  # type: ignore[union-attr]
-                    entered_view = nv.view  # type: ignore[union-attr]
+                if nv.view >= entered_view:
+                    entered_view = nv.view
                     self.new_view_msg = msg
-                max_view = max(max_view, nv.view)  # type: ignore[union-attr]
+                max_view = max(max_view, nv.view)
                 continue
             assert isinstance(msg, Signed)
             st = msg.statement
@@ -1794,8 +1806,8 @@ class Replica:
             elif isinstance(st, Checkpoint):
                 pass
         self.view = max_view
-        if self.my_view_change is not None and self.my_view_change.statement.view > entered_view:  # type: ignore[union-attr]
-            self.view = self.my_view_change.statement.view  # type: ignore[union-attr]
+        if self.my_view_change is not None and self.my_view_change.statement.view > entered_view:
+            self.view = self.my_view_change.statement.view
             self.in_view_change = True
         else:
             self.my_view_change = None
@@ -1809,7 +1821,7 @@ class Replica:
                 slot.reset_view(self.view)
                 # keep the batch a certificate refers to
                 if slot.cert is not None:
-                    d = slot.cert.pre_prepare.statement.digest  # type: ignore[union-attr]
+                    d = slot.cert.pre_prepare.statement.digest
                     slot.batch = self.batches.get(d)
             elif slot.pre_prepare is not None and slot.digest is not None:
                 slot.accepted_at = 0.0
@@ -1817,16 +1829,16 @@ class Replica:
             for slot in self.log.slots.values():
                 slot.reset_view(self.view)
         elif self.new_view_msg is not None and entered_view == self.view:
-            for pp_signed in self.new_view_msg.statement.pre_prepares:  # type: ignore[union-attr]
+            for pp_signed in self.new_view_msg.statement.pre_prepares:
                 pp = pp_signed.statement
-                if pp.seq <= self.log.low:  # type: ignore[union-attr]
+                if pp.seq <= self.log.low:
                     continue
-                slot = self.log.slot(pp.seq)  # type: ignore[union-attr]
+                slot = self.log.slot(pp.seq)
                 if slot.view != self.view:
                     slot.reset_view(self.view)
                 if slot.pre_prepare is None:
-                    slot.pre_prepare, slot.digest, slot.fresh = pp_signed, pp.digest, False  # type: ignore[union-attr]
-                    slot.batch = slot.batch or self.batches.get(pp.digest)  # type: ignore[union-attr]
+                    slot.pre_prepare, slot.digest, slot.fresh = pp_signed, pp.digest, False
+                    slot.batch = slot.batch or self.batches.get(pp.digest)
         for slot in self.log.slots.values():
             if slot.pre_prepare is not None and self.id in slot.prepares:
                 self._check_prepared_quiet(slot)
@@ -1835,14 +1847,14 @@ class Replica:
         # of earlier views do not count: the NEW-VIEW decided which of them carry over.
         top = max(self.log.low, self.last_executed, own_top.get(self.view, 0))
         if self.new_view_msg is not None and entered_view == self.view and not self.in_view_change:
-            nv: NewView = self.new_view_msg.statement  # type: ignore[assignment]
-            top = max([top] + [p.statement.seq for p in nv.pre_prepares]  # type: ignore[union-attr]
-                      + [vc.statement.stable_seq for vc in nv.view_changes])  # type: ignore[union-attr]
+            entered = self.new_view_msg.statement
+            top = max([top] + [p.statement.seq for p in entered.pre_prepares]
+                      + [vc.statement.stable_seq for vc in entered.view_changes])
         self.next_seq = top + 1
 
     def _check_prepared_quiet(self, slot: Slot) -> None:
         """After recovery: a slot whose certificate we persisted counts as prepared again."""
-        if slot.cert is not None and slot.cert.pre_prepare.statement.view == slot.view:  # type: ignore[union-attr]
+        if slot.cert is not None and slot.cert.pre_prepare.statement.view == slot.view:
             slot.prepared = True
 
     # ------------------------------------------------------------------ observability

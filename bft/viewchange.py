@@ -9,6 +9,7 @@ accepts the NEW-VIEW only if it matches exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bft.messages import (
     Checkpoint,
@@ -35,7 +36,7 @@ class Geometry:
 
 
 def checkpoint_proof_problem(geo: Geometry, seq: int, state_digest: bytes,
-                             proof: tuple[Signed, ...]) -> str | None:
+                             proof: tuple[Signed[Any], ...]) -> str | None:
     """None if `proof` holds 2f+1 signed CHECKPOINTs of distinct replicas for (seq, state_digest).
 
     At seq 0 (the initial state) the proof must be empty.
@@ -98,7 +99,7 @@ def view_change_problem(geo: Geometry, vc: ViewChange) -> str | None:
                                         vc.stable_seq + geo.log_window)
         if problem:
             return problem
-        seq = cert.pre_prepare.statement.seq  # type: ignore[union-attr]
+        seq = cert.pre_prepare.statement.seq
         if seq in seen:
             return "cert_duplicate_seq"
         seen.add(seq)
@@ -128,13 +129,13 @@ def plan_new_view(view_changes: list[ViewChange], null_digest: bytes) -> NewView
             if pp.seq <= min_s:
                 continue
             cur = best.get(pp.seq)
-            if cur is None or pp.view > cur.pre_prepare.statement.view:  # type: ignore[union-attr]
+            if cur is None or pp.view > cur.pre_prepare.statement.view:
                 best[pp.seq] = cert
     max_s = max(best, default=min_s)
     digests = []
     for seq in range(min_s + 1, max_s + 1):
-        cert = best.get(seq)
-        digests.append((seq, cert.pre_prepare.statement.digest if cert else null_digest))  # type: ignore[union-attr]
+        chosen = best.get(seq)
+        digests.append((seq, chosen.pre_prepare.statement.digest if chosen else null_digest))
     return NewViewPlan(min_s, max_s, best_cp, tuple(digests), best)
 
 

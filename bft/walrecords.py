@@ -20,7 +20,7 @@ decoders; anything else raises `MalformedMessage` naming the record's problem.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import cbor2
 
@@ -39,7 +39,7 @@ RECORD_KINDS = (REC_SENT, REC_PROPOSAL, REC_CERT, REC_NEW_VIEW)
 # two and the kind (each kind is below 24, so one byte)
 _RECORD_HEADS = {kind: bytes((0x82, kind)) for kind in RECORD_KINDS}
 
-Record = Union[Signed, Proposal, PreparedCert]
+Record = Union[Signed[Any], Proposal, PreparedCert]
 
 
 def encode_record(kind: int, message: Record) -> bytes:
@@ -73,13 +73,13 @@ def decode_record(raw: bytes, limits: codec.Limits) -> tuple[int, Record]:
 
 
 def encode_snapshot(seq: int, state_digest: bytes, state: bytes,
-                    proof: tuple[Signed, ...]) -> bytes:
+                    proof: tuple[Signed[Any], ...]) -> bytes:
     """The snapshot of stable checkpoint `seq` as `SaveSnapshot` carries it."""
     return cbor2.dumps([seq, state_digest, state, [codec.encode(s) for s in proof]])
 
 
 def decode_snapshot(data: bytes,
-                    limits: codec.Limits) -> tuple[int, bytes, bytes, tuple[Signed, ...]]:
+                    limits: codec.Limits) -> tuple[int, bytes, bytes, tuple[Signed[Any], ...]]:
     """(seq, state_digest, state, proof) of a snapshot; MalformedMessage if it is not one."""
     try:
         seq, digest, state, proof_bytes = cbor2.loads(data)

@@ -168,7 +168,7 @@ def test_add_vote_keeps_the_first_and_reports_conflicts(ballot: tuple, more: lis
         elif held.statement.digest == DIGESTS[d]:
             assert got is quorum.DUPLICATE and votes[v] is held
         else:
-            assert isinstance(got, quorum.Conflict)
+            assert isinstance(got, quorum.ConflictingVotes)
             assert (got.voter, got.first, got.second) == (v, held, _vote(Prepare, v, d))
             assert votes[v] is held
 
