@@ -1,6 +1,7 @@
 """Vote counting: quorum sizes and tallies (as etcd-io/raft's quorum/ package).
 
-Pure math over votes the replica already verified. The sizes:
+Pure math over votes the replica already verified. `Geometry` is what checking a
+certificate needs to know of the cluster (n, f, the log window, the quorum). The sizes:
 
 * `quorum_size(n, f)`: ceil((n+f+1)/2), 2f+1 when n = 3f+1. Any two quorums share at
   least f+1 replicas, so at least one correct replica, which never votes for two values:
@@ -25,6 +26,19 @@ from typing import Iterable, Mapping, Sequence, TypeVar
 from bft.messages import Checkpoint, Commit, Prepare, Signed, ViewChange
 
 V = TypeVar("V", Prepare, Commit, Checkpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """What validation needs to know of the cluster."""
+
+    n: int
+    f: int
+    log_window: int
+    quorum: int  # 2f+1 when n = 3f+1 (ClusterConfig.quorum in general)
+
+    def primary(self, view: int) -> int:
+        return view % self.n
 
 
 def quorum_size(n: int, f: int) -> int:
