@@ -60,9 +60,9 @@ def min_overlap(n: int, q: int) -> int:
 def vote_value(statement: Prepare | Commit | Checkpoint) -> bytes:
     """What a vote is for: the batch digest of a PREPARE or COMMIT, the state digest of a
     CHECKPOINT."""
-    if type(statement) is Checkpoint:
+    if isinstance(statement, Checkpoint):
         return statement.state_digest
-    return statement.digest  # type: ignore[union-attr]
+    return statement.digest
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,19 +56,14 @@ def decode_record(raw: bytes, limits: codec.Limits) -> tuple[int, Record]:
         raise MalformedMessage(f"bad WAL record: {e}") from e
     if type(body) is not bytes:
         raise MalformedMessage("bad WAL record: its body is not a byte string")
-    message: Record
     if kind == REC_CERT:
-        message = codec.decode_prepared_cert_untrusted(body, limits)
-    elif kind in (REC_SENT, REC_NEW_VIEW):
-        message = codec.decode_untrusted(body, limits)  # type: ignore[assignment]
-        if not isinstance(message, Signed):
-            raise MalformedMessage(f"bad WAL record: kind {kind} holds a {type(message).__name__}")
-    elif kind == REC_PROPOSAL:
-        message = codec.decode_untrusted(body, limits)  # type: ignore[assignment]
-        if not isinstance(message, Proposal):
-            raise MalformedMessage(f"bad WAL record: kind {kind} holds a {type(message).__name__}")
-    else:
+        return kind, codec.decode_prepared_cert_untrusted(body, limits)
+    if kind not in RECORD_KINDS:
         raise MalformedMessage(f"bad WAL record: unknown kind {kind!r} (known: {RECORD_KINDS})")
+    message = codec.decode_untrusted(body, limits)
+    expected = Proposal if kind == REC_PROPOSAL else Signed
+    if not isinstance(message, expected):
+        raise MalformedMessage(f"bad WAL record: kind {kind} holds a {type(message).__name__}")
     return kind, message
 
 
