@@ -249,10 +249,10 @@ def ascii_plot(points: Sequence[tuple[str, float, float]], *, width: int = 60,
                 if grid[row][col + 1 + i] == " ":
                     grid[row][col + 1 + i] = ch
     lines = [f"{y_label}"]
-    for r, row in enumerate(grid):
+    for r, cells in enumerate(grid):
         tick = y_max * (height - 1 - r) / (height - 1)
         prefix = f"{tick:8.1f} |" if r % 3 == 0 or r == height - 1 else "         |"
-        lines.append(prefix + "".join(row).rstrip())
+        lines.append(prefix + "".join(cells).rstrip())
     lines.append("         +" + "-" * width)
     lines.append(f"          0{'':{width - 12}}{x_max:>10.0f}")
     lines.append(f"          {x_label:^{width}}")
@@ -384,6 +384,7 @@ class TelemetryListener:
         from bft.errors import MalformedMessage
         from bft.telemetry import (
             CommitBatch,
+            ControlCommand,
             StatusSnapshot,
             TelemetryEvent,
             decode_signed_untrusted,
@@ -404,6 +405,9 @@ class TelemetryListener:
                     msg, _ = decode_signed_untrusted(rec.payload, self.verifier)
                 except MalformedMessage:
                     self.bad += 1
+                    continue
+                if isinstance(msg, ControlCommand):
+                    self.bad += 1  # not telemetry a node sends
                     continue
                 seen = self.nodes.setdefault(msg.node, _NodeSeen())
                 if isinstance(msg, StatusSnapshot):

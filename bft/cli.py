@@ -271,13 +271,15 @@ def cmd_node(args: argparse.Namespace) -> int:
     tune_gc()
 
     def announce() -> None:
-        print(f"node {args.id} listening on {me} (view {node.core.view}, "
-              f"executed {node.core.last_executed})", flush=True)
+        core = node.core
+        assert core is not None  # open() made it
+        print(f"node {args.id} listening on {me} (view {core.view}, "
+              f"executed {core.last_executed})", flush=True)
         if args.ready_file is not None:
             from bft.launcher import write_ready_file
 
             write_ready_file(args.ready_file, id=args.id, address=str(me),
-                             view=node.core.view, last_executed=node.core.last_executed)
+                             view=core.view, last_executed=core.last_executed)
 
     trio.run(serve_until_signal, node, announce)
     return 0
@@ -512,7 +514,7 @@ def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path
             threading.Thread(target=trio.run, daemon=True, args=(
                 _drive_load, config, state_dir, key_dir, load_ops_per_s, say)).start()
         # the terminal went away (tmux killed, ssh dropped): stop the nodes, then exit
-        _signal.signal(_signal.SIGHUP, lambda *_: (cluster.terminate_all(), os._exit(129)))
+        _signal.signal(_signal.SIGHUP, lambda *_: (cluster.terminate_all(), os._exit(129)))  # type: ignore[func-returns-value]
         run_dashboard(duration_s)
     finally:
         cluster.terminate_all()
@@ -688,7 +690,7 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
             claim.release()
         if history is not None:
             history.finish(_time.monotonic_ns())
-            history.write(history_path)
+            history.write(history_path)  # type: ignore[arg-type]  # (set with the history)
             say(f"[load] history of {len(history.entries)} "
                 f"events written to {history_path}")
 

@@ -943,3 +943,15 @@ def decode_statement_untrusted(body: bytes, limits: Limits = DEFAULT_LIMITS) -> 
     `Proposal`, `PreparedCert`, `MacReply`) are rejected at the top of a body.
     """
     return _decode(_STATEMENTS_BY_TAG, _FAST_STATEMENTS, body, limits)
+
+
+_CERT_BY_TAG = _by_tag((m.PreparedCert,))
+_FAST_CERT = _fast_table((m.PreparedCert,))
+
+
+def decode_prepared_cert_untrusted(data: bytes, limits: Limits = DEFAULT_LIMITS) -> m.PreparedCert:
+    """Decode a `PreparedCert` on its own: a replica's WAL keeps them (bft/walrecords.py).
+
+    Same guarantees as `decode_untrusted`; any other message is rejected.
+    """
+    return _decode(_CERT_BY_TAG, _FAST_CERT, data, limits)  # type: ignore[no-any-return]

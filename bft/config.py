@@ -46,7 +46,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -63,6 +63,7 @@ from bft.crypto import (
 )
 from bft.errors import ConfigError
 from bft.messages import PUBLIC_KEY_SIZE
+from bft.quorum import quorum_size, weak_size
 
 __all__ = [
     "FIELD_PATHS",
@@ -262,7 +263,7 @@ def _num(value: float) -> str:
     return str(value) if _is_int(value) else f"{value:g}"
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -330,12 +331,12 @@ class ClusterConfig:
         In general ceil((n+f+1)/2), the smallest size at which any two
         quorums share a correct replica; still at most n-f when n >= 3f+1.
         """
-        return (self.n + self.f) // 2 + 1
+        return quorum_size(self.n, self.f)
 
     @property
     def weak(self) -> int:
         """f+1: enough matching messages to include one correct replica."""
-        return self.f + 1
+        return weak_size(self.f)
 
     def primary(self, view: int) -> int:
         """The id of the primary of `view`: view mod n."""

@@ -526,7 +526,7 @@ class _CachingVerifier:
             self._stats["cache_hits"] += 1
             self._passed_now(signed, key)
             return True
-        identity = signer_of(statement)
+        identity = signer_of(statement)  # type: ignore[arg-type]  # (a statement: checked above)
         if (
             isinstance(identity[1], bool)
             or not isinstance(identity[1], int)
@@ -757,7 +757,7 @@ class Ed25519Keys:
 try:  # hmac.digest's own fast path, without its Python wrapper
     from _hashlib import hmac_digest as _hmac_digest
 except ImportError:  # pragma: no cover - Python built without OpenSSL
-    _hmac_digest = hmac.digest
+    _hmac_digest = hmac.digest  # type: ignore[assignment]  # (the same call, typed wider)
 
 
 def _seed_bytes(seed: int | bytes) -> bytes:

@@ -69,7 +69,7 @@ class Reply:
     """Send the reply to client `client`: MAC'd for it (`MacReply`) or signed."""
 
     client: int
-    reply: Signed | MacReply
+    reply: Signed[Any] | MacReply
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +85,8 @@ class Evidence:
 
     culprit: int
     kind: str
-    first: Signed
-    second: Signed
+    first: Signed[Any]
+    second: Signed[Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,7 +79,7 @@ def _slot_and_digest(statement: Any) -> tuple[tuple[int, ...], bytes]:
     return (statement.view, statement.seq), statement.digest
 
 
-def check_evidence(first: Signed, second: Signed, verifier: Any) -> Conflict:
+def check_evidence(first: Signed[Any], second: Signed[Any], verifier: Any) -> Conflict:
     """The conflict `first` and `second` prove; InvalidEvidence if they prove none.
 
     `verifier` is a `bft.crypto` verifier knowing the cluster's public keys;
@@ -105,7 +105,7 @@ def check_evidence(first: Signed, second: Signed, verifier: Any) -> Conflict:
     return Conflict(a.replica, kind, slot_a, (digest_a, digest_b))
 
 
-def _signed_untrusted(body: bytes, signature: bytes) -> Signed:
+def _signed_untrusted(body: bytes, signature: bytes) -> Signed[Any]:
     try:
         statement = decode_statement_untrusted(body)
     except MalformedMessage as exc:

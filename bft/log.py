@@ -11,18 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bft.messages import Batch, PreparedCert, Signed
+from bft.messages import Batch, Commit, PreparedCert, Prepare, PrePrepare, Proposal, Signed
 
 
 @dataclass(slots=True)
 class Slot:
     seq: int
     view: int = -1  # view of the votes below
-    pre_prepare: Signed | None = None
+    pre_prepare: Signed[PrePrepare] | None = None
     digest: bytes | None = None
     fresh: bool = True  # a fresh proposal (rule 6) rather than one re-issued by NEW-VIEW
-    prepares: dict[int, Signed] = field(default_factory=dict)
-    commits: dict[int, Signed] = field(default_factory=dict)
+    prepares: dict[int, Signed[Prepare]] = field(default_factory=dict)
+    commits: dict[int, Signed[Commit]] = field(default_factory=dict)
     sent_prepare: bool = False
     sent_commit: bool = False
     prepared: bool = False
@@ -30,11 +30,12 @@ class Slot:
     cert: PreparedCert | None = None  # highest-view prepared certificate
     batch: Batch | None = None  # the batch for `digest` (or decided digest)
     decided: bytes | None = None  # committed-local digest
-    commit_cert: tuple[Signed, ...] = ()  # the 2f+1 matching COMMITs (one view) that decided it
-    decided_pp: Signed | None = None  # a pre-prepare signed for the decided digest
-    old_commits: dict = field(default_factory=dict)  # (view, digest) -> {replica: Signed}
+    commit_cert: tuple[Signed[Commit], ...] = ()  # the 2f+1 matching COMMITs (one view) that decided it
+    decided_pp: Signed[PrePrepare] | None = None  # a pre-prepare signed for the decided digest
+    # (view, digest) -> {replica: its COMMIT}: relayed votes of earlier views
+    old_commits: dict[tuple[int, bytes], dict[int, Signed[Commit]]] = field(default_factory=dict)
     accepted_at: float | None = None
-    deferred: object = None  # a Proposal held back until f+1 backups vouch for its late batch_time
+    deferred: Proposal | None = None  # a Proposal held back until f+1 backups vouch for its late batch_time
 
     def reset_view(self, view: int) -> None:
         """Forget the votes of earlier views (certificate and decision stay)."""
@@ -50,10 +51,6 @@ class Slot:
         self.deferred = None
         if self.decided is None:
             self.batch = None
-
-    def matching(self, votes: dict[int, Signed]) -> int:
-        d = self.digest
-        return sum(1 for s in votes.values() if s.statement.digest == d)  # type: ignore[union-attr]
 
 
 class MessageLog:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, Union
+from typing import Annotated, ClassVar, Generic, TypeVar, Union
 
 
 class Kind(enum.Enum):
@@ -234,9 +234,16 @@ class StateChunk:
 # --------------------------------------------------------------------------
 
 
+#: The statement type a `Signed` carries: `Signed[Prepare]` is a signed PREPARE.
+S_co = TypeVar("S_co", bound="Statement", covariant=True)
+
+
 @dataclass(frozen=True, slots=True)
-class Signed:
+class Signed(Generic[S_co]):
     """A signed statement as it travels: body bytes, signature, decoded statement.
+
+    Generic in its statement for the type checker (`Signed[Prepare]`); at run time the
+    codec decodes whatever statement the body holds, and the replica dispatches on its type.
 
     `statement` is decoded from `body` (never sent separately); two `Signed`
     are equal when body and signature are equal. `checked` is `(body, statement)`
@@ -251,7 +258,7 @@ class Signed:
     TAG: ClassVar[int] = 20
     body: Blob
     signature: SignatureBytes
-    statement: Statement = field(compare=False, repr=False)
+    statement: S_co = field(compare=False, repr=False)
     checked: tuple | None = field(default=None, compare=False, repr=False)
 
     def __repr__(self) -> str:  # short and readable in logs

@@ -561,7 +561,7 @@ class _Reader:
 
 
 def _read_status(r: _Reader) -> StatusSnapshot:
-    head = [
+    head: list[Any] = [
         r.uint(name)
         for name in (
             "node",
@@ -589,7 +589,7 @@ def _read_status(r: _Reader) -> StatusSnapshot:
     drops_total = r.uint("drops_total")
     behaviour = r.text("behaviour", MAX_NAME_CHARS)
     paused = r.bool_("paused")
-    return StatusSnapshot(
+    return StatusSnapshot(  # type: ignore[call-arg]  # (*head: its first ten fields)
         *head,
         in_view_change,
         tuple(suspected),

@@ -1,41 +1,43 @@
-"""View-change and new-view computation (PROTOCOL.md "View change", OSDI'99 section 4.4).
+"""View changes (PROTOCOL.md "View change", OSDI'99 sections 4.4 and 4.5).
 
-Pure functions over already signature-checked messages: whether a VIEW-CHANGE
-is well-formed, and the pre-prepares O that a NEW-VIEW must carry for a set V
-of view changes. The new primary computes O; every backup recomputes it and
-accepts the NEW-VIEW only if it matches exactly.
+Two parts:
+
+* Pure functions over already signature-checked messages: whether a VIEW-CHANGE is
+  well-formed, and the pre-prepares O that a NEW-VIEW must carry for a set V of view
+  changes. The new primary computes O; every backup recomputes it and accepts the
+  NEW-VIEW only if it matches exactly. The adversary uses them to forge messages that
+  pass them.
+* `ViewChanges`, the view-change phase of the replica (a mixin over
+  `bft.state.ReplicaState`, see bft/state.py): starting and joining view changes, the
+  NEW-VIEW timer, sending and accepting NEW-VIEW, and entering the new view.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
+from bft.effects import Broadcast, Send
+from bft.errors import InvariantViolation
 from bft.messages import (
     Checkpoint,
+    Fetch,
     NewView,
-    PreparedCert,
     Prepare,
+    PreparedCert,
     PrePrepare,
     Signed,
     ViewChange,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Geometry:
-    """What validation needs to know of the cluster."""
-
-    n: int
-    f: int
-    log_window: int
-    quorum: int  # 2f+1 when n = 3f+1 (ClusterConfig.quorum in general)
-
-    def primary(self, view: int) -> int:
-        return view % self.n
+from bft.quorum import Geometry as Geometry  # (its home was here: imported from here too)
+from bft.quorum import count_at_or_above, join_target, view_change_certificate
+from bft.state import MAX_RESEND_PER_STATUS, NULL_DIGEST, ReplicaState
+from bft.walrecords import REC_NEW_VIEW, REC_SENT
 
 
 def checkpoint_proof_problem(geo: Geometry, seq: int, state_digest: bytes,
-                             proof: tuple[Signed, ...]) -> str | None:
+                             proof: tuple[Signed[Any], ...]) -> str | None:
     """None if `proof` holds 2f+1 signed CHECKPOINTs of distinct replicas for (seq, state_digest).
 
     At seq 0 (the initial state) the proof must be empty.
@@ -98,7 +100,7 @@ def view_change_problem(geo: Geometry, vc: ViewChange) -> str | None:
                                         vc.stable_seq + geo.log_window)
         if problem:
             return problem
-        seq = cert.pre_prepare.statement.seq  # type: ignore[union-attr]
+        seq = cert.pre_prepare.statement.seq
         if seq in seen:
             return "cert_duplicate_seq"
         seen.add(seq)
@@ -128,13 +130,13 @@ def plan_new_view(view_changes: list[ViewChange], null_digest: bytes) -> NewView
             if pp.seq <= min_s:
                 continue
             cur = best.get(pp.seq)
-            if cur is None or pp.view > cur.pre_prepare.statement.view:  # type: ignore[union-attr]
+            if cur is None or pp.view > cur.pre_prepare.statement.view:
                 best[pp.seq] = cert
     max_s = max(best, default=min_s)
     digests = []
     for seq in range(min_s + 1, max_s + 1):
-        cert = best.get(seq)
-        digests.append((seq, cert.pre_prepare.statement.digest if cert else null_digest))  # type: ignore[union-attr]
+        chosen = best.get(seq)
+        digests.append((seq, chosen.pre_prepare.statement.digest if chosen else null_digest))
     return NewViewPlan(min_s, max_s, best_cp, tuple(digests), best)
 
 
@@ -170,3 +172,202 @@ def new_view_problem(geo: Geometry, nv: NewView, null_digest: bytes) -> tuple[st
     if tuple(got) != plan.digests:
         return "new_view_wrong_o", None
     return None, plan
+
+
+# --------------------------------------------------------------------------
+# The view-change phase of the replica
+# --------------------------------------------------------------------------
+
+
+class ViewChanges(ReplicaState):
+    """The view-change phase of a replica (see the module docstring)."""
+
+    # ------------------------------------------------------------------ view change (4.4)
+
+    def _start_view_change(self, new_view: int, cause: str) -> None:
+        if new_view <= self.view and self.in_view_change:
+            return
+        if not self.in_view_change:
+            self.vc_started_at = self._now
+        self.view = new_view
+        self.in_view_change = True
+        self._primary_ordered_at = None
+        self.vc_cause = cause
+        self.progress_deadline = None
+        self.batch_deadline = None
+        # the last stable checkpoint known to us (OSDI'99 4.4), proven even if its state has
+        # not arrived yet, and our certificates in (h, h + L]: valid by construction
+        h, digest, proof = self.log.low, self.stable_digest, self.stable_proof
+        target = self.transfer_target
+        if target is not None and target[0] > h:
+            h, digest, proof = target
+        if not h:
+            digest, proof = b"\0" * 32, ()
+        prepared = tuple(s.cert for s in sorted(self.log.slots.values(), key=lambda s: s.seq)
+                         if s.cert is not None and h < s.seq <= h + self.config.log_window)
+        vc = self._sign(ViewChange(new_view, h, digest, proof, prepared, self.id))
+        self.my_view_change = vc
+        self.view_changes[self.id] = vc
+        self._persist(REC_SENT, vc)
+        self._out.append(Broadcast(vc))
+        self.new_view_deadline = None
+        self._arm_new_view_timer()
+        self.counters["view_changes_started"] += 1
+        self._event("view_change_start", view=new_view, cause=cause, at=self._now)
+        self._maybe_send_new_view()
+
+    def _arm_new_view_timer(self) -> None:
+        """4.5: the NEW-VIEW timer starts once 2f+1 replicas are in a view change for our
+        target view or a higher one, so a replica alone in a view change waits there instead
+        of racing to ever higher views. Higher views count: a replica that already moved on
+        past our target (its NEW-VIEW timer ran out first) will never send a VIEW-CHANGE for
+        it again, and without its vote the timer would never start (f of them silent, one
+        ahead: a deadlock seen in tests/test_liveness_regressions.py)."""
+        if not self.in_view_change or self.new_view_deadline is not None:
+            return
+        if count_at_or_above(self.view_changes, self.view) >= self.quorum:
+            self.new_view_deadline = self._now + self._vc_timeout()
+
+    def _on_view_change(self, signed: Signed[ViewChange]) -> None:
+        vc: ViewChange = signed.statement
+        if vc.view <= self.view and not (self.in_view_change and vc.view == self.view):
+            if vc.view < self.view or not self.in_view_change:
+                # a peer behind us: help it with the NEW-VIEW we entered
+                if self.new_view_msg is not None and vc.view <= self.view and not self.in_view_change:
+                    self._out.append(Send(vc.replica, self.new_view_msg))
+                return self._drop("old_view_change")
+        problem = view_change_problem(self.geo, vc)
+        if problem:
+            return self._drop("bad_view_change:" + problem)
+        old = self.view_changes.get(vc.replica)
+        if old is not None and old.statement.view >= vc.view:
+            return self._drop("duplicate_view_change")
+        self.view_changes[vc.replica] = signed
+        # join: f+1 view changes for views above ours move us to the smallest of them (4.5)
+        target = join_target(self.view_changes, self.view, self.f + 1)
+        if target is not None:
+            self._start_view_change(target, "join")
+            return
+        self._arm_new_view_timer()
+        self._maybe_send_new_view()
+
+    def _maybe_send_new_view(self) -> None:
+        if not self.in_view_change or self.primary() != self.id:
+            return
+        if self.votes_lost:
+            # we may have sent a NEW-VIEW for this view before the loss (other pre-prepares):
+            # the view changes on past us
+            return self._drop("new_view_votes_lost")
+        vcs = view_change_certificate(self.view_changes, self.view, self.quorum)
+        if vcs is None:
+            return
+        plan = plan_new_view([s.statement for s in vcs], NULL_DIGEST)
+        pps = tuple(self._sign(PrePrepare(self.view, seq, d, self.id)) for seq, d in plan.digests)
+        nv = self._sign(NewView(self.view, vcs, pps, self.id))
+        self._persist(REC_SENT, nv)
+        self._out.append(Broadcast(nv))
+        self._enter_view(nv, plan)
+
+    def _on_new_view(self, signed: Signed[NewView]) -> None:
+        nv: NewView = signed.statement
+        if nv.view < self.view or (nv.view == self.view and not self.in_view_change):
+            return self._drop("old_new_view")
+        problem, plan = new_view_problem(self.geo, nv, NULL_DIGEST)
+        if problem:
+            return self._drop(problem)
+        assert plan is not None
+        self._persist(REC_NEW_VIEW, signed)
+        self._enter_view(signed, plan)
+
+    def _enter_view(self, nv_signed: Signed[NewView], plan: NewViewPlan) -> None:
+        # nothing is proposed until O is logged and next_seq is past it (adopting the
+        # checkpoint below may reach _make_stable's _try_propose): see the end
+        self._entering_view = True
+        try:
+            self._enter_view_steps(nv_signed, plan)
+        finally:
+            self._entering_view = False
+        if self.is_primary:
+            self._try_propose(force=True)
+        if self._has_outstanding_work():
+            self._arm_progress()
+        self._execute_ready()
+
+    def _enter_view_steps(self, nv_signed: Signed[NewView], plan: NewViewPlan) -> None:
+        nv: NewView = nv_signed.statement
+        started = self.vc_started_at
+        self.view = nv.view
+        self.in_view_change = False
+        self._primary_ordered_at = self._now  # a valid NEW-VIEW: the new primary is ordering
+        self.new_view_msg = nv_signed
+        self.my_view_change = None
+        self.new_view_deadline = None
+        self.view_changes = {r: s for r, s in self.view_changes.items()
+                             if s.statement.view > self.view}
+        self.counters["views_entered"] += 1
+        self._event("new_view", view=self.view, primary=self.primary(), cause=self.vc_cause,
+                    duration_s=(self._now - started) if started is not None else 0.0)
+        self.vc_started_at = None
+        # adopt the checkpoint min_s if we are behind it
+        cp: ViewChange = plan.checkpoint
+        self._learned_stable(cp.stable_seq)
+        if cp.stable_seq > self.log.low:
+            self.transfer_target = (cp.stable_seq, cp.state_digest, cp.checkpoint_proof)
+            own = self.own_snapshots.get(cp.stable_seq)
+            if own is not None and own[0] == cp.state_digest:
+                self._make_stable(cp.stable_seq, cp.state_digest, cp.checkpoint_proof, own[1])
+            elif self.last_executed >= cp.stable_seq or not self._can_catch_up(cp.stable_seq):
+                self._start_transfer()
+        # requests of batches that the new view does not re-propose go back to pending
+        orphans = [s for slot in self.log.slots.values() if slot.batch is not None
+                   and slot.decided is None for s in slot.batch.requests]
+        for slot in self.log.slots.values():
+            slot.reset_view(self.view)
+        self.assigned = {}
+        # batches still wanted: those of decided slots (to execute); what the earlier view's
+        # pre-prepares wanted is wanted again below only if this NEW-VIEW re-proposes it
+        self.needed_batches = {d: q for d, q in self.needed_batches.items()
+                               if (held := self.log.get(q)) is not None and held.decided == d
+                               and held.batch is None}
+        for pp_signed in nv.pre_prepares:
+            pp: PrePrepare = pp_signed.statement
+            if pp.seq <= self.proven_low or self._may_have_voted(pp.seq):
+                continue  # decided, or our earlier vote is lost: no vote of ours now
+            slot = self.log.slot(pp.seq)
+            if slot.view != self.view:  # a slot made just now: it belongs to the new view
+                slot.reset_view(self.view)
+            batch = self.batches.get(pp.digest)
+            if slot.decided is not None and slot.decided != pp.digest:
+                raise InvariantViolation(
+                    f"NEW-VIEW re-proposes seq {pp.seq} with a digest other than the committed one")
+            if batch is None:
+                cert = plan.certs.get(pp.seq)
+                self.needed_batches[pp.digest] = pp.seq
+                holders = [s.statement.replica for s in cert.prepares] if cert else []
+                fetch = self._sign(Fetch(pp.view, pp.seq, pp.digest, self.id))
+                targets = sorted(set(holders + [cert.pre_prepare.statement.replica]) - {self.id}) \
+                    if cert else []
+                for r in targets or [x for x in range(self.n) if x != self.id]:
+                    self._out.append(Send(r, fetch))
+            self._accept_pre_prepare(slot, pp_signed, batch, fresh=False)
+        for slot in self.log.slots.values():
+            if slot.decided is not None and slot.batch is not None:
+                for r in slot.batch.requests:
+                    self.assigned.setdefault((r.statement.client, r.statement.timestamp), slot.seq)
+        for signed in orphans:
+            r = signed.statement
+            key = (r.client, r.timestamp)
+            last = self.client_table.get(key[0])
+            if key not in self.assigned and (last is None or last[0] < key[1]):
+                self.pending.setdefault(key, signed)
+        self.next_seq = max(plan.max_s, self.last_executed, self.log.low) + 1
+        # requests not in the log get a fresh chance with the new primary
+        self.progress_deadline = None
+        if self.is_primary:
+            for key in [k for k in self.pending if k in self.assigned]:
+                del self.pending[key]
+        elif self._live_pending():
+            live = (s for k, s in self.pending.items() if not self._stale(k))
+            for signed in itertools.islice(live, MAX_RESEND_PER_STATUS):
+                self._out.append(Send(self.primary(), signed))
+

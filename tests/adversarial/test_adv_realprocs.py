@@ -195,21 +195,22 @@ def _liar_scenario() -> Scenario:
 
 
 def _bad_new_view_scenario() -> Scenario:
-    """bad-new-view.toml with the COMMITs of view 0 lost from 1 s on: the seqs in flight when
-    primary 0 is cut off are prepared, not committed, so NEW-VIEW(1)'s O holds them and the
-    new primary has something to re-issue (the file's timing leaves O empty about once in
-    eight real runs: checkpoints every 8 seqs)."""
+    """bad-new-view.toml with its timed cut of primary 0 replaced by a network that loses
+    every COMMIT of view 0: nothing commits in view 0, so the seqs primary 0 got prepared
+    are in NEW-VIEW(1)'s O whenever the processes start, and the clients' retransmissions
+    end view 0. (The file's timed cut, counted from each process's start, missed the
+    requests when the processes or the clients started late on a loaded machine: O was
+    empty and no proof came, in 2 of 10 runs.)"""
     from dataclasses import replace
 
     scenario = load_scenario(SCENARIOS / "bad-new-view.toml")
-    lost = make_network_rule("drop", rate=1.0, kinds=["commit"], views=0, start_s=1.0,
-                             stop_s=4.0)
-    return replace(scenario, network=(*scenario.network, lost))
+    lost = make_network_rule("drop", rate=1.0, kinds=["commit"], views=0)
+    return replace(scenario, network=(lost,))
 
 
 @pytest.mark.parametrize("name, honest, seconds", [
     ("bogus-chunks", (1, 2, 3), 3.5),   # a state-transfer liar; replica 3 cut off, then behind
-    ("bad-new-view", (0, 2, 3), 4.0),   # primary 0 cut off; new primary 1 re-issues O's seqs
+    ("bad-new-view", (0, 2, 3), 4.0),   # no COMMIT in view 0; new primary 1 re-issues O's seqs
     ("withholding-backup", (0, 1, 2), 4.0),  # backup 3's VIEW-CHANGEs leave certificates out
 ])
 async def test_new_behaviours_in_real_processes(make_cluster, name, honest, seconds) -> None:  # type: ignore[no-untyped-def]
