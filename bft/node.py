@@ -6,11 +6,13 @@ agreed time. One task drives everything (no interleaving of replica steps):
 
     wait for datagrams or the next timer
     -> decode (bad bytes are counted and dropped) -> replica.receive / tick
-    -> carry out the effects of the whole drained batch in order:
-       persist (one fsync per batch), then send, then reply.
+    -> carry out the effects of the whole drained batch through the effect
+       runner (bft/driver.py): persist (one fsync per batch), then send and
+       reply in order; tick the replica once per SetTimer deadline.
 
 Persisting every record before any message of the same batch leaves the
-process is the write-ahead rule (PROTOCOL.md "Crash recovery").
+process is the write-ahead rule (PROTOCOL.md "Crash recovery"); the runner
+keeps it, and the timer contract, for the node and the simulator alike.
 
 `ClusterClient` is the network side of the pure `bft.client.Client`; `ClientMux`
 lets many of them share one socket and one receiving task.
@@ -48,17 +50,8 @@ from bft.client import (
 )
 from bft.clock import Interval
 from bft.config import ClusterConfig
-from bft.effects import (
-    Broadcast,
-    Event,
-    Evidence,
-    Executed,
-    Persist,
-    Reply,
-    SaveSnapshot,
-    Send,
-    SetTimer,
-)
+from bft.driver import EffectIO, EffectRunner
+from bft.effects import Event, Evidence, Executed
 from bft.errors import ClientIdInUse, MalformedMessage
 from bft.messages import Request, Signed
 from bft.replica import Replica
@@ -227,6 +220,50 @@ class NodeStats:
     commit_latency_s: list[float] = field(default_factory=list)
 
 
+class _NodeIO(EffectIO):
+    """A node's I/O behind its `EffectRunner`: UDP (peers it cut get nothing; a reply goes to
+    the client's last verified address) and the node's observers (log, telemetry, metrics)."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def send(self, to: int, message: Any) -> None:
+        node = self.node
+        if to in node.cut_peers:
+            return
+        node.endpoint.send_nowait(to, node._encode(message))  # type: ignore[union-attr]
+        node.stats.sent += 1
+
+    def broadcast(self, message: Any) -> None:
+        node = self.node
+        cut = node.cut_peers
+        peers = node._peer_ids if not cut else [p for p in node._peer_ids if p not in cut]
+        data = node._encode(message)
+        send = node.endpoint.send_nowait  # type: ignore[union-attr]
+        for peer in peers:
+            send(peer, data)
+        node.stats.sent += len(peers)
+
+    def reply(self, client: int, reply: Any) -> None:
+        node = self.node
+        addr = node.client_addrs.get(client)
+        if addr is not None:
+            node.endpoint.send_to_nowait(addr, node._encode(reply))  # type: ignore[union-attr]
+        else:
+            node.stats.drops["reply_no_address"] += 1
+
+    def executed(self, effect: Executed) -> None:
+        self.node._observe(effect)
+
+    def evidence(self, effect: Evidence) -> None:
+        self.node._observe(effect)
+
+    def event(self, effect: Event) -> None:
+        self.node._observe(effect)
+
+
 class Node:
     """One replica process: `await node.run()` until cancelled (SIGINT/SIGTERM)."""
 
@@ -251,7 +288,7 @@ class Node:
         self.replica: Replica | None = None
         self.endpoint: UdpEndpoint | None = None
         self.storage: WalStorage | None = None
-        self._deadline = math.inf
+        self.runner: EffectRunner | None = None  # carries out the replica's effects (open())
         self._encoded: dict[int, bytes] = {}
         self.started = trio.Event()
         wall_us = time.time_ns() // 1000
@@ -284,6 +321,7 @@ class Node:
                                     max_datagram_bytes=self.config.max_datagram_bytes,
                                     max_message_bytes=self.config.limits.max_message_bytes)
         self.storage = WalStorage(self.state_dir / f"wal-{self.id}", fsync=self.fsync)  # type: ignore[arg-type]
+        self.runner = EffectRunner(self.storage, _NodeIO(self))
         if self.storage.recovered:
             self.log.warning("wal repaired on open", extra={"fields": {
                 "event": "wal_repaired", **dict(self.storage.recovered)}})
@@ -336,10 +374,10 @@ class Node:
             self.close()
 
     async def _loop(self) -> None:
-        replica, endpoint = self.replica, self.endpoint
-        assert replica is not None and endpoint is not None
+        replica, endpoint, runner = self.replica, self.endpoint, self.runner
+        assert replica is not None and endpoint is not None and runner is not None
         while True:
-            wake = self._deadline
+            wake = runner.deadline
             if self.telemetry is not None:
                 wake = min(wake, self.telemetry.next_due())
             if self.paused_until:
@@ -379,8 +417,7 @@ class Node:
                 effects.extend(self._step(rec, now, wall))
             if self.paused_until and now >= self.paused_until:
                 effects.extend(self._resume(now, wall))
-            if not self.paused_until and now >= self._deadline:
-                self._deadline = math.inf
+            if not self.paused_until and runner.take_due(now):  # the timer contract (bft/driver.py)
                 effects.extend(replica.tick(now, wall))
             if effects:
                 await self._carry_out(effects)
@@ -425,7 +462,7 @@ class Node:
         effects: list[Any] = []
         for rec in backlog:
             effects.extend(self._step(rec, now, wall))
-        self._deadline = math.inf
+        self.runner.clear_timer()  # type: ignore[union-attr]  (a resumed process runs its due timers)
         effects.extend(self.replica.tick(now, wall))
         return effects
 
@@ -530,70 +567,21 @@ class Node:
         return data
 
     async def _carry_out(self, effects: list[Any]) -> None:
-        """Persist (then one sync), then send and reply, in order.
+        """Carry out effects through the runner (bft/driver.py: persist, one sync, then send
+        and reply in order), sending through `_NodeIO`.
 
-        Sending does not wait: no scheduler pass per datagram; this awaits only when
-        the kernel's send buffer was full (until the queued datagrams are sent)."""
-        storage, endpoint = self.storage, self.endpoint
-        assert storage is not None and endpoint is not None
-        outgoing: list[Any] = []
-        carry: list[bytes] | None = None
-        snap: SaveSnapshot | None = None
-        for e in effects:
-            if isinstance(e, Persist):
-                if carry is not None:
-                    carry.append(e.record)
-                else:
-                    storage.append(e.record)
-                continue
-            if carry is not None and snap is not None:
-                storage.write_snapshot(snap.seq, snap.data, carry_over=carry)
-                carry = snap = None
-            if isinstance(e, SaveSnapshot):
-                snap, carry = e, []
-            elif isinstance(e, (Send, Broadcast, Reply)):
-                outgoing.append(e)
-            elif isinstance(e, SetTimer):
-                self._deadline = e.at
-            else:
-                self._observe(e)
-        if carry is not None and snap is not None:
-            storage.write_snapshot(snap.seq, snap.data, carry_over=carry)
-        storage.sync()
-        if outgoing:
-            self._send_all(outgoing)
+        Sending does not wait: no scheduler pass per datagram (what does not fit the kernel's
+        send buffer waits in the endpoint's queue); this awaits only when the kernel's send
+        buffer was full (until the queued datagrams are sent)."""
+        endpoint = self.endpoint
+        assert endpoint is not None and self.runner is not None
+        self._encoded.clear()
+        try:
+            self.runner.run(effects)
+        finally:
+            self._encoded.clear()
         if endpoint.unsent_datagrams:
             await endpoint.flush()  # the kernel's send buffer was full: wait for room
-
-    def _send_all(self, outgoing: list[Any]) -> None:
-        """Hand every message to the kernel at once (no scheduler pass per datagram);
-        what does not fit the kernel's send buffer waits in the endpoint's queue."""
-        endpoint = self.endpoint
-        assert endpoint is not None
-        send, send_to = endpoint.send_nowait, endpoint.send_to_nowait
-        cut = self.cut_peers
-        peers = self._peer_ids if not cut else [p for p in self._peer_ids if p not in cut]
-        sent = 0
-        self._encoded.clear()
-        for e in outgoing:
-            if isinstance(e, Send):
-                if e.to in cut:
-                    continue
-                send(e.to, self._encode(e.message))
-                sent += 1
-            elif isinstance(e, Broadcast):
-                data = self._encode(e.message)
-                for peer in peers:
-                    send(peer, data)
-                sent += len(peers)
-            else:
-                addr = self.client_addrs.get(e.client)
-                if addr is not None:
-                    send_to(addr, self._encode(e.reply))
-                else:
-                    self.stats.drops["reply_no_address"] += 1
-        self.stats.sent += sent
-        self._encoded.clear()
 
     def _observe(self, e: Any) -> None:
         if self.on_effect is not None:
