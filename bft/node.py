@@ -455,14 +455,14 @@ class Node:
 
     def _resume(self, now: float, wall: Interval) -> list[Any]:
         """End a pause: process what arrived meanwhile, stale as it is (a GC pause)."""
-        assert self.replica is not None
+        assert self.replica is not None and self.runner is not None
         self.paused_until = 0.0
         backlog, self._backlog = self._backlog, []
         self.log.info("resumed", extra={"fields": {"event": "resumed", "backlog": len(backlog)}})
         effects: list[Any] = []
         for rec in backlog:
             effects.extend(self._step(rec, now, wall))
-        self.runner.clear_timer()  # type: ignore[union-attr]  (a resumed process runs its due timers)
+        self.runner.clear_timer()  # a resumed process runs its due timers (bft/driver.py)
         effects.extend(self.replica.tick(now, wall))
         return effects
 
