@@ -99,6 +99,7 @@ _EFFECT_CLASSES: tuple[tuple[type, int], ...] = (
     (Reply, REPLY), (SetTimer, SET_TIMER), (Executed, EXECUTED), (Evidence, EVIDENCE),
     (Event, EVENT))
 _CODES: dict[type, int] = dict(_EFFECT_CLASSES)
+_NO_RECORDS: list[bytes] = []  # never appended to: `carry` before any snapshot
 
 
 def effect_code(cls: type) -> int:
@@ -161,7 +162,8 @@ class EffectRunner:
         later = False  # anything but storage effects?
         appended = False
         snapshot: SaveSnapshot | None = None
-        carry: list[bytes] = []
+        carry: list[bytes] = _NO_RECORDS  # a new list only with a snapshot (the collector
+        # counts every new container; the simulator runs this tens of thousands of times a second)
         for e in effects:
             code = codes.get(type(e))
             if code is None:
@@ -179,8 +181,8 @@ class EffectRunner:
             else:
                 if snapshot is not None:
                     storage.write_snapshot(snapshot.seq, snapshot.data, carry_over=carry)
-                    carry = []
                 snapshot = e  # written with the records after it (it replaces all before)
+                carry = []
         if snapshot is not None:
             storage.write_snapshot(snapshot.seq, snapshot.data,  # type: ignore[union-attr]
                                    carry_over=carry)
