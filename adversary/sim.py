@@ -34,10 +34,11 @@ What is simulated:
   discards everything it sends in that window.
 * Clocks: replica i reads `SkewedClock(clock_skew_s[i], 0, clock_uncertainty_us)`
   at true time `SIM_EPOCH_S + now` as its `wall` interval.
-* Timers: exactly the node's contract (bft/node.py): the replica's latest
-  `SetTimer` is honoured and it is ticked then, and at no other time. A replica
-  that leaves a due deadline without a new `SetTimer` stalls here as it would
-  in a real node.
+* Effects and timers: each replica's effects are carried out by a
+  `bft.driver.EffectRunner`, as in the node (the write-ahead order; the timer
+  contract: the replica's latest `SetTimer` is honoured and it is ticked
+  then, and at no other time). A replica that leaves a due deadline without a
+  new `SetTimer` stalls here as it would in a real node.
 * Workload: `clients` closed-loop clients each issue `requests` random KV ops
   (put/get/cas/delete over `key_count` keys, so histories conflict, and lock
   sessions: lock, fenced put, unlock).
@@ -99,17 +100,8 @@ from bft.app import KVStore, decode_result_untrusted, ops
 from bft.client import Client, ClientTimer, Completed, Failed, SendAll, SendTo
 from bft.clock import Interval, SkewedClock
 from bft.config import CLIENT_SENDER_BASE, ClusterConfig
-from bft.effects import (
-    Broadcast,
-    Event,
-    Evidence,
-    Executed,
-    Persist,
-    Reply,
-    SaveSnapshot,
-    Send,
-    SetTimer,
-)
+from bft.driver import EffectIO, EffectRunner
+from bft.effects import Evidence
 from bft.errors import ConfigError, InvariantViolation, MalformedMessage
 from bft.storage import MemoryStorage
 from transport.frame import FrameError, decode_frame_untrusted, encode_frames
@@ -495,6 +487,111 @@ class SimResult:
 # --------------------------------------------------------------------------
 
 
+class _ReplicaIO(EffectIO):
+    """Replica i's I/O in the simulator, behind its `EffectRunner`: the simulated network,
+    the event heap (its timer) and the checkers. `before` and `after` are the replica's
+    (view, in view change) around the current step, for the conduct checker (`conduct`,
+    the runner's `on_send` hook of a judged replica)."""
+
+    __slots__ = ("_on_sent", "_silent", "after", "before", "i", "sim", "src")
+
+    def __init__(self, sim: Simulation, i: int) -> None:
+        self.sim = sim
+        self.i = i
+        self.src: Address = ("replica", i)
+        self.before: Any = None
+        self.after: Any = None
+        self._silent = bool(sim.cfg.silent)  # any silence rule at all?
+        self._on_sent = sim.checkers.on_sent
+
+    def conduct(self, effect: Any) -> None:
+        self._on_sent(self.i, effect.message, self.before, self.after)
+
+    def broadcast(self, message: Any) -> None:
+        sim = self.sim
+        i = self.i
+        if self._silent and sim._silent(i):
+            sim._count(sim.drops, "silent")
+            return
+        payload = sim._encode(message)
+        src = self.src
+        if not (sim._plain_net and type(payload) is bytes):
+            transmit = sim._transmit
+            for dst in sim._replica_addr:
+                if dst[1] != i:
+                    transmit(src, dst, message, payload)
+            return
+        # on a network no fault touches (`_plain_net`): `_transmit` to every other replica,
+        # with the same draws, records and events, and less bookkeeping
+        now = sim.now
+        lo, span = sim._delay_lo, sim._delay_span
+        random_ = sim.rng.random
+        size, crc = len(payload), _crc32(payload)
+        trace = sim._trace_parts
+        heap = sim._heap
+        counter = sim._counter
+        for dst in sim._replica_addr:
+            j = dst[1]
+            if j != i:
+                at = now + (lo + span * random_()) / 1000.0
+                trace.append(_SEND_RECORD(now, at, i, j, size, crc))
+                counter += 1
+                heapq.heappush(heap, (at, counter, "deliver", (src, dst, payload)))
+        sim.net["sent"] += sim.n - 1
+        sim._counter = counter
+        if len(trace) >= _TRACE_FLUSH:
+            sim._flush_trace()
+
+    def send(self, to: int, message: Any) -> None:
+        sim = self.sim
+        if self._silent and sim._silent(self.i):
+            sim._count(sim.drops, "silent")
+            return
+        if not 0 <= to < sim.n:
+            sim._count(sim.drops, "bad_destination")
+            return
+        sim._transmit(self.src, sim._replica_addr[to], message)
+
+    def reply(self, client: int, reply: Any) -> None:
+        sim = self.sim
+        if self._silent and sim._silent(self.i):
+            sim._count(sim.drops, "silent")
+            return
+        if not 0 <= client < len(sim.clients):
+            sim._count(sim.drops, "bad_destination")
+            return
+        sim._transmit(self.src, sim._client_addr[client], reply)
+
+    def set_timer(self, at: float, gen: int) -> None:
+        sim = self.sim
+        sim._push(max(at, sim.now), "timer", self.i, sim.incarnation[self.i], gen)
+
+    def event(self, e: Any) -> None:
+        sim, i = self.sim, self.i
+        if len(sim.event_log) < 20_000:
+            sim.event_log.append((sim.now, i, e.kind, e.fields))
+        if i in sim._judged:
+            sim._count(sim.events, e.kind)
+        if e.kind == "state_transfer":
+            sim.checkers.on_state_transfer(i, int(e.fields["seq"]), sim.now)
+
+    def executed(self, e: Any) -> None:
+        sim = self.sim
+        sim.checkers.on_executed(self.i, e, sim.now)
+        if len(sim.event_log) < 20_000:
+            sim.event_log.append((sim.now, self.i, "executed", {
+                "seq": e.seq, "view": e.view,
+                "reqs": [(s.statement.client, s.statement.timestamp) for s in e.batch.requests]}))
+
+    def evidence(self, e: Any) -> None:
+        sim, i = self.sim, self.i
+        if i in sim._judged:
+            sim._count(sim.events, "evidence")
+            if len(sim.evidence_log) < 1000:
+                sim.evidence_log.append(_proof(i, e, sim.now))
+        sim.checkers.on_evidence(i, e, sim.now)
+
+
 class Simulation:
     """One simulated run. `run(until_s)` may be called once."""
 
@@ -559,7 +656,12 @@ class Simulation:
         self.nodes: list[Any | None] = [None] * self.n
         self.apps: list[Any | None] = [None] * self.n
         self.incarnation = [0] * self.n
-        self.timer_gen = [0] * self.n
+        # replica i's effects are carried out by its runner (bft/driver.py), over its storage
+        # and the simulated network and heap (_ReplicaIO); it keeps the timer contract too
+        self._io = [_ReplicaIO(self, i) for i in range(self.n)]
+        self._runners = [EffectRunner(self.storage[i], self._io[i],
+                                      on_send=self._io[i].conduct if i in self._judged else None)
+                         for i in range(self.n)]
         self.clocks = [SkewedClock(float(config.clock_skew_s.get(i, 0.0)), 0.0,
                                    config.clock_uncertainty_us) for i in range(self.n)]
         self.max_view = [0] * self.n
@@ -604,7 +706,6 @@ class Simulation:
         self.net: dict[str, int] = {"sent": 0, "delivered": 0, "duplicated": 0, "reordered": 0}
         self.drops: dict[str, int] = {}
         self._decoded: dict[int, tuple[Any, Any]] = {}  # id(payload) -> (payload, message)
-        self._conduct_state: dict[int, Any] = {}  # replica -> (view, in view change) after its last step
         self.events: dict[str, int] = {}  # Event kinds (and evidence) of judged replicas
         self.event_log: list[tuple[float, int, str, dict]] = []  # (time, node, kind, fields)
         self.faults_seen: dict[str, int] = {}  # crashes, restarts carried out
@@ -835,6 +936,7 @@ class Simulation:
         self.apps[i] = None
         self.incarnation[i] += 1
         lost = self.storage[i].crash()
+        self._runners[i].clear_timer()
         self._count(self.faults_seen, "crashes")
         self._trace("crash", str(i), str(lost).encode())
 
@@ -879,7 +981,7 @@ class Simulation:
 
     def _on_timer(self, i: int, inc: int, gen: int) -> None:
         node = self.nodes[i]
-        if node is None or inc != self.incarnation[i] or gen != self.timer_gen[i]:
+        if node is None or inc != self.incarnation[i] or not self._runners[i].take_due(self.now, gen):
             return
         self._apply(i, node.tick(self.now, self._wall(i)))
 
@@ -888,89 +990,29 @@ class Simulation:
                    and (s.end_s is None or self.now < s.end_s) for s in self.cfg.silent)
 
     def _apply(self, i: int, effects: list[Any]) -> None:
-        """Carry out replica i's effects in order (sync storage before anything leaves)."""
-        storage = self.storage[i]
-        judged = i in self._judged
-        dirty = False
-        src: Address = self._replica_addr[i]
-        codes = _EFFECT_CODES
-        if judged:  # the conduct checker sees what it sends with its state around the step
+        """Carry out replica i's effects through its runner (bft/driver.py: its storage
+        synced before anything leaves), then note the views it entered and a crash point."""
+        if i in self._judged:  # the conduct checker sees what it sends with its state around the step
+            io = self._io[i]
             node = self.nodes[i]
-            before = self._conduct_state.get(i)
             after = None
             if node is not None and i not in self.rules:  # a behaviour may send late
                 view, in_vc = getattr(node, "view", None), getattr(node, "in_view_change", None)
                 if view is not None and in_vc is not None:
                     after = (view, in_vc)
-            self._conduct_state[i] = after
-            on_sent = self.checkers.on_sent
-        for e in effects:
-            code = codes.get(type(e))
-            if code is None:
-                code = _effect_code(type(e))
-                if code is None:
-                    raise TypeError(f"replica {i} returned an unknown effect {e!r}")
-            if code == _PERSIST:
-                storage.append(e.record)
-                dirty = True
-            elif code <= _REPLY:  # Broadcast, Send, Reply: something leaves the node
-                if dirty:
-                    storage.sync()
-                    dirty = False
-                if judged and code != _REPLY:
-                    on_sent(i, e.message, before, after)
-                if self.cfg.silent and self._silent(i):
-                    self._count(self.drops, "silent")
-                    continue
-                if code == _BROADCAST:
-                    message = e.message
-                    payload = self._encode(message)
-                    if self._plain_net and type(payload) is bytes:
-                        self._broadcast_plain(i, payload)
-                        continue
-                    transmit = self._transmit
-                    for dst in self._replica_addr:
-                        if dst[1] != i:
-                            transmit(src, dst, message, payload)
-                elif code == _SEND:
-                    if not 0 <= e.to < self.n:
-                        self._count(self.drops, "bad_destination")
-                        continue
-                    self._transmit(src, self._replica_addr[e.to], e.message)
-                else:
-                    if not 0 <= e.client < len(self.clients):
-                        self._count(self.drops, "bad_destination")
-                        continue
-                    self._transmit(src, self._client_addr[e.client], e.reply)
-            elif code == _SET_TIMER:
-                self.timer_gen[i] += 1
-                self._push(max(e.at, self.now), "timer", i, self.incarnation[i], self.timer_gen[i])
-            elif code == _EVENT:
-                if len(self.event_log) < 20_000:
-                    self.event_log.append((self.now, i, e.kind, e.fields))
-                if judged:
-                    self._count(self.events, e.kind)
-                if e.kind == "state_transfer":
-                    self.checkers.on_state_transfer(i, int(e.fields["seq"]), self.now)
-            elif code == _EXECUTED:
-                self.checkers.on_executed(i, e, self.now)
-                if len(self.event_log) < 20_000:
-                    self.event_log.append((self.now, i, "executed", {"seq": e.seq, "view": e.view, "reqs": [(s.statement.client, s.statement.timestamp) for s in e.batch.requests]}))
-            elif code == _SAVE_SNAPSHOT:
-                storage.write_snapshot(e.seq, e.data)
-            else:  # Evidence
-                if judged:
-                    self._count(self.events, "evidence")
-                    if len(self.evidence_log) < 1000:
-                        self.evidence_log.append(_proof(i, e, self.now))
-                self.checkers.on_evidence(i, e, self.now)
-        if dirty:
-            storage.sync()
-        node = self.nodes[i]
-        view = getattr(node, "view", 0) if node is not None else 0
-        if judged and view > self.max_view[i]:
-            self.views_entered.update(range(self.max_view[i] + 1, view + 1))
-            self.max_view[i] = view
+            io.before, io.after = io.after, after
+            if effects:
+                self._runners[i].run(effects)
+            if after is not None:  # running effects changes no replica's view
+                view = after[0]
+            else:
+                node = self.nodes[i]
+                view = getattr(node, "view", 0) if node is not None else 0
+            if view > self.max_view[i]:
+                self.views_entered.update(range(self.max_view[i] + 1, view + 1))
+                self.max_view[i] = view
+        elif effects:
+            self._runners[i].run(effects)
         if self._crash_now:
             rule = self._crash_now.pop(i, None)
             if rule is not None:
@@ -1078,29 +1120,6 @@ class Simulation:
                     continue
             self._trace_send(src, dst, self.now + delay, data)
             self._push(self.now + delay, "deliver", src, dst, data)
-
-    def _broadcast_plain(self, i: int, payload: bytes) -> None:
-        """`_transmit` of replica i's payload to every other replica, on a network no fault
-        touches (`_plain_net`): the same draws, records and events, with less bookkeeping."""
-        src = self._replica_addr[i]
-        now = self.now
-        lo, span = self._delay_lo, self._delay_span
-        random_ = self.rng.random
-        size, crc = len(payload), _crc32(payload)
-        trace = self._trace_parts
-        heap = self._heap
-        counter = self._counter
-        for dst in self._replica_addr:
-            j = dst[1]
-            if j != i:
-                at = now + (lo + span * random_()) / 1000.0
-                trace.append(_SEND_RECORD(now, at, i, j, size, crc))
-                counter += 1
-                heapq.heappush(heap, (at, counter, "deliver", (src, dst, payload)))
-        self.net["sent"] += self.n - 1
-        self._counter = counter
-        if len(trace) >= _TRACE_FLUSH:
-            self._flush_trace()
 
     def _message_info(self, message: Any, sid: int | None) -> MessageInfo:
         """What targeted network rules see of `message` sent by replica `sid` (None: a client):
@@ -1345,25 +1364,6 @@ class Simulation:
             witness=witness,
             evidence_ok=not witness.get("missed", 0),
         )
-
-
-# Effect kinds, as `_apply` tells them apart: one dict lookup by exact type (a subclass gets
-# the code of the first class of this list it derives from, as an isinstance chain would).
-_BROADCAST, _SEND, _REPLY, _PERSIST, _SET_TIMER, _EVENT, _EXECUTED, _SAVE_SNAPSHOT, _EVIDENCE = \
-    range(9)
-_EFFECT_CLASSES = ((Persist, _PERSIST), (SaveSnapshot, _SAVE_SNAPSHOT), (Send, _SEND),
-                   (Broadcast, _BROADCAST), (Reply, _REPLY), (Executed, _EXECUTED),
-                   (SetTimer, _SET_TIMER), (Evidence, _EVIDENCE), (Event, _EVENT))
-_EFFECT_CODES: dict[type, int] = dict(_EFFECT_CLASSES)
-
-
-def _effect_code(cls: type) -> int | None:
-    """The code of an effect class that is not one of bft.effects' own (remembered)."""
-    for base, code in _EFFECT_CLASSES:
-        if issubclass(cls, base):
-            _EFFECT_CODES[cls] = code
-            return code
-    return None
 
 
 def _interval_builder() -> Callable[[int, int], Interval]:

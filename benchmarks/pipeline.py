@@ -12,9 +12,10 @@ reassembly, codec.decode_untrusted) in FIFO order; no datagram is lost. It
 counts the CPU time (`time.thread_time`) spent on behalf of each replica and of
 the clients, per committed request. What is left out is exactly what the
 real runtime adds on top: syscalls, trio's scheduler, telemetry and the WAL
-file (Persist effects are dropped). So `node us/req` here is the floor the
-protocol code itself sets; the cluster benchmark's node CPU minus this number
-is the runtime's share.
+file (each replica's effects go through the node's effect runner, bft/driver.py,
+without storage: Persist effects are dropped). So `node us/req` here is the
+floor the protocol code itself sets; the cluster benchmark's node CPU minus
+this number is the runtime's share.
 
 `--profile N` runs cProfile over replica N's share and prints the `--top`
 functions by own time (the cost per request of each). The collector is tuned as
@@ -39,7 +40,7 @@ from bft.auth import reply_auth_for
 from bft.client import Client, ClientTimer, Completed, SendAll, SendTo
 from bft.config import CLIENT_SENDER_BASE, ClusterConfig
 from bft.crypto import Ed25519Keys
-from bft.effects import Broadcast, Reply, Send, SetTimer
+from bft.driver import EffectIO, EffectRunner
 from bft.node import tune_gc
 from bft.replica import Replica
 from transport.frame import decode_frame_untrusted, encode_frames
@@ -49,6 +50,25 @@ from transport.reassembly import Reassembler
 def _config(n: int, clients: int) -> ClusterConfig:
     from bft.bench import local_config
     return local_config(n, clients=clients)
+
+
+class _PipelineIO(EffectIO):
+    """Replica i's I/O in the pipeline: frames into the FIFO queue."""
+
+    def __init__(self, pipeline: Pipeline, i: int) -> None:
+        self.p, self.i = pipeline, i
+
+    def send(self, to: int, message: Any) -> None:
+        self.p._send(self.i, to, self.p._enc(message))
+
+    def broadcast(self, message: Any) -> None:
+        data = self.p._enc(message)
+        for j in range(self.p.cfg.n):
+            if j != self.i:
+                self.p._send(self.i, j, data)
+
+    def reply(self, client: int, reply: Any) -> None:
+        self.p._send(self.i, CLIENT_SENDER_BASE + client, self.p._enc(reply))
 
 
 class Pipeline:
@@ -70,7 +90,10 @@ class Pipeline:
         self.queue: collections.deque[tuple[int, int, bytes]] = collections.deque()
         self.msg_id = 0
         self.now = 0.0
-        self.timers: dict[int, float] = {}
+        # each replica's effects go through a runner (bft/driver.py) without storage (no WAL
+        # here: Persist and SaveSnapshot are dropped); its I/O is the frame queue
+        self.runners = [EffectRunner(None, _PipelineIO(self, i)) for i in range(self.cfg.n)]
+        self._encoded: dict[int, bytes] = {}
         self.cpu = collections.Counter()
         self.completed = 0
         self.latencies: list[float] = []
@@ -85,26 +108,16 @@ class Pipeline:
             self.queue.append((sender, dest, frame))
 
     def _replica_effects(self, i: int, effects: list[Any]) -> None:
-        encoded: dict[int, bytes] = {}
+        self._encoded.clear()
+        self.runners[i].run(effects)
+        self._encoded.clear()
 
-        def enc(m: Any) -> bytes:
-            data = encoded.get(id(m))
-            if data is None:
-                data = encoded[id(m)] = codec.encode(m)
-            return data
-
-        for e in effects:
-            if isinstance(e, Send):
-                self._send(i, e.to, enc(e.message))
-            elif isinstance(e, Broadcast):
-                data = enc(e.message)
-                for j in range(self.cfg.n):
-                    if j != i:
-                        self._send(i, j, data)
-            elif isinstance(e, Reply):
-                self._send(i, CLIENT_SENDER_BASE + e.client, enc(e.reply))
-            elif isinstance(e, SetTimer):
-                self.timers[i] = e.at
+    def _enc(self, message: Any) -> bytes:
+        """A message's encoding, made once per step (a broadcast's copies share it)."""
+        data = self._encoded.get(id(message))
+        if data is None:
+            data = self._encoded[id(message)] = codec.encode(message)
+        return data
 
     def _client_effects(self, c: int, effects: list[Any]) -> None:
         for e in effects:
@@ -170,9 +183,8 @@ class Pipeline:
             step += 1
             if step % 64 == 0:
                 self.now += 0.0005  # virtual time creeps forward: timers (status) still fire
-                for i, at in list(self.timers.items()):
-                    if at <= self.now:
-                        del self.timers[i]
+                for i, runner in enumerate(self.runners):
+                    if runner.take_due(self.now):  # once per SetTimer (bft/driver.py)
                         self._timed(i, lambda i=i: self._replica_effects(
                             i, self.replicas[i].tick(self.now)))
             if dest >= CLIENT_SENDER_BASE:

@@ -1,10 +1,11 @@
 """Effects: what the pure Replica asks its driver (runtime or simulator) to do.
 
-`Replica.receive(message, now)` and `Replica.tick(now)` return a list of effects in the order
-they must be carried out. The rule that matters for safety: every `Persist`
-comes before the `Send`/`Broadcast` of a message whose signing it records
-(write-ahead), so a replica that crashes and restarts never signs a vote that
-contradicts one it already sent.
+`Replica.start()`, `Replica.receive()` and `Replica.tick()` return a list of
+effects in the order they were produced. The rule that matters for safety:
+every `Persist` is durable before the `Send`/`Broadcast` of a message whose
+signing it records (write-ahead), so a replica that crashes and restarts never
+signs a vote that contradicts one it already sent. `bft.driver.EffectRunner`
+carries effects out that way for every driver (node, simulator, harness).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class Persist:
     """Make `record` (bytes, opaque to the driver) durable before any later Send runs.
 
     A driver may append several records and sync once, but must sync before it
-    carries out the next Send/Broadcast/Reply (write-ahead).
+    carries out the next Send/Broadcast/Reply (write-ahead): bft/driver.py.
     """
 
     record: bytes
@@ -74,7 +75,8 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class SetTimer:
-    """Call `tick()` no later than monotonic time `at` (replaces an earlier SetTimer)."""
+    """Call `tick()` at monotonic time `at` (replaces an earlier SetTimer): once per SetTimer,
+    and not on any other schedule (the timer contract, bft/driver.py)."""
 
     at: float
 

@@ -6,11 +6,13 @@ agreed time. One task drives everything (no interleaving of replica steps):
 
     wait for datagrams or the next timer
     -> decode (bad bytes are counted and dropped) -> replica.receive / tick
-    -> carry out the effects of the whole drained batch in order:
-       persist (one fsync per batch), then send, then reply.
+    -> carry out the effects of the whole drained batch through the effect
+       runner (bft/driver.py): persist (one fsync per batch), then send and
+       reply in order; tick the replica once per SetTimer deadline.
 
 Persisting every record before any message of the same batch leaves the
-process is the write-ahead rule (PROTOCOL.md "Crash recovery").
+process is the write-ahead rule (PROTOCOL.md "Crash recovery"); the runner
+keeps it, and the timer contract, for the node and the simulator alike.
 
 Extension points (`NodeExtension`): what a plugin such as the adversary adds to a node
 without patching it: a wrapper around the replica, datagram filters on the endpoint,
@@ -54,17 +56,8 @@ from bft.client import (
 )
 from bft.clock import Interval
 from bft.config import CLIENT_SENDER_BASE, ClusterConfig
-from bft.effects import (
-    Broadcast,
-    Event,
-    Evidence,
-    Executed,
-    Persist,
-    Reply,
-    SaveSnapshot,
-    Send,
-    SetTimer,
-)
+from bft.driver import EffectIO, EffectRunner
+from bft.effects import Event, Evidence, Executed
 from bft.errors import ClientIdInUse, MalformedMessage
 from bft.messages import Request, Signed
 from bft.replica import Replica
@@ -273,6 +266,47 @@ class NodeStats:
     commit_latency_s: list[float] = field(default_factory=list)
 
 
+class _NodeIO(EffectIO):
+    """A node's I/O behind its `EffectRunner`: UDP (a reply goes to
+    the client's last verified address) and the node's observers (log, telemetry, metrics)."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def send(self, to: int, message: Any) -> None:
+        node = self.node
+        node.endpoint.send_nowait(to, node._encode(message))  # type: ignore[union-attr]
+        node.stats.sent += 1
+
+    def broadcast(self, message: Any) -> None:
+        node = self.node
+        peers = node._peer_ids  # (a cut peer's datagrams stop in an extension's send filter)
+        data = node._encode(message)
+        send = node.endpoint.send_nowait  # type: ignore[union-attr]
+        for peer in peers:
+            send(peer, data)
+        node.stats.sent += len(peers)
+
+    def reply(self, client: int, reply: Any) -> None:
+        node = self.node
+        addr = node.client_addrs.get(client)
+        if addr is not None:
+            node.endpoint.send_to_nowait(addr, node._encode(reply))  # type: ignore[union-attr]
+        else:
+            node.stats.drops["reply_no_address"] += 1
+
+    def executed(self, effect: Executed) -> None:
+        self.node._observe(effect)
+
+    def evidence(self, effect: Evidence) -> None:
+        self.node._observe(effect)
+
+    def event(self, effect: Event) -> None:
+        self.node._observe(effect)
+
+
 class Node:
     """One replica process: `await node.run()` until cancelled (SIGINT/SIGTERM)."""
 
@@ -299,7 +333,7 @@ class Node:
         self.extensions: list[NodeExtension] = []
         self.endpoint: UdpEndpoint | None = None
         self.storage: WalStorage | None = None
-        self._deadline = math.inf
+        self.runner: EffectRunner | None = None  # carries out the replica's effects (open())
         self._encoded: dict[int, bytes] = {}
         self.started = trio.Event()
         wall_us = time.time_ns() // 1000
@@ -329,6 +363,7 @@ class Node:
                                     max_datagram_bytes=self.config.max_datagram_bytes,
                                     max_message_bytes=self.config.limits.max_message_bytes)
         self.storage = WalStorage(self.state_dir / f"wal-{self.id}", fsync=self.fsync)  # type: ignore[arg-type]
+        self.runner = EffectRunner(self.storage, _NodeIO(self))
         if self.storage.recovered:
             self.log.warning("wal repaired on open", extra={"fields": {
                 "event": "wal_repaired", **dict(self.storage.recovered)}})
@@ -375,8 +410,10 @@ class Node:
         self.endpoint.recv_filter = _chain(self.endpoint.recv_filter, ext.recv_filter)
 
     def tick_soon(self) -> None:
-        """Tick the replica at the loop's next turn (an extension changed what it holds)."""
-        self._deadline = -math.inf
+        """Tick the replica at the loop's next turn (an extension changed what it holds):
+        the replica's tick announces its next deadline again (bft/driver.py)."""
+        if self.runner is not None:
+            self.runner.deadline = -math.inf
 
     def close(self) -> None:
         self.log.info("node stopped", extra={"fields": {"event": "stop", **self.summary()}})
@@ -409,10 +446,10 @@ class Node:
             self.close()
 
     async def _loop(self) -> None:
-        replica, endpoint = self.replica, self.endpoint
-        assert replica is not None and endpoint is not None
+        replica, endpoint, runner = self.replica, self.endpoint, self.runner
+        assert replica is not None and endpoint is not None and runner is not None
         while True:
-            wake = self._deadline
+            wake = runner.deadline
             if self.telemetry is not None:
                 wake = min(wake, self.telemetry.next_due())
             # What is already there needs neither a timeout scope nor a wait: take it
@@ -439,8 +476,7 @@ class Node:
                     self.stats.drops["telemetry_to_node"] += 1
                     continue
                 effects.extend(self._step(rec, now, wall))
-            if now >= self._deadline:
-                self._deadline = math.inf
+            if runner.take_due(now):  # the timer contract (bft/driver.py)
                 effects.extend(replica.tick(now, wall))
             if effects:
                 await self._carry_out(effects)
@@ -563,67 +599,21 @@ class Node:
         return data
 
     async def _carry_out(self, effects: list[Any]) -> None:
-        """Persist (then one sync), then send and reply, in order.
+        """Carry out effects through the runner (bft/driver.py: persist, one sync, then send
+        and reply in order), sending through `_NodeIO`.
 
-        Sending does not wait: no scheduler pass per datagram; this awaits only when
-        the kernel's send buffer was full (until the queued datagrams are sent)."""
-        storage, endpoint = self.storage, self.endpoint
-        assert storage is not None and endpoint is not None
-        outgoing: list[Any] = []
-        carry: list[bytes] | None = None
-        snap: SaveSnapshot | None = None
-        for e in effects:
-            if isinstance(e, Persist):
-                if carry is not None:
-                    carry.append(e.record)
-                else:
-                    storage.append(e.record)
-                continue
-            if carry is not None and snap is not None:
-                storage.write_snapshot(snap.seq, snap.data, carry_over=carry)
-                carry = snap = None
-            if isinstance(e, SaveSnapshot):
-                snap, carry = e, []
-            elif isinstance(e, (Send, Broadcast, Reply)):
-                outgoing.append(e)
-            elif isinstance(e, SetTimer):
-                self._deadline = e.at
-            else:
-                self._observe(e)
-        if carry is not None and snap is not None:
-            storage.write_snapshot(snap.seq, snap.data, carry_over=carry)
-        storage.sync()
-        if outgoing:
-            self._send_all(outgoing)
+        Sending does not wait: no scheduler pass per datagram (what does not fit the kernel's
+        send buffer waits in the endpoint's queue); this awaits only when the kernel's send
+        buffer was full (until the queued datagrams are sent)."""
+        endpoint = self.endpoint
+        assert endpoint is not None and self.runner is not None
+        self._encoded.clear()
+        try:
+            self.runner.run(effects)
+        finally:
+            self._encoded.clear()
         if endpoint.unsent_datagrams:
             await endpoint.flush()  # the kernel's send buffer was full: wait for room
-
-    def _send_all(self, outgoing: list[Any]) -> None:
-        """Hand every message to the kernel at once (no scheduler pass per datagram);
-        what does not fit the kernel's send buffer waits in the endpoint's queue."""
-        endpoint = self.endpoint
-        assert endpoint is not None
-        send, send_to = endpoint.send_nowait, endpoint.send_to_nowait
-        peers = self._peer_ids
-        sent = 0
-        self._encoded.clear()
-        for e in outgoing:
-            if isinstance(e, Send):
-                send(e.to, self._encode(e.message))
-                sent += 1
-            elif isinstance(e, Broadcast):
-                data = self._encode(e.message)
-                for peer in peers:
-                    send(peer, data)
-                sent += len(peers)
-            else:
-                addr = self.client_addrs.get(e.client)
-                if addr is not None:
-                    send_to(addr, self._encode(e.reply))
-                else:
-                    self.stats.drops["reply_no_address"] += 1
-        self.stats.sent += sent
-        self._encoded.clear()
 
     def _observe(self, e: Any) -> None:
         if self.on_effect is not None:

@@ -17,10 +17,38 @@ from bft.auth import sim_reply_auth
 from bft.clock import Interval
 from bft.config import ClusterConfig
 from bft.crypto import SimKeys
-from bft.effects import Broadcast, Evidence, Executed, Persist, Reply, SaveSnapshot, Send, SetTimer
+from bft.driver import EffectIO, EffectRunner
+from bft.effects import Event, Evidence, Executed
 from bft.messages import MacReply, Request, Signed
 from bft.replica import Replica
 from bft.storage import MemoryStorage
+
+
+class _NetIO(EffectIO):
+    """Replica i's I/O in the harness: the message queue and the observation lists."""
+
+    def __init__(self, net: Net, i: int) -> None:
+        self.net, self.i = net, i
+
+    def send(self, to: int, message: Any) -> None:
+        self.net.queue.append((self.i, to, message))
+
+    def broadcast(self, message: Any) -> None:
+        for j in range(self.net.n):
+            if j != self.i:
+                self.net.queue.append((self.i, j, message))
+
+    def reply(self, client: int, reply: Any) -> None:
+        self.net.replies.setdefault(client, []).append(reply)
+
+    def executed(self, effect: Executed) -> None:
+        self.net.executed[self.i].append(effect)
+
+    def evidence(self, effect: Evidence) -> None:
+        self.net.evidence.append(effect)
+
+    def event(self, effect: Event) -> None:
+        self.net.events.append((self.i, effect))
 
 
 class Net:
@@ -37,7 +65,9 @@ class Net:
         self.queue: deque[tuple[int, int, Any]] = deque()  # (src, dst, message)
         self.storage = [MemoryStorage() for _ in range(n)]
         self.replicas: list[Replica | None] = [self._make(i) for i in range(n)]
-        self.timers: dict[int, float] = {}
+        # each replica's effects go through a runner (the node's write-ahead order and timer
+        # contract), its I/O the queues below
+        self.runners = [EffectRunner(self.storage[i], _NetIO(self, i)) for i in range(n)]
         self.executed: dict[int, list[Executed]] = {i: [] for i in range(n)}
         self.replies: dict[int, list[Signed | MacReply]] = {}
         self.evidence: list[Evidence] = []
@@ -71,41 +101,8 @@ class Net:
 
     # -- effects
     def _apply(self, i: int, effects: list[Any]) -> None:
-        carry: list[bytes] | None = None
-        for e in effects:
-            if isinstance(e, Persist):
-                if carry is not None:
-                    carry.append(e.record)
-                else:
-                    self.storage[i].append(e.record)
-                continue
-            if carry is not None:
-                self.storage[i].write_snapshot(snap.seq, snap.data, carry_over=carry)
-                carry = None
-            if isinstance(e, SaveSnapshot):
-                snap, carry = e, []
-            elif isinstance(e, Send):
-                self.storage[i].sync()
-                self.queue.append((i, e.to, e.message))
-            elif isinstance(e, Broadcast):
-                self.storage[i].sync()
-                for j in range(self.n):
-                    if j != i:
-                        self.queue.append((i, j, e.message))
-            elif isinstance(e, Reply):
-                self.storage[i].sync()
-                self.replies.setdefault(e.client, []).append(e.reply)
-            elif isinstance(e, Executed):
-                self.executed[i].append(e)
-            elif isinstance(e, SetTimer):
-                self.timers[i] = e.at
-            elif isinstance(e, Evidence):
-                self.evidence.append(e)
-            else:
-                self.events.append((i, e))
-        if carry is not None:
-            self.storage[i].write_snapshot(snap.seq, snap.data, carry_over=carry)
-        self.storage[i].sync()
+        """Carry out replica i's effects through its runner (bft/driver.py)."""
+        self.runners[i].run(effects)
 
     # -- driving
     def request(self, client: int, op: bytes, to: int | None = None, timestamp: int | None = None) -> Signed:
@@ -139,15 +136,14 @@ class Net:
         while self.now < end:
             self.now = min(end, self.now + step)
             for i, r in enumerate(self.replicas):
-                if r is not None and self.timers.get(i, float("inf")) <= self.now:
-                    del self.timers[i]  # the node's contract: one tick per SetTimer
+                if r is not None and self.runners[i].take_due(self.now):  # one tick per SetTimer
                     self._apply(i, r.tick(self.now, self.wall(i)))
             self.deliver()
 
     def crash(self, i: int) -> None:
         self.replicas[i] = None
         self.storage[i].crash()
-        self.timers.pop(i, None)
+        self.runners[i].clear_timer()
 
     def restart(self, i: int, *, lose_records: bool = False, lose_snapshot: bool = False) -> None:
         """Restart replica i from its storage; `lose_records` / `lose_snapshot` model a damaged

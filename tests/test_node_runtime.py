@@ -148,7 +148,7 @@ async def test_a_step_of_messages_is_sent_without_yielding(node: Node, peers, ke
         assert arrived(client) == [reply]
     assert node.stats.sent == 4
     assert node.stats.drops["reply_no_address"] == 1
-    assert node._deadline == 123.0
+    assert node.runner.deadline == 123.0
     assert node.endpoint.statistics()["sent_datagrams"] == 5
 
 
@@ -362,3 +362,24 @@ def test_a_node_whose_wal_lost_signed_records_restarts_without_voting_there(
         assert not torn.replica.votes_lost
     finally:
         torn.close()
+
+
+# ------------------------------------------------------------------ the timer contract
+
+
+async def test_the_node_ticks_its_replica_once_per_set_timer_deadline(
+    node: Node, autojump_clock: Any
+) -> None:
+    """bft/driver.py's timer contract in the node's loop: ticked at each SetTimer's time,
+    once, and at no other time (virtual time: the clock jumps while the loop waits)."""
+    from tests.test_driver import TickRecorder
+
+    stub = TickRecorder(0.25, 0.7, 3.0)
+    stub.app = node.app  # type: ignore[attr-defined]  (the node's stop summary reads it)
+    node.replica = stub  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.run)
+        await trio.sleep(10.0)
+        nursery.cancel_scope.cancel()
+    assert stub.start_now is not None
+    assert [t - stub.start_now for t in stub.ticks] == pytest.approx([0.25, 0.95, 1.65, 2.35])
