@@ -146,8 +146,8 @@ class ReplicaState:
         self.transfer_target: tuple[int, bytes, tuple[Signed[Checkpoint], ...]] | None = None
         self.last_timer: float | None = None
         self.evidence_seen: set[tuple[Any, ...]] = set()
-        self.diverged: set[int] = set()
-        self.heard_from: dict[int, float] = {}  # peer -> last time a valid message came  # checkpoint seqs where our digest differed from the proof
+        self.diverged: set[int] = set()  # checkpoint seqs where our digest differed from the proof
+        self.heard_from: dict[int, float] = {}  # peer -> last time a valid message came
         self.drops: collections.Counter[str] = collections.Counter()
         self.counters: collections.Counter[str] = collections.Counter()
         self._out: list[Effect] = []
