@@ -2,7 +2,7 @@
 
 Run (from the repository root, in the venv, with `pip install py-spy`):
 
-    python benchmarks/profile.py [--nodes 4] [--clients 32] [--seconds 10] [--rate 250]
+    python benchmarks/profile_cluster.py [--nodes 4] [--clients 32] [--seconds 10] [--rate 250]
                                  [--profile 0,1] [--out DIR]
 
 Starts a fresh local cluster (free loopback ports, fsync never), drives
