@@ -237,7 +237,7 @@ def _cbor_uint(n: int) -> bytes:
 
 
 def _is_u64(x: object) -> bool:
-    return type(x) is int and 0 <= x < U64_LIMIT  # type: ignore[operator]
+    return type(x) is int and 0 <= x < U64_LIMIT
 
 
 # --------------------------------------------------------------------------
