@@ -183,11 +183,11 @@ class EffectRunner:
                     storage.write_snapshot(snapshot.seq, snapshot.data, carry_over=carry)
                 snapshot = e  # written with the records after it (it replaces all before)
                 carry = []
-        if snapshot is not None:
-            storage.write_snapshot(snapshot.seq, snapshot.data,  # type: ignore[union-attr]
-                                   carry_over=carry)
-        elif appended:
-            storage.sync()  # type: ignore[union-attr]
+        # (a snapshot or an appended record was only kept with a storage)
+        if snapshot is not None and storage is not None:
+            storage.write_snapshot(snapshot.seq, snapshot.data, carry_over=carry)
+        elif appended and storage is not None:
+            storage.sync()
         if not later:
             return
         on_send = self.on_send
