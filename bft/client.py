@@ -199,7 +199,8 @@ class Client:
     retransmission, to every replica instead of the primary.
     """
 
-    def __init__(self, config: ClusterConfig, client_id: int, signer: _Signer, verifier: _Verifier, *,
+    def __init__(self, config: ClusterConfig, client_id: int, signer: _Signer,
+                 verifier: _Verifier, *,
                  first_timestamp: int = 1, max_backoff: int = 4,
                  primary_retransmits: int = 1, reply_auth: _ReplyAuth | None = None,
                  send_to_all: bool = False) -> None:

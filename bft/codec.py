@@ -151,11 +151,16 @@ def _wire_field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
+def _tag(cls: type) -> int:
+    """The TAG of message class `cls` (each class of bft.messages declares one)."""
+    tag: int = cls.TAG  # type: ignore[attr-defined]  # (`type` does not say it has one)
+    return tag
+
+
 def _encode_plan(cls: type) -> tuple[bytes, Callable[[Any], tuple[Any, ...]]]:
     names = _wire_field_names(cls)
     assert 2 <= len(names) < 23, cls  # attrgetter of one name would not return a tuple
-    tag: int = cls.TAG  # type: ignore[attr-defined]  # (every message class has a TAG; `type` does not say so)
-    prefix = _head(_ARRAY, 1 + len(names)) + _head(_UINT, tag)
+    prefix = _head(_ARRAY, 1 + len(names)) + _head(_UINT, _tag(cls))
     return prefix, operator.attrgetter(*names)
 
 
@@ -438,7 +443,7 @@ def _read_message(
 
 
 def _message_reader(cls: type) -> _Reader:
-    table = {cls.TAG: cls}  # type: ignore[attr-defined]  # (every message class has a TAG; `type` does not say so)
+    table = {_tag(cls): cls}
 
     def read(data: bytes, pos: int, depth: int, limits: Limits) -> tuple[Any, int]:
         return _read_message(table, data, pos, depth + 1, limits)
@@ -485,7 +490,7 @@ def _wire_fields(cls: type) -> tuple[_Reader, ...]:
 
 
 def _by_tag(types: tuple[type, ...]) -> dict[int, type]:
-    return {cls.TAG: cls for cls in types}  # type: ignore[attr-defined]  # (every message class has a TAG; `type` does not say so)
+    return {_tag(cls): cls for cls in types}
 
 
 _WIRE_FIELDS: dict[type, tuple[_Reader, ...]] = {cls: _wire_fields(cls) for cls in m.ALL_TYPES}
@@ -763,7 +768,7 @@ _VARIABLE_LIMITS = {m.Kind.OP: "max_op_bytes", m.Kind.BLOB: "max_message_bytes"}
 def _message_format(cls: type, i: int) -> dict[str, Any]:
     """What the templates need to read a nested message of type `cls` (TAG below 24)."""
     items = 1 + len(_wire_field_names(cls))
-    tag: int = cls.TAG  # type: ignore[attr-defined]  # (every message class has a TAG; `type` does not say so)
+    tag = _tag(cls)
     assert tag < 24 and items < 24  # one-byte heads
     return {"i": i, "head": 0x80 + items, "tag": tag, "items": items, "name": cls.__name__}
 
@@ -901,7 +906,7 @@ def _fast_table(types_: tuple[type, ...]) -> _FastTable:
     for cls in types_:
         items = 1 + len(_wire_field_names(cls))
         assert items < 24
-        tag: int = cls.TAG  # type: ignore[attr-defined]  # (every message class has a TAG; `type` does not say so)
+        tag = _tag(cls)
         table[tag] = (0x80 + items, _GENERATED[f"_fast_read_{cls.__name__}"])
     return table
 
@@ -950,7 +955,8 @@ def decode_untrusted(data: bytes, limits: Limits = DEFAULT_LIMITS) -> m.WireMess
     wrong: at most two passes). Accepts bytes, bytearray or
     memoryview; anything else is a caller's bug (TypeError).
     """
-    return _decode(_TOP_LEVEL_BY_TAG, _FAST_TOP_LEVEL, data, limits)  # type: ignore[no-any-return]  # (what the generated readers return: the table's TAGs say which type)
+    # (the readers are made from the schema at run time: the table says which type comes back)
+    return _decode(_TOP_LEVEL_BY_TAG, _FAST_TOP_LEVEL, data, limits)  # type: ignore[no-any-return]
 
 
 def decode_statement_untrusted(body: bytes, limits: Limits = DEFAULT_LIMITS) -> m.Statement:
@@ -959,7 +965,9 @@ def decode_statement_untrusted(body: bytes, limits: Limits = DEFAULT_LIMITS) -> 
     Same guarantees as `decode_untrusted`; carriers (`Signed`, `Batch`,
     `Proposal`, `PreparedCert`, `MacReply`) are rejected at the top of a body.
     """
-    return _decode(_STATEMENTS_BY_TAG, _FAST_STATEMENTS, body, limits)  # type: ignore[no-any-return]  # (what the generated readers return: the table's TAGs say which type)
+    # (the readers are made from the schema at run time: the table says which type comes back)
+    return _decode(  # type: ignore[no-any-return]
+        _STATEMENTS_BY_TAG, _FAST_STATEMENTS, body, limits)
 
 
 _CERT_BY_TAG = _by_tag((m.PreparedCert,))
@@ -971,4 +979,5 @@ def decode_prepared_cert_untrusted(data: bytes, limits: Limits = DEFAULT_LIMITS)
 
     Same guarantees as `decode_untrusted`; any other message is rejected.
     """
-    return _decode(_CERT_BY_TAG, _FAST_CERT, data, limits)  # type: ignore[no-any-return]  # (what the generated readers return: the table's TAGs say which type)
+    # (the readers are made from the schema at run time: the table says which type comes back)
+    return _decode(_CERT_BY_TAG, _FAST_CERT, data, limits)  # type: ignore[no-any-return]
