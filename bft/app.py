@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 import cbor2
 
@@ -236,8 +236,8 @@ def _cbor_uint(n: int) -> bytes:
     return _cbor_head(0, n)
 
 
-def _is_u64(x: object) -> bool:
-    return type(x) is int and 0 <= x < U64_LIMIT  # type: ignore[operator]
+def _is_u64(x: object) -> TypeGuard[int]:
+    return type(x) is int and 0 <= x < U64_LIMIT
 
 
 # --------------------------------------------------------------------------
@@ -445,7 +445,7 @@ def _parse_op(data: bytes, limits: KVLimits) -> Op:
     def u64(x: object, what: str) -> int:
         if not _is_u64(x):
             raise _BadOp(f"bad_{what}")
-        return x  # type: ignore[return-value]
+        return x
 
     def fence(rest: list[Any]) -> Fence | None:
         if not rest:
@@ -497,9 +497,9 @@ def _parse_op_memo(data: bytes, limits: KVLimits) -> Op:
             if len(_op_memo) >= OP_MEMO_SIZE:
                 _op_memo.clear()  # (cheaper than evicting one by one)
             _op_memo[data] = (limits, parsed)
-    if type(parsed) is str:
+    if isinstance(parsed, str):
         raise _BadOp(parsed)
-    return parsed  # type: ignore[return-value]
+    return parsed
 
 
 def decode_op_untrusted(data: bytes, limits: KVLimits = DEFAULT_KV_LIMITS) -> Op:

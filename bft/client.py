@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bft.cbor import MAJOR_BYTES, MAJOR_UINT, read_head
+from bft.config import ClusterConfig
 from bft.crypto import request_digest
 from bft.detector import RttEstimator
 from bft.errors import MalformedMessage
@@ -61,14 +62,14 @@ class SendTo:
     """Send the signed request to replica `replica`."""
 
     replica: int
-    request: Signed
+    request: Signed[Request]
 
 
 @dataclass(frozen=True, slots=True)
 class SendAll:
     """Send the signed request to every replica."""
 
-    request: Signed
+    request: Signed[Request]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +100,11 @@ ClientEffect = SendTo | SendAll | Completed | Failed | ClientTimer
 
 
 class _Signer(Protocol):
-    def sign(self, statement: Any) -> Signed: ...
+    def sign(self, statement: Request) -> Signed[Request]: ...
 
 
 class _Verifier(Protocol):
-    def verify(self, signed: Signed) -> bool: ...
+    def verify(self, signed: Signed[Reply]) -> bool: ...
 
 
 class _ReplyAuth(Protocol):
@@ -114,7 +115,7 @@ class _ReplyAuth(Protocol):
 class _Outstanding:
     """The one request in flight."""
 
-    signed: Signed
+    signed: Signed[Request]
     timestamp: int
     digest: bytes  # request_digest(signed): what a reply must answer
     submitted_at: float
@@ -198,7 +199,8 @@ class Client:
     retransmission, to every replica instead of the primary.
     """
 
-    def __init__(self, config: Any, client_id: int, signer: _Signer, verifier: _Verifier, *,
+    def __init__(self, config: ClusterConfig, client_id: int, signer: _Signer,
+                 verifier: _Verifier, *,
                  first_timestamp: int = 1, max_backoff: int = 4,
                  primary_retransmits: int = 1, reply_auth: _ReplyAuth | None = None,
                  send_to_all: bool = False) -> None:
@@ -376,7 +378,7 @@ class Client:
         effects.append(self._timer())
         return effects
 
-    def statistics(self) -> dict:
+    def statistics(self) -> dict[str, Any]:
         """Counters: submitted, completed, failed, abandoned, retransmits, broadcasts,
         replies, drops, and `reply_auth` (the MAC checks' counters; None without reply
         keys)."""
@@ -391,7 +393,7 @@ class Client:
 
     # ------------------------------------------------------------- helpers
 
-    def _send(self, signed: Signed) -> SendTo | SendAll:
+    def _send(self, signed: Signed[Request]) -> SendTo | SendAll:
         if self.send_to_all:
             return SendAll(signed)
         return SendTo(self._config.primary(self.view), signed)

@@ -53,7 +53,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import cbor2
 
@@ -151,10 +151,16 @@ def _wire_field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
+def _tag(cls: type) -> int:
+    """The TAG of message class `cls` (each class of bft.messages declares one)."""
+    tag: int = cls.TAG  # type: ignore[attr-defined]  # (`type` does not say it has one)
+    return tag
+
+
 def _encode_plan(cls: type) -> tuple[bytes, Callable[[Any], tuple[Any, ...]]]:
     names = _wire_field_names(cls)
     assert 2 <= len(names) < 23, cls  # attrgetter of one name would not return a tuple
-    prefix = _head(_ARRAY, 1 + len(names)) + _head(_UINT, cls.TAG)  # type: ignore[attr-defined]
+    prefix = _head(_ARRAY, 1 + len(names)) + _head(_UINT, _tag(cls))
     return prefix, operator.attrgetter(*names)
 
 
@@ -317,6 +323,9 @@ _U64_BOUND = 2**63
 # returns (value, position after the value).
 _Reader = Callable[[bytes, int, int, Limits], tuple[Any, int]]
 
+# TAG -> (the message's one-byte array head, its generated field reader): see `_fast_table`.
+_FastTable = dict[int, tuple[int, _Reader]]
+
 
 def _read_u64(data: bytes, pos: int, depth: int, limits: Limits) -> tuple[int, int]:
     value, after = read_head(data, pos, MAJOR_UINT, "an unsigned integer")
@@ -434,7 +443,7 @@ def _read_message(
 
 
 def _message_reader(cls: type) -> _Reader:
-    table = {cls.TAG: cls}  # type: ignore[attr-defined]
+    table = {_tag(cls): cls}
 
     def read(data: bytes, pos: int, depth: int, limits: Limits) -> tuple[Any, int]:
         return _read_message(table, data, pos, depth + 1, limits)
@@ -481,7 +490,7 @@ def _wire_fields(cls: type) -> tuple[_Reader, ...]:
 
 
 def _by_tag(types: tuple[type, ...]) -> dict[int, type]:
-    return {cls.TAG: cls for cls in types}  # type: ignore[attr-defined]
+    return {_tag(cls): cls for cls in types}
 
 
 _WIRE_FIELDS: dict[type, tuple[_Reader, ...]] = {cls: _wire_fields(cls) for cls in m.ALL_TYPES}
@@ -625,7 +634,7 @@ def _fast_read_array(data: bytes, pos: int, depth: int, limits: Limits) -> tuple
 
 
 def _fast_read_message(
-    data: bytes, pos: int, table: dict[int, tuple[int, Any]], depth: int, limits: Limits
+    data: bytes, pos: int, table: _FastTable, depth: int, limits: Limits
 ) -> tuple[Any, int]:
     """A message `[TAG, fields...]` at nesting `depth` at `pos`: (message, next pos).
 
@@ -651,7 +660,9 @@ def _fast_read_message(
     return entry[1](data, pos, depth, limits)
 
 
-def _fast_read_signed(data: bytes, pos: int, depth: int, limits: Limits) -> tuple[m.Signed, int]:
+def _fast_read_signed(
+    data: bytes, pos: int, depth: int, limits: Limits
+) -> tuple[m.Signed[m.Statement], int]:
     """The fields of a `Signed` at nesting `depth` (after its head and TAG): (Signed, next pos)."""
     initial = data[pos]
     if initial == 0x58:  # the usual body, of 24 to 255 bytes
@@ -757,8 +768,8 @@ _VARIABLE_LIMITS = {m.Kind.OP: "max_op_bytes", m.Kind.BLOB: "max_message_bytes"}
 def _message_format(cls: type, i: int) -> dict[str, Any]:
     """What the templates need to read a nested message of type `cls` (TAG below 24)."""
     items = 1 + len(_wire_field_names(cls))
-    assert cls.TAG < 24 and items < 24  # type: ignore[attr-defined]  # one-byte heads
-    tag: int = cls.TAG  # type: ignore[attr-defined]
+    tag = _tag(cls)
+    assert tag < 24 and items < 24  # one-byte heads
     return {"i": i, "head": 0x80 + items, "tag": tag, "items": items, "name": cls.__name__}
 
 
@@ -826,7 +837,7 @@ def _builder(cls: type) -> Callable[..., Any]:
         return cls
     namespace: dict[str, Any] = {"cls": cls, "object_new": object.__new__}
     for i, slot in enumerate(slots):
-        namespace[f"set{i}"] = slot.__set__  # type: ignore[union-attr]
+        namespace[f"set{i}"] = slot.__set__  # type: ignore[union-attr]  # (a slot: checked above)
     name = f"_decoded_{cls.__name__}"
     params = ", ".join(f"v{i}" for i in range(len(names)))
     body = "".join(f"    set{i}(obj, v{i})\n" for i in range(len(names)))
@@ -834,7 +845,7 @@ def _builder(cls: type) -> Callable[..., Any]:
                    name, namespace)
 
 
-def _define(source: str, name: str, namespace: dict[str, Any]) -> Any:
+def _define(source: str, name: str, namespace: dict[str, Any]) -> Callable[..., Any]:
     """Run generated `source`, which defines function `name`, in `namespace`; return it.
 
     The source is made from the message schema only, never from input (as
@@ -844,7 +855,8 @@ def _define(source: str, name: str, namespace: dict[str, Any]) -> Any:
     filename = f"{__file__} (generated: {name})"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102
-    return namespace[name]
+    function: Callable[..., Any] = namespace[name]
+    return function
 
 
 _WRITERS_NAMESPACE: dict[str, Any] = {
@@ -856,8 +868,18 @@ for _cls in m.ALL_TYPES:
     _FIELD_WRITERS[_cls] = _define(_writer_source(_cls), f"_put_{_cls.__name__}",
                                    _WRITERS_NAMESPACE)
 
-_decoded_signed = _builder(m.Signed)
-_decoded_mac_reply = _builder(m.MacReply)
+_S = TypeVar("_S", bound=m.Statement)
+
+
+class _NewSigned(Protocol):
+    def __call__(
+        self, body: bytes, signature: bytes, statement: _S, checked: tuple[bytes, _S] | None, /
+    ) -> m.Signed[_S]: ...
+
+
+_decoded_signed: _NewSigned = _builder(m.Signed)
+_decoded_mac_reply: Callable[[bytes, bytes, m.Reply, tuple[bytes, m.Reply] | None], m.MacReply] = (
+    _builder(m.MacReply))
 
 #: `Signed(body, signature, statement, checked)`, made without the frozen dataclass's
 #: per-field `object.__setattr__` (the same object): for signers, who make many.
@@ -878,13 +900,13 @@ for _cls in m.ALL_TYPES:
         _define(_fast_source(_cls), f"_fast_read_{_cls.__name__}", _GENERATED)
 
 
-def _fast_table(types_: tuple[type, ...]) -> dict[int, tuple[int, Any]]:
+def _fast_table(types_: tuple[type, ...]) -> _FastTable:
     """TAG -> (one-byte array head, field reader) of the message types allowed at a place."""
-    table = {}
+    table: _FastTable = {}
     for cls in types_:
         items = 1 + len(_wire_field_names(cls))
         assert items < 24
-        tag: int = cls.TAG  # type: ignore[attr-defined]
+        tag = _tag(cls)
         table[tag] = (0x80 + items, _GENERATED[f"_fast_read_{cls.__name__}"])
     return table
 
@@ -895,7 +917,7 @@ _FAST_REPLY = _fast_table((m.Reply,))
 
 
 def _decode(
-    table: dict[int, type], fast_table: dict[int, tuple[int, Any]], data: bytes, limits: Limits
+    table: dict[int, type], fast_table: _FastTable, data: bytes, limits: Limits
 ) -> Any:
     """Decode `data` as one message whose TAG is in `table` (`fast_table` for the fast reader):
     what the fast reader returns, else what the reference decoder returns or raises."""
@@ -933,7 +955,8 @@ def decode_untrusted(data: bytes, limits: Limits = DEFAULT_LIMITS) -> m.WireMess
     wrong: at most two passes). Accepts bytes, bytearray or
     memoryview; anything else is a caller's bug (TypeError).
     """
-    return _decode(_TOP_LEVEL_BY_TAG, _FAST_TOP_LEVEL, data, limits)
+    # (the readers are made from the schema at run time: the table says which type comes back)
+    return _decode(_TOP_LEVEL_BY_TAG, _FAST_TOP_LEVEL, data, limits)  # type: ignore[no-any-return]
 
 
 def decode_statement_untrusted(body: bytes, limits: Limits = DEFAULT_LIMITS) -> m.Statement:
@@ -942,7 +965,9 @@ def decode_statement_untrusted(body: bytes, limits: Limits = DEFAULT_LIMITS) -> 
     Same guarantees as `decode_untrusted`; carriers (`Signed`, `Batch`,
     `Proposal`, `PreparedCert`, `MacReply`) are rejected at the top of a body.
     """
-    return _decode(_STATEMENTS_BY_TAG, _FAST_STATEMENTS, body, limits)
+    # (the readers are made from the schema at run time: the table says which type comes back)
+    return _decode(  # type: ignore[no-any-return]
+        _STATEMENTS_BY_TAG, _FAST_STATEMENTS, body, limits)
 
 
 _CERT_BY_TAG = _by_tag((m.PreparedCert,))
@@ -954,4 +979,5 @@ def decode_prepared_cert_untrusted(data: bytes, limits: Limits = DEFAULT_LIMITS)
 
     Same guarantees as `decode_untrusted`; any other message is rejected.
     """
+    # (the readers are made from the schema at run time: the table says which type comes back)
     return _decode(_CERT_BY_TAG, _FAST_CERT, data, limits)  # type: ignore[no-any-return]

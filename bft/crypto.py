@@ -32,7 +32,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import cbor2
 import nacl.bindings
@@ -103,6 +103,9 @@ KINDS = ("replica", "client", "admin")
 #: ("replica", i), ("client", c) or ("admin", 0).
 Identity = tuple[str, int]
 
+#: The statement a signer signs: `sign(Prepare(...))` is a `Signed[Prepare]`.
+S = TypeVar("S", bound=Statement)
+
 PRIVATE_KEY_SIZE = 32
 _PREFIX = b"bft-udp/v1/"
 
@@ -141,7 +144,7 @@ def batch_digest(batch: Batch) -> bytes:
     return digest
 
 
-def request_digest(signed_request: Signed) -> bytes:
+def request_digest(signed_request: Signed[Request]) -> bytes:
     """Digest of a signed request: SHA-256 of its body as signed (the signature is excluded)."""
     return sha256(signed_request.body)
 
@@ -346,7 +349,7 @@ class SignerProtocol(Protocol):
     kind: str
     id: int
 
-    def sign(self, statement: Statement) -> Signed:
+    def sign(self, statement: S) -> Signed[S]:
         """The statement signed; ValueError if `signer_of(statement)` is not this identity."""
         ...
 
@@ -359,7 +362,7 @@ class SignerProtocol(Protocol):
 class VerifierProtocol(Protocol):
     """Checks signatures of every known identity; never raises on bad input."""
 
-    def verify(self, signed: Signed) -> bool:
+    def verify(self, signed: Signed[Statement]) -> bool:
         """True iff `signed` is a valid signature of its statement's signer."""
         ...
 
@@ -397,7 +400,7 @@ class _BaseSigner:
     def _raw_sign(self, data: bytes) -> bytes:
         raise NotImplementedError
 
-    def sign(self, statement: Statement) -> Signed:
+    def sign(self, statement: S) -> Signed[S]:
         """Encode `statement` canonically and sign the prefixed body.
 
         Raises ValueError if the statement names another signer than this
@@ -462,12 +465,12 @@ class _CachingVerifier:
         # id -> (the very Signed, its cache key) for objects that verified lately: messages are
         # immutable, so while its entry stays cached the same object is a cache hit without
         # hashing its body (the simulator hands one decoded broadcast to every receiver)
-        self._passed: dict[int, tuple[Signed, bytes]] = {}
+        self._passed: dict[int, tuple[Signed[Statement], bytes]] = {}
         # (the very Signed, why) of the last failure: failures are not cached, but the same
         # (immutable) object asked again at once fails again for the same reason without a
         # second Ed25519 check (the node checks a client's request to learn its address, then
         # the replica checks it: a forged request would otherwise cost two)
-        self._failed: tuple[Signed, str] | None = None
+        self._failed: tuple[Signed[Statement], str] | None = None
         self._stats = {
             "verified": 0,
             "failed": 0,
@@ -488,14 +491,14 @@ class _CachingVerifier:
 
     # -- public API -----------------------------------------------------
 
-    def _fail(self, reason: str, signed: Signed | None = None) -> bool:
+    def _fail(self, reason: str, signed: Signed[Statement] | None = None) -> bool:
         self._stats["failed"] += 1
         self._stats["failed_" + reason] += 1
         if signed is not None:
             self._failed = (signed, reason)
         return False
 
-    def verify(self, signed: Signed) -> bool:
+    def verify(self, signed: Signed[Statement]) -> bool:
         """True iff the signer named by the statement signed exactly this body.
 
         Checks: the statement is one, its signer (`signer_of`) has a known
@@ -526,7 +529,7 @@ class _CachingVerifier:
             self._stats["cache_hits"] += 1
             self._passed_now(signed, key)
             return True
-        identity = signer_of(statement)  # type: ignore[arg-type]  # (a statement: checked above)
+        identity = signer_of(statement)
         if (
             isinstance(identity[1], bool)
             or not isinstance(identity[1], int)
@@ -555,7 +558,7 @@ class _CachingVerifier:
         self._passed_now(signed, key)
         return True
 
-    def _passed_now(self, signed: Signed, key: bytes) -> None:
+    def _passed_now(self, signed: Signed[Statement], key: bytes) -> None:
         """Remember the cache key of this very (immutable) object, for `_passed`."""
         passed = self._passed
         if len(passed) >= PASSED_MEMO_SIZE:

@@ -73,7 +73,7 @@ class EffectIO:
     def broadcast(self, message: WireMessage) -> None:
         """Send `message` to every other replica."""
 
-    def reply(self, client: int, reply: Signed | MacReply) -> None:
+    def reply(self, client: int, reply: Signed[Any] | MacReply) -> None:
         """Send `reply` to client `client`."""
 
     def set_timer(self, at: float, gen: int) -> None:
@@ -149,7 +149,7 @@ class EffectRunner:
         self._send, self._broadcast, self._reply, self._set_timer = (
             io.send, io.broadcast, io.reply, io.set_timer)
         self._observers: tuple[Callable[[Any], None], ...] = (
-            io.executed, io.evidence, io.event)  # type: ignore[assignment]
+            io.executed, io.evidence, io.event)
 
     # -- effects
 
@@ -183,11 +183,11 @@ class EffectRunner:
                     storage.write_snapshot(snapshot.seq, snapshot.data, carry_over=carry)
                 snapshot = e  # written with the records after it (it replaces all before)
                 carry = []
-        if snapshot is not None:
-            storage.write_snapshot(snapshot.seq, snapshot.data,  # type: ignore[union-attr]
-                                   carry_over=carry)
-        elif appended:
-            storage.sync()  # type: ignore[union-attr]
+        # (a snapshot or an appended record was only kept with a storage)
+        if snapshot is not None and storage is not None:
+            storage.write_snapshot(snapshot.seq, snapshot.data, carry_over=carry)
+        elif appended and storage is not None:
+            storage.sync()
         if not later:
             return
         on_send = self.on_send

@@ -29,9 +29,9 @@ real clusters (`bft up --load ... --history FILE`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bft.app import (
     Cas,
@@ -196,8 +196,14 @@ def check_history_shape(entries: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-async def call_recorded(client: Any, op: bytes, history: History, *, process: int,
-                        clock_ns: Any, timeout_s: float = 10.0) -> bytes | None:
+class _Caller(Protocol):
+    """What `call_recorded` calls: `bft.node.ClusterClient.call`."""
+
+    async def call(self, op: bytes, timeout_s: float = ...) -> bytes: ...
+
+
+async def call_recorded(client: _Caller, op: bytes, history: History, *, process: int,
+                        clock_ns: Callable[[], int], timeout_s: float = 10.0) -> bytes | None:
     """`await client.call(op)` recorded in `history`: ok/fail with the agreed result, or info
     (returning None) when the client gives up (`bft.node.ClientError`): the op may or may not
     have been applied. `clock_ns()` gives the time in nanoseconds."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, Generic, TypeVar, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeAlias, TypeVar, Union
 
 
 class Kind(enum.Enum):
@@ -158,7 +158,7 @@ class ViewChange:
     view: U64
     stable_seq: U64
     state_digest: Digest
-    checkpoint_proof: tuple[Signed, ...]
+    checkpoint_proof: tuple[AnySigned, ...]
     prepared: tuple[PreparedCert, ...]
     replica: U64
 
@@ -169,8 +169,8 @@ class NewView:
 
     TAG: ClassVar[int] = 8
     view: U64
-    view_changes: tuple[Signed, ...]
-    pre_prepares: tuple[Signed, ...]
+    view_changes: tuple[AnySigned, ...]
+    pre_prepares: tuple[AnySigned, ...]
     replica: U64
 
 
@@ -259,10 +259,21 @@ class Signed(Generic[S_co]):
     body: Blob
     signature: SignatureBytes
     statement: S_co = field(compare=False, repr=False)
-    checked: tuple | None = field(default=None, compare=False, repr=False)
+    checked: tuple[bytes, S_co] | None = field(default=None, compare=False, repr=False)
 
     def __repr__(self) -> str:  # short and readable in logs
         return f"Signed({self.statement!r})"
+
+
+#: What a carrier (`ViewChange`, `NewView`, `Batch`, `Proposal`, `PreparedCert`) holds: a
+#: `Signed` of any statement. The codec does not check which statement stands in a field
+#: (a `Proposal.pre_prepare` may hold a PREPARE); the replica checks that, so for the type
+#: checker this is `Signed[Any]`. At run time it is the plain class `Signed`: the codec
+#: reads these annotations to build its readers and accepts only plain classes there.
+if TYPE_CHECKING:
+    AnySigned: TypeAlias = Signed[Any]
+else:
+    AnySigned = Signed
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +287,7 @@ class Batch:
 
     TAG: ClassVar[int] = 21
     batch_time: U64
-    requests: tuple[Signed, ...]
+    requests: tuple[AnySigned, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +295,7 @@ class Proposal:
     """A signed pre-prepare header with its batch (unsigned carrier: the digest binds it)."""
 
     TAG: ClassVar[int] = 22
-    pre_prepare: Signed
+    pre_prepare: AnySigned
     batch: Batch
 
 
@@ -293,8 +304,8 @@ class PreparedCert:
     """P entry of a view change: a signed pre-prepare and 2f signed matching prepares."""
 
     TAG: ClassVar[int] = 23
-    pre_prepare: Signed
-    prepares: tuple[Signed, ...]
+    pre_prepare: AnySigned
+    prepares: tuple[AnySigned, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +326,7 @@ class MacReply:
     body: Blob
     mac: MacBytes
     statement: Reply = field(compare=False, repr=False)
-    checked: tuple | None = field(default=None, compare=False, repr=False)
+    checked: tuple[bytes, Reply] | None = field(default=None, compare=False, repr=False)
 
     def __repr__(self) -> str:  # short and readable in logs
         return f"MacReply({self.statement!r})"
@@ -329,9 +340,9 @@ Statement = Union[
 ]
 
 #: What may stand at the top of a datagram payload.
-WireMessage = Union[Signed, Proposal, MacReply]
+WireMessage = Union[AnySigned, Proposal, MacReply]
 
-STATEMENT_TYPES: tuple[type, ...] = (
+STATEMENT_TYPES = (
     Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView,
     Status, Fetch, FetchState, StateChunk,
 )

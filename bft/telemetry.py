@@ -561,7 +561,8 @@ class _Reader:
 
 
 def _read_status(r: _Reader) -> StatusSnapshot:
-    head: list[Any] = [
+    (node, seq_no, time_ms, view, primary, last_executed, stable_seq, low_watermark,
+     high_watermark, pending) = (
         r.uint(name)
         for name in (
             "node",
@@ -575,7 +576,7 @@ def _read_status(r: _Reader) -> StatusSnapshot:
             "high_watermark",
             "pending",
         )
-    ]
+    )
     in_view_change = r.bool_("in_view_change")
     suspected = []
     for _ in range(r.array("suspected", 0, MAX_SUSPECTED)):
@@ -589,12 +590,21 @@ def _read_status(r: _Reader) -> StatusSnapshot:
     drops_total = r.uint("drops_total")
     behaviour = r.text("behaviour", MAX_NAME_CHARS)
     paused = r.bool_("paused")
-    return StatusSnapshot(  # type: ignore[call-arg]  # (*head: its first ten fields)
-        *head,
+    return StatusSnapshot(
+        node,
+        seq_no,
+        time_ms,
+        view,
+        primary,
+        last_executed,
+        stable_seq,
+        low_watermark,
+        high_watermark,
+        pending,
         in_view_change,
         tuple(suspected),
         msgs_in,
-        msgs_out,  # type: ignore[arg-type]
+        msgs_out,
         tuple(drops),
         drops_total,
         behaviour,
