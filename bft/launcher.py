@@ -478,7 +478,7 @@ class LocalCluster:
 
     def client_endpoint(self, client_id: int, host: str = "127.0.0.1") -> Any:
         """A bare UDP endpoint speaking as client `client_id` (for `barrier`)."""
-        from bft.node import CLIENT_SENDER_BASE
+        from bft.config import CLIENT_SENDER_BASE
         from transport.udp import UdpEndpoint
 
         return UdpEndpoint(CLIENT_SENDER_BASE + client_id, host, 0,
