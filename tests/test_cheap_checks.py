@@ -4,14 +4,17 @@ counted, before any signature is checked. Real loopback UDP, all nodes in one pr
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from bft import codec
 from bft.app import Ops, decode_result
 from bft.config import CLIENT_SENDER_BASE
-from bft.crypto import Ed25519Keys
-from bft.messages import Prepare, Status
+from bft.crypto import Ed25519Keys, SimKeys, batch_digest
+from bft.messages import Batch, Prepare, PrePrepare, Proposal, Request, Status
 from bft.node import ClusterClient
+from tests.harness import Net
 from tests.test_node_inprocess import make_cluster
 from transport.udp import Received, UdpEndpoint
 
@@ -93,3 +96,35 @@ def test_a_replica_does_not_relay_another_ones_status_or_fetch_state(tmp_path) -
         assert node.stats.drops["unrelayed_message_relayed"] == 1
     finally:
         node.close()
+
+
+def _proposal(net: Any, *, pp_forged: bool, requests_forged: bool, replica: int = 0,
+              requests: int = 8) -> Any:
+    """A Proposal for (view 0, seq 1) by `replica` of a batch of `requests` requests; the
+    pre-prepare and the requests are signed with the cluster's keys or, if forged, with keys
+    the cluster does not know."""
+    forger = SimKeys(FORGER_SEED, n_replicas=4, n_clients=4)
+    client = (forger if requests_forged else net.keys).signer("client", 0)
+    reqs = tuple(client.sign(Request(b"x", t + 1, 0)) for t in range(requests))
+    batch = Batch(1_600_000_000_000_000, reqs)
+    signer = (forger if pp_forged else net.keys).signer("replica", replica)
+    pp = signer.sign(PrePrepare(0, 1, batch_digest(batch), replica))
+    return codec.decode_untrusted(codec.encode(Proposal(pp, batch)), net.config.limits)
+
+
+def test_a_proposals_pre_prepare_is_checked_before_its_batch() -> None:
+    """A proposal not from the primary of its view costs no signature check; one whose
+    pre-prepare is forged costs one, not one per request of its batch."""
+    net = Net(4)
+    r1 = net.replicas[1]
+    assert r1 is not None
+    checks: list[Any] = []
+    real = r1.verifier._check
+    r1.verifier._check = lambda *a: checks.append(a) or real(*a)  # type: ignore[method-assign]
+    r1.receive(_proposal(net, pp_forged=False, requests_forged=False, replica=2), net.now)
+    assert checks == [] and r1.drops["pre_prepare_not_from_primary"] == 1
+    r1.receive(_proposal(net, pp_forged=True, requests_forged=False), net.now)
+    assert len(checks) == 1 and r1.drops["bad_signature"] == 1  # (not 8 requests + 1)
+    # teeth: a well-signed pre-prepare does get its batch checked (and a forgery found)
+    r1.receive(_proposal(net, pp_forged=False, requests_forged=True), net.now)
+    assert len(checks) == 1 + 1 + 1 and r1.drops["bad_signature"] == 2
