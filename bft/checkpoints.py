@@ -177,6 +177,13 @@ class Checkpoints(ReplicaState):
         req: FetchState = signed.statement
         if req.seq != self.log.low or self.stable_snapshot is None or req.state_digest != self.stable_digest:
             return self._drop("no_such_state")
+        # Our whole snapshot goes to the requester's configured address: at most one per
+        # requester and state_answer_interval_s (a correct requester asks again only after
+        # max(view-change timer, 0.5 s), and then another replica first).
+        last = self._state_answered.get(req.replica)
+        if last is not None and self._now - last[0] < self.config.state_answer_interval_s:
+            return self._drop("fetch_state_repeat" if last[1] == req else "fetch_state_rate_limited")
+        self._state_answered[req.replica] = (self._now, req)
         data = self.stable_snapshot
         count = max(1, -(-len(data) // STATE_CHUNK_BYTES))
         for i in range(count):

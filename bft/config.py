@@ -21,7 +21,8 @@ count = 4                        # ids 0..3, or [[clients]] id = .., public_key 
 [checkpoints] interval, log_window
 [timeouts]    view_change_s, view_change_min_s, view_change_max_s,
               phi_threshold, client_s, max_clock_skew_s
-[network]     max_datagram_bytes, status_interval_s
+[network]     max_datagram_bytes, status_interval_s, status_answer_interval_s,
+              state_answer_interval_s
 [storage]     fsync = "always" | "never"
 [limits]      max_message_bytes, max_op_bytes, max_text_chars, max_items, max_depth
 ```
@@ -209,6 +210,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "network": {
         "max_datagram_bytes": "max_datagram_bytes",
         "status_interval_s": "status_interval_s",
+        "status_answer_interval_s": "status_answer_interval_s",
+        "state_answer_interval_s": "state_answer_interval_s",
     },
     "storage": {"fsync": "fsync"},
 }
@@ -236,6 +239,8 @@ _FLOAT_FIELDS = (
     "view_change_timeout_max_s",
     "phi_threshold",
     "status_interval_s",
+    "status_answer_interval_s",
+    "state_answer_interval_s",
     "client_timeout_s",
     "max_clock_skew_s",
 )
@@ -294,6 +299,13 @@ class ClusterConfig:
     view_change_timeout_max_s: float = 10.0
     phi_threshold: float = 8.0
     status_interval_s: float = 0.1
+    # Rate limits on what a peer's message makes a replica send (issue 21, amplification):
+    # at most one STATUS of each peer answered per status_answer_interval_s (below
+    # status_interval_s, the period of a correct peer's STATUS, so those are all answered),
+    # and at most one snapshot sent to each peer per state_answer_interval_s (below 0.5 s,
+    # the least time a correct peer waits before it asks again). 0 turns a limit off.
+    status_answer_interval_s: float = 0.05
+    state_answer_interval_s: float = 0.25
     client_timeout_s: float = 1.0
     max_clock_skew_s: float = 1.0
     max_datagram_bytes: int = 1400
@@ -484,6 +496,8 @@ class ClusterConfig:
             "status_interval_s",
         ):
             self._range(attr, 0, _MAX_DURATION_S, low_open=True)
+        for attr in ("status_answer_interval_s", "state_answer_interval_s"):
+            self._range(attr, 0, _MAX_DURATION_S)
         if self.view_change_timeout_min_s > self.view_change_timeout_s:
             raise self._error(
                 "view_change_timeout_min_s",

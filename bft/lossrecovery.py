@@ -76,6 +76,13 @@ class LossRecovery(ReplicaState):
     def _on_status(self, signed: Signed[Status]) -> None:
         st: Status = signed.statement
         peer = st.replica
+        # One STATUS can make us resend a window of messages (x1,000 its size): answer at most
+        # one per peer and status_answer_interval_s, however often it comes (a repeat of the
+        # same STATUS, a replay, costs its sender nothing: the verifier remembers it).
+        last = self._status_answered.get(peer)
+        if last is not None and self._now - last[0] < self.config.status_answer_interval_s:
+            return self._drop("status_repeat" if last[1] == st else "status_rate_limited")
+        self._status_answered[peer] = (self._now, st)
         out = self._out
         # Resend only to a peer that is stuck: no progress since its previous STATUS. A peer
         # that is merely behind (its CPU busy, messages still queued for it) catches up by

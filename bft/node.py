@@ -59,7 +59,7 @@ from bft.config import CLIENT_SENDER_BASE, ClusterConfig
 from bft.driver import EffectIO, EffectRunner
 from bft.effects import Event, Evidence, Executed
 from bft.errors import ClientIdInUse, MalformedMessage
-from bft.messages import Request, Signed
+from bft.messages import Fetch, FetchState, Request, Signed, StateChunk, Status
 from bft.replica import Replica
 from bft.storage import WalStorage, votes_may_be_lost
 from bft.telemetry import (
@@ -243,6 +243,10 @@ class NodeExtension:
         return None
 
 
+#: messages a replica sends only in its own name: the signer must be the frame's sender
+_UNRELAYED = (Status, Fetch, FetchState, StateChunk)
+
+
 def _chain(first: DatagramFilter | None, then: DatagramFilter | None) -> DatagramFilter | None:
     if first is None or then is None:
         return first or then
@@ -348,6 +352,9 @@ class Node:
                             wall_us - int(config.max_clock_skew_s * 1e6)),
             clock_tolerance_s=config.max_clock_skew_s)
         self._peer_of_addr = {n.address: n.id for n in config.nodes}
+        self._n = len(config.nodes)
+        # each replica's address as the socket reports a datagram's source (resolved in open())
+        self._replica_addr: dict[int, Any] = {}
         self._peer_ids = tuple(n.id for n in config.nodes if n.id != node_id)
         self.metrics: Metrics | None = None
         self._metrics_due = 0.0
@@ -362,6 +369,7 @@ class Node:
         self.endpoint = UdpEndpoint(self.id, me.host, me.port, peers=peers,
                                     max_datagram_bytes=self.config.max_datagram_bytes,
                                     max_message_bytes=self.config.limits.max_message_bytes)
+        self._replica_addr = {**self.endpoint.peers, self.id: self.endpoint.address}
         self.storage = WalStorage(self.state_dir / f"wal-{self.id}", fsync=self.fsync)  # type: ignore[arg-type]
         self.runner = EffectRunner(self.storage, _NodeIO(self))
         if self.storage.recovered:
@@ -493,10 +501,29 @@ class Node:
 
     def _step(self, rec: Any, now: float, wall: Interval) -> list[Any]:
         assert self.replica is not None
+        # Cheapest checks first (issue 21, Aardvark): a datagram framed as from replica j
+        # comes from j's configured address, or it is a forgery, dropped before it costs a
+        # decode or a signature check.
+        sender = rec.sender_id
+        from_replica = sender < self._n
+        if from_replica and self._replica_addr.get(sender) != rec.addr:
+            self.stats.drops["replica_address_mismatch"] += 1
+            return []
         try:
             msg = codec.decode_untrusted(rec.payload, self.config.limits)
         except MalformedMessage:
             self.stats.drops["malformed"] += 1
+            return []
+        if not from_replica and not (isinstance(msg, Signed) and type(msg.statement) is Request):
+            # only replicas send replica messages (those they relay too: PRE-PREPAREs, proofs,
+            # certificates): from anyone else such a message is dropped unverified
+            self.stats.drops["replica_message_from_outsider"] += 1
+            return []
+        if (from_replica and isinstance(msg, Signed) and type(msg.statement) in _UNRELAYED
+                and msg.statement.replica != sender):  # type: ignore[attr-defined]
+            # a replica sends these only in its own name (nobody relays them): one naming
+            # another replica is a replay aimed at that replica's peers, dropped unverified
+            self.stats.drops["unrelayed_message_relayed"] += 1
             return []
         if isinstance(msg, Signed) and isinstance(msg.statement, Request):
             # Replies go to the address of the client's latest request whose signature

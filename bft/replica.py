@@ -192,9 +192,16 @@ class Replica(NormalCase, Checkpoints, ViewChanges, LossRecovery, WalRecovery):
 
     def _dispatch(self, message: Any) -> None:
         if isinstance(message, Proposal):
-            if not isinstance(message.pre_prepare.statement, PrePrepare):
+            pp = message.pre_prepare.statement
+            if not isinstance(pp, PrePrepare):
                 return self._drop("bad_type")
-            if not self.verifier.verify_deep(message):
+            # cheapest checks first (issue 21): only the primary of a view pre-prepares in it,
+            # and the pre-prepare's one signature is checked before its batch's many (the
+            # verifier remembers it: the deep check below finds it in its cache)
+            if pp.replica != self.primary(pp.view):
+                return self._drop("pre_prepare_not_from_primary")
+            verifier = self.verifier
+            if not verifier.verify_deep(message.pre_prepare) or not verifier.verify_deep(message):
                 return self._drop("bad_signature")
             self._note_arrival(message.pre_prepare.statement.replica)
             return self._on_proposal(message)

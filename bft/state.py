@@ -161,6 +161,11 @@ class ReplicaState:
         # no progress over a whole status interval (stuck); batches, at first, from only two
         # replicas (see _on_status)
         self._peer_progress: dict[int, tuple[int, int, int]] = {}
+        # Rate limits on what a peer's message makes us send (issue 21, amplification): peer ->
+        # (when, what) of its last STATUS answered (config.status_answer_interval_s) and of
+        # its last FETCH-STATE answered with our snapshot (config.state_answer_interval_s)
+        self._status_answered: dict[int, tuple[float, Any]] = {}
+        self._state_answered: dict[int, tuple[float, Any]] = {}
         self._now = 0.0
         self._wall = Interval(0, 0)
         # After lost votes (PROTOCOL.md "Crash recovery": never sign what conflicts with an

@@ -254,10 +254,11 @@ def test_client_address_recorded_only_for_verified_requests_and_verified_only_on
     # a request relayed by a replica (from its address, with its sender id) teaches nothing
     replica_addr = node.config.nodes[1].address
     step(replica_addr, request_payload(keys, 1, 2), sender=1)
-    step(elsewhere, request_payload(keys, 1, 3), sender=1)
+    step(elsewhere, request_payload(keys, 1, 3), sender=1)  # replica 1's id, not its address
     assert node.client_addrs == {0: elsewhere, 1: home}
-    # every decodable message still goes to the replica, which does its own checks
-    assert len(replica.received) == 8
+    assert node.stats.drops["replica_address_mismatch"] == 1 and verifier.calls == 4
+    # every other decodable message still goes to the replica, which does its own checks
+    assert len(replica.received) == 7
 
 
 def test_a_client_signature_is_checked_once_between_node_and_replica(
