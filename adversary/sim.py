@@ -226,7 +226,8 @@ class SimConfig:
         if self.cluster is not None:
             return self.cluster
         overrides = dict(self.cluster_overrides)
-        overrides.setdefault("clients", self.clients)
+        # A cluster config needs a client identity, even for a run with no client.
+        overrides.setdefault("clients", max(1, self.clients))
         return ClusterConfig.local(self.nodes, **overrides)
 
     def validate(self, cluster: ClusterConfig) -> None:
