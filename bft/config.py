@@ -20,7 +20,7 @@ count = 4                        # ids 0..3, or [[clients]] id = .., public_key 
 [batching]    max_requests, delay_s, max_in_flight
 [checkpoints] interval, log_window
 [timeouts]    view_change_s, view_change_min_s, view_change_max_s,
-              phi_threshold, client_s, max_clock_skew_s
+              phi_threshold, client_s, max_clock_skew_s, client_timestamp_window_s
 [network]     max_datagram_bytes, status_interval_s
 [storage]     fsync = "always" | "never"
 [limits]      max_message_bytes, max_op_bytes, max_text_chars, max_items, max_depth
@@ -215,6 +215,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "phi_threshold": "phi_threshold",
         "client_s": "client_timeout_s",
         "max_clock_skew_s": "max_clock_skew_s",
+        "client_timestamp_window_s": "client_timestamp_window_s",
     },
     "network": {
         "max_datagram_bytes": "max_datagram_bytes",
@@ -248,8 +249,10 @@ _FLOAT_FIELDS = (
     "status_interval_s",
     "client_timeout_s",
     "max_clock_skew_s",
+    "client_timestamp_window_s",
 )
 _MAX_DURATION_S = 3600.0
+_MAX_TIMESTAMP_WINDOW_S = 366 * 86400.0
 
 
 def _type_name(value: Any) -> str:
@@ -286,6 +289,14 @@ class ClusterConfig:
     is a base port: node i serves metrics on `metrics_port + i`. `key_dir` is
     absolute once loaded from a file (relative paths are taken from the
     config file's directory); `source` is the file it came from.
+
+    `client_timestamp_window_s`: a request numbered above its batch's agreed time (in
+    microseconds) plus this window is refused and never executed (issue 21, item 5), so
+    one request cannot make every later request of its client old. Real clients number
+    requests from the time of day in microseconds (bft/node.py `claim_client_id`), one
+    more per request, so theirs stay below their clock; the window covers their clock's
+    skew. A wrongly numbered request that did execute locks its client id out for at
+    most the window (until a client that restarts numbers from its clock again).
     """
 
     name: str
@@ -306,6 +317,7 @@ class ClusterConfig:
     status_interval_s: float = 0.1
     client_timeout_s: float = 1.0
     max_clock_skew_s: float = 1.0
+    client_timestamp_window_s: float = 3600.0
     max_datagram_bytes: int = 1400
     fsync: str = "always"
     limits: Limits = DEFAULT_LIMITS
@@ -510,6 +522,17 @@ class ClusterConfig:
             )
         self._range("phi_threshold", 0, 1000.0, low_open=True)
         self._range("max_clock_skew_s", 0, _MAX_DURATION_S)
+        # a correct client's clock and a correct primary's batch time may each be a skew
+        # away from the true time: the window must cover both
+        self._range("client_timestamp_window_s", 0, _MAX_TIMESTAMP_WINDOW_S, low_open=True)
+        if self.client_timestamp_window_s <= 2 * self.max_clock_skew_s:
+            raise self._error(
+                "client_timestamp_window_s",
+                f"{_num(self.client_timestamp_window_s)} s does not cover twice "
+                f"timeouts.max_clock_skew_s ({_num(self.max_clock_skew_s)} s): a correct "
+                "client's requests could be refused",
+                fix=f"use more than {_num(2 * self.max_clock_skew_s)} (default 3600)",
+            )
         self._range("max_datagram_bytes", 512, _MAX_UDP_PAYLOAD)
         self._check_message_size()
 

@@ -124,6 +124,7 @@ view_change_max_s = 20.0
 phi_threshold = 5.0
 client_s = 3.0
 max_clock_skew_s = 0.5
+client_timestamp_window_s = 60
 
 [network]
 max_datagram_bytes = 1200
@@ -148,6 +149,7 @@ max_op_bytes = 1024
         3.0,
         0.5,
     )
+    assert config.client_timestamp_window_s == 60.0
     assert (config.max_datagram_bytes, config.status_interval_s) == (1200, 0.5)
     assert config.fsync == "never"
     assert config.limits == Limits(max_op_bytes=1024)
@@ -345,6 +347,13 @@ ERROR_CASES = {
     "base above max": (add("[timeouts]\nview_change_s = 20.0"), "timeouts.view_change_max_s"),
     "zero phi": (add("[timeouts]\nphi_threshold = 0"), "timeouts.phi_threshold"),
     "negative skew": (add("[timeouts]\nmax_clock_skew_s = -0.1"), "timeouts.max_clock_skew_s"),
+    "zero timestamp window": (
+        add("[timeouts]\nclient_timestamp_window_s = 0"), "timeouts.client_timestamp_window_s"),
+    "timestamp window within the skew": (
+        add("[timeouts]\nmax_clock_skew_s = 5.0\nclient_timestamp_window_s = 10"),
+        "timeouts.client_timestamp_window_s"),
+    "timestamp window over a year": (
+        add("[timeouts]\nclient_timestamp_window_s = 1e9"), "timeouts.client_timestamp_window_s"),
     "zero status interval": (add("[network]\nstatus_interval_s = 0"), "network.status_interval_s"),
     "tiny datagrams": (add("[network]\nmax_datagram_bytes = 100"), "network.max_datagram_bytes"),
     "huge datagrams": (add("[network]\nmax_datagram_bytes = 70000"), "network.max_datagram_bytes"),
