@@ -197,3 +197,34 @@ def test_the_wire_carries_the_largest_request_number():
     net = make_net()
     request = sign(net, 0, 2**63 - 1, b"op")
     assert codec.decode_untrusted(codec.encode(request), net.config.limits) == request
+
+
+def test_the_linearizability_model_skips_what_the_replicas_skip():
+    """The checkers' sequential model (adversary/checkers.py) applies the same bound, given
+    the window, so the replicas' skipping is not taken for a divergence; without it, the
+    model executes the request and reports every replica's result as wrong."""
+    from adversary.checkers import LinearizabilityChecker
+
+    net = make_net(replica_class=_NoBatchRequestCheck)
+    net.crash(0)
+    batch_time = int(net.now * US)
+    ahead = sign(net, 2, 2**63 - 1, Ops.put("c", b"poison"))
+    honest = sign(net, 2, batch_time, Ops.put("c", b"1"))
+    for seq, requests in ((1, [ahead]), (2, [honest])):
+        for j in (1, 2, 3):
+            net.queue.append((0, j, proposal_from_0(net, seq, batch_time, requests)))
+        net.deliver()
+    assert all(net.replicas[i].last_executed == 2 for i in (1, 2, 3))
+
+    window_us = int(WINDOW_S * US)
+    faithful = LinearizabilityChecker({1, 2, 3}, max_clock_skew_us=int(SKEW_S * US),
+                                      client_timestamp_window_us=window_us)
+    unbounded = LinearizabilityChecker({1, 2, 3}, max_clock_skew_us=int(SKEW_S * US))
+    for checker in (faithful, unbounded):
+        for i in (1, 2, 3):
+            for executed in net.executed[i]:
+                checker.on_executed(i, executed, net.now)
+        checker.finish(net.now)
+    assert faithful.ok, faithful.violations
+    assert faithful.data()["replica_results_checked"] == 3  # seq 2's put, at every replica
+    assert not unbounded.ok and "differs from the sequential model" in unbounded.violations[0]
