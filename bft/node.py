@@ -508,7 +508,8 @@ class Node:
         if isinstance(msg, Signed) and isinstance(msg.statement, Request):
             # Replies go to the address of the client's freshest request whose signature
             # verified: numbered above every request of that client verified here before
-            # (issue 21, item 7). A replayed older request, from anywhere, moves nothing
+            # and above its last executed one, which a restarted node recovers (issue 21,
+            # item 7). A replayed older request, from anywhere, moves nothing
             # and costs no check here; nor does a retransmission. A fresh request is
             # checked here, once: the replica shares the verifier, which answers its check
             # of this very object from memory (a cache hit, or the failure it just found),
@@ -518,7 +519,9 @@ class Node:
             # primary) comes from that replica's address: it says nothing of the client's.
             req = msg.statement
             client = req.client
+            executed = self.core.client_table.get(client) if self.core is not None else None
             if (req.timestamp > self.client_latest.get(client, -1)
+                    and (executed is None or req.timestamp > executed[0])
                     and rec.addr not in self._peer_of_addr
                     and rec.sender_id == CLIENT_SENDER_BASE + client
                     and req.timestamp <= wall.earliest_us + self._fresh_ahead_us

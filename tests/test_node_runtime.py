@@ -302,6 +302,18 @@ def test_a_replayed_old_request_does_not_move_the_reply_address(
     step(new_home, request_payload(keys, 0, t0 + 1_000_000))  # restarted, a second later
     assert node.client_addrs == {0: new_home}
 
+    # A restarted node has learned no address yet, but it recovered what it executed: a
+    # replay of an executed request is no fresher after the restart than before.
+    node.client_addrs.clear()
+    node.client_latest.clear()
+    assert node.core is not None
+    node.core.client_table[0] = (t0 + 1_000_000, b"", b"")
+    step(attacker, request_payload(keys, 0, t0 + 1_000_000))
+    step(attacker, captured)
+    assert node.client_addrs == {}
+    step(new_home, request_payload(keys, 0, t0 + 1_000_001))
+    assert node.client_addrs == {0: new_home}
+
 
 def test_a_client_signature_is_checked_once_between_node_and_replica(
     node: Node, keys, monkeypatch
