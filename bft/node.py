@@ -507,21 +507,23 @@ class Node:
             return []
         if isinstance(msg, Signed) and isinstance(msg.statement, Request):
             # Replies go to the address of the client's freshest request whose signature
-            # verified: numbered above every request of that client verified here before
-            # and above its last executed one, which a restarted node recovers (issue 21,
-            # item 7). A replayed older request, from anywhere, moves nothing
-            # and costs no check here; nor does a retransmission. A fresh request is
-            # checked here, once: the replica shares the verifier, which answers its check
-            # of this very object from memory (a cache hit, or the failure it just found),
-            # one Ed25519 check in all. A request numbered too far ahead to be executed
-            # (bft/normal.py) teaches nothing, so it cannot pin the address either.
+            # verified (issue 21, item 7): numbered above every request of that client
+            # verified here before, and not below its last executed one, which a restarted
+            # node recovers (that one itself counts: a backup may execute it from the
+            # primary's batch before the client's own datagram comes). So a replayed older
+            # request, from anywhere, moves nothing and costs no check here; nor does a
+            # retransmission. A fresh request is checked here, once: the replica shares the
+            # verifier, which answers its check of this very object from memory (a cache
+            # hit, or the failure it just found), one Ed25519 check in all. A request
+            # numbered too far ahead to be executed (bft/normal.py) teaches nothing, so it
+            # cannot pin the address either.
             # A request a replica relays (4.1: a backup forwards a retransmission to the
             # primary) comes from that replica's address: it says nothing of the client's.
             req = msg.statement
             client = req.client
             executed = self.core.client_table.get(client) if self.core is not None else None
             if (req.timestamp > self.client_latest.get(client, -1)
-                    and (executed is None or req.timestamp > executed[0])
+                    and (executed is None or req.timestamp >= executed[0])
                     and rec.addr not in self._peer_of_addr
                     and rec.sender_id == CLIENT_SENDER_BASE + client
                     and req.timestamp <= wall.earliest_us + self._fresh_ahead_us
