@@ -419,7 +419,9 @@ class LinearizabilityChecker(Checker):
     timestamp, max_clock_skew_us)` as the replicas feed it: batch_time is the
     agreed time, max(the batch's time, the previous batch's), and the skew is
     the cluster's) executes it with the replicas' exactly-once rule (a request
-    whose timestamp is not above its client's last executed one is skipped).
+    whose timestamp is not above its client's last executed one is skipped) and,
+    given `client_timestamp_window_us`, their bound on request numbers (one above
+    the agreed time plus the window is skipped: bft/normal.py, issue 21 item 5).
     Then:
     * every completed op's accepted result equals the model's result at the
       op's position (a stale read, a lost write or a forged result fails);
@@ -435,10 +437,12 @@ class LinearizabilityChecker(Checker):
     name = "linearizability"
 
     def __init__(self, correct: Iterable[int], model: Callable[[], tuple[Any, Callable[..., Any]]]
-                 = _default_model, *, max_clock_skew_us: int = 0) -> None:
+                 = _default_model, *, max_clock_skew_us: int = 0,
+                 client_timestamp_window_us: int | None = None) -> None:
         super().__init__(correct)
         self._app, self._context = model()
         self.max_clock_skew_us = max_clock_skew_us
+        self.client_timestamp_window_us = client_timestamp_window_us
         self._time_us = 0  # agreed time of the last batch the model executed
         self.batches: dict[int, Any] = {}  # seq -> batch (first correct execution)
         self.model_seq = 0
@@ -504,6 +508,8 @@ class LinearizabilityChecker(Checker):
             batch = self.batches[seq]
             if batch.requests:  # agreed time is monotonic (PROTOCOL.md, Execution)
                 self._time_us = max(self._time_us, batch.batch_time)
+            window = self.client_timestamp_window_us
+            time_bound = None if window is None else self._time_us + window
             for index, signed in enumerate(batch.requests):
                 request = _request_of(signed)
                 if request is None:
@@ -511,6 +517,8 @@ class LinearizabilityChecker(Checker):
                 last = self._client_last.get(request.client)
                 if last is not None and request.timestamp <= last[0]:
                     continue  # skipped by the exactly-once rule
+                if time_bound is not None and request.timestamp > time_bound:
+                    continue  # numbered too far ahead: never executed
                 ctx = self._context(seq=seq, index=index, batch_time_us=self._time_us,
                                     client=request.client, timestamp=request.timestamp,
                                     max_clock_skew_us=self.max_clock_skew_us)
@@ -779,15 +787,17 @@ class CheckerSuite:
     def __init__(self, correct: Iterable[int], verifier: Any, *, liveness_bound_s: float,
                  faults_end_s: float = 0.0, require_completion: bool = True,
                  model: Callable[[], tuple[Any, Callable[..., Any]]] = _default_model,
-                 max_clock_skew_us: int = 0) -> None:
+                 max_clock_skew_us: int = 0,
+                 client_timestamp_window_us: int | None = None) -> None:
         correct = frozenset(correct)
         self.agreement = AgreementChecker(correct)
         self.validity = ValidityChecker(correct, verifier)
         self.exactly_once = ExactlyOnceChecker(correct)
         self.total_order = TotalOrderChecker(correct)
         self.state_digest = StateDigestChecker(correct)
-        self.linearizability = LinearizabilityChecker(correct, model,
-                                                      max_clock_skew_us=max_clock_skew_us)
+        self.linearizability = LinearizabilityChecker(
+            correct, model, max_clock_skew_us=max_clock_skew_us,
+            client_timestamp_window_us=client_timestamp_window_us)
         self.evidence = EvidenceChecker(correct, verifier)
         self.conduct = ConductChecker(correct)
         self.liveness = LivenessChecker(correct, bound_s=liveness_bound_s,

@@ -226,7 +226,8 @@ class SimConfig:
         if self.cluster is not None:
             return self.cluster
         overrides = dict(self.cluster_overrides)
-        overrides.setdefault("clients", self.clients)
+        # A cluster config needs a client identity, even for a run with no client.
+        overrides.setdefault("clients", max(1, self.clients))
         return ClusterConfig.local(self.nodes, **overrides)
 
     def validate(self, cluster: ClusterConfig) -> None:
@@ -643,6 +644,8 @@ class Simulation:
                                      faults_end_s=self.faults_end_s,
                                      max_clock_skew_us=int(self.cluster.max_clock_skew_s
                                                            * 1_000_000),
+                                     client_timestamp_window_us=int(
+                                         self.cluster.client_timestamp_window_s * 1_000_000),
                                      **({"model": model} if model is not None else {}))
         watched = self.byzantine - {i for i in range(self.n) if i in self._judged}
         self.witness = (EquivocationWitness(watched, self.verifier,

@@ -20,7 +20,7 @@ count = 4                        # ids 0..3, or [[clients]] id = .., public_key 
 [batching]    max_requests, delay_s, max_in_flight
 [checkpoints] interval, log_window
 [timeouts]    view_change_s, view_change_min_s, view_change_max_s,
-              phi_threshold, client_s, max_clock_skew_s
+              phi_threshold, client_s, max_clock_skew_s, client_timestamp_window_s
 [network]     max_datagram_bytes, status_interval_s, status_answer_interval_s,
               state_answer_interval_s
 [storage]     fsync = "always" | "never"
@@ -93,6 +93,16 @@ _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_UDP_PAYLOAD = 65507
+#: The datagram frame's format (transport/frame.py; bft/ does not import transport, a test
+#: checks the two agree): header + checksum bytes per datagram, at most this many fragments
+#: per message, a u32 total length.
+_FRAME_OVERHEAD_BYTES = 27
+_FRAME_MAX_FRAGMENTS = 2**16 - 1
+_FRAME_MAX_TOTAL_LENGTH = 2**32 - 1
+#: The largest `limits.max_message_bytes` accepted: a node's reassembly buffers hold up to
+#: 16 messages of that size by default (transport/reassembly.py), so this bounds them
+#: (about 1 GiB); 16 times the default limit.
+MAX_MESSAGE_BYTES_CAP = 64 * 1024 * 1024
 
 
 def _host_problem(host: Any) -> str | None:
@@ -206,6 +216,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "phi_threshold": "phi_threshold",
         "client_s": "client_timeout_s",
         "max_clock_skew_s": "max_clock_skew_s",
+        "client_timestamp_window_s": "client_timestamp_window_s",
     },
     "network": {
         "max_datagram_bytes": "max_datagram_bytes",
@@ -243,8 +254,10 @@ _FLOAT_FIELDS = (
     "state_answer_interval_s",
     "client_timeout_s",
     "max_clock_skew_s",
+    "client_timestamp_window_s",
 )
 _MAX_DURATION_S = 3600.0
+_MAX_TIMESTAMP_WINDOW_S = 366 * 86400.0
 
 
 def _type_name(value: Any) -> str:
@@ -281,6 +294,14 @@ class ClusterConfig:
     is a base port: node i serves metrics on `metrics_port + i`. `key_dir` is
     absolute once loaded from a file (relative paths are taken from the
     config file's directory); `source` is the file it came from.
+
+    `client_timestamp_window_s`: a request numbered above its batch's agreed time (in
+    microseconds) plus this window is refused and never executed (issue 21, item 5), so
+    one request cannot make every later request of its client old. Real clients number
+    requests from the time of day in microseconds (bft/node.py `claim_client_id`), one
+    more per request, so theirs stay below their clock; the window covers their clock's
+    skew. A wrongly numbered request that did execute locks its client id out for at
+    most the window (until a client that restarts numbers from its clock again).
     """
 
     name: str
@@ -308,6 +329,7 @@ class ClusterConfig:
     state_answer_interval_s: float = 0.25
     client_timeout_s: float = 1.0
     max_clock_skew_s: float = 1.0
+    client_timestamp_window_s: float = 3600.0
     max_datagram_bytes: int = 1400
     fsync: str = "always"
     limits: Limits = DEFAULT_LIMITS
@@ -514,7 +536,41 @@ class ClusterConfig:
             )
         self._range("phi_threshold", 0, 1000.0, low_open=True)
         self._range("max_clock_skew_s", 0, _MAX_DURATION_S)
+        # a correct client's clock and a correct primary's batch time may each be a skew
+        # away from the true time: the window must cover both
+        self._range("client_timestamp_window_s", 0, _MAX_TIMESTAMP_WINDOW_S, low_open=True)
+        if self.client_timestamp_window_s <= 2 * self.max_clock_skew_s:
+            raise self._error(
+                "client_timestamp_window_s",
+                f"{_num(self.client_timestamp_window_s)} s does not cover twice "
+                f"timeouts.max_clock_skew_s ({_num(self.max_clock_skew_s)} s): a correct "
+                "client's requests could be refused",
+                fix=f"use more than {_num(2 * self.max_clock_skew_s)} (default 3600)",
+            )
         self._range("max_datagram_bytes", 512, _MAX_UDP_PAYLOAD)
+        self._check_message_size()
+
+    @property
+    def max_message_bytes_limit(self) -> int:
+        """The largest `limits.max_message_bytes` this config can carry: what fits the
+        frame (MAX_FRAGMENTS fragments of `max_datagram_bytes` minus the frame overhead,
+        and the u32 total length) and MAX_MESSAGE_BYTES_CAP (the reassembly bounds)."""
+        per_fragment = self.max_datagram_bytes - _FRAME_OVERHEAD_BYTES
+        return min(_FRAME_MAX_FRAGMENTS * per_fragment, _FRAME_MAX_TOTAL_LENGTH,
+                   MAX_MESSAGE_BYTES_CAP)
+
+    def _check_message_size(self) -> None:
+        limit = self.max_message_bytes_limit
+        if self.limits.max_message_bytes > limit:
+            raise ConfigError(
+                f"{self.limits.max_message_bytes} bytes is more than a message can be: at most "
+                f"{_FRAME_MAX_FRAGMENTS} fragments of network.max_datagram_bytes - "
+                f"{_FRAME_OVERHEAD_BYTES} bytes, a 32-bit length, and {MAX_MESSAGE_BYTES_CAP} "
+                "bytes so that the reassembly buffers stay bounded",
+                file=self._file,
+                field="limits.max_message_bytes",
+                fix=f"use at most {limit}",
+            )
 
     def _check_nodes(self) -> None:
         if isinstance(self.nodes, list):
@@ -585,6 +641,12 @@ class ClusterConfig:
         if not isinstance(self.clients, tuple):
             raise self._error(
                 "clients", f"expected a tuple of ClientEntry, got {_type_name(self.clients)}"
+            )
+        if not self.clients:
+            raise self._error(
+                "clients",
+                "no clients: nothing could send a request",
+                fix="add [clients] count = 4 (or more), or a [[clients]] table per client",
             )
         seen: set[int] = set()
         for index, client in enumerate(self.clients):
@@ -896,10 +958,13 @@ def _parse_clients(clients: Any, file: str | None) -> tuple[ClientEntry, ...]:
     if isinstance(clients, Mapping):  # [clients] count = N
         _reject_unknown(clients, ("count",), file, where="clients")
         count = clients.get("count")
-        if not _is_int(count) or not 0 <= count <= 1_000_000:
+        if not _is_int(count) or not 1 <= count <= 1_000_000:
             got = count if _is_int(count) else _type_name(count)
             raise ConfigError(
-                f"expected an integer in 0..1000000, got {got}", file=file, field="clients.count"
+                f"expected an integer in 1..1000000, got {got}",
+                file=file,
+                field="clients.count",
+                fix="give the number of clients, at least 1",
             )
         return tuple(ClientEntry(c) for c in range(count))
     if not isinstance(clients, list):

@@ -332,6 +332,13 @@ class Node:
                                self.state_dir / f"node-{node_id}.log.jsonl", echo=log_echo)
         self.stats = NodeStats()
         self.client_addrs: dict[int, Any] = {}
+        # client -> the number of its freshest request whose signature verified here: the
+        # reply address moves only with a request numbered above it (issue 21, item 7)
+        self.client_latest: dict[int, int] = {}
+        # a request numbered more than this ahead of this node's clock is never executed
+        # (bft/normal.py `_request_time_bound`): it teaches no address
+        self._fresh_ahead_us = (int(config.client_timestamp_window_s * 1_000_000)
+                                - int(config.max_clock_skew_s * 1_000_000))
         self.replica: Any = None  # the core replica, or what an extension wrapped it in
         self.core: Replica | None = None  # the core replica itself
         self.extensions: list[NodeExtension] = []
@@ -526,17 +533,29 @@ class Node:
             self.stats.drops["unrelayed_message_relayed"] += 1
             return []
         if isinstance(msg, Signed) and isinstance(msg.statement, Request):
-            # Replies go to the address of the client's latest request whose signature
-            # verified. Verify here only when that would change the address: when it
-            # would not, there is nothing to learn, and the replica verifies anyway. The
-            # replica shares the verifier, which answers its check of this very object from
-            # memory (a cache hit, or the failure it just found): one Ed25519 check in all.
+            # Replies go to the address of the client's freshest request whose signature
+            # verified (issue 21, item 7): numbered above every request of that client
+            # verified here before, and not below its last executed one, which a restarted
+            # node recovers (that one itself counts: a backup may execute it from the
+            # primary's batch before the client's own datagram comes). So a replayed older
+            # request, from anywhere, moves nothing and costs no check here; nor does a
+            # retransmission. A fresh request is checked here, once: the replica shares the
+            # verifier, which answers its check of this very object from memory (a cache
+            # hit, or the failure it just found), one Ed25519 check in all. A request
+            # numbered too far ahead to be executed (bft/normal.py) teaches nothing, so it
+            # cannot pin the address either.
             # A request a replica relays (4.1: a backup forwards a retransmission to the
             # primary) comes from that replica's address: it says nothing of the client's.
-            client = msg.statement.client
-            if (self.client_addrs.get(client) != rec.addr and rec.addr not in self._peer_of_addr
+            req = msg.statement
+            client = req.client
+            executed = self.core.client_table.get(client) if self.core is not None else None
+            if (req.timestamp > self.client_latest.get(client, -1)
+                    and (executed is None or req.timestamp >= executed[0])
+                    and rec.addr not in self._peer_of_addr
                     and rec.sender_id == CLIENT_SENDER_BASE + client
+                    and req.timestamp <= wall.earliest_us + self._fresh_ahead_us
                     and self.verifier.verify(msg)):
+                self.client_latest[client] = req.timestamp
                 self.client_addrs[client] = rec.addr
         self.stats.steps += 1
         return self.replica.receive(msg, now, wall)

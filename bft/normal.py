@@ -88,6 +88,10 @@ class NormalCase(ReplicaState):
                 self._send_reply(req.client, req.timestamp, last[2], last[1])
                 self.counters["reply_resent"] += 1
             return
+        if req.timestamp > self._request_time_bound():
+            # no correct primary orders it (PROTOCOL.md 4.1, request numbers bounded by agreed
+            # time): held, it would only run this replica's view-change timer
+            return self._drop("request_too_far_ahead")
         if key in self.assigned or key in self.pending:
             if not self.is_primary and not self.in_view_change:
                 if key not in self.assigned:
@@ -106,6 +110,22 @@ class NormalCase(ReplicaState):
             # to the primary only when the client sends it again (the branch above): clients
             # send each request to every replica, so the primary normally has it already.
             self._arm_progress()
+
+    def _timestamp_window_us(self) -> int:
+        return int(self.config.client_timestamp_window_s * 1_000_000)
+
+    def _request_time_bound(self) -> int:
+        """The largest request number this replica holds for ordering (issue 21, item 5).
+
+        A batch may carry a request numbered at most its agreed time (microseconds) plus
+        `timeouts.client_timestamp_window_s` (see `_batch_problem`); a correct primary
+        proposes at its clock, within max_clock_skew of this one's, and never below the
+        last executed batch time. So this bound, a skew below the lowest batch time a
+        correct primary can propose, never holds a request no correct primary orders.
+        It reads the local clock, but only decides what is held, never what executes."""
+        skew_us = int(self.config.max_clock_skew_s * 1_000_000)
+        low = max(self._wall.earliest_us - skew_us, self.last_batch_time)
+        return low + self._timestamp_window_us()
 
     def _send_reply(self, client: int, timestamp: int, request: bytes, result: bytes) -> None:
         reply = Reply(self.view, timestamp, client, self.id, request, result)
@@ -151,11 +171,18 @@ class NormalCase(ReplicaState):
             held = self.log.get(self.next_seq)
         if self.next_seq > self.log.high:
             return
+        # not below the batch before it, as the backups check it (rule 6): that may be a
+        # NEW-VIEW re-proposal not executed yet, stamped by an earlier primary's clock
+        batch_time = propose_batch_time(self._wall, self._previous_batch_time(self.next_seq))
+        time_bound = batch_time + self._timestamp_window_us()
         reqs: list[Signed[Request]] = []
         size = 0
         while self.pending and len(reqs) < self.config.batch_max_requests:
             key, signed = self.pending.popitem(last=False)
             if key in self.assigned or self._stale(key):
+                continue
+            if key[1] > time_bound:  # the backups would refuse the batch (_batch_problem)
+                self._drop("request_too_far_ahead")
                 continue
             size += len(signed.body) + 80
             if reqs and size > self.limits.max_message_bytes // 2:
@@ -166,9 +193,6 @@ class NormalCase(ReplicaState):
             self.assigned[key] = self.next_seq
         if not reqs:
             return
-        # not below the batch before it, as the backups check it (rule 6): that may be a
-        # NEW-VIEW re-proposal not executed yet, stamped by an earlier primary's clock
-        batch_time = propose_batch_time(self._wall, self._previous_batch_time(self.next_seq))
         batch = Batch(batch_time, tuple(reqs))
         digest = self._digest(batch)
         seq = self.next_seq
@@ -266,6 +290,7 @@ class NormalCase(ReplicaState):
             # index span, so no batch that reaches execution can make ExecContext raise
             return "batch_too_large"
         seen: set[tuple[int, int]] = set()
+        time_bound = batch.batch_time + self._timestamp_window_us()
         for s in batch.requests:
             r = s.statement
             if not isinstance(r, Request):
@@ -274,6 +299,8 @@ class NormalCase(ReplicaState):
             if key in seen:
                 return "batch_duplicate_request"
             seen.add(key)
+            if r.timestamp > time_bound:
+                return "batch_request_too_far_ahead"
             last = self.client_table.get(r.client)
             if last is not None and r.timestamp <= last[0]:
                 return "batch_request_executed"
@@ -553,6 +580,8 @@ class NormalCase(ReplicaState):
         seq = slot.seq
         results = []
         max_clock_skew_us = int(self.config.max_clock_skew_s * 1_000_000)
+        batch_time_us = max(batch.batch_time, self.last_batch_time)  # monotonic (PROTOCOL.md)
+        time_bound = batch_time_us + self._timestamp_window_us()
         for index, s in enumerate(batch.requests):
             r: Request = s.statement
             key = (r.client, r.timestamp)
@@ -562,9 +591,18 @@ class NormalCase(ReplicaState):
             if last is not None and r.timestamp <= last[0]:
                 results.append(last[1] if r.timestamp == last[0] else b"")
                 continue  # exactly-once: never execute twice
+            if r.timestamp > time_bound:
+                # Issue 21, item 5: a request numbered beyond agreed time + the window would
+                # make every later request of its client old; never executed, no reply. Only
+                # replicated state decides (the agreed time, the config): every correct
+                # replica skips it alike. Fresh proposals carrying one are refused earlier
+                # (_batch_problem); this covers batches re-proposed by a NEW-VIEW.
+                results.append(b"")
+                self._drop("request_too_far_ahead")
+                continue
             digest = request_digest(s)
-            ctx = ExecContext(seq=seq, index=index,  # agreed time is monotonic (PROTOCOL.md)
-                              batch_time_us=max(batch.batch_time, self.last_batch_time),
+            ctx = ExecContext(seq=seq, index=index,
+                              batch_time_us=batch_time_us,
                               client=r.client, timestamp=r.timestamp,
                               max_clock_skew_us=max_clock_skew_us)
             result = self.app.execute(r.op, ctx)

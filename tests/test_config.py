@@ -124,6 +124,7 @@ view_change_max_s = 20.0
 phi_threshold = 5.0
 client_s = 3.0
 max_clock_skew_s = 0.5
+client_timestamp_window_s = 60
 
 [network]
 max_datagram_bytes = 1200
@@ -148,6 +149,7 @@ max_op_bytes = 1024
         3.0,
         0.5,
     )
+    assert config.client_timestamp_window_s == 60.0
     assert (config.max_datagram_bytes, config.status_interval_s) == (1200, 0.5)
     assert config.fsync == "never"
     assert config.limits == Limits(max_op_bytes=1024)
@@ -212,8 +214,9 @@ def test_local_and_derived_values():
     assert str(config.node(2)) == "127.0.0.1:7102"
     assert ClusterConfig.local(7).f == 2
     assert ClusterConfig.local(1).f == 0
-    custom = ClusterConfig.local(4, base_port=9000, clients=0, batch_max_requests=1)
-    assert custom.node(0).port == 9000 and custom.clients == () and custom.batch_max_requests == 1
+    custom = ClusterConfig.local(4, base_port=9000, clients=1, batch_max_requests=1)
+    assert custom.node(0).port == 9000 and custom.clients == (ClientEntry(0),)
+    assert custom.batch_max_requests == 1
     with pytest.raises(ConfigError) as info:
         config.node(4)
     assert info.value.field == "nodes"
@@ -344,6 +347,13 @@ ERROR_CASES = {
     "base above max": (add("[timeouts]\nview_change_s = 20.0"), "timeouts.view_change_max_s"),
     "zero phi": (add("[timeouts]\nphi_threshold = 0"), "timeouts.phi_threshold"),
     "negative skew": (add("[timeouts]\nmax_clock_skew_s = -0.1"), "timeouts.max_clock_skew_s"),
+    "zero timestamp window": (
+        add("[timeouts]\nclient_timestamp_window_s = 0"), "timeouts.client_timestamp_window_s"),
+    "timestamp window within the skew": (
+        add("[timeouts]\nmax_clock_skew_s = 5.0\nclient_timestamp_window_s = 10"),
+        "timeouts.client_timestamp_window_s"),
+    "timestamp window over a year": (
+        add("[timeouts]\nclient_timestamp_window_s = 1e9"), "timeouts.client_timestamp_window_s"),
     "zero status interval": (add("[network]\nstatus_interval_s = 0"), "network.status_interval_s"),
     "tiny datagrams": (add("[network]\nmax_datagram_bytes = 100"), "network.max_datagram_bytes"),
     "huge datagrams": (add("[network]\nmax_datagram_bytes = 70000"), "network.max_datagram_bytes"),
@@ -360,6 +370,11 @@ ERROR_CASES = {
     "fsync as bool": (add("[storage]\nfsync = true"), "storage.fsync"),
     "unknown limit": (add("[limits]\nmax_size = 10"), "limits.max_size"),
     "zero limit": (add("[limits]\nmax_op_bytes = 0"), "limits.max_op_bytes"),
+    "message beyond the frame's u32 length": (
+        add("[limits]\nmax_message_bytes = 99999999999"), "limits.max_message_bytes"),
+    "no clients": (edit("count = 2", "count = 0"), "clients.count"),
+    "empty client array": (
+        lambda text: "clients = []\n" + text.replace("[clients]\ncount = 2\n", ""), "clients"),
     "limit as string": (add('[limits]\nmax_depth = "16"'), "limits.max_depth"),
     "items beyond token indexes": (add("[limits]\nmax_items = 70000"), "limits.max_items"),
     "batch beyond token indexes": (
@@ -410,6 +425,61 @@ def test_batch_and_array_limits_stay_within_the_token_index_span():
         )
     assert info.value.field == "batching.max_requests"
     assert str(TOKEN_INDEX_SPAN) in str(info.value)
+
+
+def test_message_size_stays_within_what_frames_and_reassembly_carry():
+    """Issue 21, item 8: `limits.max_message_bytes` must fit the frame (at most MAX_FRAGMENTS
+    fragments of max_datagram_bytes minus the frame overhead, a u32 total length), and the
+    reassembly buffers, which hold 16 messages of that size, stay bounded (64 MiB at most).
+
+    Failed before the fix: max_message_bytes = 99999999999 was a valid config; an endpoint
+    built from it could not frame such a message, and its reassembler's default bounds
+    grew to 1.6 TB.
+    """
+    from bft.config import MAX_MESSAGE_BYTES_CAP, _FRAME_MAX_FRAGMENTS, _FRAME_MAX_TOTAL_LENGTH
+    from bft.config import _FRAME_OVERHEAD_BYTES
+    from transport import frame
+
+    # bft/ mirrors the frame format (it may not import transport): the two agree.
+    assert (_FRAME_OVERHEAD_BYTES, _FRAME_MAX_FRAGMENTS, _FRAME_MAX_TOTAL_LENGTH) == (
+        frame.OVERHEAD_BYTES, frame.MAX_FRAGMENTS, frame.MAX_TOTAL_LENGTH)
+    assert ClusterConfig.local(4).limits.max_message_bytes < MAX_MESSAGE_BYTES_CAP
+    # The default datagram size: the cap binds (65535 fragments carry ~86 MiB).
+    at_cap = ClusterConfig.local(4, limits=Limits(max_message_bytes=MAX_MESSAGE_BYTES_CAP))
+    assert at_cap.max_message_bytes_limit == MAX_MESSAGE_BYTES_CAP
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.local(4, limits=Limits(max_message_bytes=MAX_MESSAGE_BYTES_CAP + 1))
+    assert info.value.field == "limits.max_message_bytes"
+    assert f"at most {MAX_MESSAGE_BYTES_CAP}" in str(info.value)
+    # Small datagrams: the fragment count binds, and the fix names the exact bound.
+    small = 65535 * (512 - frame.OVERHEAD_BYTES)
+    assert small < MAX_MESSAGE_BYTES_CAP
+    edge = ClusterConfig.local(4, max_datagram_bytes=512, limits=Limits(max_message_bytes=small))
+    assert edge.max_message_bytes_limit == small
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.local(4, max_datagram_bytes=512, limits=Limits(max_message_bytes=small + 1))
+    assert info.value.field == "limits.max_message_bytes" and f"at most {small}" in str(info.value)
+    # What the check lets through, the frame really carries; one byte more it cannot.
+    assert len(frame.encode_frames(1, 1, bytes(small), 512)) == frame.MAX_FRAGMENTS
+    with pytest.raises(ValueError, match="fragments"):
+        frame.encode_frames(1, 1, bytes(small + 1), 512)
+
+
+def test_a_cluster_needs_a_client():
+    """Issue 21, item 8: `[clients] count = 0` (or no client at all, however the config is
+    built) is a ConfigError naming the field: no request could ever be sent.
+
+    Failed before the fix: count = 0 gave a config with no clients."""
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.local(4, clients=0)
+    assert info.value.field == "clients" and "[clients] count" in info.value.fix
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_dict({"cluster": {"name": "x", "f": 0}, "clients": {"count": 0},
+                                 "nodes": [{"id": 0, "address": "127.0.0.1:7000"}]})
+    assert info.value.field == "clients.count" and "1..1000000" in str(info.value)
+    one = ClusterConfig.from_dict({"cluster": {"name": "x", "f": 0}, "clients": {"count": 1},
+                                   "nodes": [{"id": 0, "address": "127.0.0.1:7000"}]})
+    assert one.clients == (ClientEntry(0),)
 
 
 def test_two_identities_with_one_inline_key_are_rejected():

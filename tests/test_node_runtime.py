@@ -3,8 +3,9 @@
 - `_carry_out` hands a whole step's messages to the kernel without a scheduler pass
   per datagram (no yield at all while the kernel's send buffer has room), and waits
   for room, once, when it has none;
-- `_step` records a client's address only for a request whose signature verified,
-  and verifies for that only when the address would change.
+- `_step` records a client's address only for a fresh request (numbered above every
+  one of that client verified before) whose signature verified, and verifies for that
+  only a fresh request: a replayed old request moves nothing (issue 21, item 7).
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def request_payload(keys: Ed25519Keys, client_id: int, timestamp: int, *,
     return codec.encode(signed)
 
 
-def test_client_address_recorded_only_for_verified_requests_and_verified_only_on_change(
+def test_client_address_recorded_only_for_fresh_verified_requests_and_verified_only_then(
     node: Node, keys, monkeypatch
 ) -> None:
     verifier = CountingVerifier(node.verifier)
@@ -242,13 +243,14 @@ def test_client_address_recorded_only_for_verified_requests_and_verified_only_on
 
     step(home, request_payload(keys, 0, 1))
     assert node.client_addrs == {0: home} and verifier.calls == 1
-    step(home, request_payload(keys, 0, 2))  # same address: nothing to learn, no verify
-    step(home, request_payload(keys, 0, 2))
-    assert node.client_addrs == {0: home} and verifier.calls == 1
-    step(elsewhere, request_payload(keys, 0, 3, forged=True))  # a forger elsewhere
+    step(home, request_payload(keys, 0, 2))  # fresh: verified (the replica's check is a hit)
     assert node.client_addrs == {0: home} and verifier.calls == 2
+    step(home, request_payload(keys, 0, 2))  # a retransmission: nothing to learn, no verify
+    assert node.client_addrs == {0: home} and verifier.calls == 2
+    step(elsewhere, request_payload(keys, 0, 3, forged=True))  # a forger elsewhere
+    assert node.client_addrs == {0: home} and verifier.calls == 3
     step(elsewhere, request_payload(keys, 0, 5))  # the client moved: verified, recorded
-    assert node.client_addrs == {0: elsewhere}
+    assert node.client_addrs == {0: elsewhere} and node.client_latest == {0: 5}
     step(home, request_payload(keys, 1, 1))
     assert node.client_addrs == {0: elsewhere, 1: home}
     # a request relayed by a replica (from its address, with its sender id) teaches nothing
@@ -256,9 +258,66 @@ def test_client_address_recorded_only_for_verified_requests_and_verified_only_on
     step(replica_addr, request_payload(keys, 1, 2), sender=1)
     step(elsewhere, request_payload(keys, 1, 3), sender=1)  # replica 1's id, not its address
     assert node.client_addrs == {0: elsewhere, 1: home}
-    assert node.stats.drops["replica_address_mismatch"] == 1 and verifier.calls == 4
+    assert node.stats.drops["replica_address_mismatch"] == 1 and verifier.calls == 5
     # every other decodable message still goes to the replica, which does its own checks
     assert len(replica.received) == 7
+
+
+def test_a_replayed_old_request_does_not_move_the_reply_address(
+    node: Node, keys, monkeypatch
+) -> None:
+    """Issue 21, item 7: a client's captured, validly signed request replayed from another
+    address moves nothing (no verify either); the client's next request from its own
+    address keeps it there, and a request numbered too far ahead to ever execute
+    (bft/normal.py) teaches nothing, so it cannot pin the address against a client that
+    restarts from its clock.
+
+    Failed before the fix: the replay of request 2 from the attacker's address was
+    verified (it would change the address) and moved the client's replies there."""
+    verifier = CountingVerifier(node.verifier)
+    monkeypatch.setattr(node, "verifier", verifier)
+    monkeypatch.setattr(node, "replica", RecordingReplica())
+    home, attacker, new_home = ("127.0.0.1", 40001), ("127.0.0.1", 40666), ("127.0.0.1", 40002)
+    wall = node.clock()
+    t0 = wall.earliest_us  # real clients number from their clock
+
+    def step(addr: tuple, payload: bytes) -> None:
+        node._step(Received(addr, CLIENT_SENDER_BASE, payload), 1.0, wall)
+
+    captured = request_payload(keys, 0, t0 + 2)
+    step(home, request_payload(keys, 0, t0 + 1))
+    step(home, captured)
+    assert node.client_addrs == {0: home}
+    checks = verifier.calls
+    for replay in (captured, request_payload(keys, 0, t0 + 1)):
+        step(attacker, replay)
+    assert node.client_addrs == {0: home}, "a replay moved the client's replies"
+    assert verifier.calls == checks  # and cost no signature check
+    step(home, request_payload(keys, 0, t0 + 3))
+    step(attacker, captured)
+    assert node.client_addrs == {0: home}
+
+    too_far = t0 + int(node.config.client_timestamp_window_s * 1_000_000)
+    step(attacker, request_payload(keys, 0, too_far))
+    assert node.client_addrs == {0: home} and node.client_latest == {0: t0 + 3}
+    step(new_home, request_payload(keys, 0, t0 + 1_000_000))  # restarted, a second later
+    assert node.client_addrs == {0: new_home}
+
+    # A restarted node has learned no address yet, but it recovered what it executed: a
+    # replay of a request below the last executed one is no fresher after the restart.
+    node.client_addrs.clear()
+    node.client_latest.clear()
+    assert node.core is not None
+    node.core.client_table[0] = (t0 + 1_000_001, b"", b"")
+    step(attacker, request_payload(keys, 0, t0 + 1_000_000))
+    step(attacker, captured)
+    assert node.client_addrs == {}
+    # The last executed request itself still teaches: a backup may have executed it from
+    # the primary's batch before the client's own datagram of it came.
+    step(new_home, request_payload(keys, 0, t0 + 1_000_001))
+    assert node.client_addrs == {0: new_home}
+    step(attacker, request_payload(keys, 0, t0 + 1_000_001))  # and once only
+    assert node.client_addrs == {0: new_home}
 
 
 def test_a_client_signature_is_checked_once_between_node_and_replica(
