@@ -196,3 +196,22 @@ async def test_a_running_node_under_a_control_flood_checks_within_its_budget(
     assert stats["verified"] <= 2 * (CONTROL_VERIFY_BURST + CONTROL_VERIFY_PER_S * elapsed_s)
     assert stats["drops"]["bad_signature"] == stats["verified"] - 1
     assert stats["drops"]["rate_limited"] + stats["drops"]["source_penalized"] > 1700
+
+
+@pytest.mark.udp
+def test_bft_ctl_sends_from_the_monitor_address_when_it_is_free() -> None:
+    """`send_control_now(..., source)`: from `source` (a node's trusted source) when it can
+    bind it, else from any port (a dashboard holds it), and the command is sent either way."""
+    from tui.net import send_control_now
+
+    free, taken = free_udp_ports(2)
+    sender = ControlSender(KEYS.signer("admin", 0), CLUSTER)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as node_sock, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dashboard:
+        node_sock.bind(("127.0.0.1", 0))
+        node_sock.settimeout(5)
+        dashboard.bind(("127.0.0.1", taken))
+        send_control_now(sender, 1, Resume(), node_sock.getsockname(), ("127.0.0.1", free))
+        assert node_sock.recvfrom(65536)[1] == ("127.0.0.1", free)
+        send_control_now(sender, 1, Resume(), node_sock.getsockname(), ("127.0.0.1", taken))
+        assert node_sock.recvfrom(65536)[1][1] != taken
