@@ -357,7 +357,9 @@ class Node:
             node_id, control_cluster_id(config, verifier),
             last_seq_no=max(_read_control_seq_no(self.control_seq_no_file),
                             wall_us - int(config.max_clock_skew_s * 1e6)),
-            clock_tolerance_s=config.max_clock_skew_s)
+            clock_tolerance_s=config.max_clock_skew_s,
+            # the dashboard sends from the monitor address: a budget of its own
+            trusted_sources=[config.monitor] if config.monitor else [])
         self._peer_of_addr = {n.address: n.id for n in config.nodes}
         self._n = len(config.nodes)
         # each replica's address as the socket reports a datagram's source (resolved in open())
@@ -483,7 +485,7 @@ class Node:
             for rec in batch:
                 payload = rec.payload
                 if is_control(payload):
-                    cmd = self.accept_control(payload)
+                    cmd = self.accept_control(payload, rec.addr)
                     if cmd is not None:
                         await self._obey(cmd, now)
                     continue
@@ -562,12 +564,14 @@ class Node:
 
     # -- control (admin-signed commands from the dashboard or `bft ctl`)
 
-    def accept_control(self, payload: bytes) -> Any:
-        """The control command in `payload` to obey now, or None (counted by the gate).
+    def accept_control(self, payload: bytes, source: Any = None) -> Any:
+        """The control command in `payload` (from the address `source`) to obey now,
+        or None (counted by the gate, which also bounds the signature checks it does:
+        see `ControlGate`).
 
         The command's seq_no is written to the state directory before it is
         obeyed, so a restarted node never obeys it again."""
-        cmd = self.control.accept(payload, self.verifier, time.time_ns() // 1000)
+        cmd = self.control.accept(payload, self.verifier, time.time_ns() // 1000, source)
         if cmd is not None:
             try:
                 self.control_seq_no_file.parent.mkdir(parents=True, exist_ok=True)

@@ -112,6 +112,13 @@ CLUSTER_ID_BYTES = 32
 #: A control command is obeyed only this long after it was issued (wall clock, plus the
 #: config's max_clock_skew_s as tolerance): commands are about the operator's present.
 CONTROL_MAX_AGE_S = 10.0
+#: Signature checks of control commands a node does per second (and at most in a burst)
+#: for the dashboard's address, and again for every other source together: a flood of
+#: forged admin commands costs a node at most this many Ed25519 verifications.
+CONTROL_VERIFY_PER_S = 10.0
+CONTROL_VERIFY_BURST = 10
+#: A source whose command failed its signature check gets no other check this long.
+CONTROL_PENALTY_S = 1.0
 
 _U63 = 2**63  # unsigned integers are below this (as in bft.codec)
 
@@ -800,10 +807,31 @@ def control_cluster_id(config: Any, verifier: Any = None) -> bytes:
     return sha256(cbor2.dumps(identity, canonical=True))
 
 
+class _TokenBucket:
+    """At most `burst` takes at once, refilled at `per_s` a second (wall-clock us)."""
+
+    __slots__ = ("burst", "last_us", "per_s", "tokens")
+
+    def __init__(self, per_s: float, burst: int) -> None:
+        self.per_s = per_s
+        self.burst = burst
+        self.tokens = float(burst)
+        self.last_us: int | None = None
+
+    def take(self, now_us: int) -> bool:
+        if self.last_us is not None and now_us > self.last_us:
+            self.tokens = min(self.burst, self.tokens + (now_us - self.last_us) * self.per_s / 1e6)
+        self.last_us = now_us  # a clock stepped back: no refill until it moves on
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class ControlGate:
     """Decides which control payloads node `node_id` of cluster `cluster` obeys (pure).
 
-    `accept(payload, verifier, wall_us)` returns the command only if the
+    `accept(payload, verifier, wall_us, source)` returns the command only if the
     payload is a well-formed `ControlCommand` for this cluster
     (`control_cluster_id`) and this node, validly signed by the admin, issued
     (its `seq_no`) at most `max_age_s` before `wall_us` and at most
@@ -812,8 +840,19 @@ class ControlGate:
     otherwise None, and the reason is counted in `statistics()["drops"]`:
     not_control, malformed, not_admin, wrong_cluster, wrong_target,
     stale_seq_no (a replay or a reordered older command), expired,
-    too_far_ahead (a clock far off), bad_signature. The cheap checks run
-    before the signature check.
+    too_far_ahead (a clock far off), source_penalized, rate_limited,
+    bad_signature. The cheap checks run before the signature check.
+
+    The signature check is the one costly step, and a forger can pass every cheap
+    check (a fresh seq_no is just the time), so its work is bounded: commands from
+    a `trusted_sources` address (the node gives the config's monitor address, where
+    the dashboard sends from) have a budget of `verify_per_s` checks a second (up to
+    `verify_burst` at once), and every other source (or an unknown one, None)
+    shares another such budget; past it a command is dropped as `rate_limited`
+    before any check. An untrusted source whose command failed the check is
+    remembered (the last `max_penalized` of them) and its commands are dropped as
+    `source_penalized` for `penalty_s`, so one forging address cannot keep the
+    others' budget spent.
 
     `last_seq_no` starts where the caller says: a node keeps the last accepted
     one in its state directory and starts from it after a restart (or, with no
@@ -830,6 +869,8 @@ class ControlGate:
         "stale_seq_no",
         "expired",
         "too_far_ahead",
+        "source_penalized",
+        "rate_limited",
         "bad_signature",
     )
 
@@ -841,19 +882,36 @@ class ControlGate:
         last_seq_no: int = 0,
         max_age_s: float = CONTROL_MAX_AGE_S,
         clock_tolerance_s: float = 1.0,
+        trusted_sources: Sequence[Any] = (),
+        verify_per_s: float = CONTROL_VERIFY_PER_S,
+        verify_burst: int = CONTROL_VERIFY_BURST,
+        penalty_s: float = CONTROL_PENALTY_S,
+        max_penalized: int = 1024,
     ) -> None:
         if len(cluster) != CLUSTER_ID_BYTES:
             raise ValueError(f"a cluster id has {CLUSTER_ID_BYTES} bytes")
+        if verify_per_s <= 0 or verify_burst < 1 or penalty_s < 0 or max_penalized < 0:
+            raise ValueError("verify_per_s > 0, verify_burst >= 1, penalty_s >= 0 and "
+                             "max_penalized >= 0 are required")
         self.node_id = node_id
         self.cluster = cluster
         self.last_seq_no = last_seq_no
         self.max_age_us = round(max_age_s * 1e6)
         self.tolerance_us = round(clock_tolerance_s * 1e6)
+        self.trusted_sources = frozenset(trusted_sources)
+        self._trusted_budget = _TokenBucket(verify_per_s, verify_burst)
+        self._others_budget = _TokenBucket(verify_per_s, verify_burst)
+        self.penalty_us = round(penalty_s * 1e6)
+        self.max_penalized = max_penalized
+        self._penalized: collections.OrderedDict[Any, int] = collections.OrderedDict()
         self.accepted = 0
+        self.verified = 0  # signature checks done
         self.drops: collections.Counter[str] = collections.Counter()
 
-    def accept(self, payload: bytes, verifier: Any, wall_us: int) -> ControlCommand | None:
-        """The command to carry out at wall-clock time `wall_us`, or None (counted)."""
+    def accept(self, payload: bytes, verifier: Any, wall_us: int,
+               source: Any = None) -> ControlCommand | None:
+        """The command to carry out at wall-clock time `wall_us`, or None (counted).
+        `source`: the address it came from (None: unknown)."""
         if not is_control(payload):
             self.drops["not_control"] += 1
             return None
@@ -882,18 +940,36 @@ class ControlGate:
         if cmd.seq_no > wall_us + self.tolerance_us:
             self.drops["too_far_ahead"] += 1
             return None
+        trusted = source is not None and source in self.trusted_sources
+        if not trusted and source is not None and source in self._penalized:
+            if wall_us < self._penalized[source]:
+                self.drops["source_penalized"] += 1
+                return None
+            del self._penalized[source]
+        budget = self._trusted_budget if trusted else self._others_budget
+        if not budget.take(wall_us):
+            self.drops["rate_limited"] += 1
+            return None
+        self.verified += 1
         if not _verify(opened, verifier):
             self.drops["bad_signature"] += 1
+            if not trusted and source is not None and self.max_penalized:
+                self._penalized.pop(source, None)
+                self._penalized[source] = wall_us + self.penalty_us
+                if len(self._penalized) > self.max_penalized:
+                    self._penalized.popitem(last=False)
             return None
         self.last_seq_no = cmd.seq_no
         self.accepted += 1
         return cmd
 
     def statistics(self) -> dict[str, Any]:
-        """accepted, last_seq_no and drops by reason (every reason present)."""
+        """accepted, last_seq_no, verified (signature checks done) and drops by reason
+        (every reason present)."""
         return {
             "accepted": self.accepted,
             "last_seq_no": self.last_seq_no,
+            "verified": self.verified,
             "drops": {reason: self.drops[reason] for reason in self.DROP_REASONS},
         }
 

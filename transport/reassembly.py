@@ -7,15 +7,28 @@ message once it is complete. Everything it keeps is bounded, whatever peers send
 - a message longer than `max_message_bytes` is refused at its first fragment;
 - the bytes held in partial messages, counted as payload bytes plus
   `FRAGMENT_OVERHEAD_BYTES` per fragment held, never exceed
-  `max_bytes_per_peer` for one peer nor `max_total_bytes` overall;
+  `max_bytes_per_peer` for one peer key, nor `max_total_bytes` for all the
+  strangers together (see reserved peers below);
 - a peer has at most `max_partial_per_peer` partial messages;
-- at most `max_peers` peers have state (partials and recent ids);
+- at most `max_peers` strangers have state (partials and recent ids);
 - a partial message older than `max_age_s` is dropped;
 - a peer remembers at most `recent_ids_per_peer` completed message ids.
 
-When a bound would be exceeded the oldest partial (of that peer, or overall)
-is evicted, or the least recently active peer is forgotten; every eviction and
-every dropped frame is counted by reason in `statistics()["drops"]`.
+Reserved peers. The peer keys given as `reserved` (or to `set_reserved`: the UDP
+endpoint reserves `(address, id)` of every peer in its peer table, so a replica
+reserves its fellow replicas, known from the config) each have their own budget
+of `max_bytes_per_peer` and `max_partial_per_peer`, which nobody else can take:
+their partials are evicted only to make room for their own, and a reserved peer
+is never forgotten under `max_peers`. Every other key is a stranger (clients,
+unknown sources, a replica's address with another sender id): strangers share
+`max_total_bytes` and evict only one another (the oldest stranger partial
+first), so a flood of never-completed fragments from many sources cannot evict
+a replica's large message mid-reassembly. In all, the bytes held never exceed
+`max_held_bytes` = `max_total_bytes` + (reserved keys) x `max_bytes_per_peer`.
+
+When a bound would be exceeded the oldest partial (of that peer, or of all the
+strangers) is evicted, or the least recently active stranger is forgotten; every
+eviction and every dropped frame is counted by reason in `statistics()["drops"]`.
 
 Delivery guarantees: a delivered message is exactly the bytes its fragments
 carried, in index order. A message id that a peer completed recently (one of
@@ -29,8 +42,9 @@ new messages are not taken for recent duplicates, senders start their counter
 at a random point (UdpEndpoint does).
 
 Memory beyond the byte bounds: each remembered id costs roughly 120 bytes, so
-the recent-id windows take at most about `max_peers * recent_ids_per_peer * 120`
-bytes (about 16 MB with the defaults 1024 and 128).
+the recent-id windows take at most about
+`(max_peers + reserved keys) * recent_ids_per_peer * 120` bytes (about 16 MB with
+the defaults 1024 and 128).
 
 `now` is passed in (monotonic seconds); the reassembler reads no clock.
 """
@@ -38,7 +52,7 @@ bytes (about 16 MB with the defaults 1024 and 128).
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 from transport.frame import DEFAULT_MAX_MESSAGE_BYTES, Frame
 
@@ -59,8 +73,8 @@ REASSEMBLY_DROP_REASONS = (
     "expired",  # older than max_age_s
     "evicted_partial_limit",  # the peer already had max_partial_per_peer partials
     "evicted_peer_bytes",  # the peer's partials would exceed max_bytes_per_peer
-    "evicted_total_bytes",  # all partials would exceed max_total_bytes
-    "evicted_peer",  # the peer was forgotten to keep max_peers (its partials dropped)
+    "evicted_total_bytes",  # the strangers' partials would exceed max_total_bytes
+    "evicted_peer",  # the peer was forgotten (max_peers, or no longer reserved): partials dropped
 )
 
 
@@ -96,10 +110,11 @@ class _Partial:
 class _Peer:
     """What is kept for one peer key: its partials and its recently completed ids."""
 
-    __slots__ = ("cost", "key", "partials", "recent_order", "recent_set")
+    __slots__ = ("cost", "key", "partials", "recent_order", "recent_set", "reserved")
 
-    def __init__(self, key: Hashable) -> None:
+    def __init__(self, key: Hashable, reserved: bool = False) -> None:
         self.key = key
+        self.reserved = reserved  # a reserved peer's partials are not in the strangers' pool
         self.partials: OrderedDict[int, _Partial] = OrderedDict()  # oldest first
         self.cost = 0
         self.recent_order: deque[int] = deque()
@@ -123,12 +138,15 @@ class Reassembler:
         max_bytes_per_peer: int | None = None,
         max_total_bytes: int | None = None,
         recent_ids_per_peer: int = 128,
+        reserved: Iterable[Hashable] = (),
     ) -> None:
-        """Bounds as described in the module docstring.
+        """Bounds as described in the module docstring; `reserved`: the reserved
+        peer keys (see `set_reserved`).
 
         `max_bytes_per_peer` defaults to room for two largest messages and
-        `max_total_bytes` to 16 of those; both must leave room for one message
-        of `max_message_bytes` sent in fragments of at least 1 KiB.
+        `max_total_bytes` (the strangers' share) to 16 of those; both must leave
+        room for one message of `max_message_bytes` sent in fragments of at least
+        1 KiB.
         """
         if max_message_bytes < 0 or max_partial_per_peer < 1 or max_peers < 1:
             raise ValueError(
@@ -156,13 +174,54 @@ class Reassembler:
         self.max_total_bytes = max_total_bytes
         self.recent_ids_per_peer = recent_ids_per_peer
 
-        self._peers: OrderedDict[Hashable, _Peer] = OrderedDict()  # least recently active first
+        # strangers, least recently active first; the reserved peers apart
+        self._peers: OrderedDict[Hashable, _Peer] = OrderedDict()
+        self._reserved: dict[Hashable, _Peer] = {}
         self._partials: OrderedDict[tuple[Hashable, int], _Partial] = OrderedDict()  # oldest first
+        self._stranger_partials: OrderedDict[tuple[Hashable, int], _Partial] = OrderedDict()
         self._total_cost = 0
+        self._stranger_cost = 0
         self._drops: Counter[str] = Counter()
         self._delivered = 0
         self._delivered_fragmented = 0
         self._fragments_accepted = 0
+        self.set_reserved(reserved)
+
+    def set_reserved(self, keys: Iterable[Hashable]) -> None:
+        """Make `keys` the reserved peer keys (replacing the previous set).
+
+        A key that becomes reserved keeps its partials and recent ids (they leave
+        the strangers' pool); a key that is no longer reserved is forgotten, its
+        partials dropped (counted as `evicted_peer`), so that the strangers' pool
+        never holds more than `max_total_bytes`."""
+        wanted = dict.fromkeys(keys)
+        for key in [key for key in self._reserved if key not in wanted]:
+            peer = self._reserved.pop(key)
+            self._drops["evicted_peer"] += 1
+            for partial in list(peer.partials.values()):
+                self._remove_partial(partial)
+        for key in wanted:
+            if key in self._reserved:
+                continue
+            peer = self._peers.pop(key, None)
+            if peer is None:
+                peer = _Peer(key)
+            for partial in peer.partials.values():
+                del self._stranger_partials[partial.key]
+                self._stranger_cost -= partial.cost
+            peer.reserved = True
+            self._reserved[key] = peer
+
+    @property
+    def reserved(self) -> frozenset[Hashable]:
+        """The reserved peer keys."""
+        return frozenset(self._reserved)
+
+    @property
+    def max_held_bytes(self) -> int:
+        """The most bytes partial messages can hold: the strangers' `max_total_bytes`
+        plus `max_bytes_per_peer` for each reserved key."""
+        return self.max_total_bytes + len(self._reserved) * self.max_bytes_per_peer
 
     # ------------------------------------------------------------------ input
 
@@ -176,12 +235,14 @@ class Reassembler:
         if total_length > self.max_message_bytes:
             self._drops["too_large"] += 1
             return None
-        peers = self._peers
-        peer = peers.get(peer_key)
+        peer = self._reserved.get(peer_key)
         if peer is None:
-            peer = self._new_peer(peer_key)
-        else:
-            peers.move_to_end(peer_key)
+            peers = self._peers
+            peer = peers.get(peer_key)
+            if peer is None:
+                peer = self._new_peer(peer_key)
+            else:
+                peers.move_to_end(peer_key)
         recent_set = peer.recent_set
         if message_id in recent_set:
             self._drops["duplicate_message"] += 1
@@ -235,6 +296,8 @@ class Reassembler:
         partial.cost += cost
         peer.cost += cost
         self._total_cost += cost
+        if not peer.reserved:
+            self._stranger_cost += cost
         self._fragments_accepted += 1
         if len(partial.fragments) < count:
             return None
@@ -280,19 +343,25 @@ class Reassembler:
         partial = _Partial(peer, key, frame, now)
         peer.partials[frame.message_id] = partial
         self._partials[key] = partial
+        if not peer.reserved:
+            self._stranger_partials[key] = partial
         return partial
 
     def _make_room(self, partial: _Partial, cost: int) -> bool:
-        """Evict oldest partials until `cost` more bytes fit for `partial`'s peer and
-        overall. False (and `partial` dropped) if `partial` itself had to go."""
+        """Evict oldest partials until `cost` more bytes fit for `partial`'s peer and,
+        for a stranger, in the strangers' pool (a stranger evicts only strangers'
+        partials; a reserved peer only its own). False (and `partial` dropped) if
+        `partial` itself had to go."""
         peer = partial.peer
         while peer.cost + cost > self.max_bytes_per_peer:
             oldest = next(iter(peer.partials.values()))
             self._drop_partial(oldest, "evicted_peer_bytes")
             if oldest is partial:
                 return False
-        while self._total_cost + cost > self.max_total_bytes:
-            oldest = next(iter(self._partials.values()))
+        if peer.reserved:
+            return True
+        while self._stranger_cost + cost > self.max_total_bytes:
+            oldest = next(iter(self._stranger_partials.values()))
             self._drop_partial(oldest, "evicted_total_bytes")
             if oldest is partial:
                 return False
@@ -305,6 +374,9 @@ class Reassembler:
     def _remove_partial(self, partial: _Partial) -> None:
         peer = partial.peer
         del self._partials[partial.key]
+        if not peer.reserved:
+            del self._stranger_partials[partial.key]
+            self._stranger_cost -= partial.cost
         # The peer may already have been forgotten (evicted_peer); its partial map goes too.
         peer.partials.pop(partial.message_id, None)
         peer.cost -= partial.cost
@@ -329,21 +401,27 @@ class Reassembler:
 
     def peer_buffered_bytes(self, peer_key: Hashable) -> int:
         """Bytes charged to `peer_key`'s partial messages now."""
-        peer = self._peers.get(peer_key)
+        peer = self._reserved.get(peer_key) or self._peers.get(peer_key)
         return peer.cost if peer is not None else 0
 
     def _audit(self) -> dict:
         """Recount what is really held, from the stored fragments (for tests):
-        `total` and `per_peer` charged bytes, `payload_bytes`, `partials` and
-        `recent_ids` per peer.
+        `total` and `per_peer` charged bytes, `strangers` (the strangers' share of
+        `total`), `payload_bytes`, `partials` and `recent_ids` per peer.
         Raises RuntimeError if the bookkeeping disagrees with itself."""
         per_peer: dict[Hashable, int] = {}
         payload_bytes = 0
         seen = set()
-        for key, peer in self._peers.items():
+        stranger_keys = set()
+        everyone = list(self._reserved.items()) + list(self._peers.items())
+        for key, peer in everyone:
+            if peer.reserved != (key in self._reserved):
+                raise RuntimeError(f"peer {key!r} is filed in the wrong class")
             cost = 0
             for partial in peer.partials.values():
                 seen.add(partial.key)
+                if not peer.reserved:
+                    stranger_keys.add(partial.key)
                 sizes = [len(p) for p in partial.fragments.values()]
                 payload_bytes += sum(sizes)
                 cost += sum(sizes) + FRAGMENT_OVERHEAD_BYTES * len(sizes)
@@ -352,20 +430,27 @@ class Reassembler:
             per_peer[key] = cost
         if seen != set(self._partials):
             raise RuntimeError("partials indexed overall and per peer differ")
+        if stranger_keys != set(self._stranger_partials):
+            raise RuntimeError("strangers' partials indexed overall and per peer differ")
         total = sum(per_peer.values())
         if total != self._total_cost:
             raise RuntimeError(f"charged {self._total_cost} overall, holds {total}")
+        strangers = sum(cost for key, cost in per_peer.items() if key not in self._reserved)
+        if strangers != self._stranger_cost:
+            raise RuntimeError(f"charged {self._stranger_cost} to strangers, they hold {strangers}")
         return {
             "total": total,
+            "strangers": strangers,
             "per_peer": per_peer,
             "payload_bytes": payload_bytes,
-            "partials": {key: len(peer.partials) for key, peer in self._peers.items()},
-            "recent_ids": {key: len(peer.recent_set) for key, peer in self._peers.items()},
+            "partials": {key: len(peer.partials) for key, peer in everyone},
+            "recent_ids": {key: len(peer.recent_set) for key, peer in everyone},
         }
 
     def statistics(self) -> dict:
         """Counters and gauges: delivered messages, fragments accepted, partials,
-        buffered bytes, peers with state, and `drops` by reason (every reason of
+        buffered bytes (all, and the strangers' share), peers with state (reserved
+        ones included) and reserved peers, and `drops` by reason (every reason of
         REASSEMBLY_DROP_REASONS is present, zero or not)."""
         drops = {reason: self._drops[reason] for reason in REASSEMBLY_DROP_REASONS}
         return {
@@ -374,6 +459,8 @@ class Reassembler:
             "fragments_accepted": self._fragments_accepted,
             "partials": len(self._partials),
             "buffered_bytes": self._total_cost,
-            "peers": len(self._peers),
+            "stranger_buffered_bytes": self._stranger_cost,
+            "peers": len(self._peers) + len(self._reserved),
+            "reserved_peers": len(self._reserved),
             "drops": drops,
         }

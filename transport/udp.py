@@ -166,7 +166,9 @@ class UdpEndpoint:
     authenticated); a message is delivered at most once while its id is in the
     reassembler's recent window (see `transport.reassembly`); fragments of a
     message are reassembled per `(source address, sender id)`; nothing received
-    raises; memory held for partial messages is bounded by the reassembler.
+    raises; memory held for partial messages is bounded by the reassembler, and
+    the peers of the peer table have reassembly budgets of their own that no
+    other source can evict (`set_peer`).
     Delivery itself is not guaranteed (UDP).
     """
 
@@ -276,9 +278,17 @@ class UdpEndpoint:
     def set_peer(self, peer_id: int, addr: tuple[str, int]) -> None:
         """Add or change the address of `peer_id`: an IP address of this endpoint's
         family, or a host name resolved now (blocking) to one. TransportError if
-        there is none."""
+        there is none.
+
+        The peer's frames (from that address, with sender id `peer_id`) get a
+        reserved reassembly budget: see `transport.reassembly`."""
         family, sockaddr = _resolve(addr[0], addr[1], family=self.family)
         self._peers[peer_id] = _normal_address(family, sockaddr)
+        # Fragments from a peer of the table (its address and its own sender id) have a
+        # reassembly budget of their own, which strangers' fragments cannot evict.
+        self._reassembler.set_reserved(
+            (peer_addr, pid) for pid, peer_addr in self._peers.items()
+        )
 
     @property
     def peers(self) -> Mapping[int, Address]:

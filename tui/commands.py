@@ -261,7 +261,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     sender = ControlSender(signer, cluster, max_datagram_bytes=config.max_datagram_bytes)
     node = config.node(args.node)
     try:
-        cmd = send_control_now(sender, args.node, action, node.address)
+        cmd = send_control_now(sender, args.node, action, node.address, config.monitor)
     except ValueError as exc:  # a parameter the telemetry format cannot carry
         raise CliError(f"cannot send this command: {exc}") from None
     print(f"sent '{cmd.describe()}' to node {args.node} at {node} (seq_no {cmd.seq_no})")

@@ -231,11 +231,26 @@ class ControlSender:
 
 
 def send_control_now(
-    sender: ControlSender, target: int, action: Action, address: tuple[str, int]
+    sender: ControlSender,
+    target: int,
+    action: Action,
+    address: tuple[str, int],
+    source: tuple[str, int] | None = None,
 ) -> ControlCommand:
-    """Send one control command from a fresh blocking UDP socket (no reply is expected)."""
+    """Send one control command from a fresh blocking UDP socket (no reply is expected).
+
+    With `source` (`bft ctl` gives the config's monitor address), the socket is bound
+    there if it is free (no dashboard listens): a node checks commands from the
+    monitor address within a budget of their own, which forged commands from other
+    sources cannot spend (`bft.telemetry.ControlGate`). Otherwise it sends from any
+    free port."""
     cmd, datagrams = sender.build(target, action)
     with socket.socket(address_family(address[0]), socket.SOCK_DGRAM) as sock:
+        if source is not None and address_family(source[0]) == address_family(address[0]):
+            try:
+                sock.bind(source)
+            except OSError:
+                pass  # taken (the dashboard's) or not local: any port will do
         for datagram in datagrams:
             sock.sendto(datagram, address)
     return cmd

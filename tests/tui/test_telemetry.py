@@ -363,6 +363,7 @@ def test_gate_rejects_everything_not_from_the_admin_for_this_node() -> None:
     assert gate.statistics() == {
         "accepted": 0,
         "last_seq_no": 100,
+        "verified": 2,
         "drops": {
             "not_control": 2,
             "malformed": 1,
@@ -372,6 +373,8 @@ def test_gate_rejects_everything_not_from_the_admin_for_this_node() -> None:
             "stale_seq_no": 1,
             "expired": 0,
             "too_far_ahead": 0,
+            "source_penalized": 0,
+            "rate_limited": 0,
             "bad_signature": 2,
         },
     }
