@@ -314,34 +314,50 @@ def _event_printer(node_id: int):  # type: ignore[no-untyped-def]
 
 
 def _add_client_parser(subparsers: argparse._SubParsersAction) -> None:
+    from bft.opscli import add_json_hex_options
+
     parser = subparsers.add_parser(
         "client", help="run one operation against a running cluster",
         description="Send one operation to the cluster and print the agreed result (f+1 "
-        "matching replies). Exits 1 when no agreed result arrives within --timeout. A client "
-        "id is used by one process at a time (a lock in the state directory): without --id "
-        "the client takes the first id of the config that no other process uses (`bft up "
-        "--load` takes the first free ones too); with --id N it fails at once (exit 2) if "
-        "another process uses N.",
-        epilog="operations: put KEY VALUE [--fence NAME:TOKEN] | get KEY | delete KEY "
-        "[--fence NAME:TOKEN] | cas KEY OLD NEW (OLD '-' for absent) | lock NAME --ttl S | "
-        "unlock NAME TOKEN")
+        "matching replies): a get's value, `ok` for a write, `granted token=T expires=TIME` "
+        "for a lock (times in UTC). Any other outcome exits non-zero with one line on "
+        "stderr (exit codes below). A client id is used by one process at a time (a lock "
+        "in the state directory): without --id the client takes the first id of the config "
+        "that no other process uses (`bft up --load` takes the first free ones too); with "
+        "--id N it fails at once (exit 2) if another process uses N.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="operations:\n  put KEY VALUE [--fence NAME:TOKEN] | get KEY | delete KEY "
+        "[--fence NAME:TOKEN]\n  cas KEY OLD NEW (OLD '-' for absent) | lock NAME --ttl S | "
+        "unlock NAME TOKEN\n\nexit codes:\n  0 ok   2 usage or config error   3 not found   "
+        "4 precondition failed (cas)\n  5 lock held by another client   6 stale fencing token"
+        "   7 refused by the cluster\n  8 unknown outcome (no f+1 matching replies in time; "
+        "a write may or may not\n    have been applied)")
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
-    parser.add_argument("--id", type=int, default=None,
+    parser.add_argument("--id", type=int, default=None, metavar="C",
                         help="client id (default: the first id of the config that no other "
                         "process using this state directory holds)")
-    parser.add_argument("--state-dir", type=Path, default=None)
-    parser.add_argument("--key-dir", type=Path, default=None)
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
-    parser.add_argument("--ttl", type=float, default=None, help="lease in seconds (lock)")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="state directory (default: state/<cluster name>)")
+    parser.add_argument("--key-dir", type=Path, default=None, metavar="DIR",
+                        help="key directory (default: the config's key_dir, else DIR/keys "
+                        "of --state-dir, else state/<cluster name>/keys)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                        help="seconds to wait for f+1 matching replies (default 10)")
+    parser.add_argument("--ttl", type=float, default=None, metavar="S",
+                        help="lease in seconds (lock)")
     parser.add_argument("--fence", default=None, metavar="NAME:TOKEN",
-                        help="fencing token for put/delete/cas")
-    parser.add_argument("op", choices=["put", "get", "delete", "cas", "lock", "unlock"])
-    parser.add_argument("args", nargs="*", help="the operation's arguments")
+                        help="fencing token for put/delete/cas: the lock NAME and the number "
+                        "its lock printed (granted token=TOKEN), e.g. printer:65537")
+    add_json_hex_options(parser)
+    parser.add_argument("op", choices=["put", "get", "delete", "cas", "lock", "unlock"],
+                        metavar="OP", help="put, get, delete, cas, lock or unlock")
+    parser.add_argument("args", nargs="*", metavar="ARGS", help="the operation's arguments")
     parser.set_defaults(handler=cmd_client)
 
 
 def _parse_client_op(args: argparse.Namespace) -> bytes:
     from bft.app import Ops
+    from bft.opscli import arg_bytes, arg_text
 
     a = args.args
     want = {"put": 2, "get": 1, "delete": 1, "cas": 3, "lock": 1, "unlock": 2}[args.op]
@@ -351,31 +367,42 @@ def _parse_client_op(args: argparse.Namespace) -> bytes:
     if args.fence is not None:
         name, _, token = args.fence.rpartition(":")
         if not name or not token.isdigit():
-            raise CliError(f"--fence must be NAME:TOKEN, got {args.fence!r}")
-        fence = (name, int(token))
+            raise CliError(f"--fence must be NAME:TOKEN with TOKEN the number a lock "
+                           f"printed (e.g. printer:65537), got {args.fence!r}")
+        if args.op not in ("put", "delete", "cas"):
+            raise CliError(f"--fence applies to put, delete and cas, not {args.op}")
+        fence = (arg_text(name, what="the --fence lock NAME"), int(token))
+    key = arg_text(a[0], what="KEY" if args.op not in ("lock", "unlock") else "NAME")
+
+    def value(text: str, what: str) -> bytes:
+        return arg_bytes(text, hex_input=args.hex, what=what)
+
     if args.op == "put":
-        return Ops.put(a[0], a[1].encode(), fence=fence)
+        return Ops.put(key, value(a[1], "VALUE"), fence=fence)
     if args.op == "get":
-        return Ops.get(a[0])
+        return Ops.get(key)
     if args.op == "delete":
-        return Ops.delete(a[0], fence=fence)
+        return Ops.delete(key, fence=fence)
     if args.op == "cas":
-        old = None if a[1] == "-" else a[1].encode()
-        return Ops.cas(a[0], old, a[2].encode(), fence=fence)
+        old = None if a[1] == "-" else value(a[1], "OLD")
+        return Ops.cas(key, old, value(a[2], "NEW"), fence=fence)
     if args.op == "lock":
-        if args.ttl is None or args.ttl <= 0:
-            raise CliError("lock needs --ttl SECONDS (> 0)")
-        return Ops.lock(a[0], int(args.ttl * 1000))
+        if args.ttl is None or not 0 < args.ttl < 10**9:
+            raise CliError("lock needs --ttl SECONDS (a number > 0)")
+        return Ops.lock(key, max(1, int(args.ttl * 1000)))
     if not a[1].isdigit():
-        raise CliError(f"unlock TOKEN must be a number, got {a[1]!r}")
-    return Ops.unlock(a[0], int(a[1]))
+        raise CliError(f"unlock TOKEN must be the number a lock printed, got {a[1]!r}")
+    return Ops.unlock(key, int(a[1]))
 
 
 def cmd_client(args: argparse.Namespace) -> int:
+    """One operation; exit status by outcome (bft/opscli.py CLIENT_EXIT_CODES)."""
     import trio
 
     from bft.app import decode_result
+    from bft.errors import MalformedMessage
     from bft.node import ClientError, ClusterClient, claim_client_id, claim_free_client_ids
+    from bft.opscli import describe_result, describe_unknown
 
     config = _load_config(args.config)
     op = _parse_client_op(args)
@@ -383,12 +410,15 @@ def cmd_client(args: argparse.Namespace) -> int:
     if args.id is not None and args.id not in ids:
         raise CliError(f"client id {args.id} is not in {args.config} "
                        f"(clients: {', '.join(str(c) for c in ids)})")
+    if not 0 < args.timeout < 10**6:
+        raise CliError(f"--timeout must be a number of seconds > 0, got {args.timeout:g}")
     state_dir = _state_dir(config, args.state_dir)
     keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
     # this process's own client id for as long as it runs (ClientIdInUse: exit 2)
     claim = (claim_client_id(state_dir, args.id) if args.id is not None
              else claim_free_client_ids(state_dir, ids)[0])
     cid = claim.client_id
+    replies = [0]
 
     async def go() -> bytes:
         client = ClusterClient(config, cid, signer=keyring.signer("client", cid),
@@ -397,16 +427,28 @@ def cmd_client(args: argparse.Namespace) -> int:
         try:
             return await client.call(op, timeout_s=args.timeout)
         finally:
+            replies[0] = client.client.statistics()["replies_received"]
             client.close()
 
     try:
         with claim:
-            result = trio.run(go)
+            raw = trio.run(go)
+        outcome = describe_result(args.op, list(args.args), decode_result(raw),
+                                  hex_output=args.hex)
     except ClientError as exc:
-        print(f"bft: error: {exc}", file=sys.stderr)
-        return 1
-    print(decode_result(result))
-    return 0
+        outcome = describe_unknown(args.op, replies=replies[0], f=config.f,
+                                   timeout_s=args.timeout, detail=str(exc))
+    except MalformedMessage as exc:  # f+1 replicas agreed on something this client cannot read
+        raise CliError(f"the agreed result cannot be decoded: {exc}") from None
+    if args.json:
+        print(outcome.json_line(), flush=True)
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(outcome.stdout)
+        sys.stdout.buffer.flush()
+    if outcome.stderr:
+        print(f"bft: {outcome.stderr}", file=sys.stderr)
+    return outcome.code
 
 
 # --------------------------------------------------------------------------
