@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bft.cliutil import CliError, key_dir, load_config, state_dir
+from bft.cliutil import CliError, key_dir, load_config, load_keys, state_dir
 from bft.config import (
     ClusterConfig,
     DuplicateKeyError,
@@ -57,31 +57,63 @@ EXIT_USAGE = 2
 def _add_keygen_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "keygen",
-        help="create Ed25519 keys for every node, client and the admin",
+        help="create Ed25519 keys for the nodes, clients and admin of a config",
         description="Create an Ed25519 key pair for every node, client and the admin of a "
-        "cluster: <kind>-<id>.key (mode 0600) and <kind>-<id>.pub in the key "
-        "directory. Identities whose public key is written in the config are "
-        "skipped. Existing keys are never replaced without --force.",
+        "cluster (or, with --only, for the identities named): <kind>-<id>.key (mode 0600) "
+        "and <kind>-<id>.pub in the key directory, and print each public key. Identities "
+        "whose public key is written in the config are skipped. Existing keys are never "
+        "replaced without --force. The key directory is chosen as in every command: "
+        "--key-dir, else the config's key_dir, else DIR/keys of --state-dir DIR, else "
+        "state/<cluster name>/keys.",
     )
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
+    parser.add_argument("--state-dir", metavar="DIR", type=Path, default=None,
+                        help="state directory whose keys/ to write (default: "
+                        "state/<cluster name>)")
     parser.add_argument(
         "--key-dir",
         metavar="DIR",
         type=Path,
         default=None,
         help="where to write the keys (default: the config's key_dir, "
-        "else state/<cluster name>/keys)",
+        "else DIR/keys of the state directory)",
     )
+    parser.add_argument("--only", metavar="NAMES", default=None,
+                        help="only these identities, separated by commas: replica-N, "
+                        "client-N or admin (the multi-host way: each host makes its own "
+                        "key and prints the public key line for the config)")
     parser.add_argument("--force", action="store_true", help="replace existing key files")
     parser.set_defaults(handler=cmd_keygen)
 
 
+def _only_identities(config: ClusterConfig, only: str) -> list[tuple[str, int]]:
+    by_name = {key_file_stem(*identity): identity for identity in identities(config)}
+    chosen = []
+    for name in (part.strip() for part in only.split(",")):
+        if name not in by_name:
+            examples = ", ".join(list(by_name)[:3])
+            raise CliError(f"--only: no identity {name!r} in the config (names are "
+                           f"replica-N, client-N and admin, e.g. {examples}, admin)")
+        chosen.append(by_name[name])
+    return list(dict.fromkeys(chosen))
+
+
+def _config_line(config: ClusterConfig, kind: str, id: int, public_hex: str) -> str:
+    if kind == "replica":
+        return f'under [[nodes]] id = {id}: public_key = "{public_hex}"'
+    if kind == "client":
+        return (f'as [[clients]] id = {id}, public_key = "{public_hex}" (or copy client-{id}'
+                '.pub to the key directory of every node)')
+    return "copy admin.pub to the key directory of every node (the admin key is not inline)"
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
-    """Generate and save the cluster's keys; print the public keys."""
-    config = ClusterConfig.load(args.config)
-    key_dir = resolve_key_dir(config, args.key_dir)
+    """Generate and save the cluster's keys (or those of --only); print the public keys."""
+    config = _load_config(args.config)
+    key_dir = _key_dir(config, args.state_dir, args.key_dir)
+    chosen = _only_identities(config, args.only) if args.only else identities(config)
     todo = []
-    for identity in identities(config):
+    for identity in chosen:
         if inline_public_key(config, identity) is not None:
             print(f"{key_file_stem(*identity):<12} public key given in the config: skipped")
         else:
@@ -102,13 +134,19 @@ def cmd_keygen(args: argparse.Namespace) -> int:
                 f"keys already exist in {key_dir}: {shown} (use --force to replace them)"
             )
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lines = []
     for kind, id in todo:
         key = generate_private_key()
         stem = key_file_stem(kind, id)
         save_private_key(key_dir / f"{stem}.key", key, force=args.force)
         save_public_key(key_dir / f"{stem}.pub", key, force=args.force)
-        print(f"{stem:<12} {public_key_bytes(key).hex()}")
-    print(f"wrote {len(todo)} key pairs to {key_dir}")
+        public_hex = public_key_bytes(key).hex()
+        print(f"{stem:<12} {public_hex}")
+        lines.append(f"  {stem}: {_config_line(config, kind, id, public_hex)}")
+    print(f"wrote {len(todo)} key pair{'s' if len(todo) != 1 else ''} to {key_dir}")
+    if args.only and lines:
+        print("for the config of every host:")
+        print("\n".join(lines))
     return 0
 
 
@@ -135,8 +173,10 @@ def _add_config_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help="key directory to look in (default: the config's key_dir, "
-        "else state/<cluster name>/keys)",
+        "else DIR/keys of the state directory)",
     )
+    check.add_argument("--state-dir", metavar="DIR", type=Path, default=None,
+                       help="state directory (default: state/<cluster name>)")
     check.set_defaults(handler=cmd_config_check)
 
 
@@ -174,7 +214,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     )
     print(f"  storage      fsync {config.fsync}")
     try:
-        keyring = load_keyring(config, args.key_dir)
+        keyring = load_keys(config, args.state_dir, args.key_dir)
     except DuplicateKeyError:
         raise  # a broken config, not keys yet to generate
     except ConfigError as exc:
@@ -218,11 +258,13 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
         "and JSON-lines log live in the state directory; keys are read from the key "
         "directory (run `bft keygen CONFIG` first). Stops cleanly on SIGINT/SIGTERM.")
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
-    parser.add_argument("--id", type=int, required=True, help="this node's id in the config")
-    parser.add_argument("--state-dir", type=Path, default=None,
+    parser.add_argument("--id", type=int, required=True, metavar="N",
+                        help="this node's id in the config")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                         help="state directory (default: state/<cluster name>)")
-    parser.add_argument("--key-dir", type=Path, default=None,
-                        help="key directory (default: the config's key_dir, else STATE_DIR/keys)")
+    parser.add_argument("--key-dir", type=Path, default=None, metavar="DIR",
+                        help="key directory (default: the config's key_dir, else DIR/keys "
+                        "of the state directory)")
     parser.add_argument("--fsync", choices=["always", "never"], default=None,
                         help="WAL fsync policy (default: the config's, normally always)")
     parser.add_argument("--events", action="store_true",
@@ -256,7 +298,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     config.node(args.id)  # a clear error for an id not in the config
     state_dir = _state_dir(config, args.state_dir)
-    keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
+    keyring = load_keys(config, args.state_dir, args.key_dir)
     app = load_factory(args.app)() if args.app else None
     # what plugins plug in (the adversary, with --scenario or --adversary); else nothing
     extensions = [ext for exts in _call_hooks(_active(), "node_extensions", args, config, args.id)
@@ -413,7 +455,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     if not 0 < args.timeout < 10**6:
         raise CliError(f"--timeout must be a number of seconds > 0, got {args.timeout:g}")
     state_dir = _state_dir(config, args.state_dir)
-    keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
+    keyring = load_keys(config, args.state_dir, args.key_dir)
     # this process's own client id for as long as it runs (ClientIdInUse: exit 2)
     claim = (claim_client_id(state_dir, args.id) if args.id is not None
              else claim_free_client_ids(state_dir, ids)[0])
@@ -493,7 +535,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     if ensure_keys(config, key_dir):
         print(f"generated keys in {key_dir}", flush=True)
-    keyring = load_keyring(config, key_dir)  # clear error now rather than in every child
+    keyring = load_keys(config, args.state_dir)  # clear error now rather than in every child
     _call_hooks(_active(), "check_up", args, config)  # errors now, naming the field
     global _UP_EXTRA
     _UP_EXTRA = {"args": args, "history": args.history}

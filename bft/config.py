@@ -1056,7 +1056,17 @@ class Keyring:
 
     def private_key(self, kind: str, id: int) -> Ed25519PrivateKey:
         """Load `<key_dir>/<kind>-<id>.key`; ConfigError if missing, corrupt, or not matching."""
-        path = self.key_dir / f"{key_file_stem(kind, id)}.key"
+        stem = key_file_stem(kind, id)
+        path = self.key_dir / f"{stem}.key"
+        if not path.exists():
+            public = self.key_dir / f"{stem}.pub"
+            made = (f"copy {stem}.key here from the host that made {stem}.pub, or make a new "
+                    f"pair with `bft keygen CONFIG --only {stem} --force --key-dir "
+                    f"{self.key_dir}` and give its public key to every host"
+                    if public.exists() else
+                    f"make it with `bft keygen CONFIG --only {stem} --key-dir {self.key_dir}`")
+            raise ConfigError(f"private key of {kind if kind == 'admin' else f'{kind} {id}'} "
+                              f"not found in {self.key_dir}", file=str(path), fix=made)
         key = load_private_key(path)
         expected = self.public_keys.get((kind, id))
         if expected is not None and public_key_bytes(key) != expected:
