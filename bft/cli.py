@@ -178,6 +178,9 @@ def _add_config_parser(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--state-dir", metavar="DIR", type=Path, default=None,
                        help="state directory (default: state/<cluster name>)")
     check.set_defaults(handler=cmd_config_check)
+    from bft.opscli import add_config_new_parser
+
+    add_config_new_parser(actions)
 
 
 def _describe_ids(ids: Sequence[int]) -> str:
@@ -843,6 +846,9 @@ def build_parser(loaded: LoadedPlugins | None = None) -> argparse.ArgumentParser
                            f"{type(exc).__name__}: {exc}; left out")
     _add_keygen_parser(subparsers)
     _add_config_parser(subparsers)
+    from bft.opscli import add_wal_parser
+
+    add_wal_parser(subparsers)
     return parser
 
 

@@ -173,3 +173,268 @@ def add_json_hex_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hex", action="store_true",
                         help="VALUE, OLD and NEW are hex digits, and values are printed in "
                         "hex (default: the arguments' own bytes, values printed as they are)")
+
+
+# --------------------------------------------------------------------------
+# bft wal inspect
+# --------------------------------------------------------------------------
+
+
+def wal_directories(path: Path, node_id: int | None = None) -> list[tuple[str, Path]]:
+    """(label, directory) of the WALs under a state directory (`wal-N/`), or `path` itself
+    when it is one WAL directory; CliError naming what was looked for if there is none."""
+    from bft.cliutil import CliError
+
+    if not path.is_dir():
+        raise CliError(f"{path}: no such directory (give a state directory, e.g. "
+                       "state/local-4, or one node's wal-N directory)")
+    if node_id is not None:
+        found = [(f"wal-{node_id}", path / f"wal-{node_id}")]
+        if not found[0][1].is_dir():
+            raise CliError(f"{path}: no wal-{node_id}/ directory (node {node_id}'s WAL)")
+        return found
+    if path.name.startswith("wal-") and any(
+            n == "snapshot" or n.startswith("wal-") and n.endswith(".log")
+            for n in os.listdir(path)):
+        return [(path.name, path)]
+    found = sorted(((p.name, p) for p in path.iterdir()
+                    if p.is_dir() and p.name.startswith("wal-") and p.name[4:].isdigit()),
+                   key=lambda item: int(item[0][4:]))
+    if not found:
+        raise CliError(f"{path}: no WAL here (looked for {path}/wal-N/ directories and for "
+                       "WAL files in it)")
+    return found
+
+
+def _vote(statement: Any) -> dict[str, Any]:
+    return {"view": statement.view, "seq": statement.seq,
+            "digest": bytes(statement.digest).hex()[:16]}
+
+
+def inspect_wal(directory: Path) -> dict[str, Any]:
+    """One WAL directory as a plain dict: records by type, the snapshot, the last view and
+    votes, and `ok` False with `problem` naming the first bad record if anything is damaged
+    or does not decode. Reads only."""
+    from bft.codec import DEFAULT_LIMITS, Limits
+    from bft.errors import MalformedMessage
+    from bft.messages import Commit, NewView, PreparedCert, PrePrepare, Prepare, Proposal, Signed
+    from bft.storage import scan_wal_directory
+    from bft.walrecords import REC_NEW_VIEW, decode_record, decode_snapshot
+
+    limits = Limits(max_message_bytes=64 * DEFAULT_LIMITS.max_message_bytes,
+                    max_items=16 * DEFAULT_LIMITS.max_items)  # read what any config wrote
+    scan = scan_wal_directory(directory)
+    report: dict[str, Any] = {"directory": str(directory), "segment": scan.segment,
+                              "records": len(scan.records), "by_type": {}, "snapshot": None,
+                              "last_view": None, "last_votes": {}, "ok": True,
+                              "problem": None, "leftovers": scan.leftovers}
+    problems: list[str] = []
+    if scan.snapshot_damage is not None:
+        problems.append(f"snapshot: {scan.snapshot_damage}")
+    if scan.snapshot is not None:
+        seq, data = scan.snapshot
+        try:
+            _seq, digest, state, proof = decode_snapshot(data, limits)
+            report["snapshot"] = {"seq": seq, "state_digest": digest.hex(),
+                                  "state_bytes": len(state),
+                                  "proof_signers": sorted(s.statement.replica for s in proof)}
+        except MalformedMessage as exc:
+            report["snapshot"] = {"seq": seq}
+            problems.append(f"snapshot: {exc}")
+    by_type: dict[str, int] = {}
+    views: list[int] = []
+    last: dict[str, dict[str, Any]] = {}
+    for index, raw in enumerate(scan.records):
+        try:
+            kind, message = decode_record(raw, limits)
+        except MalformedMessage as exc:
+            problems.append(f"record {index}: does not decode: {exc}")
+            break
+        if isinstance(message, Proposal):
+            name, statement = "proposal", message.pre_prepare.statement
+        elif isinstance(message, PreparedCert):
+            name, statement = "prepared-cert", message.pre_prepare.statement
+        else:
+            assert isinstance(message, Signed)
+            statement = message.statement
+            name = type(statement).__name__
+            if kind == REC_NEW_VIEW:
+                name = "accepted NewView"
+        by_type[name] = by_type.get(name, 0) + 1
+        view = getattr(statement, "view", None)
+        if isinstance(view, int):
+            views.append(view)
+        if kind != REC_NEW_VIEW and isinstance(statement, (Prepare, Commit, PrePrepare)):
+            key = type(statement).__name__
+            vote = _vote(statement)
+            if key not in last or (vote["view"], vote["seq"]) >= (last[key]["view"],
+                                                                   last[key]["seq"]):
+                last[key] = vote
+        if isinstance(statement, NewView) or type(statement).__name__ == "ViewChange":
+            last[type(statement).__name__] = {"view": statement.view}
+    if scan.damage is not None:
+        reason, index, offset = scan.damage
+        problems.insert(0, f"{scan.segment or 'segment'}: {reason} at record {index} (byte "
+                        f"{offset}); opening the WAL keeps only the {index} records before it")
+    report.update(by_type=dict(sorted(by_type.items())), last_view=max(views, default=None),
+                  last_votes=last)
+    if problems:
+        report.update(ok=False, problem=problems[0], problems=problems)
+    return report
+
+
+def format_wal_report(report: dict[str, Any]) -> str:
+    """`inspect_wal`'s dict as the text `bft wal inspect` prints."""
+    lines = [f"{report['directory']}: {'ok' if report['ok'] else 'DAMAGED'}"]
+    snap = report["snapshot"]
+    if snap is None:
+        lines.append("  snapshot     none")
+    elif "state_digest" in snap:
+        lines.append(f"  snapshot     seq {snap['seq']}, state digest "
+                     f"{snap['state_digest'][:16]}, {snap['state_bytes']} bytes, proof from "
+                     f"replicas {', '.join(str(r) for r in snap['proof_signers'])}")
+    else:
+        lines.append(f"  snapshot     seq {snap['seq']} (does not decode)")
+    lines.append(f"  segment      {report['segment'] or 'none'}: {report['records']} intact "
+                 "records")
+    for name, count in report["by_type"].items():
+        lines.append(f"    {name:<18} {count}")
+    view = report["last_view"]
+    lines.append(f"  last view    {view if view is not None else 'none recorded'}")
+    for name, vote in report["last_votes"].items():
+        where = " ".join(f"{k} {v}" for k, v in vote.items())
+        lines.append(f"  last {name:<10} {where}")
+    for name in report["leftovers"]:
+        lines.append(f"  leftover     {name} (opening the WAL removes it)")
+    for problem in report.get("problems", []):
+        lines.append(f"  PROBLEM      {problem}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# bft config new
+# --------------------------------------------------------------------------
+
+
+def new_config_text(*, nodes: int, f: int | None, base_port: int, hosts: list[str] | None,
+                    name: str, clients: int, monitor: str | None) -> str:
+    """A commented cluster config (TOML) for `bft config new`; the caller validates it."""
+    from bft.cliutil import CliError
+    from bft.config import format_address, toml_value
+
+    if nodes < 1:
+        raise CliError(f"--nodes must be at least 1, got {nodes}")
+    if f is None:
+        f = (nodes - 1) // 3
+    if hosts is not None and len(hosts) not in (1, nodes):
+        raise CliError(f"--hosts lists {len(hosts)} hosts for {nodes} nodes: give one host "
+                       "per node (in id order), or one host for all")
+    if not 1 <= base_port <= 65535 - max(nodes, 100):
+        raise CliError(f"--base-port must leave room for {nodes} node ports and the monitor "
+                       f"below 65536, got {base_port}")
+    per_node = (hosts or ["127.0.0.1"]) * (nodes if not hosts or len(hosts) == 1 else 1)
+
+    def host_of(i: int) -> str:
+        return per_node[i]
+
+    if monitor is None:
+        monitor = format_address(host_of(0), base_port + 99)
+    out = [f"# made by `bft config new`; every key, with its default, is in "
+           f"configs/local-4.toml",
+           "[cluster]", f"name = {toml_value(name)}   # also names the state directory: "
+           f"./state/{name}",
+           f"f = {f}              # Byzantine nodes tolerated; needs at least 3f+1 nodes", ""]
+    for i in range(nodes):
+        out += ["[[nodes]]", f"id = {i}",
+                f"address = {toml_value(format_address(host_of(i), base_port + i))}", ""]
+    out += ["[clients]", f"count = {clients}", "",
+            "[telemetry]",
+            f"monitor = {toml_value(monitor)}   # one address every node sends telemetry to "
+            "(the dashboard's); the same on every host"]
+    return "\n".join(out) + "\n"
+
+
+def add_config_new_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    new = actions.add_parser(
+        "new", help="write a new cluster config",
+        description="Write a cluster config for N nodes: node i at HOST_i:BASE_PORT+i, the "
+        "monitor (where every node sends telemetry; one shared address) at the first host's "
+        "BASE_PORT+99, every other setting at its default. The file is checked by the same "
+        "loader every command uses before it is written.")
+    new.add_argument("--nodes", type=int, required=True, metavar="N",
+                     help="number of replicas (n = 3f+1 tolerates f Byzantine ones)")
+    new.add_argument("--f", type=int, default=None, metavar="F",
+                     help="Byzantine replicas tolerated (default: the most N allows, "
+                     "(N-1)//3)")
+    new.add_argument("--base-port", type=int, default=7100, metavar="PORT",
+                     help="node i listens on PORT+i (default 7100)")
+    new.add_argument("--hosts", default=None, metavar="H1,H2,...",
+                     help="one host per node in id order, or one for all (default 127.0.0.1)")
+    new.add_argument("--monitor", default=None, metavar="HOST:PORT",
+                     help="telemetry address (default: the first host, port PORT+99)")
+    new.add_argument("--clients", type=int, default=4, metavar="C",
+                     help="number of client ids (default 4)")
+    new.add_argument("--name", default=None, metavar="NAME",
+                     help="cluster name, which also names the state directory (default: "
+                     "the --out file's name without .toml, else local-N)")
+    new.add_argument("--out", type=Path, default=None, metavar="FILE",
+                     help="write here (default: print the config on stdout)")
+    new.add_argument("--force", action="store_true", help="replace an existing --out FILE")
+    new.set_defaults(handler=cmd_config_new)
+
+
+def cmd_config_new(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from bft.cliutil import CliError
+    from bft.config import ClusterConfig
+
+    name = args.name or (args.out.name.removesuffix(".toml") if args.out else
+                         f"local-{args.nodes}")
+    hosts = [h.strip() for h in args.hosts.split(",")] if args.hosts else None
+    text = new_config_text(nodes=args.nodes, f=args.f, base_port=args.base_port, hosts=hosts,
+                           name=name, clients=args.clients, monitor=args.monitor)
+    ClusterConfig.from_dict(tomllib.loads(text), source=args.out or "<new config>")
+    if args.out is None:
+        print(text, end="")
+        return 0
+    if args.out.exists() and not args.force:
+        raise CliError(f"{args.out} exists (use --force to replace it)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    ClusterConfig.load(args.out)
+    print(f"wrote {args.out}: {name}, n={args.nodes}, f={args.f if args.f is not None else (args.nodes - 1) // 3}; "
+          f"next: bft keygen {args.out}, then bft up {args.out} (one host) or bft node "
+          f"{args.out} --id N on each host")
+    return 0
+
+
+def add_wal_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "wal", help="inspect a node's write-ahead log",
+        description="Inspect write-ahead logs (read only).")
+    actions = parser.add_subparsers(dest="wal_command", metavar="ACTION", required=True)
+    inspect = actions.add_parser(
+        "inspect", help="records, snapshot, last view and votes; verify checksums",
+        description="Read every node's WAL under DIR (DIR/wal-N/, or DIR itself when it is "
+        "one wal-N directory) without changing it: records by type, the snapshot, the last "
+        "view and the last votes signed, and every checksum verified. Exit status 0 if "
+        "intact, 1 if damaged (the first bad record is named), 2 for a usage error.")
+    inspect.add_argument("state_dir", metavar="DIR", type=Path,
+                         help="state directory (e.g. state/local-4) or a wal-N directory")
+    inspect.add_argument("--id", type=int, default=None, metavar="N",
+                         help="only node N's WAL (DIR/wal-N)")
+    inspect.add_argument("--json", action="store_true",
+                         help="print one JSON object per WAL (one per line)")
+    inspect.set_defaults(handler=cmd_wal_inspect)
+
+
+def cmd_wal_inspect(args: argparse.Namespace) -> int:
+    status = 0
+    for label, directory in wal_directories(args.state_dir, args.id):
+        report = inspect_wal(directory)
+        report["wal"] = label
+        if not report["ok"]:
+            status = 1
+        print(json.dumps(report, sort_keys=True) if args.json else format_wal_report(report))
+    return status
