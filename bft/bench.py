@@ -949,10 +949,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         "(needs matplotlib)")
     parser.add_argument("--client-procs", type=int, default=None, metavar="P",
                         help="load worker processes (default: 1 below 8 clients, else 2)")
-    parser.add_argument("--state-dir", type=Path, default=None,
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                         help="state directory (own cluster: default a temporary one, removed "
                         "after a successful run; --attach: the cluster's)")
-    parser.add_argument("--key-dir", type=Path, default=None,
+    parser.add_argument("--key-dir", type=Path, default=None, metavar="DIR",
                         help="--attach: the key directory (default as for `bft client`)")
     parser.add_argument("--fsync", choices=["always", "never"], default=None,
                         help="own cluster: WAL fsync policy (default: the config file's "

@@ -510,8 +510,9 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
         "SIGTERM or after --duration. Each node's pid is written to "
         "STATE_DIR/node-N.pid, its output to STATE_DIR/node-N.runK.out.")
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="state directory (default: state/<cluster name>)")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="state directory (default: state/<cluster name>); keys in "
+                        "DIR/keys unless the config sets key_dir")
     parser.add_argument("--no-tui", action="store_true",
                         help="print events as lines instead of opening the dashboard (the "
                         "default when stdout is not a terminal)")
@@ -520,7 +521,10 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
                         "from the first client ids no other process uses (one per 50 ops/s)")
     parser.add_argument("--duration", type=float, default=None, metavar="S",
                         help="stop after this many seconds")
-    parser.add_argument("--fsync", choices=["always", "never"], default=None)
+    parser.add_argument("--fsync", choices=["always", "never"], default=None,
+                        help="WAL fsync policy of every node: always (durable before "
+                        "sending, the safe default of configs) or never (faster; survives "
+                        "process crashes, not power loss) (default: the config's)")
     _add_plugin_arguments(parser, "add_up_arguments")
     parser.add_argument("--history", type=Path, default=None, metavar="FILE",
                         help="with --load: write every client operation as Jepsen-shaped JSON "
@@ -818,6 +822,16 @@ def _active() -> LoadedPlugins:
     return _PARSER_PLUGINS if _PARSER_PLUGINS is not None else plugins()
 
 
+def _version() -> str:
+    """The installed version of bft-udp (pyproject.toml), or "unknown" outside an install."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bft-udp")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser(loaded: LoadedPlugins | None = None) -> argparse.ArgumentParser:
     """The `bft` parser with every subcommand, the plugins' (`loaded`, default: the
     installed ones) included. A plugin that fails to add to it is left out and
@@ -828,6 +842,8 @@ def build_parser(loaded: LoadedPlugins | None = None) -> argparse.ArgumentParser
         prog="bft",
         description="A Byzantine-tolerant agreement network over UDP (PBFT).",
     )
+    parser.add_argument("--version", action="version", version=f"bft {_version()}",
+                        help="print the version of bft-udp and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_up_parser(subparsers)
     _add_node_parser(subparsers)

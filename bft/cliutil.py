@@ -7,6 +7,8 @@ the plugins: importing it from a plugin would be a cycle)."""
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +94,18 @@ def load_keys(config: ClusterConfig, given_state_dir: Path | None,
 
 
 def load_factory(spec: str, *, field: str = "--app") -> Any:
-    """The callable named by `module:attribute` (e.g. `myapp:make_store`); ConfigError if the
-    module cannot be imported or has no such callable."""
+    """The callable named by `module:attribute` (e.g. `myapp:make_store`), the module found
+    on sys.path or in the current directory; ConfigError if the module cannot be imported or
+    has no such callable."""
     module_name, colon, attr = spec.partition(":")
     if not colon or not module_name or not attr:
         raise ConfigError(f"expected MODULE:FACTORY, got {spec!r}", field=field,
                           fix="e.g. --app mypackage.store:make_store")
+    # like `python -m`, look in the current directory too: `bft sim --app myapp:make` from
+    # the directory holding myapp.py works without PYTHONPATH (installed modules still win)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -3,7 +3,7 @@
 are not UTF-8), a clear `--fence` error, and a clear message when no replica answers.
 
 The cluster is four real nodes over loopback UDP, in one background thread of this process
-(bft.node.Node under trio.run), so `bft.cli.main` runs here as a user would run it.
+(tests/thread_cluster.py), so `bft.cli.main` runs here as a user would run it.
 
 Failed before the fix: every outcome exited 0 (not_found, cas_failed, locked, stale_token),
 values printed as `value(b'hello')`, lock expiries as raw epoch microseconds,
@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from pathlib import Path
 
 import pytest
-import trio
 
 from bft.cli import main
-from bft.config import ClusterConfig, load_keyring
-from bft.node import Node
 from bft.opscli import (
     EXIT_CAS_FAILED,
     EXIT_LOCKED,
@@ -35,59 +31,10 @@ from bft.opscli import (
     EXIT_USAGE,
     iso_utc_us,
 )
+from tests.thread_cluster import Cluster, write_config
 from transport.udp import free_udp_ports
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-def write_config(directory: Path, ports: list[int]) -> Path:
-    nodes = "".join(f'[[nodes]]\nid = {i}\naddress = "127.0.0.1:{p}"\n'
-                    for i, p in enumerate(ports))
-    path = directory / "c.toml"
-    path.write_text(f'[cluster]\nname = "cli"\nf = 1\n{nodes}[clients]\ncount = 4\n'
-                    '[storage]\nfsync = "never"\n[timeouts]\nclient_s = 0.3\n')
-    return path
-
-
-class Cluster:
-    """Four nodes in a thread; `stop()` cancels them."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.config_path = write_config(tmp_path, free_udp_ports(4))
-        self.key_dir = tmp_path / "keys"
-        self.state_dir = tmp_path / "state"
-        assert main(["keygen", str(self.config_path), "--key-dir", str(self.key_dir)]) == 0
-        config = ClusterConfig.load(self.config_path)
-        keyring = load_keyring(config, self.key_dir)
-        self.nodes = [Node(config, i, signer=keyring.signer("replica", i),
-                           verifier=keyring.verifier(), state_dir=tmp_path / f"n{i}")
-                      for i in range(4)]
-        for node in self.nodes:
-            node.open()
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._cancel: trio.CancelScope | None = None
-        started = threading.Event()
-
-        async def serve() -> None:
-            self._token = trio.lowlevel.current_trio_token()
-            async with trio.open_nursery() as nursery:
-                self._cancel = nursery.cancel_scope
-                for node in self.nodes:
-                    await nursery.start(node.run)
-                started.set()
-
-        self.thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
-        self.thread.start()
-        assert started.wait(30)
-
-    def stop(self) -> None:
-        assert self._token is not None and self._cancel is not None
-        trio.from_thread.run_sync(self._cancel.cancel, trio_token=self._token)
-        self.thread.join(30)
-
-    def argv(self, *args: str) -> list[str]:
-        return ["client", str(self.config_path), "--state-dir", str(self.state_dir),
-                "--key-dir", str(self.key_dir), *args]
 
 
 @pytest.fixture(scope="module")
