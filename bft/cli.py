@@ -489,8 +489,12 @@ def cmd_client(args: argparse.Namespace) -> int:
         print(outcome.json_line(), flush=True)
     else:
         sys.stdout.flush()
-        sys.stdout.buffer.write(outcome.stdout)
-        sys.stdout.buffer.flush()
+        binary = getattr(sys.stdout, "buffer", None)  # None: a text-only stream (redirected)
+        if binary is not None:
+            binary.write(outcome.stdout)
+            binary.flush()
+        else:
+            sys.stdout.write(outcome.stdout.decode("utf-8", errors="backslashreplace"))
     if outcome.stderr:
         print(f"bft: {outcome.stderr}", file=sys.stderr)
     return outcome.code

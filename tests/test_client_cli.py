@@ -166,3 +166,20 @@ def test_no_cluster_running_says_so_and_write_outcome_is_unknown(tmp_path, capsy
     fields = json.loads(out)
     assert fields["outcome"] == "unknown" and fields["replies"] == 0
     assert "is the cluster running" in fields["error"] and "unknown" not in fields["error"]
+
+
+def test_raw_argv_bytes_in_a_real_process(tmp_path):
+    """`bft client CONFIG put bin $'\\xff'` as a shell runs it (argv bytes that are not
+    UTF-8), with no cluster up: the unknown-outcome exit code and message, no traceback.
+    Failed before the fix: UnicodeEncodeError traceback (exit 1)."""
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path, free_udp_ports(4))
+    keys = tmp_path / "keys"
+    assert main(["keygen", str(config), "--key-dir", str(keys)]) == 0
+    out = subprocess.run([Path(sys.executable).parent / "bft", "client", str(config),
+                          "--key-dir", str(keys), "--state-dir", str(tmp_path), "--timeout",
+                          "0.3", "put", "bin", b"\xff"], capture_output=True, timeout=60)
+    assert out.returncode == EXIT_UNKNOWN, out
+    assert b"Traceback" not in out.stderr and b"outcome of this put is unknown" in out.stderr
