@@ -217,16 +217,27 @@ def inspect_wal(directory: Path) -> dict[str, Any]:
     or does not decode. Reads only."""
     from bft.codec import DEFAULT_LIMITS, Limits
     from bft.errors import MalformedMessage
-    from bft.messages import Commit, NewView, PreparedCert, PrePrepare, Prepare, Proposal, Signed
+    from bft.messages import (
+        Checkpoint,
+        Commit,
+        NewView,
+        PreparedCert,
+        PrePrepare,
+        Prepare,
+        Proposal,
+        Signed,
+        ViewChange,
+    )
     from bft.storage import scan_wal_directory
-    from bft.walrecords import REC_NEW_VIEW, decode_record, decode_snapshot
+    from bft.walrecords import REC_NEW_VIEW, REC_SENT, decode_record, decode_snapshot
 
     limits = Limits(max_message_bytes=64 * DEFAULT_LIMITS.max_message_bytes,
                     max_items=16 * DEFAULT_LIMITS.max_items)  # read what any config wrote
     scan = scan_wal_directory(directory)
     report: dict[str, Any] = {"directory": str(directory), "segment": scan.segment,
                               "records": len(scan.records), "by_type": {}, "snapshot": None,
-                              "last_view": None, "last_votes": {}, "ok": True,
+                              "last_view": None, "last_votes": {}, "last_proposal": None,
+                              "ok": True,
                               "problem": None, "leftovers": scan.leftovers}
     problems: list[str] = []
     if scan.snapshot_damage is not None:
@@ -243,7 +254,8 @@ def inspect_wal(directory: Path) -> dict[str, Any]:
             problems.append(f"snapshot: {exc}")
     by_type: dict[str, int] = {}
     views: list[int] = []
-    last: dict[str, dict[str, Any]] = {}
+    last: dict[str, dict[str, Any]] = {}  # the latest of each kind this replica signed
+    proposal: dict[str, Any] | None = None  # the latest pre-prepare it proposed or accepted
     for index, raw in enumerate(scan.records):
         try:
             kind, message = decode_record(raw, limits)
@@ -264,20 +276,31 @@ def inspect_wal(directory: Path) -> dict[str, Any]:
         view = getattr(statement, "view", None)
         if isinstance(view, int):
             views.append(view)
-        if kind != REC_NEW_VIEW and isinstance(statement, (Prepare, Commit, PrePrepare)):
+        if kind == REC_SENT:  # what this replica signed and sent
             key = type(statement).__name__
-            vote = _vote(statement)
-            if key not in last or (vote["view"], vote["seq"]) >= (last[key]["view"],
-                                                                   last[key]["seq"]):
-                last[key] = vote
-        if isinstance(statement, NewView) or type(statement).__name__ == "ViewChange":
-            last[type(statement).__name__] = {"view": statement.view}
+            if isinstance(statement, (Prepare, Commit)):
+                vote = _vote(statement)
+                if key not in last or (vote["view"], vote["seq"]) >= (last[key]["view"],
+                                                                       last[key]["seq"]):
+                    last[key] = vote
+            elif isinstance(statement, (ViewChange, NewView)):
+                if key not in last or statement.view >= last[key]["view"]:
+                    last[key] = {"view": statement.view}
+            elif isinstance(statement, Checkpoint):
+                if key not in last or statement.seq >= last[key]["seq"]:
+                    last[key] = {"seq": statement.seq,
+                                 "digest": bytes(statement.state_digest).hex()[:16]}
+        elif isinstance(message, Proposal) and isinstance(statement, PrePrepare):
+            vote = {**_vote(statement), "primary": statement.replica}
+            if proposal is None or (vote["view"], vote["seq"]) >= (proposal["view"],
+                                                                    proposal["seq"]):
+                proposal = vote
     if scan.damage is not None:
         reason, index, offset = scan.damage
         problems.insert(0, f"{scan.segment or 'segment'}: {reason} at record {index} (byte "
                         f"{offset}); opening the WAL keeps only the {index} records before it")
     report.update(by_type=dict(sorted(by_type.items())), last_view=max(views, default=None),
-                  last_votes=last)
+                  last_votes=last, last_proposal=proposal)
     if problems:
         report.update(ok=False, problem=problems[0], problems=problems)
     return report
@@ -303,7 +326,10 @@ def format_wal_report(report: dict[str, Any]) -> str:
     lines.append(f"  last view    {view if view is not None else 'none recorded'}")
     for name, vote in report["last_votes"].items():
         where = " ".join(f"{k} {v}" for k, v in vote.items())
-        lines.append(f"  last {name:<10} {where}")
+        lines.append(f"  last {name:<10} {where} (signed by this replica)")
+    if report["last_proposal"] is not None:
+        where = " ".join(f"{k} {v}" for k, v in report["last_proposal"].items())
+        lines.append(f"  last proposal   {where}")
     for name in report["leftovers"]:
         lines.append(f"  leftover     {name} (opening the WAL removes it)")
     for problem in report.get("problems", []):
