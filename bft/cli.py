@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bft.cliutil import CliError, key_dir, load_config, state_dir
+from bft.cliutil import CliError, key_dir, load_config, load_factory, state_dir
 from bft.config import (
     ClusterConfig,
     DuplicateKeyError,
@@ -37,6 +37,7 @@ from bft.config import (
 from bft.crypto import generate_private_key, public_key_bytes, save_private_key, save_public_key
 from bft.errors import ClientIdInUse, ConfigError
 from bft.plugins import LoadedPlugins, load_plugins
+from bft.workload import DEFAULT_KEYS, WORKLOADS
 from transport.udp import TransportError
 
 __all__ = ["EXPECTED_ERRORS", "CliError", "build_parser", "main"]
@@ -437,7 +438,17 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_plugin_arguments(parser, "add_up_arguments")
     parser.add_argument("--history", type=Path, default=None, metavar="FILE",
                         help="with --load: write every client operation as Jepsen-shaped JSON "
-                        "lines (invoke/ok/fail/info) for an outside linearizability checker")
+                        "lines (invoke/ok/fail/info); check it with `bft check FILE`")
+    parser.add_argument("--workload", choices=WORKLOADS, default=None,
+                        help="with --load: what the clients send (default: mixed with "
+                        "--history, else puts): mixed = get/put/cas/delete/lock/unlock and "
+                        "fenced writes over --keys contended keys; puts = puts to 1,000 keys; "
+                        "noop = an op the store ignores; app = your --app's random_op")
+    parser.add_argument("--keys", type=int, default=DEFAULT_KEYS, metavar="K",
+                        help=f"mixed workload: how many contended keys (default {DEFAULT_KEYS})")
+    parser.add_argument("--app", default=None, metavar="MODULE:FACTORY",
+                        help="replicate your own StateMachine on every node (and, with "
+                        "--workload app, send its random_op)")
     parser.set_defaults(handler=cmd_up)
 
 
@@ -453,6 +464,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"generated keys in {key_dir}", flush=True)
     keyring = load_keyring(config, key_dir)  # clear error now rather than in every child
     _call_hooks(_active(), "check_up", args, config)  # errors now, naming the field
+    _check_workload_args(args)
     global _UP_EXTRA
     _UP_EXTRA = {"args": args, "history": args.history}
     if not args.no_tui and sys.stdout.isatty() and config.monitor is not None:
@@ -466,6 +478,22 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 _UP_EXTRA: dict = {}  # options of `bft up` that reach the node commands and the load
+
+
+def _check_workload_args(args: argparse.Namespace) -> None:
+    """Clear errors for `bft up`'s workload options before anything starts."""
+    if args.workload is not None and args.load <= 0:
+        raise CliError("--workload needs --load OPS_PER_S")
+    if args.keys < 1:
+        raise CliError(f"--keys must be >= 1, got {args.keys}")
+    if args.workload == "app":
+        if args.app is None:
+            raise CliError("--workload app needs --app MODULE:FACTORY (the application whose "
+                           "random_op makes the ops)")
+        app = load_factory(args.app)()
+        if not callable(getattr(app, "random_op", None)):
+            raise CliError(f"--app {args.app}: {type(app).__name__} has no "
+                           "random_op(rng, client_id) method, which --workload app needs")
 
 
 def _plugin_node_args(restarted: bool = False) -> list[str]:
@@ -486,6 +514,9 @@ def _up_cluster(config_path: Path, config: ClusterConfig, state_dir: Path, key_d
     node_args = ["--events"]
     if fsync:
         node_args += ["--fsync", fsync]
+    up_args = _UP_EXTRA.get("args")
+    if getattr(up_args, "app", None):
+        node_args += ["--app", up_args.app]  # type: ignore[union-attr]
     return LocalCluster(config_path, config=config, state_dir=state_dir, key_dir=key_dir,
                         node_args=node_args)
 
@@ -613,12 +644,18 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
     import trio
 
     from bft.history import History, call_recorded
-    from bft.app import Ops
     from bft.errors import ClientIdInUse
     from bft.node import ClientError, ClusterClient, claim_free_client_ids
 
+    from bft.workload import make_workload
+
     history_path = _UP_EXTRA.get("history")
     history = History() if history_path is not None else None
+    up_args = _UP_EXTRA.get("args")
+    kind = getattr(up_args, "workload", None) or ("mixed" if history is not None else "puts")
+    app = load_factory(up_args.app)() if kind == "app" else None  # type: ignore[union-attr]
+    # a fresh prefix for keys and locks: the history starts from absent keys and free locks
+    prefix = f"r{os.urandom(3).hex()}-"
     keyring = load_keyring(config, key_dir)
     # the first client ids no other process uses (a `bft client` started before holds
     # its id), held until the load stops
@@ -635,6 +672,10 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
     done: list[float] = []
     errors = [0]
     rng = random.Random(0)
+    workloads = {cid: make_workload(kind, cid, rng, keys=getattr(up_args, "keys", DEFAULT_KEYS),
+                                    prefix=prefix, app=app) for cid in clients}
+    say(f"[load] workload {kind}" + (f", keys and locks named {prefix}*" if kind in
+                                       ("mixed", "puts") else ""))
 
     async def one(cid: int) -> None:
         client = ClusterClient(config, cid, signer=keyring.signer("client", cid),
@@ -643,10 +684,11 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
         interval = len(clients) / ops_per_s
         next_at = trio.current_time()
         try:
+            workload = workloads[cid]
             while True:
-                key = f"k{rng.randrange(1000)}"
                 t0 = trio.current_time()
-                op = Ops.put(key, b"%d" % rng.randrange(10**6))
+                op = workload.next_op()
+                got: bytes | None = None
                 if history is not None:
                     got = await call_recorded(client, op, history, process=cid,
                                               clock_ns=_time.monotonic_ns, timeout_s=5)
@@ -656,10 +698,11 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
                         done.append(trio.current_time() - t0)
                 else:
                     try:
-                        await client.call(op, timeout_s=5)
+                        got = await client.call(op, timeout_s=5)
                         done.append(trio.current_time() - t0)
                     except ClientError:
                         errors[0] += 1
+                workload.observe(got)
                 next_at = max(next_at + interval, trio.current_time())
                 await trio.sleep_until(next_at)
         finally:
