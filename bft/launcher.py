@@ -532,6 +532,49 @@ class LocalCluster:
                               f"{timeout_s:g} s (replied: {sorted(results)})")
         return results
 
+    # -- load
+
+    async def run_load(self, *, workload: str = "mixed", ops: int = 100,
+                       clients: Sequence[int] | None = None, keys: int = 4, seed: int = 0,
+                       prefix: str | None = None, app: Any = None, history: Any = None,
+                       timeout_s: float = 10.0) -> Any:
+        """Run `ops` operations of a `bft.workload` (mixed, puts, noop, app) from closed-loop
+        clients (default: every client id of the config but the highest, which `barrier`
+        uses), each recorded in `history` (a new `bft.history.History` if None), which is
+        returned: check it with `bft.lincheck`. An op whose client gives up is recorded as
+        info. `seed` seeds each client's workload (`random.Random(f"{seed}-{client}")`);
+        `prefix` names this load's keys and locks (default: fresh per call); `app` is the
+        application object for the app workload."""
+        import random
+
+        from bft.history import History, call_recorded
+        from bft.workload import make_workload
+
+        history = history if history is not None else History()
+        ids = list(clients) if clients is not None else sorted(
+            c.id for c in self.config.clients)[:-1] or [self.config.clients[0].id]
+        self._loads = getattr(self, "_loads", 0) + 1
+        prefix = prefix if prefix is not None else f"l{os.getpid()}.{self._loads}-"
+        left = [ops]
+
+        async def one(cid: int) -> None:
+            w = make_workload(workload, cid, random.Random(f"{seed}-{cid}"), keys=keys,
+                              prefix=prefix, app=app)
+            client = self.client(cid)
+            try:
+                while left[0] > 0:
+                    left[0] -= 1
+                    result = await call_recorded(client, w.next_op(), history, process=cid,
+                                                 clock_ns=time.monotonic_ns, timeout_s=timeout_s)
+                    w.observe(result)
+            finally:
+                client.close()
+
+        async with trio.open_nursery() as nursery:
+            for cid in ids:
+                nursery.start_soon(one, cid)
+        return history
+
     # -- logs
 
     def output(self, node_id: int) -> str:
