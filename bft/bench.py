@@ -1070,6 +1070,7 @@ async def run_benchmark(config_path: Path, *, counts: Sequence[int], warmup_s: f
     telemetry: TelemetryListener | None = None
     cluster: LocalCluster | None = None
     summaries: dict[int, dict[str, Any]] = {}
+    agree_line: str | None = None  # digest agreement at the stop (own cluster only)
     ok = False
     try:
         async with trio.open_nursery() as nursery:
@@ -1122,7 +1123,15 @@ async def run_benchmark(config_path: Path, *, counts: Sequence[int], warmup_s: f
                     f"batch {_fmt(run['batch_size']['mean'], '.1f')}, "
                     f"view changes {run['view_changes']}, errors {run['errors']}")
             if cluster is not None:
+                # the load stopped: let every node execute the same seq, then compare there
+                try:
+                    await cluster.barrier(timeout_s=STOP_TIMEOUT_S)
+                except LaunchError as exc:
+                    say(f"nodes did not converge before stopping: {exc}")
                 summaries = await cluster.stop_all()
+                agree_line = launcher.digest_agreement(summaries,
+                                                       [nd.id for nd in run_config.nodes])[1]
+                say(agree_line)
             if telemetry is not None:
                 telemetry.close()
             ok = True
@@ -1137,6 +1146,7 @@ async def run_benchmark(config_path: Path, *, counts: Sequence[int], warmup_s: f
             say(f"node logs kept in {own_state}")
     digests = {s.get("state_digest") for s in summaries.values()}
     common = {
+        "stop_agreement": agree_line,
         "config": str(config_path),
         "cluster": config.name,
         "n": config.n,

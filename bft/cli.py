@@ -576,6 +576,7 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
 
     cluster = _up_cluster(config_path, config, state_dir, key_dir, fsync)
     status = 0
+    converged = False
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         try:
             async with trio.open_nursery() as nursery:
@@ -593,6 +594,7 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
                 else:
                     await _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals,
                                          say)
+                    converged = await _converge(cluster, say)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -605,7 +607,30 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
                     f": view {summary.get('view')}, executed {summary.get('last_executed')}, "
                     f"state digest {str(summary.get('state_digest'))[:16]}"
                     if summary else ""))
+            if status == 0:
+                from bft.launcher import digest_agreement
+
+                agree, line = digest_agreement(summaries, [nd.id for nd in config.nodes])
+                say(line if agree or converged else f"{line} (the nodes had not converged)")
     return status
+
+
+#: How long `bft up` waits, once the load stopped, for every node to execute the same seq.
+CONVERGE_TIMEOUT_S = 10.0
+
+
+async def _converge(cluster, say) -> bool:  # type: ignore[no-untyped-def]
+    """Let every node execute everything ordered so far (one barrier read, bounded by
+    CONVERGE_TIMEOUT_S), so their stop summaries are at the same seq; False (and why) if
+    some node did not."""
+    from bft.launcher import LaunchError
+
+    try:
+        await cluster.barrier(timeout_s=CONVERGE_TIMEOUT_S)
+    except (LaunchError, OSError) as exc:
+        say(f"nodes did not converge before stopping: {exc}")
+        return False
+    return True
 
 
 async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, say) -> None:  # type: ignore[no-untyped-def]
@@ -615,9 +640,18 @@ async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, 
 
     from bft.launcher import reap
 
+    load_scope, load_done = trio.CancelScope(), trio.Event()
+
+    async def load() -> None:
+        try:
+            with load_scope:
+                await _drive_load(cluster.config, cluster.state_dir, cluster.key_dir,
+                                  load_ops_per_s, say)
+        finally:
+            load_done.set()
+
     if load_ops_per_s > 0:
-        nursery.start_soon(_drive_load, cluster.config, cluster.state_dir, cluster.key_dir,
-                           load_ops_per_s, say)
+        nursery.start_soon(load)
     if _UP_EXTRA.get("args") is not None:
         # what plugins run beside the nodes (a scenario's SIGSTOP/SIGCONT and restarts)
         async def restart(node_id: int) -> None:
@@ -633,6 +667,10 @@ async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, 
             break
     if timer.cancelled_caught:
         say(f"duration of {duration_s:g} s reached: stopping the cluster")
+    if load_ops_per_s > 0:  # stop the load first (its history is written), then the nodes
+        load_scope.cancel()
+        with trio.move_on_after(CONVERGE_TIMEOUT_S):
+            await load_done.wait()
 
 
 async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops_per_s: float,

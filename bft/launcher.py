@@ -233,6 +233,33 @@ def _tail(path: Path, limit: int = 3000) -> str:
         return ""
 
 
+def digest_agreement(summaries: dict[int, dict[str, Any]],
+                     node_ids: Sequence[int]) -> tuple[bool, str]:
+    """Compare the nodes' stop summaries at the same executed seq: (True, "digests agree
+    at seq N") when every node of `node_ids` stopped at the highest seq with one state
+    digest; else False and which node differs (another digest at that seq), is behind
+    (stopped at a lower seq: its digest cannot be compared) or left no summary."""
+    seqs: dict[int, int] = {i: s["last_executed"] for i, s in summaries.items()
+                            if isinstance(s.get("last_executed"), int)}
+    if not seqs:
+        return False, "no node left a stop summary to compare"
+    top = max(seqs.values())
+    at_top = {i: summaries[i].get("state_digest") for i in sorted(seqs) if seqs[i] == top}
+    counts: dict[Any, int] = {}
+    for d in at_top.values():
+        counts[d] = counts.get(d, 0) + 1
+    common = max(counts, key=lambda d: (counts[d], -min(i for i in at_top if at_top[i] == d)))
+    agree = [i for i in at_top if at_top[i] == common]
+    problems = [f"node {i} differs: digest {str(at_top[i])[:16]} at seq {top}, not "
+                f"{str(common)[:16]}" for i in at_top if at_top[i] != common]
+    problems += [f"node {i} is behind: stopped at seq {seqs[i]}" for i in sorted(seqs)
+                 if seqs[i] < top]
+    problems += [f"node {i} left no stop summary" for i in node_ids if i not in seqs]
+    if not problems:
+        return True, f"digests agree at seq {top} ({len(agree)} nodes)"
+    return False, (f"digests agree at seq {top} on nodes {agree} only; " + "; ".join(problems))
+
+
 @dataclass
 class NodeProcess:
     """One incarnation of a node: its process, its output file, what it said when ready."""

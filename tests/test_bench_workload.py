@@ -50,3 +50,5 @@ def test_bench_runs_the_mixed_workload(tmp_path: Path):
     assert report["op"] == "workload=mixed,keys=2"
     assert report["completed"] > 0 and report["errors"] == 0
     assert report["nodes_agree_at_stop"] is True
+    # issue 22 item 4: the load stopped, the nodes converged, digests compared at one seq
+    assert report["stop_agreement"].startswith("digests agree at seq ")

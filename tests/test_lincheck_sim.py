@@ -53,6 +53,8 @@ def test_bft_check_agrees_with_the_simulators_checker(seed, liars, rate, clients
           f"keys={keys} lock_fraction={lock_fraction} drop={drop} reorder={reorder}")
     sim_ok, check_ok, report = verdicts(seed, liars, rate, clients, requests, keys,
                                         lock_fraction, drop, reorder)
+    print(f"verdicts: simulator {'ok' if sim_ok else 'violation'}, "
+          f"bft check {'ok' if check_ok else 'violation'}")
     assert sim_ok == check_ok, report
     if liars <= 1:  # at most f faulty: nothing may be wrong
         assert sim_ok, report
