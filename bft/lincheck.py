@@ -53,6 +53,8 @@ KV_FUNCTIONS = frozenset({"put", "get", "delete", "cas", "lock", "unlock"})
 DEFAULT_MAX_STATES = 2_000_000
 #: How many window starts the failure report tries at most.
 MAX_WINDOW_TRIES = 200
+#: How many operations of a failing window the report shows at most.
+MAX_WINDOW_SHOWN = 40
 
 
 class HistoryError(Exception):
@@ -738,9 +740,13 @@ def _explain(group: list[Operation], part: _Partition, model: Model, failure: _F
         pass  # report what was found so far
     blocking = found.blocking
     why = found.why
+    window = list(prefix)
+    if len(window) > MAX_WINDOW_SHOWN:
+        why += f" [the last {MAX_WINDOW_SHOWN} of the window's {len(window)} operations shown]"
+        window = window[-MAX_WINDOW_SHOWN:]
     if blocking is not None:
         why = f"{blocking.describe()} (line {blocking.complete_line or blocking.line}): {why}"
-    return list(prefix), why, blocking
+    return window, why, blocking
 
 
 def _narrowed(ops: list[Operation], blocking: Operation) -> list[Operation]:
