@@ -238,16 +238,16 @@ def _ranked(ops: list[Operation]) -> list[Operation]:
 
 
 def _check_invoke_value(number: int, f: str, value: Any) -> None:
-    ok = {
-        "put": lambda v: type(v) is str,
-        "get": lambda v: True,
-        "delete": lambda v: True,
-        "cas": lambda v: (type(v) is list and len(v) == 2 and _text_or_none(v[0])
-                          and type(v[1]) is str),
-        "lock": _is_int,
-        "unlock": _is_int,
-    }.get(f, lambda v: True)
-    if not ok(value):
+    if f == "put":
+        ok = type(value) is str
+    elif f == "cas":
+        ok = (type(value) is list and len(value) == 2 and _text_or_none(value[0])
+              and type(value[1]) is str)
+    elif f in ("lock", "unlock"):
+        ok = _is_int(value)
+    else:
+        ok = True
+    if not ok:
         raise HistoryError(number, f"bad value for {f}: {value!r}")
 
 
@@ -300,8 +300,7 @@ def _operation(number: int | None, op_id: int, inv_line: int, inv: dict[str, Any
     return Operation(id=op_id, process=inv["process"], f=f, key=inv["key"],
                      value=inv["value"], type=kind, out=out, reason=reason,
                      invoke_ns=inv["time"], complete_ns=done_at, line=inv_line,
-                     complete_line=number, fence=fence, garbage=garbage,
-                     **extra)  # type: ignore[arg-type]
+                     complete_line=number, fence=fence, garbage=garbage, **extra)
 
 
 # --------------------------------------------------------------------------
