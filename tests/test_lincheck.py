@@ -265,3 +265,34 @@ def test_real_runs_with_a_read_moved_before_its_write_fail(seed):
     verdict = check(parse_history(lines_of(mutated)))
     print(format_verdict(verdict))
     assert verdict.ok is False and verdict.key == f"key {read['key']}"
+
+
+LIARS = """
+description = "f+1 colluding replicas lie in their replies (a planted bug: beyond f)"
+[[adversary]]
+node = 1
+behaviour = "lie"
+params = { lies = ["reply_result"], rate = 1.0 }
+[[adversary]]
+node = 2
+behaviour = "lie"
+params = { lies = ["reply_result"], rate = 1.0 }
+"""
+
+
+@pytest.mark.parametrize("liars, status", [(False, 0), (True, 1)])
+def test_bft_check_reads_what_bft_sim_writes(tmp_path, capsys, liars, status):
+    """`bft sim --history FILE` then `bft check FILE`: an honest run is linearizable; with
+    f+1 = 2 replicas lying alike in their replies the client accepts their lies, the
+    simulator fails, and so does the check of its history."""
+    path = tmp_path / "sim.jsonl"
+    args = ["sim", "--seed", str(SEED), "--clients", "3", "--requests", "15", "--keys", "2",
+            "--drop", "0.05", "--history", str(path)]
+    if liars:
+        scenario = tmp_path / "liars.toml"
+        scenario.write_text(LIARS)
+        args += ["--scenario", str(scenario)]
+    assert main(args) == status
+    capsys.readouterr()
+    assert main(["check", str(path)]) == status
+    print(capsys.readouterr().out)

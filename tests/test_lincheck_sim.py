@@ -7,6 +7,14 @@ their replies (a planted bug: the client accepts f+1 matching wrong results) the
 simulator's checker fails, and `bft check` must fail on the same runs, from the history
 alone. Property: the verdicts are equal on every drawn run.
 
+What a history cannot show: the simulator's checker also sees inside the replicas. With
+f+1 liars telling every kind of lie (`bft sim --byzantine 1:lie --byzantine 2:lie --seed
+2022 --clients 3 --requests 15 --keys 2 --drop 0.05`) it reports "completed but was never
+executed by a correct replica" for an op the two liars executed and answered truthfully
+while the correct replicas made no progress: a history with nothing read afterwards is
+linearizable, and `bft check` says so. The drawn runs use reply lies only, whose effects
+are all visible to clients.
+
 CI runs 30 examples; on demand: `BFT_CHECK_EXAMPLES=1000 python -m pytest -q -s
 tests/test_lincheck_sim.py` (the count and time of such a run are in benchmarks/RESULTS.md).
 Failed before the fix: bft/lincheck.py did not exist (ImportError).
