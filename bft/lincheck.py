@@ -51,6 +51,9 @@ OBSERVING_FAILS = frozenset({"cas_failed", "stale_token", "locked", "not_found",
 KV_FUNCTIONS = frozenset({"put", "get", "delete", "cas", "lock", "unlock"})
 #: How many (linearized set, state) pairs one search may remember: bounded memory.
 DEFAULT_MAX_STATES = 2_000_000
+#: ... and at most this many bits of linearized-set masks in all (about 250 MB): a search
+#: over n operations remembers at most MEMO_BITS // (n + 64) pairs.
+MEMO_BITS = 2_000_000_000
 #: How many window starts the failure report tries at most.
 MAX_WINDOW_TRIES = 200
 #: How many operations of a failing window the report shows at most.
@@ -545,6 +548,7 @@ def _search(ops: Sequence[Operation], model: Model, initial: tuple[Any, ...],
     optional = [i for i in range(n) if ops[i].type == "info"]
     by_complete = sorted(required, key=lambda i: ops[i].end)
     memo: set[tuple[int, tuple[Any, ...]]] = set()
+    max_states = min(max_states, MEMO_BITS // (n + 64))
     failure = _Failure()
     step = model.step
     # a frame: [mask, state, depth, p_complete, p_invoke, children iterator]

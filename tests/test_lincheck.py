@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bft.cli import main
 from bft.lincheck import check, format_verdict, parse_history
@@ -296,3 +298,59 @@ def test_bft_check_reads_what_bft_sim_writes(tmp_path, capsys, liars, status):
     capsys.readouterr()
     assert main(["check", str(path)]) == status
     print(capsys.readouterr().out)
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**70), st.floats(),
+                     st.text(max_size=4), st.sampled_from(["invoke", "ok", "fail", "info",
+                                                           "put", "get", "cas", "lock",
+                                                           "unlock", "delete", "k", "L"]))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+_FIELDS = ["index", "type", "process", "f", "key", "value", "time", "fence", "error",
+           "result", "expiry_us", "agreed_us", "holder", "current"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=st.integers(0, 3),
+       edits=st.lists(st.tuples(st.integers(0, 40), st.sampled_from(_FIELDS), _values,
+                                st.booleans()), max_size=4),
+       cut=st.integers(0, 400))
+def test_damaged_histories_give_a_verdict_or_a_clear_error_never_a_crash(base, edits, cut):
+    """Bad input never crashes the checker: a real history with fields replaced by arbitrary
+    JSON values, dropped, or the file cut anywhere, is either judged (ok / not / out of
+    time) or refused with HistoryError naming a line."""
+    from bft.lincheck import HistoryError
+
+    entries = [dict(e) for e in _SIM_HISTORIES[base]]
+    for k, name, value, drop in edits:
+        e = entries[k % len(entries)]
+        if drop:
+            e.pop(name, None)
+        else:
+            e[name] = value
+    text = "\n".join(json.dumps(e) for e in entries)
+    if cut:
+        text = text[:len(text) * cut // 400]
+    try:
+        ops = parse_history(text.splitlines())
+    except HistoryError as exc:
+        assert exc.line >= 1 and exc.message
+        return
+    verdict = check(ops, max_states=20_000)
+    assert verdict.ok in (True, False, None)
+    format_verdict(verdict)
+
+
+def _sim_histories() -> list[list[dict[str, Any]]]:
+    from adversary.sim import SimConfig, Simulation
+
+    out = []
+    for seed in range(4):
+        sim = Simulation(SimConfig(seed=seed, clients=3, requests=6, lock_fraction=0.4,
+                                   key_count=2, history=True))
+        sim.run(30)
+        assert sim.history is not None
+        out.append([dict(e) for e in sim.history.entries])
+    return out
+
+
+_SIM_HISTORIES = _sim_histories()
