@@ -625,10 +625,15 @@ async def _converge(cluster, say) -> bool:  # type: ignore[no-untyped-def]
     some node did not."""
     from bft.launcher import LaunchError
 
+    running = sorted(i for i, proc in cluster.procs.items() if proc.running())
+    down = sorted(set(cluster.procs) - set(running))
     try:
-        await cluster.barrier(timeout_s=CONVERGE_TIMEOUT_S)
+        await cluster.barrier(running, timeout_s=CONVERGE_TIMEOUT_S)
     except (LaunchError, OSError) as exc:
         say(f"nodes did not converge before stopping: {exc}")
+        return False
+    if down:
+        say(f"nodes {down} are not running: the others converged")
         return False
     return True
 

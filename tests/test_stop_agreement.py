@@ -54,3 +54,22 @@ def test_bft_up_reports_agreement_at_the_converged_seq(tmp_path):
     agreed = re.search(r"digests agree at seq (\d+) \(4 nodes\)", out.stdout)
     assert agreed is not None, out.stdout[-3000:]
     assert executed == {int(agreed.group(1))}
+
+
+@pytest.mark.udp
+def test_bft_up_names_a_node_that_is_down_at_the_stop(tmp_path):
+    cfg = tmp_path / "cluster.toml"
+    cfg.write_text(config_to_toml(local_config(4, name="up-stop-down")))
+    scenario = tmp_path / "down.toml"
+    scenario.write_text('description = "node 2 crashes for good"\n[[adversary]]\nnode = 2\n'
+                        'behaviour = "crash"\nstart = 1.0\n'
+                        'params = { restart_after_s = 1000.0 }\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "bft", "up", str(cfg), "--no-tui", "--state-dir",
+         str(tmp_path / "state"), "--load", "40", "--duration", "3", "--scenario",
+         str(scenario)], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "nodes [2] are not running: the others converged" in out.stdout
+    line = re.search(r"digests agree at seq (\d+) on nodes \[0, 1, 3\] only; node 2 left no "
+                     r"stop summary", out.stdout)
+    assert line is not None, out.stdout[-3000:]
