@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bft.cliutil import CliError, key_dir, load_config, load_keys, state_dir
+from bft.cliutil import CliError, key_dir, load_config, load_factory, load_keys, state_dir
 from bft.config import (
     ClusterConfig,
     DuplicateKeyError,
@@ -37,6 +37,7 @@ from bft.config import (
 from bft.crypto import generate_private_key, public_key_bytes, save_private_key, save_public_key
 from bft.errors import ClientIdInUse, ConfigError
 from bft.plugins import LoadedPlugins, load_plugins
+from bft.workload import DEFAULT_KEYS, WORKLOADS
 from transport.udp import TransportError
 
 __all__ = ["EXPECTED_ERRORS", "CliError", "build_parser", "main"]
@@ -532,7 +533,17 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_plugin_arguments(parser, "add_up_arguments")
     parser.add_argument("--history", type=Path, default=None, metavar="FILE",
                         help="with --load: write every client operation as Jepsen-shaped JSON "
-                        "lines (invoke/ok/fail/info) for an outside linearizability checker")
+                        "lines (invoke/ok/fail/info); check it with `bft check FILE`")
+    parser.add_argument("--workload", choices=WORKLOADS, default=None,
+                        help="with --load: what the clients send (default: mixed with "
+                        "--history, else puts): mixed = get/put/cas/delete/lock/unlock and "
+                        "fenced writes over --keys contended keys; puts = puts to 1,000 keys; "
+                        "noop = an op the store ignores; app = your --app's random_op")
+    parser.add_argument("--keys", type=int, default=DEFAULT_KEYS, metavar="K",
+                        help=f"mixed workload: how many contended keys (default {DEFAULT_KEYS})")
+    parser.add_argument("--app", default=None, metavar="MODULE:FACTORY",
+                        help="replicate your own StateMachine on every node (and, with "
+                        "--workload app, send its random_op)")
     parser.set_defaults(handler=cmd_up)
 
 
@@ -548,6 +559,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"generated keys in {key_dir}", flush=True)
     keyring = load_keys(config, args.state_dir)  # clear error now rather than in every child
     _call_hooks(_active(), "check_up", args, config)  # errors now, naming the field
+    _check_workload_args(args)
     global _UP_EXTRA
     _UP_EXTRA = {"args": args, "history": args.history}
     if not args.no_tui and sys.stdout.isatty() and config.monitor is not None:
@@ -561,6 +573,22 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 _UP_EXTRA: dict = {}  # options of `bft up` that reach the node commands and the load
+
+
+def _check_workload_args(args: argparse.Namespace) -> None:
+    """Clear errors for `bft up`'s workload options before anything starts."""
+    if args.workload is not None and args.load <= 0:
+        raise CliError("--workload needs --load OPS_PER_S")
+    if args.keys < 1:
+        raise CliError(f"--keys must be >= 1, got {args.keys}")
+    if args.workload == "app":
+        if args.app is None:
+            raise CliError("--workload app needs --app MODULE:FACTORY (the application whose "
+                           "random_op makes the ops)")
+        app = load_factory(args.app)()
+        if not callable(getattr(app, "random_op", None)):
+            raise CliError(f"--app {args.app}: {type(app).__name__} has no "
+                           "random_op(rng, client_id) method, which --workload app needs")
 
 
 def _plugin_node_args(restarted: bool = False) -> list[str]:
@@ -581,6 +609,9 @@ def _up_cluster(config_path: Path, config: ClusterConfig, state_dir: Path, key_d
     node_args = ["--events"]
     if fsync:
         node_args += ["--fsync", fsync]
+    up_args = _UP_EXTRA.get("args")
+    if getattr(up_args, "app", None):
+        node_args += ["--app", up_args.app]  # type: ignore[union-attr]
     return LocalCluster(config_path, config=config, state_dir=state_dir, key_dir=key_dir,
                         node_args=node_args)
 
@@ -640,6 +671,7 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
 
     cluster = _up_cluster(config_path, config, state_dir, key_dir, fsync)
     status = 0
+    converged = False
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         try:
             async with trio.open_nursery() as nursery:
@@ -657,6 +689,7 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
                 else:
                     await _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals,
                                          say)
+                    converged = await _converge(cluster, say)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -669,7 +702,35 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
                     f": view {summary.get('view')}, executed {summary.get('last_executed')}, "
                     f"state digest {str(summary.get('state_digest'))[:16]}"
                     if summary else ""))
+            if status == 0:
+                from bft.launcher import digest_agreement
+
+                agree, line = digest_agreement(summaries, [nd.id for nd in config.nodes])
+                say(line if agree or converged else f"{line} (the nodes had not converged)")
     return status
+
+
+#: How long `bft up` waits, once the load stopped, for every node to execute the same seq.
+CONVERGE_TIMEOUT_S = 10.0
+
+
+async def _converge(cluster, say) -> bool:  # type: ignore[no-untyped-def]
+    """Let every node execute everything ordered so far (one barrier read, bounded by
+    CONVERGE_TIMEOUT_S), so their stop summaries are at the same seq; False (and why) if
+    some node did not."""
+    from bft.launcher import LaunchError
+
+    running = sorted(i for i, proc in cluster.procs.items() if proc.running())
+    down = sorted(set(cluster.procs) - set(running))
+    try:
+        await cluster.barrier(running, timeout_s=CONVERGE_TIMEOUT_S)
+    except (LaunchError, OSError) as exc:
+        say(f"nodes did not converge before stopping: {exc}")
+        return False
+    if down:
+        say(f"nodes {down} are not running: the others converged")
+        return False
+    return True
 
 
 async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, say) -> None:  # type: ignore[no-untyped-def]
@@ -679,9 +740,18 @@ async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, 
 
     from bft.launcher import reap
 
+    load_scope, load_done = trio.CancelScope(), trio.Event()
+
+    async def load() -> None:
+        try:
+            with load_scope:
+                await _drive_load(cluster.config, cluster.state_dir, cluster.key_dir,
+                                  load_ops_per_s, say)
+        finally:
+            load_done.set()
+
     if load_ops_per_s > 0:
-        nursery.start_soon(_drive_load, cluster.config, cluster.state_dir, cluster.key_dir,
-                           load_ops_per_s, say)
+        nursery.start_soon(load)
     if _UP_EXTRA.get("args") is not None:
         # what plugins run beside the nodes (a scenario's SIGSTOP/SIGCONT and restarts)
         async def restart(node_id: int) -> None:
@@ -697,6 +767,10 @@ async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, 
             break
     if timer.cancelled_caught:
         say(f"duration of {duration_s:g} s reached: stopping the cluster")
+    if load_ops_per_s > 0:  # stop the load first (its history is written), then the nodes
+        load_scope.cancel()
+        with trio.move_on_after(CONVERGE_TIMEOUT_S):
+            await load_done.wait()
 
 
 async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops_per_s: float,
@@ -708,12 +782,18 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
     import trio
 
     from bft.history import History, call_recorded
-    from bft.app import Ops
     from bft.errors import ClientIdInUse
     from bft.node import ClientError, ClusterClient, claim_free_client_ids
 
+    from bft.workload import make_workload
+
     history_path = _UP_EXTRA.get("history")
     history = History() if history_path is not None else None
+    up_args = _UP_EXTRA.get("args")
+    kind = getattr(up_args, "workload", None) or ("mixed" if history is not None else "puts")
+    app = load_factory(up_args.app)() if kind == "app" else None  # type: ignore[union-attr]
+    # a fresh prefix for keys and locks: the history starts from absent keys and free locks
+    prefix = f"r{os.urandom(3).hex()}-"
     keyring = load_keyring(config, key_dir)
     # the first client ids no other process uses (a `bft client` started before holds
     # its id), held until the load stops
@@ -730,6 +810,10 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
     done: list[float] = []
     errors = [0]
     rng = random.Random(0)
+    workloads = {cid: make_workload(kind, cid, rng, keys=getattr(up_args, "keys", DEFAULT_KEYS),
+                                    prefix=prefix, app=app) for cid in clients}
+    say(f"[load] workload {kind}" + (f", keys and locks named {prefix}*" if kind in
+                                       ("mixed", "puts") else ""))
 
     async def one(cid: int) -> None:
         client = ClusterClient(config, cid, signer=keyring.signer("client", cid),
@@ -738,10 +822,11 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
         interval = len(clients) / ops_per_s
         next_at = trio.current_time()
         try:
+            workload = workloads[cid]
             while True:
-                key = f"k{rng.randrange(1000)}"
                 t0 = trio.current_time()
-                op = Ops.put(key, b"%d" % rng.randrange(10**6))
+                op = workload.next_op()
+                got: bytes | None = None
                 if history is not None:
                     got = await call_recorded(client, op, history, process=cid,
                                               clock_ns=_time.monotonic_ns, timeout_s=5)
@@ -751,10 +836,11 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
                         done.append(trio.current_time() - t0)
                 else:
                     try:
-                        await client.call(op, timeout_s=5)
+                        got = await client.call(op, timeout_s=5)
                         done.append(trio.current_time() - t0)
                     except ClientError:
                         errors[0] += 1
+                workload.observe(got)
                 next_at = max(next_at + interval, trio.current_time())
                 await trio.sleep_until(next_at)
         finally:
@@ -814,6 +900,65 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# bft check
+# --------------------------------------------------------------------------
+
+
+def _add_check_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check", help="check a history for linearizability (KV store and fenced locks)",
+        description="Read a JSON-lines history (what `bft up --history` and `bft sim "
+        "--history` write) and search for a linearization under the KV store and "
+        "lock-with-fencing-token model, key by key and lock by lock. Exit status: 0 "
+        "linearizable, 1 not (the key, the shortest failing window of operations and why "
+        "are printed), 2 malformed history (the line is named), 3 out of time.")
+    parser.add_argument("history", metavar="HISTORY.jsonl", type=Path,
+                        help="the history file")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="give up after this many seconds (exit 3; default 60)")
+    parser.add_argument("--max-clock-skew-ms", type=float, default=0.0, metavar="MS",
+                        help="the cluster's max_clock_skew: a lock goes to another client "
+                        "only once agreed time is past the lease by twice this (default 0: "
+                        "only past the lease)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the verdict as one JSON object")
+    parser.set_defaults(handler=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+    import time as _time
+
+    from bft.lincheck import HistoryError, check, format_verdict, parse_history
+
+    def malformed(message: str) -> int:
+        if args.json:
+            print(json.dumps({"verdict": "malformed", "message": message}))
+        else:
+            print(f"bft check: {args.history}: malformed history: {message}", file=sys.stderr)
+        return 2
+
+    if args.timeout <= 0 or args.max_clock_skew_ms < 0:
+        raise CliError("--timeout must be > 0 and --max-clock-skew-ms >= 0")
+    try:
+        text = args.history.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return malformed(f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+    try:
+        ops = parse_history(text.splitlines())
+    except HistoryError as exc:
+        return malformed(str(exc))
+    deadline_at = _time.monotonic() + args.timeout
+    verdict = check(ops, skew_us=int(args.max_clock_skew_ms * 1000),
+                    deadline=lambda: _time.monotonic() > deadline_at)
+    if args.json:
+        print(json.dumps(verdict.to_json(), sort_keys=True))
+    else:
+        print(format_verdict(verdict, str(args.history)))
+    return 0 if verdict.ok else 3 if verdict.ok is None else 1
+
+
+# --------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------
 
@@ -853,6 +998,7 @@ def build_parser(loaded: LoadedPlugins | None = None) -> argparse.ArgumentParser
     _add_node_parser(subparsers)
     _add_client_parser(subparsers)
     _add_bench_parser(subparsers)
+    _add_check_parser(subparsers)
     for plugin, add_commands in list(loaded.hooks("add_commands")):
         before = dict(subparsers.choices)
         try:
