@@ -104,7 +104,7 @@ def _config_line(config: ClusterConfig, kind: str, id: int, public_hex: str) -> 
     if kind == "client":
         return (f'as [[clients]] id = {id}, public_key = "{public_hex}" (or copy client-{id}'
                 '.pub to the key directory of every node)')
-    return "copy admin.pub to the key directory of every node (the admin key is not inline)"
+    return f'under [admin]: public_key = "{public_hex}"'
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
