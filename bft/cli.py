@@ -201,6 +201,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for node in config.nodes:
         label = "nodes" if node.id == 0 else ""
         key = "  (public key inline)" if node.public_key is not None else ""
+        if node.listen is not None:
+            key += f"  (listens on {format_address(*node.listen)})"
         print(f"  {label:<12} {node.id:>3}  {node}{key}")
     print(f"  clients      {_describe_ids([c.id for c in config.clients])}")
     monitor = format_address(*config.monitor) if config.monitor else "none"
@@ -318,7 +320,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     def announce() -> None:
         core = node.core
         assert core is not None  # open() made it
-        print(f"node {args.id} listening on {me} (view {core.view}, "
+        where = (f"{format_address(*me.bind_address)}, advertised as {me}"
+                 if me.listen is not None else str(me))
+        print(f"node {args.id} listening on {where} (view {core.view}, "
               f"executed {core.last_executed})", flush=True)
         if args.ready_file is not None:
             from bft.launcher import write_ready_file
