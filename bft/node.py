@@ -26,6 +26,7 @@ lets many of them share one socket and one receiving task.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import heapq
@@ -72,7 +73,7 @@ from bft.telemetry import (
     is_control,
     is_telemetry,
 )
-from transport.udp import DatagramFilter, UdpEndpoint
+from transport.udp import DatagramFilter, TransportError, UdpEndpoint
 
 DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
 
@@ -380,9 +381,21 @@ class Node:
         # bind `listen` if the config gives one (the advertised address may not be on this
         # host's interface: NAT, a cloud's public address); peers send to the advertised one
         bind_host, bind_port = me.bind_address
-        self.endpoint = UdpEndpoint(self.id, bind_host, bind_port, peers=peers,
-                                    max_datagram_bytes=self.config.max_datagram_bytes,
-                                    max_message_bytes=self.config.limits.max_message_bytes)
+        try:
+            self.endpoint = UdpEndpoint(self.id, bind_host, bind_port, peers=peers,
+                                        max_datagram_bytes=self.config.max_datagram_bytes,
+                                        max_message_bytes=self.config.limits.max_message_bytes)
+        except TransportError as exc:
+            cause = exc.__cause__
+            if (me.listen is None and isinstance(cause, OSError)
+                    and cause.errno == errno.EADDRNOTAVAIL):
+                listen = format_address("::" if ":" in me.host else "0.0.0.0", me.port)
+                raise TransportError(
+                    f"{exc}; {me} is not an address of this host: if peers reach this node "
+                    f'there through a NAT (a cloud\'s public address), add listen = "{listen}" '
+                    f"(or this host's own address) to nodes[{self.id}] in the config; "
+                    f"otherwise run node {self.id} on the host that has {me.host}") from exc
+            raise
         self._replica_addr = {**self.endpoint.peers, self.id: self.endpoint.address}
         self.storage = WalStorage(self.state_dir / f"wal-{self.id}", fsync=self.fsync)  # type: ignore[arg-type]
         self.runner = EffectRunner(self.storage, _NodeIO(self))

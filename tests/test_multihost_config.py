@@ -15,7 +15,7 @@ import trio
 from bft.app import Ops, decode_result
 from bft.cli import main
 from bft.config import ClusterConfig, DuplicateKeyError, NodeAddress, load_keyring
-from bft.crypto import Ed25519Keys, save_public_key
+from bft.crypto import Ed25519Keys, save_private_key, save_public_key
 from bft.errors import ConfigError
 from bft.launcher import config_to_toml
 from bft.node import ClientMux, ClusterClient, Node
@@ -255,3 +255,23 @@ def test_a_client_binds_where_it_runs_not_where_node_0_is():
         assert mux.endpoint.address[0] == "::"
     finally:
         mux.close()
+
+
+def test_a_node_whose_address_is_not_local_says_to_set_listen(tmp_path, capsys):
+    """`bft node` for a node advertised at an address this machine does not have (a
+    NAT's or a cloud's public address) and no `listen`: exit 2 with an error naming the
+    address and the `listen` fix, no traceback. Failed before the fix: only `cannot bind
+    UDP 192.0.2.1:7100: Cannot assign requested address`, nothing on what to do."""
+    path = tmp_path / "mh.toml"
+    text = _config_text(admin=_hex("admin")).replace('address = "127.0.0.1:7000"',
+                                                     'address = "192.0.2.1:7100"')
+    path.write_text(text)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    save_private_key(keys / "replica-0.key", KEYS.private_keys[("replica", 0)])
+    assert main(["node", str(path), "--id", "0", "--key-dir", str(keys),
+                 "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "cannot bind UDP 192.0.2.1:7100" in err
+    assert 'listen = "0.0.0.0:7100"' in err and "nodes[0]" in err
