@@ -275,3 +275,21 @@ def test_a_node_whose_address_is_not_local_says_to_set_listen(tmp_path, capsys):
     assert "Traceback" not in err
     assert "cannot bind UDP 192.0.2.1:7100" in err
     assert 'listen = "0.0.0.0:7100"' in err and "nodes[0]" in err
+
+
+def test_the_readme_recipe_names_what_the_netns_test_runs():
+    """README "Running across several hosts" and tests/cluster/test_netns.py (which
+    follows it on namespaces) name the same commands and config lines, so neither drifts
+    alone."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("### Running across several hosts")
+    section = readme[start:readme.index("\n### ", start + 1)]
+    for step in ("bft config new --nodes 4 --hosts", "--monitor", "--clients 2",
+                 "bft keygen cluster.toml --only replica-2 --key-dir keys",
+                 "--only client-0,client-1", "--only admin", 'public_key = "..."',
+                 "[[clients]]", "[admin]", 'listen = "0.0.0.0:7103"',
+                 "bft config check cluster.toml --key-dir keys", "all N public keys found",
+                 "bft node cluster.toml --id N --key-dir keys",
+                 "bft client cluster.toml --key-dir keys put",
+                 "bft ctl cluster.toml --key-dir keys --node 2 crash"):
+        assert step in section, step
