@@ -105,7 +105,7 @@ def _config_line(config: ClusterConfig, kind: str, id: int, public_hex: str) -> 
     if kind == "client":
         return (f'as [[clients]] id = {id}, public_key = "{public_hex}" (or copy client-{id}'
                 '.pub to the key directory of every node)')
-    return "copy admin.pub to the key directory of every node (the admin key is not inline)"
+    return f'under [admin]: public_key = "{public_hex}"'
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -202,6 +202,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for node in config.nodes:
         label = "nodes" if node.id == 0 else ""
         key = "  (public key inline)" if node.public_key is not None else ""
+        if node.listen is not None:
+            key += f"  (listens on {format_address(*node.listen)})"
         print(f"  {label:<12} {node.id:>3}  {node}{key}")
     print(f"  clients      {_describe_ids([c.id for c in config.clients])}")
     monitor = format_address(*config.monitor) if config.monitor else "none"
@@ -319,7 +321,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     def announce() -> None:
         core = node.core
         assert core is not None  # open() made it
-        print(f"node {args.id} listening on {me} (view {core.view}, "
+        where = (f"{format_address(*me.bind_address)}, advertised as {me}"
+                 if me.listen is not None else str(me))
+        print(f"node {args.id} listening on {where} (view {core.view}, "
               f"executed {core.last_executed})", flush=True)
         if args.ready_file is not None:
             from bft.launcher import write_ready_file

@@ -106,6 +106,8 @@ def config_to_toml(config: ClusterConfig) -> str:
     out = ["[cluster]", *sections.pop("cluster"), ""]
     for node in config.nodes:
         out += ["[[nodes]]", f"id = {node.id}", f"address = {toml_value(str(node))}"]
+        if node.listen is not None:
+            out.append(f"listen = {toml_value(format_address(*node.listen))}")
         if node.public_key is not None:
             out.append(f'public_key = "{node.public_key.hex()}"')
         out.append("")
@@ -118,6 +120,8 @@ def config_to_toml(config: ClusterConfig) -> str:
             if c.public_key is not None:
                 out.append(f'public_key = "{c.public_key.hex()}"')
             out.append("")
+    if config.admin_public_key is not None:
+        out += ["[admin]", f'public_key = "{config.admin_public_key.hex()}"', ""]
     for section, lines in sections.items():
         out += [f"[{section}]", *lines, ""]
     out.append("[limits]")
