@@ -612,11 +612,10 @@ async def run_attack(spec: AttackSpec, config: ClusterConfig, *, keyring: Any = 
     try:
         while i < cap:
             now = trio.current_time()
-            # datagram k is due at start + k / rate: those due before the end are sent even
-            # when this process wakes up late; none after it
-            due = min(cap, int((min(now, end) - start) * spec.rate + 1e-6) + 1)
-            if now >= end and i >= due:
+            if now >= end:  # the time bound is hard: a process that fell behind stops too
                 break
+            # datagram k is due at start + k / rate
+            due = min(cap, int((now - start) * spec.rate + 1e-6) + 1)
             for _ in range(min(due - i, MAX_BURST)):
                 node, _, addr = targets[i % len(targets)]
                 label, datagram, source = maker.make(i, node)
