@@ -697,7 +697,10 @@ def run_attack_command(args: argparse.Namespace) -> int:
     states = state_dir(config, args.state_dir)
     try:
         keyring = load_keyring(config, key_dir(config, args.state_dir, args.key_dir))
-    except ConfigError:
+    except ConfigError as exc:
+        if spec.kind == "replay":
+            raise CliError(f"the replay attack acts as a client once and needs the cluster's "
+                           f"keys (--state-dir, --key-dir): {exc}") from None
         keyring = None
 
     def say(line: str) -> None:
