@@ -343,6 +343,7 @@ class _NodeSeen:
     commits: int = 0
     requests: int = 0
     max_batch: int = 0
+    drops: dict[str, int] = field(default_factory=dict)  # the largest drop counters (snapshot)
 
 
 @dataclass
@@ -414,6 +415,7 @@ class TelemetryListener:
                     self.snapshots += 1
                     seen.view, seen.last_executed = msg.view, msg.last_executed
                     seen.in_view_change, seen.snapshot_at = msg.in_view_change, now
+                    seen.drops = dict(msg.drops)
                 elif isinstance(msg, CommitBatch):
                     seen.commits += len(msg.commits) + msg.more_commits
                     seen.requests += sum(c.size for c in msg.commits) + msg.more_requests

@@ -76,6 +76,9 @@ from bft.telemetry import (
 from transport.udp import DatagramFilter, TransportError, UdpEndpoint
 
 DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
+#: Datagrams from unknown sources the node takes from each batch it drains from its socket
+#: (the rest are dropped unread, `shed_unknown_source`): see `Node._fair_share`.
+UNKNOWN_PER_BATCH = 64
 
 
 # ---------------------------------------------------------------------- clocks
@@ -370,6 +373,7 @@ class Node:
         self._peer_ids = tuple(n.id for n in config.nodes if n.id != node_id)
         self.metrics: Metrics | None = None
         self._metrics_due = 0.0
+        self.unknown_per_batch = UNKNOWN_PER_BATCH
         self._pending = list(extensions)  # plugged in by open()
 
     # -- lifecycle
@@ -501,6 +505,10 @@ class Node:
             now = trio.current_time()
             wall = self.clock()
             self.stats.received += len(batch)
+            if batch:
+                self.stats.batches += 1
+                if len(batch) > self.unknown_per_batch:
+                    batch = self._fair_share(batch)
             for rec in batch:
                 payload = rec.payload
                 if is_control(payload):
@@ -526,6 +534,42 @@ class Node:
                 drops.update(self.stats.drops)
                 self.metrics.refresh(drops, self.verifier.statistics().get("verified", 0),
                                      replica.view)
+
+    def _fair_share(self, batch: list[Any]) -> list[Any]:
+        """The messages of `batch` the node takes (issue 21, Aardvark's fair queuing, by
+        source): every message of a replica (its sender id, from its configured address),
+        every request from its client's verified address, every control command (the
+        ControlGate bounds their cost), and at most `unknown_per_batch` from anyone else
+        (another address, or a replica's or client's id from an address not theirs). The
+        rest are dropped before they cost a decode or a signature check, and counted
+        (`shed_unknown_source`). So a flood from unknown sources costs at most that share of
+        each batch in checks, and replicas and known clients are never shed."""
+        out = []
+        budget = self.unknown_per_batch
+        n = self._n
+        replica_addr = self._replica_addr
+        client_addrs = self.client_addrs
+        shed = 0
+        for rec in batch:
+            sender = rec.sender_id
+            if sender < n:
+                if replica_addr.get(sender) == rec.addr:
+                    out.append(rec)
+                    continue
+            elif sender >= CLIENT_SENDER_BASE and client_addrs.get(
+                    sender - CLIENT_SENDER_BASE) == rec.addr:
+                out.append(rec)
+                continue
+            if is_control(rec.payload):
+                out.append(rec)
+            elif budget > 0:
+                budget -= 1
+                out.append(rec)
+            else:
+                shed += 1
+        if shed:
+            self.stats.drops["shed_unknown_source"] += shed
+        return out
 
     def _step(self, rec: Any, now: float, wall: Interval) -> list[Any]:
         assert self.replica is not None
