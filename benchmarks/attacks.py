@@ -50,6 +50,8 @@ from bft.bench import (
 )
 from bft.launcher import reap, spawn
 
+CPU_CONTROL = "cpu-hog"  # a control window: a process that only burns a core
+CPU_HOG = "import time\nend = time.monotonic() + {}\nwhile time.monotonic() < end: pass\n"
 VALUE = b"v" * 64  # what `--op put --op-size 64` writes (bft.bench._make_op)
 
 
@@ -180,10 +182,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             windows.append(await window("baseline", args.window, load, listener, pids))
             for kind in args.kinds:
                 out = root / f"attack-{kind}.json"
-                cmd = [sys.executable, "-m", "bft", "attack", str(path), "--kind", kind,
-                       "--rate", repr(args.rate), "--duration", repr(args.settle + args.window),
-                       "--state-dir", str(state), "--key-dir", str(keys), "--json", str(out),
-                       "--seed", "21"]
+                if kind == CPU_CONTROL:
+                    # sends nothing: one process spinning on a core for the attack's time, so
+                    # the table shows what losing a core to any process costs the cluster
+                    cmd = [sys.executable, "-c", CPU_HOG.format(args.settle + args.window)]
+                else:
+                    cmd = [sys.executable, "-m", "bft", "attack", str(path), "--kind", kind,
+                           "--rate", repr(args.rate),
+                           "--duration", repr(args.settle + args.window),
+                           "--state-dir", str(state), "--key-dir", str(keys),
+                           "--json", str(out), "--seed", "21"]
                 with open(root / f"attack-{kind}.out", "wb") as sink:
                     proc = spawn(cmd, stdout=sink)
                 print(f"attack {kind} (pid {proc.pid})", file=sys.stderr)
@@ -265,13 +273,16 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=1.0)
     parser.add_argument("--gap", type=float, default=2.0)
     parser.add_argument("--rate", type=float, default=MAX_RATE)
-    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--kinds", default=",".join((CPU_CONTROL,) + tuple(KINDS)),
+                        help=f"comma-separated; {CPU_CONTROL} is a control window: a process "
+                             "that sends nothing and spins on one core, what any attacker "
+                             "process on this machine takes from the cluster")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     args.kinds = [k for k in args.kinds.split(",") if k]
-    unknown = [k for k in args.kinds if k not in KINDS]
+    unknown = [k for k in args.kinds if k not in KINDS and k != CPU_CONTROL]
     if unknown:
-        parser.error(f"unknown kinds {unknown} (known: {', '.join(KINDS)})")
+        parser.error(f"unknown kinds {unknown} (known: {CPU_CONTROL}, {', '.join(KINDS)})")
     report = trio.run(run, args)
     print(table(report))
     print(f"\nload average start {report['loadavg_start']}, end {report['loadavg_end']}; "
