@@ -266,7 +266,9 @@ def cmd_node(args: argparse.Namespace) -> int:
                 log_echo=False, on_effect=_event_printer(args.id) if args.events else None,
                 extensions=extensions)
     node.open()  # bind and recover before announcing: errors surface here
-    (state_dir / f"node-{args.id}.pid").write_text(f"{os.getpid()}\n")
+    from bft.lifecycle import pid_path, remove_pid_file, write_pid_file
+
+    write_pid_file(pid_path(state_dir, args.id))  # only once bound: `bft down` trusts it
     me = config.node(args.id)
     tune_gc()
 
@@ -281,7 +283,10 @@ def cmd_node(args: argparse.Namespace) -> int:
             write_ready_file(args.ready_file, id=args.id, address=str(me),
                              view=core.view, last_executed=core.last_executed)
 
-    trio.run(serve_until_signal, node, announce)
+    try:
+        trio.run(serve_until_signal, node, announce)
+    finally:
+        remove_pid_file(pid_path(state_dir, args.id))
     return 0
 
 
@@ -442,11 +447,24 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    import trio
-
     config = _load_config(args.config)
     state_dir = _state_dir(config, args.state_dir)
     key_dir = _key_dir(config, args.state_dir)
+    from bft.lifecycle import check_not_running, remove_pid_file, up_pid_path, write_pid_file
+
+    check_not_running(config, args.config, state_dir)  # before touching anything
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_pid_file(up_pid_path(state_dir))  # `bft down` stops this process first
+    try:
+        return _cmd_up(args, config, state_dir, key_dir)
+    finally:
+        remove_pid_file(up_pid_path(state_dir))
+
+
+def _cmd_up(args: argparse.Namespace, config: ClusterConfig, state_dir: Path,
+            key_dir: Path) -> int:
+    import trio
+
     from bft.launcher import ensure_keys
 
     if ensure_keys(config, key_dir):
@@ -746,6 +764,9 @@ def build_parser(loaded: LoadedPlugins | None = None) -> argparse.ArgumentParser
     _add_node_parser(subparsers)
     _add_client_parser(subparsers)
     _add_bench_parser(subparsers)
+    from bft.lifecycle import add_lifecycle_parsers
+
+    add_lifecycle_parsers(subparsers)  # bft status, bft down
     for plugin, add_commands in list(loaded.hooks("add_commands")):
         before = dict(subparsers.choices)
         try:
