@@ -439,6 +439,12 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration", type=float, default=None, metavar="S",
                         help="stop after this many seconds")
     parser.add_argument("--fsync", choices=["always", "never"], default=None)
+    parser.add_argument("--restart-crashed", action="store_true",
+                        help="restart a node that exits by itself (a crash, `bft ctl ... "
+                        "crash`, SIGKILL from outside) after a backoff of 1 s, doubling per "
+                        "restart up to 30 s, at most --max-restarts times per node")
+    parser.add_argument("--max-restarts", type=int, default=5, metavar="N",
+                        help="with --restart-crashed: restarts per node (default: 5)")
     _add_plugin_arguments(parser, "add_up_arguments")
     parser.add_argument("--history", type=Path, default=None, metavar="FILE",
                         help="with --load: write every client operation as Jepsen-shaped JSON "
@@ -452,6 +458,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     key_dir = _key_dir(config, args.state_dir)
     from bft.lifecycle import check_not_running, remove_pid_file, up_pid_path, write_pid_file
 
+    if not 0 <= args.max_restarts <= 1000:
+        raise CliError(f"--max-restarts must be in 0..1000, got {args.max_restarts}")
     check_not_running(config, args.config, state_dir)  # before touching anything
     state_dir.mkdir(parents=True, exist_ok=True)
     write_pid_file(up_pid_path(state_dir))  # `bft down` stops this process first
@@ -481,6 +489,16 @@ def _cmd_up(args: argparse.Namespace, config: ClusterConfig, state_dir: Path,
                                       args.duration, args.fsync, dashboards[0])
     return trio.run(run_cluster, args.config, config, state_dir, key_dir, args.load,
                     args.duration, args.fsync)
+
+
+def _supervisor(cluster, say):  # type: ignore[no-untyped-def]
+    """Restarts of `bft up`'s nodes: r in the dashboard, and --restart-crashed."""
+    from bft.lifecycle import Supervisor
+
+    args = _UP_EXTRA.get("args")
+    return Supervisor(cluster, say, automatic=bool(getattr(args, "restart_crashed", False)),
+                      max_restarts=getattr(args, "max_restarts", 5),
+                      extra_args=lambda _i: _plugin_node_args(restarted=True))
 
 
 _UP_EXTRA: dict = {}  # options of `bft up` that reach the node commands and the load
@@ -518,26 +536,36 @@ def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path
 
     import trio
 
+    import time
+
     cluster = _up_cluster(config_path, config, state_dir, key_dir, fsync)
-    out = None
+    out = open(state_dir / "up.log", "a", encoding="utf-8")  # noqa: SIM115
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
     try:
         for node in config.nodes:
             cluster.spawn(node.id, _plugin_node_args())
         if load_ops_per_s > 0:
-            out = open(state_dir / "up.log", "a", encoding="utf-8")  # noqa: SIM115
-
-            def say(line: str) -> None:
-                print(line, file=out, flush=True)
-
             threading.Thread(target=trio.run, daemon=True, args=(
                 _drive_load, config, state_dir, key_dir, load_ops_per_s, say)).start()
         # the terminal went away (tmux killed, ssh dropped): stop the nodes, then exit
         _signal.signal(_signal.SIGHUP, lambda *_: (cluster.terminate_all(), os._exit(129)))  # type: ignore[func-returns-value]
-        run_dashboard(duration_s)
+        supervisor = _supervisor(cluster, say)
+
+        def restart(node_id: int) -> str | None:
+            if cluster.pid_of(node_id) is not None:
+                return None  # it runs: r resumes it
+            line: str = supervisor.restart(node_id)
+            say(line)
+            return line
+
+        run_dashboard(duration_s, on_restart=restart,
+                      on_tick=lambda: supervisor.poll(time.monotonic()))
     finally:
         cluster.terminate_all()
-        if out is not None:
-            out.close()
+        out.close()
     return 0
 
 
@@ -605,6 +633,14 @@ async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, 
     if load_ops_per_s > 0:
         nursery.start_soon(_drive_load, cluster.config, cluster.state_dir, cluster.key_dir,
                            load_ops_per_s, say)
+    supervisor = _supervisor(cluster, say)
+
+    async def supervise() -> None:
+        while True:
+            supervisor.poll(trio.current_time())
+            await trio.sleep(0.1)
+
+    nursery.start_soon(supervise)
     if _UP_EXTRA.get("args") is not None:
         # what plugins run beside the nodes (a scenario's SIGSTOP/SIGCONT and restarts)
         async def restart(node_id: int) -> None:

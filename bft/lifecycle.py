@@ -460,3 +460,75 @@ def cmd_down(args: Any) -> int:
     if not stopped:
         say(f"no node of {config.name!r} runs from {state}")
     return 0
+
+
+# --------------------------------------------------------------------------
+# Restarts: from the dashboard (r on a dead node) and `bft up --restart-crashed`
+# --------------------------------------------------------------------------
+
+
+class Supervisor:
+    """Restarts the crashed nodes of a `bft.launcher.LocalCluster`.
+
+    A node *crashed* when its latest process exited without this launcher having signalled
+    it (SIGKILL from outside, `bft ctl crash`, an error). `restart(i)` starts a crashed or
+    stopped node again now (the dashboard's r). With `automatic`, `poll(now)` restarts each
+    crashed node after a backoff (`backoff_s`, doubling per restart of that node, at most
+    `max_backoff_s`), at most `max_restarts` times per node; then it says so and leaves the
+    node down. Every spawn goes through the cluster (so its stop stops it too) and happens
+    in the caller's thread: call both from the thread that lives as long as the launcher
+    (the parent-death signal follows the thread that forked). `say` gets one line per
+    decision; `extra_args(i)` the arguments of a restarted incarnation."""
+
+    def __init__(self, cluster: Any, say: Callable[[str], None], *, automatic: bool = False,
+                 max_restarts: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                 extra_args: Callable[[int], list[str]] = lambda _i: []) -> None:
+        self.cluster = cluster
+        self.say = say
+        self.automatic = automatic
+        self.max_restarts = max_restarts
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.extra_args = extra_args
+        self.restarts: dict[int, int] = {}  # automatic restarts so far, by node
+        self._due: dict[int, float] = {}  # node -> when its automatic restart is due
+        self._seen: set[int] = set()  # pids whose crash was noticed
+        self._given_up: set[int] = set()
+
+    def crashed(self) -> dict[int, int | None]:
+        """Node id -> exit status of each node whose latest process crashed."""
+        return {i: p.returncode for i, p in self.cluster.procs.items()
+                if not p.running() and p.pid not in self.cluster.signalled}
+
+    def restart(self, node_id: int) -> str:
+        """Start node `node_id` again now unless it runs; what was done, as a line."""
+        proc = self.cluster.procs.get(node_id)
+        if proc is not None and proc.running():
+            return f"node {node_id} is running (pid {proc.pid}): not restarted"
+        self._due.pop(node_id, None)
+        new = self.cluster.spawn(node_id, self.extra_args(node_id))
+        return f"node {node_id} restarted (pid {new.pid})"
+
+    def poll(self, now: float) -> None:
+        """Notice new crashes and carry out the automatic restarts that are due."""
+        for node_id, status in sorted(self.crashed().items()):
+            pid = self.cluster.procs[node_id].pid
+            if pid in self._seen:
+                continue
+            self._seen.add(pid)
+            if not self.automatic:
+                continue  # the launcher's output says it exited; r restarts it
+            done = self.restarts.get(node_id, 0)
+            if done >= self.max_restarts:
+                self._given_up.add(node_id)
+                self.say(f"node {node_id} crashed (status {status}) after {done} restarts: "
+                         f"left down (at most {self.max_restarts})")
+                continue
+            delay = min(self.backoff_s * 2 ** done, self.max_backoff_s)
+            self._due[node_id] = now + delay
+            self.say(f"node {node_id} crashed (status {status}): restart "
+                     f"{done + 1}/{self.max_restarts} in {delay:g} s")
+        for node_id, due in sorted(self._due.items()):
+            if now >= due:
+                self.restarts[node_id] = self.restarts.get(node_id, 0) + 1
+                self.say(self.restart(node_id))

@@ -7,7 +7,8 @@ UDP, `tui.net`), folds every verified message into a `ClusterModel`
 per second cost a few dictionary updates each. When telemetry stops, the
 timer keeps running and the silent nodes turn *down*.
 
-Keys act on the node selected in the table: p pause 5 s, r resume, b set the
+Keys act on the node selected in the table: p pause 5 s, r resume (or, when the
+dashboard runs under `bft up` (`on_restart`) and the node is down, restart it), b set the
 next adversary behaviour (cycling through `behaviours`), c clear it, x cut
 its links to every peer, h heal, k crash; `?` help, q quit (calling
 `on_quit` first, so `bft up` can stop its cluster). Control commands are
@@ -80,7 +81,7 @@ HELP_TEXT = """\
 Keys (on the node selected in the table; arrows move the selection)
 
   p   pause the node for 5 s (it stops processing, then resumes with stale beliefs)
-  r   resume a paused node now
+  r   resume a paused node now; restart a down node (under bft up)
   b   switch on the next adversary behaviour: {behaviours}
   c   clear the behaviour (honest again)
   x   cut the node's links to every peer
@@ -118,7 +119,10 @@ class DashboardApp(App[None]):
     `feed` gives); `feed` is an optional async iterable of raw datagrams
     (bytes, checked like network input) or already decoded telemetry
     messages (trusted, for tests and replays). `clock` is the monotonic clock
-    the model uses (injectable for deterministic tests).
+    the model uses (injectable for deterministic tests). `on_restart(node)` (from `bft
+    up`) restarts a node whose process is gone and returns what it did as a line, or None
+    when the process runs (then r resumes it as usual); `on_tick()` runs on every redraw
+    (`bft up` supervises its nodes there, in the thread that started them).
     """
 
     CSS_PATH = "app.tcss"
@@ -145,6 +149,8 @@ class DashboardApp(App[None]):
         feed: AsyncIterable[bytes | TelemetryMessage] | None = None,
         *,
         on_quit: Callable[[], None] | None = None,
+        on_restart: Callable[[int], str | None] | None = None,
+        on_tick: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         refresh_hz: float = 5.0,
         behaviours: Sequence[str] = DEFAULT_BEHAVIOURS,
@@ -156,6 +162,8 @@ class DashboardApp(App[None]):
         self.listen = listen
         self.feed = feed
         self.on_quit = on_quit
+        self.on_restart = on_restart
+        self.on_tick = on_tick
         self.clock = clock
         self.refresh_hz = refresh_hz
         self.behaviours = tuple(behaviours)
@@ -278,6 +286,8 @@ class DashboardApp(App[None]):
         w = self._widgets
         if not w or not w["nodes"].is_mounted:
             return  # not mounted yet, or shutting down
+        if self.on_tick is not None:
+            self.on_tick()
         now = self.clock()
         model = self.model
         w["summary"].update(Text(summary_line(model.summary(now), self.config.name)))
@@ -370,7 +380,19 @@ class DashboardApp(App[None]):
         self.send_action(Pause(PAUSE_MS))
 
     def action_resume(self) -> None:
-        self.send_action(Resume())
+        target = self.selected_node()
+        if target is not None and self.on_restart is not None and self._is_down(target):
+            line = self.on_restart(target)
+            if line is not None:
+                self.model.note(line)
+                self.notify(line)
+                self.redraw()
+                return
+        self.send_action(Resume(), target)
+
+    def _is_down(self, node_id: int) -> bool:
+        rows = [r for r in self.model.node_rows(self.clock()) if r.id == node_id]
+        return bool(rows) and rows[0].status == "down"
 
     def action_behaviour(self) -> None:
         target = self.selected_node()

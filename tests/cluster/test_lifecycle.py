@@ -63,7 +63,9 @@ def start_up(root: Path, config: Path, state: Path, *args: str) -> subprocess.Po
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def all_ready(state: Path) -> bool:
+def all_ready(state: Path, up: subprocess.Popen[str] | None = None) -> bool:
+    if up is not None and up.poll() is not None:
+        raise AssertionError(f"bft up exited with status {up.returncode}")
     return all((state / f"node-{i}.ready").exists() and pid_path(state, i).exists()
                for i in range(4))
 
@@ -81,7 +83,7 @@ def test_second_up_refuses_then_status_and_down(tmp_path):
     state = tmp_path / "state"
     up = start_up(tmp_path, config, state)
     try:
-        wait_for("the first bft up's nodes are ready", lambda: all_ready(state))
+        wait_for("the first bft up's nodes are ready", lambda: all_ready(state, up))
         before = {p.name: p.read_bytes() for p in state.iterdir()
                   if p.suffix in (".ready", ".pid") or p.name.endswith(".run1.out")}
         second = bft("up", str(config), "--no-tui", "--state-dir", str(state),
@@ -179,3 +181,39 @@ def test_down_never_signals_a_stale_pid(tmp_path):
     finally:
         sleeper.send_signal(signal.SIGKILL)
         sleeper.wait()
+
+
+def test_up_restart_crashed_brings_a_killed_node_back(tmp_path):
+    """Issue 23 item 3: under `bft up --restart-crashed`, a node killed from outside
+    (SIGKILL, as a crash) is started again after the backoff, and the restarted node is
+    stopped with the rest by `bft down` (SIGTERM to `bft up`). Failed before the fix:
+    `bft up` had no --restart-crashed (usage error, exit 2) and nothing restarted."""
+    config = make_config(tmp_path)
+    state = tmp_path / "state"
+    up = start_up(tmp_path, config, state, "--restart-crashed")
+    try:
+        wait_for("the nodes are ready", lambda: all_ready(state, up))
+        old = read_pid_file(pid_path(state, 2))
+        assert old is not None and is_node_process(old, config, 2)
+        os.kill(old, signal.SIGKILL)
+
+        def back() -> bool:
+            pid = read_pid_file(pid_path(state, 2))
+            return pid not in (None, old) and is_node_process(pid, config, 2)
+
+        wait_for("node 2 is back", back)
+        new = read_pid_file(pid_path(state, 2))
+        down = bft("down", str(config), "--state-dir", str(state), cwd=tmp_path)
+        assert down.returncode == 0, down.stdout + down.stderr
+        up.wait(timeout=WAIT_S)
+        out = (tmp_path / "up.out").read_text()
+        print(out)
+        assert "node 2 crashed (status -9): restart 1/5 in 1 s" in out
+        assert f"node 2 restarted (pid {new})" in out
+        assert up.returncode == 0
+        assert new is not None and not is_node_process(new, config, 2)
+        assert not list(state.glob("*.pid"))
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(timeout=WAIT_S)
