@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -226,7 +227,11 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fsync", choices=["always", "never"], default=None,
                         help="WAL fsync policy (default: the config's, normally always)")
     parser.add_argument("--events", action="store_true",
-                        help="also print one line per event on stdout")
+                        help="also print one line per event on stdout (UTC times, commits "
+                        "summed over 0.5 s)")
+    parser.add_argument("--event-format", choices=["text", "json"], default="text",
+                        help="with --events: readable lines (default) or one JSON object "
+                        "per line (what `bft up` reads; see bft/eventlines.py)")
     parser.add_argument("--ready-file", type=Path, default=None, metavar="FILE",
                         help="once bound, recovered and stoppable by SIGTERM, write FILE (JSON: "
                         "pid, id, address, view, last_executed; for launchers, see "
@@ -261,9 +266,12 @@ def cmd_node(args: argparse.Namespace) -> int:
     # what plugins plug in (the adversary, with --scenario or --adversary); else nothing
     extensions = [ext for exts in _call_hooks(_active(), "node_extensions", args, config, args.id)
                   for ext in exts]  # type: ignore[attr-defined]
+    events = _node_events(args.id, args.event_format) if args.events else None
+    if events is not None:
+        extensions.append(_event_ticker(events))
     node = Node(config, args.id, signer=keyring.signer("replica", args.id),
                 verifier=keyring.verifier(), state_dir=state_dir, fsync=args.fsync, app=app,
-                log_echo=False, on_effect=_event_printer(args.id) if args.events else None,
+                log_echo=False, on_effect=_event_printer(events) if events else None,
                 extensions=extensions)
     node.open()  # bind and recover before announcing: errors surface here
     from bft.lifecycle import pid_path, remove_pid_file, write_pid_file
@@ -275,8 +283,12 @@ def cmd_node(args: argparse.Namespace) -> int:
     def announce() -> None:
         core = node.core
         assert core is not None  # open() made it
-        print(f"node {args.id} listening on {me} (view {core.view}, "
-              f"executed {core.last_executed})", flush=True)
+        if events is None or args.event_format == "text":
+            print(f"node {args.id} listening on {me} (view {core.view}, "
+                  f"executed {core.last_executed})", flush=True)
+        if events is not None and args.event_format == "json":
+            events.ready(time.time(), address=str(me), view=core.view,
+                         last_executed=core.last_executed)
         if args.ready_file is not None:
             from bft.launcher import write_ready_file
 
@@ -287,28 +299,49 @@ def cmd_node(args: argparse.Namespace) -> int:
         trio.run(serve_until_signal, node, announce)
     finally:
         remove_pid_file(pid_path(state_dir, args.id))
+        if events is not None:
+            events.flush(time.time())
     return 0
 
 
-def _event_printer(node_id: int):  # type: ignore[no-untyped-def]
+def _node_events(node_id: int, fmt: str):  # type: ignore[no-untyped-def]
+    """`bft node --events`: a `bft.eventlines.NodeEvents` printing JSON lines, or (text)
+    readable lines through a one-node `ClusterLines`."""
+    from bft.eventlines import ClusterLines, NodeEvents
+
+    if fmt == "json":
+        return NodeEvents(node_id, lambda line: print(line, flush=True))
+    lines = ClusterLines(1, lambda line: print(line, flush=True), window_s=0.0,
+                         commit_every_s=0.0)
+    return NodeEvents(node_id, lambda line: lines.node_output(node_id, line, time.time()))
+
+
+def _event_ticker(events):  # type: ignore[no-untyped-def]
+    """A task beside the node's loop (a `bft.node.NodeExtension`): commits summed by
+    `NodeEvents` are shown even when no more come."""
+    import trio
+
+    from bft.node import NodeExtension
+
+    class EventTicker(NodeExtension):
+        async def run(self, node) -> None:  # type: ignore[no-untyped-def]
+            while True:
+                await trio.sleep(0.25)
+                events.tick(time.monotonic(), time.time())
+
+    return EventTicker()
+
+
+def _event_printer(events):  # type: ignore[no-untyped-def]
     from bft.effects import Event, Evidence, Executed
 
-    last = {"t": 0.0, "n": 0}
-
     def show(e: object) -> None:
-        import time as _time
-
         if isinstance(e, Executed):
-            last["n"] += len(e.batch.requests)
-            now = _time.monotonic()
-            if now - last["t"] >= 1.0:
-                print(f"commit seq={e.seq} view={e.view} requests={last['n']}", flush=True)
-                last["t"], last["n"] = now, 0
+            events.executed(e.seq, e.view, len(e.batch.requests), time.monotonic(), time.time())
         elif isinstance(e, Event):
-            fields = " ".join(f"{k}={v}" for k, v in e.fields.items())
-            print(f"{e.kind} {fields}", flush=True)
+            events.event(e.kind, e.fields, time.time())
         elif isinstance(e, Evidence):
-            print(f"evidence culprit={e.culprit} kind={e.kind}", flush=True)
+            events.event("evidence", {"culprit": e.culprit, "kind": e.kind}, time.time())
 
     return show
 
@@ -476,7 +509,9 @@ def _cmd_up(args: argparse.Namespace, config: ClusterConfig, state_dir: Path,
     from bft.launcher import ensure_keys
 
     if ensure_keys(config, key_dir):
-        print(f"generated keys in {key_dir}", flush=True)
+        from bft.eventlines import iso_utc
+
+        print(f"{iso_utc(time.time())} generated keys in {key_dir}", flush=True)
     keyring = load_keyring(config, key_dir)  # clear error now rather than in every child
     _call_hooks(_active(), "check_up", args, config)  # errors now, naming the field
     global _UP_EXTRA
@@ -519,7 +554,7 @@ def _up_cluster(config_path: Path, config: ClusterConfig, state_dir: Path, key_d
     plugins pass on is given at each spawn), its output in STATE_DIR/node-N.runK.out."""
     from bft.launcher import LocalCluster
 
-    node_args = ["--events"]
+    node_args = ["--events", "--event-format", "json"]
     if fsync:
         node_args += ["--fsync", fsync]
     return LocalCluster(config_path, config=config, state_dir=state_dir, key_dir=key_dir,
@@ -566,6 +601,8 @@ def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path
     finally:
         cluster.terminate_all()
         out.close()
+        summaries = {i: s for i in cluster.procs if (s := cluster.stop_summary(i)) is not None}
+        _print_stop_summary(cluster, summaries, print)
     return 0
 
 
@@ -574,20 +611,36 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
                       fsync: str | None = None, out=None) -> int:  # type: ignore[no-untyped-def]
     """Run every node of `config` as a child process until a signal or `duration_s`.
 
-    Children are `bft node ... --events` processes of a `bft.launcher.LocalCluster`; their
-    output is printed with a `[node N]` prefix. On exit every child gets SIGTERM, then
-    SIGKILL after a bound, and each node's stop summary is printed. Returns 0, or 1 if a
-    node failed to start."""
+    Children are `bft node ... --events --event-format json` processes of a
+    `bft.launcher.LocalCluster`; their events are printed one line per cluster event with
+    UTC times (`bft.eventlines.ClusterLines`), anything else they print with a `[node N]`
+    prefix. On exit every child gets SIGTERM, then SIGKILL after a bound, and the stop
+    summary is printed (`bft.eventlines.stop_summary_lines`). Returns 0, or 1 if a node
+    failed to start."""
     import signal
 
     import trio
 
+    from bft.eventlines import ClusterLines
     from bft.launcher import LaunchError
 
     out = out or sys.stdout
+    lines = ClusterLines(config.n, lambda line: print(line, file=out, flush=True))
 
     def say(line: str) -> None:
-        print(line, file=out, flush=True)
+        lines.note(line, time.time())
+
+    def node_say(line: str) -> None:  # the launcher's "[node N] LINE"
+        head, sep, rest = line.partition("] ")
+        if sep and head.startswith("[node ") and head[6:].isdigit():
+            lines.node_output(int(head[6:]), rest, time.time())
+        else:
+            say(line)
+
+    async def tick() -> None:
+        while True:
+            lines.tick(time.time())
+            await trio.sleep(0.2)
 
     cluster = _up_cluster(config_path, config, state_dir, key_dir, fsync)
     status = 0
@@ -596,7 +649,8 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
             async with trio.open_nursery() as nursery:
                 for node in config.nodes:
                     cluster.spawn(node.id, _plugin_node_args())
-                nursery.start_soon(cluster.follow_output, say)
+                nursery.start_soon(cluster.follow_output, node_say)
+                nursery.start_soon(tick)
                 say(f"started {config.n} nodes of {config.name} (f={config.f}); state in "
                     f"{state_dir}; Ctrl-C stops the cluster")
                 try:
@@ -613,14 +667,19 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
             with trio.CancelScope(shield=True):
                 summaries = await cluster.stop_all(strict=False)
             cluster.cleanup()
-            cluster.echo_output(say, final=True)
-            for node_id, proc in sorted(cluster.procs.items()):  # the latest incarnations
-                summary = summaries.get(node_id)
-                say(f"[node {node_id}] exited with status {proc.returncode}" + (
-                    f": view {summary.get('view')}, executed {summary.get('last_executed')}, "
-                    f"state digest {str(summary.get('state_digest'))[:16]}"
-                    if summary else ""))
+            cluster.echo_output(node_say, final=True)
+            lines.close(time.time())
+            _print_stop_summary(cluster, summaries, say)
     return status
+
+
+def _print_stop_summary(cluster, summaries, say) -> None:  # type: ignore[no-untyped-def]
+    """The stop summary of `bft up`: each node's latest incarnation, the digests' agreement."""
+    from bft.eventlines import stop_summary_lines
+
+    statuses = {i: p.returncode for i, p in sorted(cluster.procs.items())}
+    for line in stop_summary_lines(statuses, summaries):
+        say(line)
 
 
 async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, say) -> None:  # type: ignore[no-untyped-def]

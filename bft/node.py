@@ -58,6 +58,7 @@ from bft.clock import Interval
 from bft.config import CLIENT_SENDER_BASE, ClusterConfig
 from bft.driver import EffectIO, EffectRunner
 from bft.effects import Event, Evidence, Executed
+from bft.eventlines import iso_utc
 from bft.errors import ClientIdInUse, MalformedMessage
 from bft.messages import Fetch, FetchState, Request, Signed, StateChunk, Status
 from bft.replica import Replica
@@ -107,11 +108,12 @@ def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> tuple[int, int,
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg and any `extra={"fields": {...}}`."""
+    """One JSON object per line: ts (ISO-8601 UTC, microseconds), level, logger, msg and any
+    `extra={"fields": {...}}`."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": round(record.created, 6),
+            "ts": iso_utc(record.created, "microseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

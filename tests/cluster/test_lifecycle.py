@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,6 +119,17 @@ def test_second_up_refuses_then_status_and_down(tmp_path):
         up.wait(timeout=WAIT_S)
         assert up.returncode == 0
         assert not list(state.glob("*.pid")), "pid files left after a clean stop"
+        # issue 23 item 4: timestamped lines, no raw floats, and the stop summary
+        out = (tmp_path / "up.out").read_text().splitlines()
+        print("\n".join(out))
+        assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", line)
+                   for line in out), out
+        assert not any(re.search(r"\d+\.\d{4,}", line[25:]) for line in out), out
+        assert sum(" up at 127.0.0.1:" in line for line in out) == 4
+        for i in range(4):
+            assert any(re.search(rf"Z node {i}: exit status 0, view 0, executed \d+, state "
+                                 r"digest [0-9a-f]{16}, drops \d+ real", line) for line in out)
+        assert re.search(r"Z state digests (agree|DIFFER)", out[-1]), out[-1]
         after = bft("status", str(config), "--state-dir", str(state), "--json", "--wait",
                     "0.5", cwd=tmp_path)
         assert after.returncode == 1
