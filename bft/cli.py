@@ -283,12 +283,14 @@ def cmd_node(args: argparse.Namespace) -> int:
     def announce() -> None:
         core = node.core
         assert core is not None  # open() made it
+        metrics = node.metrics.url if node.metrics is not None else None
         if events is None or args.event_format == "text":
             print(f"node {args.id} listening on {me} (view {core.view}, "
-                  f"executed {core.last_executed})", flush=True)
+                  f"executed {core.last_executed})"
+                  + (f"; metrics on {metrics}" if metrics else ""), flush=True)
         if events is not None and args.event_format == "json":
             events.ready(time.time(), address=str(me), view=core.view,
-                         last_executed=core.last_executed)
+                         last_executed=core.last_executed, metrics=metrics)
         if args.ready_file is not None:
             from bft.launcher import write_ready_file
 

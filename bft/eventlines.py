@@ -244,8 +244,9 @@ class ClusterLines:
                 self.top = max(self.top, executed)
                 self._commit_from = max(self._commit_from, executed)
                 self.executed[node] = executed
+            metrics = f", metrics on {r['metrics']}" if r.get("metrics") else ""
             self._line(ts, f"node {node} up at {r.get('address', '?')}: view {r.get('view')}, "
-                       f"executed {r.get('last_executed')}")
+                       f"executed {r.get('last_executed')}{metrics}")
         elif kind == "checkpoint_stable":
             self._group((kind, r.get("seq"), r.get("digest")), r, ts, wall_s, lambda rs: (
                 f"checkpoint {rs[0].get('seq')} stable, state digest {rs[0].get('digest')}"))

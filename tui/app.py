@@ -27,6 +27,7 @@ from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -49,6 +50,7 @@ from bft.telemetry import (
 from tui.net import ControlSender, TelemetryReceiver, address_family, open_endpoint
 from tui.state import (
     COMMIT_HEADER,
+    COMPACT_COLUMNS,
     NODE_COLUMNS,
     ClusterModel,
     commit_line,
@@ -64,7 +66,7 @@ PAUSE_MS = 5000
 
 _COLUMN_WIDTHS = {
     "id": 3,
-    "address": 16,
+    "address": 15,
     "role": 7,
     "view": 5,
     "executed": 8,
@@ -73,8 +75,15 @@ _COLUMN_WIDTHS = {
     "in/s": 6,
     "out/s": 6,
     "drops": 6,
-    "lag": 5,
+    "expected": 8,
+    "lag(seq)": 8,
 }
+#: Narrower, for COMPACT_COLUMNS (80 columns: 9 columns of these widths plus padding fit).
+_COMPACT_WIDTHS = {**_COLUMN_WIDTHS, "id": 2, "view": 4, "executed": 8, "status": 14,
+                   "in/s": 5, "out/s": 5, "drops": 5}
+#: Below this terminal width the dashboard is compact: fewer, narrower columns, the
+#: commits/s sparkline left out (commits/s stays in the header), taller events.
+COMPACT_BELOW = 120
 _STATUS_STYLES = {"up": "green", "suspected": "yellow", "paused": "cyan", "down": "bold red"}
 
 HELP_TEXT = """\
@@ -129,9 +138,9 @@ class DashboardApp(App[None]):
     TITLE = "bft dashboard"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS: ClassVar[list[Binding]] = [
-        Binding("p", "pause", "Pause 5s"),
+        Binding("p", "pause", "Pause"),
         Binding("r", "resume", "Resume"),
-        Binding("b", "behaviour", "Behaviour"),
+        Binding("b", "behaviour", "Byz"),
         Binding("c", "clear", "Clear"),
         Binding("x", "cut", "Cut"),
         Binding("h", "heal", "Heal"),
@@ -187,6 +196,8 @@ class DashboardApp(App[None]):
         self._drawn: tuple[Any, ...] = ()
         self._cells: dict[tuple[str, str], str] = {}
         self._widgets: dict[str, Any] = {}
+        self.compact: bool | None = None  # the layout chosen for the terminal's width
+        self._columns: tuple[str, ...] = NODE_COLUMNS
 
     # ------------------------------------------------------------------ layout
 
@@ -220,10 +231,7 @@ class DashboardApp(App[None]):
         ):
             self._widgets[name] = self.query_one(f"#{name}")
         table = self._widgets["nodes"]
-        for name in NODE_COLUMNS:
-            table.add_column(name, width=_COLUMN_WIDTHS[name], key=name)
-        for node in self.config.nodes:
-            table.add_row(*(Text("") for _ in NODE_COLUMNS), key=str(node.id))
+        self._layout_for(self.size.width)
         self.query_one("#commit-pane").border_title = "Commit log"
         self.query_one("#timeline").border_title = "View timeline"
         self.query_one("#evidence").border_title = "Evidence"
@@ -235,6 +243,31 @@ class DashboardApp(App[None]):
             self.run_worker(self._consume_feed(self.feed), exclusive=False)
         self.set_interval(1 / self.refresh_hz, self.redraw)
         self.redraw()
+
+    def _layout_for(self, width: int) -> None:
+        """Choose the wide or the compact layout for a terminal `width` columns wide (the
+        node table is rebuilt when the choice changes; the selected row stays)."""
+        compact = width < COMPACT_BELOW
+        if compact == self.compact:
+            return
+        self.compact = compact
+        self.set_class(compact, "compact")
+        self._columns = COMPACT_COLUMNS if compact else NODE_COLUMNS
+        widths = _COMPACT_WIDTHS if compact else _COLUMN_WIDTHS
+        table: DataTable = self._widgets["nodes"]
+        row = table.cursor_coordinate.row if table.row_count else 0
+        table.clear(columns=True)
+        for name in self._columns:
+            table.add_column(name, width=widths[name], key=name)
+        for node in self.config.nodes:
+            table.add_row(*(Text("") for _ in self._columns), key=str(node.id))
+        table.move_cursor(row=row)
+        self._cells.clear()
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._widgets:
+            self._layout_for(event.size.width)
+            self.redraw()
 
     async def _open_network(self) -> None:
         if self.listen is None and self.sender is None:
@@ -286,14 +319,17 @@ class DashboardApp(App[None]):
         w = self._widgets
         if not w or not w["nodes"].is_mounted:
             return  # not mounted yet, or shutting down
+        self._layout_for(self.size.width)  # (a terminal's size may be known only now)
         if self.on_tick is not None:
             self.on_tick()
         now = self.clock()
         model = self.model
-        w["summary"].update(Text(summary_line(model.summary(now), self.config.name)))
+        w["summary"].update(
+            Text(summary_line(model.summary(now), self.config.name, bool(self.compact)))
+        )
         table: DataTable = w["nodes"]
         for row in model.node_rows(now):
-            for name, cell in zip(NODE_COLUMNS, node_cells(row)):
+            for name, cell in zip(self._columns, node_cells(row, self._columns)):
                 key = (str(row.id), name)
                 if self._cells.get(key) == cell:
                     continue
