@@ -705,6 +705,8 @@ async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, 
     if _UP_EXTRA.get("args") is not None:
         # what plugins run beside the nodes (a scenario's SIGSTOP/SIGCONT and restarts)
         async def restart(node_id: int) -> None:
+            if cluster.pid_of(node_id) in supervisor.restarted_pids:
+                return  # --restart-crashed was first
             await reap(cluster.procs[node_id].popen, cluster.stop_timeout_s)
             cluster.spawn(node_id, _plugin_node_args(restarted=True))
 

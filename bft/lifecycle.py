@@ -494,6 +494,7 @@ class Supervisor:
         self._due: dict[int, float] = {}  # node -> when its automatic restart is due
         self._seen: set[int] = set()  # pids whose crash was noticed
         self._given_up: set[int] = set()
+        self.restarted_pids: set[int] = set()  # the processes this object started
 
     def crashed(self) -> dict[int, int | None]:
         """Node id -> exit status of each node whose latest process crashed."""
@@ -507,6 +508,7 @@ class Supervisor:
             return f"node {node_id} is running (pid {proc.pid}): not restarted"
         self._due.pop(node_id, None)
         new = self.cluster.spawn(node_id, self.extra_args(node_id))
+        self.restarted_pids.add(new.pid)
         return f"node {node_id} restarted (pid {new.pid})"
 
     def poll(self, now: float) -> None:

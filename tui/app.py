@@ -22,6 +22,8 @@ decoder only lets printable ASCII through.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any, ClassVar
@@ -132,6 +134,8 @@ class DashboardApp(App[None]):
     up`) restarts a node whose process is gone and returns what it did as a line, or None
     when the process runs (then r resumes it as usual); `on_tick()` runs on every redraw
     (`bft up` supervises its nodes there, in the thread that started them).
+    `exit_on_sigterm`: SIGTERM quits as q does (`bft down` stops `bft up` so; the terminal
+    is restored and `on_quit` runs).
     """
 
     CSS_PATH = "app.tcss"
@@ -160,6 +164,7 @@ class DashboardApp(App[None]):
         on_quit: Callable[[], None] | None = None,
         on_restart: Callable[[int], str | None] | None = None,
         on_tick: Callable[[], None] | None = None,
+        exit_on_sigterm: bool = False,
         clock: Callable[[], float] = time.monotonic,
         refresh_hz: float = 5.0,
         behaviours: Sequence[str] = DEFAULT_BEHAVIOURS,
@@ -173,6 +178,7 @@ class DashboardApp(App[None]):
         self.on_quit = on_quit
         self.on_restart = on_restart
         self.on_tick = on_tick
+        self.exit_on_sigterm = exit_on_sigterm
         self.clock = clock
         self.refresh_hz = refresh_hz
         self.behaviours = tuple(behaviours)
@@ -238,6 +244,9 @@ class DashboardApp(App[None]):
         self.query_one("#events").border_title = "Events"
         self.query_one("#rate").border_title = "Commits per second (last 60 s)"
         table.focus()
+        if self.exit_on_sigterm:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
         await self._open_network()
         if self.feed is not None:
             self.run_worker(self._consume_feed(self.feed), exclusive=False)
@@ -466,6 +475,11 @@ class DashboardApp(App[None]):
                 )
             )
         )
+
+    def _on_sigterm(self) -> None:
+        if self.on_quit is not None:
+            self.on_quit()
+        self.exit()
 
     async def action_quit(self) -> None:
         if self.on_quit is not None:

@@ -64,7 +64,8 @@ def dashboard(config: ClusterConfig, keyring: Any, listen: tuple[str, int]) -> A
         from tui.app import DashboardApp
 
         app = DashboardApp(config, keyring.verifier(), keyring.signer("admin", 0),
-                           listen=listen, on_restart=on_restart, on_tick=on_tick)
+                           listen=listen, on_restart=on_restart, on_tick=on_tick,
+                           exit_on_sigterm=True)
         if duration_s is not None:
             threading.Timer(duration_s, lambda: app.call_from_thread(app.exit)).start()
         app.run()
