@@ -459,9 +459,11 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
         "up", help="start every node of a config as local processes",
         description="Start every node of CONFIG as its own process on this machine (keys are "
         "generated into the state directory on first start), optionally drive a "
-        "client load, and print events as lines. Stops every node on exit, Ctrl-C, "
-        "SIGTERM or after --duration. Each node's pid is written to "
-        "STATE_DIR/node-N.pid, its output to STATE_DIR/node-N.runK.out.")
+        "client load, and print events as lines (UTC times, one line per cluster event) or "
+        "show the dashboard. Stops every node on exit, Ctrl-C, SIGTERM (`bft down`) or "
+        "after --duration, and prints a stop summary. Refuses to start a config that runs "
+        "already. Each running node's pid is in STATE_DIR/node-N.pid (`bft status`, "
+        "`bft down`), its output in STATE_DIR/node-N.runK.out.")
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="state directory (default: state/<cluster name>)")
