@@ -38,6 +38,7 @@ __all__ = [
     "NodeEvents",
     "digest_agreement",
     "iso_utc",
+    "log_ts",
     "split_drops",
     "stop_summary_lines",
 ]
@@ -59,6 +60,19 @@ def iso_utc(wall_s: float, timespec: str = "milliseconds") -> str:
     text = datetime.datetime.fromtimestamp(wall_s, datetime.timezone.utc).isoformat(
         timespec=timespec)
     return text.replace("+00:00", "Z")
+
+
+def log_ts(value: Any) -> float | None:
+    """The `ts` of a JSON log line as seconds since the epoch: ISO-8601 (what nodes write
+    since issue 23) or a number (older logs); None if it is neither."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            return None
+    return None
 
 
 def split_drops(drops: Mapping[str, int], total: int | None = None) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from bft.eventlines import (
     NodeEvents,
     digest_agreement,
     iso_utc,
+    log_ts,
     split_drops,
     stop_summary_lines,
 )
@@ -167,3 +168,11 @@ def test_json_log_ts_is_iso_utc() -> None:
     line = JsonFormatter().format(record)
     assert '"ts": "2027-01-15T08:00:00.123456Z"' in line, line
     assert iso_utc(T0 + 1.5) == "2027-01-15T08:00:01.500Z"
+
+
+def test_log_ts_reads_new_and_old_logs() -> None:
+    """Readers of the JSON log (bft bench's window facts) take the ISO ts and the old float.
+    Failed before the fix: bft bench compared the ISO string with a float (TypeError)."""
+    assert log_ts("2027-01-15T08:00:00.123456Z") == T0 + 0.123456
+    assert log_ts(T0) == T0
+    assert log_ts("yesterday") is None and log_ts(None) is None and log_ts(True) is None
