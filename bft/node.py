@@ -61,6 +61,7 @@ from bft.clock import Interval
 from bft.config import CLIENT_SENDER_BASE, ClusterConfig, format_address
 from bft.driver import EffectIO, EffectRunner
 from bft.effects import Event, Evidence, Executed
+from bft.eventlines import iso_utc
 from bft.errors import ClientIdInUse, MalformedMessage
 from bft.messages import Fetch, FetchState, Request, Signed, StateChunk, Status
 from bft.replica import Replica
@@ -113,11 +114,12 @@ def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> tuple[int, int,
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg and any `extra={"fields": {...}}`."""
+    """One JSON object per line: ts (ISO-8601 UTC, microseconds), level, logger, msg and any
+    `extra={"fields": {...}}`."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": round(record.created, 6),
+            "ts": iso_utc(record.created, "microseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -157,23 +159,37 @@ class Metrics:
     """Prometheus metrics of one node, served on config.metrics_port + node id when the
     config names a metrics port and prometheus-client is installed (`pip install
     bft-udp[metrics]`). Counters: commits, executed requests, view changes, drops by reason,
-    signatures verified; a histogram of commit latency (pre-prepare accepted to executed)."""
+    signatures verified (`bft_signatures_verified_total`; the old gauge of that name without
+    `_total` is gone: a counter's name may not be reused); gauges: view, primary, executed seq,
+    stable checkpoint seq; a histogram of commit latency (pre-prepare accepted to executed).
+    `url` is where it is served."""
 
     def __init__(self, node_id: int, port: int, host: str = "127.0.0.1") -> None:
         import prometheus_client as pc
 
         self.registry = pc.CollectorRegistry()
         label = {"node": str(node_id)}
-        self.commits = pc.Counter("bft_commits", "Batches executed", registry=self.registry)
+        self.commits = pc.Counter("bft_commits", "Sequence numbers committed and executed "
+                                  "(one batch each, null batches included)",
+                                  registry=self.registry)
         self.requests = pc.Counter("bft_executed_requests", "Client requests executed",
                                    registry=self.registry)
         self.view_changes = pc.Counter("bft_view_changes", "View changes started",
                                        registry=self.registry)
         self.drops = pc.Counter("bft_drops", "Messages dropped, by reason", ["reason"],
                                 registry=self.registry)
-        self.verified = pc.Gauge("bft_signatures_verified", "Signatures verified (total)",
-                                 registry=self.registry)
+        self.verified_total = pc.Counter("bft_signatures_verified",
+                                         "Signatures verified", registry=self.registry)
         self.view = pc.Gauge("bft_view", "Current view", registry=self.registry)
+        self.primary = pc.Gauge("bft_primary", "Primary of the current view (node id)",
+                                registry=self.registry)
+        self.executed = pc.Gauge("bft_executed_seq", "Last executed sequence number",
+                                 registry=self.registry)
+        self.stable = pc.Gauge("bft_stable_checkpoint_seq",
+                               "Sequence number of the last stable checkpoint",
+                               registry=self.registry)
+        self._verified_seen = 0
+        self.url = f"http://{format_address(host, port)}/metrics"
         self.latency = pc.Histogram("bft_commit_latency_seconds",
                                     "Pre-prepare accepted to batch executed",
                                     buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5,
@@ -192,14 +208,20 @@ class Metrics:
         elif isinstance(e, Event) and e.kind == "view_change_start":
             self.view_changes.inc()
 
-    def refresh(self, drops: dict[str, int], verified: int, view: int) -> None:
+    def refresh(self, drops: dict[str, int], verified: int, view: int, primary: int = 0,
+                executed: int = 0, stable: int = 0) -> None:
         for reason, count in drops.items():
             delta = count - self._drops_seen[reason]
             if delta > 0:
                 self.drops.labels(reason=reason).inc(delta)
                 self._drops_seen[reason] = count
-        self.verified.set(verified)
+        if verified > self._verified_seen:
+            self.verified_total.inc(verified - self._verified_seen)
+            self._verified_seen = verified
         self.view.set(view)
+        self.primary.set(primary)
+        self.executed.set(executed)
+        self.stable.set(stable)
 
     def close(self) -> None:
         server = self.server[0] if isinstance(self.server, tuple) else None
@@ -532,8 +554,11 @@ class Node:
                 self._metrics_due = now + 1.0
                 drops = dict(replica.drops)
                 drops.update(self.stats.drops)
+                core = self.core
+                assert core is not None
                 self.metrics.refresh(drops, self.verifier.statistics().get("verified", 0),
-                                     replica.view)
+                                     replica.view, core.primary(), core.last_executed,
+                                     core.stable_seq)
 
     def _fair_share(self, batch: list[Any]) -> list[Any]:
         """The messages of `batch` the node takes (issue 21, Aardvark's fair queuing, by
