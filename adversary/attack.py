@@ -671,9 +671,9 @@ def add_attack_arguments(parser: argparse.ArgumentParser) -> None:
                         help="status: send as replica R from its own address (its node must be "
                         "stopped) with its key; default: a port of its own, in the name of the "
                         "last replica not targeted")
-    parser.add_argument("--state-dir", type=Path, default=None,
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                         help="state directory (keys, client id locks; default: state/<cluster>)")
-    parser.add_argument("--key-dir", type=Path, default=None,
+    parser.add_argument("--key-dir", type=Path, default=None, metavar="DIR",
                         help="key directory (default: the config's, else STATE_DIR/keys)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write the summary as JSON to FILE")
