@@ -191,6 +191,7 @@ class ViewChanges(ReplicaState):
             self.vc_started_at = self._now
         self.view = new_view
         self.in_view_change = True
+        self.perf.leave_view(self._now)
         self._primary_ordered_at = None
         self.vc_cause = cause
         self.progress_deadline = None
@@ -298,6 +299,7 @@ class ViewChanges(ReplicaState):
         started = self.vc_started_at
         self.view = nv.view
         self.in_view_change = False
+        self.perf.enter_view(self._now)  # its grace period begins (bft/throughput.py)
         self._primary_ordered_at = self._now  # a valid NEW-VIEW: the new primary is ordering
         self.new_view_msg = nv_signed
         self.my_view_change = None
