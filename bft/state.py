@@ -121,6 +121,7 @@ class ReplicaState:
         self.new_view_msg: Signed[NewView] | None = None  # NEW-VIEW of the current view (view > 0)
         self.last_good_view = 0  # the last view in which a request executed (4.5 timer reset)
         self.vc_started_at: float | None = None
+        self._vc_sent_at: float | None = None  # when we sent our latest VIEW-CHANGE
         self.vc_cause = ""
         self.needed_batches: dict[bytes, int] = {}  # digest -> seq waiting for it
         # timers
