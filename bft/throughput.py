@@ -181,11 +181,15 @@ class ThroughputMonitor:
                        self.min_fraction + self.raise_per_window * self._judged)
         required = self._expected(backlog, agree, full)
         failed = required is not None and x < fraction * required
-        # Windows that pass set this view's bar; every window goes into what the view leaves
-        # to the history (a slow view's low numbers never raise a bar, and they let the bar
-        # follow a slowdown of the whole cluster once the faster views leave the history)
+        # Windows that pass after the grace period set this view's bar (not those of its
+        # first seconds: a cold start, or the backlog a view change left, says little of
+        # its pace, and a lenient first bar would let a slow primary set its own); every
+        # window goes into what the view leaves to the history (a slow view's low numbers
+        # never raise a bar, and they let the bar follow a slowdown of the whole cluster
+        # once the faster views leave the history)
         if executed:
-            for rec in (self._current, self._whole) if not failed else (self._whole,):
+            own = not failed and not in_grace
+            for rec in (self._current, self._whole) if own else (self._whole,):
                 rec.best_x = max(rec.best_x, x)
                 rec.best_rate = max(rec.best_rate, executed / integral)
                 rec.executed += executed
