@@ -163,3 +163,22 @@ def test_honest_bursty_load_changes_no_view() -> None:
     assert result.safety_ok, result.violations
     assert result.completed_requests > 1000
     assert result.view_changes == 0 and log.events == []
+
+
+def test_bursty_load_run_has_teeth() -> None:
+    """The bursty run above can fail: with a bar set too high (required fraction 0.9,
+    raised to 0.95) the same honest run changes views, so its 0 says something about the
+    defaults."""
+    print(f"seed={SEED}")
+
+    def factory(client: int, requests: int, rng: random.Random) -> Workload:
+        return _BurstyWorkload(client, requests, 3, 0.1, rng)
+
+    eager = {"min_throughput_fraction": 0.9, "max_throughput_fraction": 0.95,
+             "throughput_raise": 0.1}
+    result, log = _run(slow=False, run_s=60.0, clients=8, workload_factory=factory,
+                       overrides=eager)
+    print(f"view_changes={result.view_changes} events={log.events[:3]}")
+    assert result.safety_ok, result.violations
+    assert result.view_changes >= 1
+    assert any(kind == "slow_primary" for _, _, kind, _ in log.events)
