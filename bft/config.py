@@ -23,7 +23,9 @@ count = 4                        # ids 0..3, or [[clients]] id = .., public_key 
 [batching]    max_requests, delay_s, max_in_flight
 [checkpoints] interval, log_window
 [timeouts]    view_change_s, view_change_min_s, view_change_max_s,
-              phi_threshold, client_s, max_clock_skew_s, client_timestamp_window_s
+              phi_threshold, client_s, max_clock_skew_s, client_timestamp_window_s,
+              throughput_window_s, throughput_grace_s, min_throughput_fraction,
+              max_throughput_fraction, throughput_raise
 [network]     max_datagram_bytes, status_interval_s, status_answer_interval_s,
               state_answer_interval_s
 [storage]     fsync = "always" | "never"
@@ -230,6 +232,11 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "client_s": "client_timeout_s",
         "max_clock_skew_s": "max_clock_skew_s",
         "client_timestamp_window_s": "client_timestamp_window_s",
+        "throughput_window_s": "throughput_window_s",
+        "throughput_grace_s": "throughput_grace_s",
+        "min_throughput_fraction": "min_throughput_fraction",
+        "max_throughput_fraction": "max_throughput_fraction",
+        "throughput_raise": "throughput_raise",
     },
     "network": {
         "max_datagram_bytes": "max_datagram_bytes",
@@ -268,6 +275,11 @@ _FLOAT_FIELDS = (
     "client_timeout_s",
     "max_clock_skew_s",
     "client_timestamp_window_s",
+    "throughput_window_s",
+    "throughput_grace_s",
+    "min_throughput_fraction",
+    "max_throughput_fraction",
+    "throughput_raise",
 )
 _MAX_DURATION_S = 3600.0
 _MAX_TIMESTAMP_WINDOW_S = 366 * 86400.0
@@ -343,6 +355,16 @@ class ClusterConfig:
     client_timeout_s: float = 1.0
     max_clock_skew_s: float = 1.0
     client_timestamp_window_s: float = 3600.0
+    # A slow primary (issue 21, item 1; Aardvark's adaptive view change, bft/throughput.py):
+    # a view's throughput is judged per window of throughput_window_s (0: off) once
+    # throughput_grace_s of the view passed; it must reach a fraction of what recent views
+    # achieved, min_throughput_fraction at first, raised by throughput_raise per window up
+    # to max_throughput_fraction.
+    throughput_window_s: float = 1.0
+    throughput_grace_s: float = 2.0
+    min_throughput_fraction: float = 0.5
+    max_throughput_fraction: float = 0.8
+    throughput_raise: float = 0.01
     max_datagram_bytes: int = 1400
     fsync: str = "always"
     limits: Limits = DEFAULT_LIMITS
@@ -564,6 +586,11 @@ class ClusterConfig:
                 "client's requests could be refused",
                 fix=f"use more than {_num(2 * self.max_clock_skew_s)} (default 3600)",
             )
+        self._range("throughput_window_s", 0, _MAX_DURATION_S)
+        self._range("throughput_grace_s", 0, _MAX_DURATION_S)
+        self._range("min_throughput_fraction", 0.5, 0.9)
+        self._range("max_throughput_fraction", self.min_throughput_fraction, 0.95)
+        self._range("throughput_raise", 0, 0.1)
         self._range("max_datagram_bytes", 512, _MAX_UDP_PAYLOAD)
         self._check_message_size()
 

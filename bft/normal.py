@@ -538,6 +538,8 @@ class NormalCase(ReplicaState):
                     self._fetch_decided(slot)
                     break
             self._execute(slot)
+            self.perf.executed(len(slot.batch.requests), None if slot.accepted_at is None
+                               else self._now - slot.accepted_at)  # (bft/throughput.py)
             progressed = True
         if progressed:
             self.last_good_view = self.view  # the last view in which a request executed (4.5)

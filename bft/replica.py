@@ -103,6 +103,8 @@ class Replica(NormalCase, Checkpoints, ViewChanges, LossRecovery, WalRecovery):
     def start(self, now: float, wall: Interval | None = None) -> list[Effect]:
         """Begin (or resume after recovery): announce status, arm timers."""
         self._begin(now, wall)
+        if not self.in_view_change:
+            self.perf.enter_view(now)
         if self._recovering:
             self._event("restart", view=self.view, stable_seq=self.log.low,
                         last_executed=self.last_executed)
@@ -154,6 +156,7 @@ class Replica(NormalCase, Checkpoints, ViewChanges, LossRecovery, WalRecovery):
             self._check_transfer()
         if self.transfer is not None and now >= self.transfer.deadline:
             self._request_state(retry=True)
+        self._judge_throughput(now)
         return self._finish()
 
     # ------------------------------------------------------------------ plumbing
@@ -171,6 +174,10 @@ class Replica(NormalCase, Checkpoints, ViewChanges, LossRecovery, WalRecovery):
         self._out = []
 
     def _finish(self) -> list[Effect]:
+        assigned = len(self.assigned)
+        pending = len(self.pending)
+        self.perf.advance(self._now, pending + assigned if self.is_primary
+                          else max(pending, assigned), self.log.top - self.last_executed)
         out = self._out
         nxt = self._next_deadline()
         if nxt is not None and nxt != self.last_timer:
@@ -231,6 +238,27 @@ class Replica(NormalCase, Checkpoints, ViewChanges, LossRecovery, WalRecovery):
             return self._drop("unexpected_type")
         handler(message)
 
+    def _judge_throughput(self, now: float) -> None:
+        """Aardvark's adaptive view change (NSDI'09 4.3; the rule is bft/throughput.py's):
+        a backup whose windows show the current view's throughput twice in a row below the
+        required fraction of what recent views achieved, while work is outstanding, starts
+        a view change, as it would on a timeout (PROTOCOL.md 4.4)."""
+        verdict = self.perf.poll(now)
+        if verdict is None or not verdict.act or self.is_primary:
+            return
+        self._event("slow_primary", view=self.view, primary=self.primary(),
+                    throughput=round(verdict.throughput, 3),
+                    required=round(verdict.required, 3), fraction=round(verdict.fraction, 3),
+                    mean_wait_s=round(verdict.mean_wait_s, 6))
+        if (self.in_view_change or self.transfer is not None
+                or not self._has_outstanding_work()):
+            return
+        if self._isolated(now):
+            self.counters["view_change_deferred_isolated"] += 1
+            return
+        self.counters["slow_primary_view_changes"] += 1
+        self._start_view_change(self.view + 1, "slow_primary")
+
     def _primary_alive_until(self, now: float) -> float | None:
         """When outstanding work has waited one timer T (`_vc_timeout`) without an execution:
         None if the primary is to be suspected now, else the time to look again.
@@ -285,6 +313,7 @@ class Replica(NormalCase, Checkpoints, ViewChanges, LossRecovery, WalRecovery):
             "state_transfer": self.transfer.seq if self.transfer else None,
             "view_change_timeout_s": self._vc_timeout(),
             "exec_wait_mean_s": self.exec_pace.mean_s() if self.exec_pace.samples else None,
+            "throughput": self.perf.statistics(),
             "drops": dict(self.drops),
             "counters": dict(self.counters),
         }

@@ -39,6 +39,7 @@ from bft.messages import (
     ViewChange,
 )
 from bft.quorum import Geometry
+from bft.throughput import ThroughputMonitor
 from bft.walrecords import Record, encode_record
 
 NULL_DIGEST = batch_digest(NULL_BATCH)
@@ -120,6 +121,7 @@ class ReplicaState:
         self.new_view_msg: Signed[NewView] | None = None  # NEW-VIEW of the current view (view > 0)
         self.last_good_view = 0  # the last view in which a request executed (4.5 timer reset)
         self.vc_started_at: float | None = None
+        self._vc_sent_at: float | None = None  # when we sent our latest VIEW-CHANGE
         self.vc_cause = ""
         self.needed_batches: dict[bytes, int] = {}  # digest -> seq waiting for it
         # timers
@@ -132,6 +134,13 @@ class ReplicaState:
         self.exec_pace = PhiAccrualDetector(window=EXEC_PACE_WINDOW,
                                             first_interval_s=config.view_change_timeout_min_s)
         self._busy_since: float | None = None
+        # Aardvark's adaptive view change (bft/throughput.py): the throughput of the current
+        # view against what recent views achieved; a slow primary is replaced (tick)
+        self.perf = ThroughputMonitor(
+            window_s=config.throughput_window_s, min_fraction=config.min_throughput_fraction,
+            max_fraction=config.max_throughput_fraction, raise_per_window=config.throughput_raise,
+            grace_s=config.throughput_grace_s, history_views=config.f,
+            batch_delay_s=config.batch_delay_s, max_in_flight=config.max_in_flight)
         # How long a request waits at a backup until the primary orders it (its PRE-PREPARE
         # arrives), smoothed: _resend_pending forwards only requests that waited unusually long.
         self.order_delay = RttEstimator()
