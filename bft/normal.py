@@ -71,6 +71,40 @@ class NormalCase(ReplicaState):
             return slot.prepared and slot.digest == st.digest
         return slot.decided is not None and slot.decided == st.digest
 
+    def _on_vote_message(self, signed: Signed[Any], kind: type) -> None:
+        """A PREPARE or COMMIT from the network (`kind`: its statement's class): what
+        `Replica._dispatch` does with one (a late vote dropped before its signature is
+        checked, see `_late_vote`; the signature; the sender's id; our own vote relayed
+        back; the arrival noted), in the same order, then `_on_prepare` / `_on_commit`."""
+        st = signed.statement
+        replica = st.replica
+        if st.view == self.view and not self.in_view_change and replica != self.id:
+            # _late_vote, inline
+            slot = self.log.slots.get(st.seq)
+            if slot is not None and slot.view == st.view:
+                held = (slot.prepares if kind is Prepare else slot.commits).get(replica)
+                if held is None or held.statement.digest == st.digest:
+                    if (slot.prepared and slot.digest == st.digest if kind is Prepare
+                            else slot.decided is not None and slot.decided == st.digest):
+                        self.drops["late_vote"] += 1
+                        return
+        if not self.verifier.verify(signed):
+            return self._drop("bad_signature")
+        if replica >= self.n:
+            return self._drop("unknown_replica")
+        if replica == self.id:
+            if kind is Commit and (st.view < self.view or self.in_view_change):
+                # our own vote relayed back inside a peer's commit certificate
+                return self._on_certificate_commit(signed)
+            return self._drop("own_message")
+        now = self._now
+        self.timeout.record_arrival(replica, now)  # _note_arrival, inline
+        self.heard_from[replica] = now
+        if kind is Prepare:
+            self._on_prepare(signed)
+        else:
+            self._on_commit(signed)
+
     # ------------------------------------------------------------------ requests (4.1)
 
     def _on_request(self, signed: Signed[Request]) -> None:

@@ -191,6 +191,12 @@ class Replica(NormalCase, Checkpoints, ViewChanges, LossRecovery, WalRecovery):
     # ------------------------------------------------------------------ dispatch
 
     def _dispatch(self, message: Any) -> None:
+        if type(message) is Signed:
+            kind = type(message.statement)
+            if kind is Prepare or kind is Commit:
+                # the most common messages: the same checks as below, in the same order,
+                # with fewer calls (bft/normal.py)
+                return self._on_vote_message(message, kind)
         if isinstance(message, Proposal):
             pp = message.pre_prepare.statement
             if not isinstance(pp, PrePrepare):
