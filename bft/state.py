@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from bft.clock import Interval
 from bft.config import ClusterConfig
+from bft.codec import fast_constructor
 from bft.crypto import batch_digest
 from bft.detector import AdaptiveTimeout, PhiAccrualDetector, RttEstimator
 from bft.effects import Effect, Event, Evidence, Persist
@@ -42,6 +43,9 @@ from bft.quorum import Geometry
 from bft.walrecords import Record, encode_record
 
 NULL_DIGEST = batch_digest(NULL_BATCH)
+
+#: Persist(record), made without the frozen dataclass's __setattr__ (codec.fast_constructor)
+_new_persist: Callable[[bytes], Persist] = fast_constructor(Persist)
 
 S = TypeVar("S", bound=Statement)
 
@@ -223,7 +227,7 @@ class ReplicaState:
         return signed
 
     def _persist(self, kind: int, message: Record) -> None:
-        self._out.append(Persist(encode_record(kind, message)))
+        self._out.append(_new_persist(encode_record(kind, message)))
 
     def primary(self, view: int | None = None) -> int:
         return (self.view if view is None else view) % self.n
