@@ -109,9 +109,7 @@ class NormalCase(ReplicaState):
                 # our own vote relayed back inside a peer's commit certificate
                 return self._on_certificate_commit(signed)
             return self._drop("own_message")
-        now = self._now
-        self.timeout.record_arrival(replica, now)  # _note_arrival, inline
-        self.heard_from[replica] = now
+        self._note_arrival(replica)  # (a method: the failure detector's hook, kept as one)
         if kind is Prepare:
             self._on_prepare(signed)
         else:
