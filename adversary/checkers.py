@@ -850,6 +850,11 @@ class CheckerSuite:
         for check in self._checks:
             check(now)
 
+    def per_step_checks(self) -> tuple[Callable[[float], None], ...]:
+        """What `check(now)` calls, in order (for a caller that runs them itself after every
+        step: the simulator)."""
+        return self._checks
+
     def finish(self, now: float) -> None:
         for c in self.all:
             c.finish(now)

@@ -235,7 +235,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--liveness-bound", type=seconds, default=None, metavar="SECONDS",
                         help="a request must complete this long after faults stop (default 30)")
     parser.add_argument("--ed25519", action="store_true",
-                        help="sign with Ed25519 instead of the simulator's fast HMAC keys")
+                        help="sign with Ed25519 instead of the simulator's fast MAC keys")
     parser.add_argument("--no-codec", action="store_true",
                         help="skip encoding and decoding every message (faster)")
     parser.add_argument("--scenario", default=None, metavar="FILE",

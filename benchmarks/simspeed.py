@@ -14,7 +14,7 @@ completed_requests`, every datagram of replicas and clients, the final drain
 of status messages included) for each n of `--nodes`, no faults.
 
 The simulator encodes and decodes every message (codec on) and signs with
-HMAC keys by default (`--crypto sim`); `--crypto ed25519` signs as the real
+keyed-BLAKE2b keys by default (`--crypto sim`); `--crypto ed25519` signs as the real
 nodes do.
 """
 

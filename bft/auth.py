@@ -232,8 +232,7 @@ class ReplyAuth:
             return None
         body = codec.encode(reply)
         self._stats["sealed"] += 1
-        return MacReply(body=body, mac=reply_mac(key, body), statement=reply,
-                        checked=(body, reply))
+        return codec.new_mac_reply(body, reply_mac(key, body), reply, (body, reply))
 
     def _fail(self, reason: str) -> bool:
         self._stats["failed"] += 1

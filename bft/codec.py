@@ -886,6 +886,10 @@ _decoded_mac_reply: Callable[[bytes, bytes, m.Reply, tuple[bytes, m.Reply] | Non
 new_signed = _decoded_signed
 #: `MacReply(body, mac, statement, checked)`, likewise.
 new_mac_reply = _decoded_mac_reply
+#: `fast_constructor(cls)`: a function of all of `cls`'s field values, in order, that makes
+#: `cls(*values)` without a frozen dataclass's per-field `object.__setattr__` (the same
+#: object; `cls` itself when it has a __post_init__). For the replica's hot path (bft/normal.py).
+fast_constructor = _builder
 
 # The generated readers share one namespace, so that each finds the readers of
 # the messages it holds by name (`_fast_read_Batch`, ...) when it runs.

@@ -100,6 +100,8 @@ def prepared_certificate(prepares: Mapping[int, Signed[Prepare]], digest: bytes 
     """prepared(v, seq, d) (OSDI'99 4.2): with the pre-prepare, quorum-1 (2f) PREPAREs for
     `digest` from distinct backups (the primary's own never counts). The certificate's
     PREPAREs are the first quorum-1 by voter id, so it is the same wherever it is made."""
+    if len(prepares) < quorum - 1:  # (one vote per voter: too few voters at all, cheaply)
+        return None
     backups = [s for r, s in prepares.items() if s.statement.digest == digest and r != primary]
     if len(backups) < quorum - 1:
         return None
@@ -111,6 +113,8 @@ def commit_certificate(commits: Mapping[int, Signed[Commit]], digest: bytes | No
                        quorum: int) -> tuple[Signed[Commit], ...] | None:
     """committed-local (4.2): quorum (2f+1) COMMITs for `digest` of distinct replicas, the
     first recorded."""
+    if len(commits) < quorum:  # (one vote per voter: too few voters at all, cheaply)
+        return None
     votes = [s for s in commits.values() if s.statement.digest == digest]
     if len(votes) < quorum:
         return None
@@ -121,6 +125,8 @@ def commit_certificates(commits: Mapping[int, Signed[Commit]],
                         quorum: int) -> list[tuple[bytes, tuple[Signed[Commit], ...]]]:
     """Every digest that quorum COMMITs agree on, with its certificate, in first-vote order.
     At most one when quorum is a true quorum and at most f voters are faulty."""
+    if len(commits) < quorum:
+        return []
     by_digest: dict[bytes, list[Signed[Commit]]] = {}
     for c in commits.values():
         by_digest.setdefault(c.statement.digest, []).append(c)
@@ -140,6 +146,8 @@ def vouched(prepares: Mapping[int, Signed[Prepare]], digest: bytes,
             exclude: Sequence[int], weak: int) -> bool:
     """Whether `weak` (f+1) PREPAREs for `digest`, of voters not in `exclude`, vouch for it:
     one of them is correct."""
+    if len(prepares) < weak:
+        return False
     return sum(1 for r, s in prepares.items()
                if r not in exclude and s.statement.digest == digest) >= weak
 

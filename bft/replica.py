@@ -21,10 +21,11 @@ any phase's method by name (tests/adversarial/planted_replicas.py does).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from bft.checkpoints import Checkpoints
 from bft.clock import Interval
+from bft.codec import fast_constructor
 from bft.config import ClusterConfig
 from bft.effects import Broadcast, Effect, SetTimer
 from bft.errors import MalformedMessage
@@ -60,6 +61,9 @@ from bft.walrecords import REC_CERT, REC_NEW_VIEW, REC_PROPOSAL, REC_SENT
 __all__ = ["MAX_PENDING_REQUESTS", "MAX_RESEND_PER_STATUS", "MAX_STATUS_SEQS", "NULL_DIGEST",
            "REC_CERT", "REC_NEW_VIEW", "REC_PROPOSAL", "REC_SENT", "STATE_CHUNK_BYTES",
            "Replica"]
+
+
+_new_set_timer: Callable[[float], SetTimer] = fast_constructor(SetTimer)  # SetTimer(at), faster
 
 
 class Replica(NormalCase, Checkpoints, ViewChanges, LossRecovery, WalRecovery):
@@ -182,7 +186,7 @@ class Replica(NormalCase, Checkpoints, ViewChanges, LossRecovery, WalRecovery):
         nxt = self._next_deadline()
         if nxt is not None and nxt != self.last_timer:
             self.last_timer = nxt
-            out.append(SetTimer(nxt))
+            out.append(_new_set_timer(nxt))
         self._out = []
         return out
 
@@ -198,6 +202,12 @@ class Replica(NormalCase, Checkpoints, ViewChanges, LossRecovery, WalRecovery):
     # ------------------------------------------------------------------ dispatch
 
     def _dispatch(self, message: Any) -> None:
+        if type(message) is Signed:
+            kind = type(message.statement)
+            if kind is Prepare or kind is Commit:
+                # the most common messages: the same checks as below, in the same order,
+                # with fewer calls (bft/normal.py)
+                return self._on_vote_message(message, kind)
         if isinstance(message, Proposal):
             pp = message.pre_prepare.statement
             if not isinstance(pp, PrePrepare):

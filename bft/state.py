@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from bft.clock import Interval
 from bft.config import ClusterConfig
+from bft.codec import fast_constructor
 from bft.crypto import batch_digest
 from bft.detector import AdaptiveTimeout, PhiAccrualDetector, RttEstimator
 from bft.effects import Effect, Event, Evidence, Persist
@@ -43,6 +44,9 @@ from bft.throughput import ThroughputMonitor
 from bft.walrecords import Record, encode_record
 
 NULL_DIGEST = batch_digest(NULL_BATCH)
+
+#: Persist(record), made without the frozen dataclass's __setattr__ (codec.fast_constructor)
+_new_persist: Callable[[bytes], Persist] = fast_constructor(Persist)
 
 S = TypeVar("S", bound=Statement)
 
@@ -206,6 +210,8 @@ class ReplicaState:
         def _start_transfer(self) -> None: ...
         # bft/viewchange.py
         def _start_view_change(self, new_view: int, cause: str) -> None: ...
+        # bft/replica.py
+        def _note_arrival(self, peer: int) -> None: ...
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
@@ -232,7 +238,7 @@ class ReplicaState:
         return signed
 
     def _persist(self, kind: int, message: Record) -> None:
-        self._out.append(Persist(encode_record(kind, message)))
+        self._out.append(_new_persist(encode_record(kind, message)))
 
     def primary(self, view: int | None = None) -> int:
         return (self.view if view is None else view) % self.n
