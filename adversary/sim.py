@@ -1285,7 +1285,7 @@ class Simulation:
                 self.completed += 1
                 self.checkers.on_complete(c, e.timestamp, e.result, self.now)
                 if self.history is not None:
-                    self.history.complete(c, e.result, self._ns(self.now))
+                    self.history.complete(c, e.result, self._ns(self.now), e.agreed_us)
                 self.workloads[c].observe(e.result)
                 self._trace("complete", f"c{c}/{e.timestamp}", e.result)
                 self._next_request(c)

@@ -15,9 +15,9 @@ OSDI'99 section 4.1 and PROTOCOL.md "Requests and replies" / "Loss recovery":
   number). Authentic is a `MacReply` whose MAC checks under the key this
   client shares with that replica (`bft.auth.ReplyAuth`, PBFT's MACs), or a
   `Signed` reply validly signed by that replica. The result is accepted once
-  `f+1` distinct replicas reported the same `(t, d, result)`: at least one of
-  them is correct, so the result is the one the correct replicas computed
-  for this request.
+  `f+1` distinct replicas reported the same `(t, d, result, agreed_us)`: at
+  least one of them is correct, so the result, and the agreed time its batch
+  executed at, are the ones the correct replicas computed for this request.
 * `tick(now)`: when no accepted result arrived within `client_timeout_s`, the
   request is sent again: first once more to the primary (to every replica
   with `send_to_all`), then to every replica (a backup that has not seen it
@@ -74,11 +74,14 @@ class SendAll:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """Request `timestamp` completed with `result` (f+1 matching replies), after `latency_s`."""
+    """Request `timestamp` completed with `result` (f+1 matching replies), after `latency_s`;
+    `agreed_us` is the agreed time its batch executed at (as f+1 replies report it; 0 only
+    in hand-built test values, as `Reply.agreed_us`)."""
 
     timestamp: int
     result: bytes
     latency_s: float
+    agreed_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +125,8 @@ class _Outstanding:
     deadline: float | None
     next_retransmit_at: float
     retransmits: int = 0
-    # replica id -> (view, result): the FIRST valid reply of each replica counts.
-    replies: dict[int, tuple[int, bytes]] | None = None
+    # replica id -> (view, result, agreed_us): the FIRST valid reply of each replica counts.
+    replies: dict[int, tuple[int, bytes, int]] | None = None
 
 
 # The canonical heads of `[Signed.TAG, body, signature]` and `[MacReply.TAG, body, mac]`
@@ -131,8 +134,9 @@ class _Outstanding:
 assert Signed.TAG < 24 <= MacReply.TAG < 256
 _SIGNED_HEAD = bytes((0x83, Signed.TAG))
 _MAC_REPLY_HEAD = bytes((0x83, 0x18, MacReply.TAG))
-# a Reply is an array of 7: [TAG, view, timestamp, client, replica, request, result]
-_REPLY_HEAD = 0x87
+# a Reply is an array of 8: [TAG, view, timestamp, client, replica, request, result, agreed_us]
+_REPLY_HEAD = 0x88
+_OLD_REPLY_HEAD = 0x87  # the format before agreed_us: refused (`is_old_reply_untrusted`)
 _DIGEST_HEAD = bytes((0x58, DIGEST_SIZE))  # a byte string of 32 (24..255: one length byte)
 
 
@@ -170,6 +174,23 @@ def peek_reply_untrusted(data: bytes) -> tuple[int, int, int, bytes] | None:
     return client, timestamp, replica, request
 
 
+def is_old_reply_untrusted(data: bytes) -> bool:
+    """Whether `data` looks like a `MacReply` or `Signed` reply of the format before
+    `agreed_us` (a Reply of 7 items): a node of an older version. The codec refuses it
+    (MalformedMessage); this only names the drop. Never raises."""
+    try:
+        if data[:2] == _SIGNED_HEAD:
+            pos = 2
+        elif data[:3] == _MAC_REPLY_HEAD:
+            pos = 3
+        else:
+            return False
+        _, pos = read_head(data, pos, MAJOR_BYTES, "the body")
+        return data[pos] == _OLD_REPLY_HEAD and data[pos + 1] == Reply.TAG
+    except (IndexError, MalformedMessage):
+        return False
+
+
 class ClientBusy(Exception):
     """`submit` was called while a request is still outstanding (a caller bug)."""
 
@@ -183,7 +204,8 @@ class Client:
     * `Completed` is emitted at most once per request, only after `f+1`
       distinct replicas sent authentic replies (validly signed, or MAC'd for
       this client) to this very request (same number, and the digest of the
-      request this client signed) with equal results. A replica is counted once
+      request this client signed) with equal results and equal agreed times
+      (`Completed.agreed_us`). A replica is counted once
       per request: its first valid reply counts, later different replies from
       it are ignored (a correct replica never changes a result, so this only
       limits a liar);
@@ -282,21 +304,22 @@ class Client:
         assert out.replies is not None
         if reply.replica in out.replies:
             return self._drop("duplicate_replica")
-        out.replies[reply.replica] = (reply.view, reply.result)
+        out.replies[reply.replica] = (reply.view, reply.result, reply.agreed_us)
         self._stats["replies_counted"] += 1
-        matching = [view for view, result in out.replies.values() if result == reply.result]
+        matching = [view for view, result, agreed_us in out.replies.values()
+                    if result == reply.result and agreed_us == reply.agreed_us]
         if len(matching) < self._config.weak:
             return []
         # f+1 distinct replicas agree: at least one correct replica is in view >= the
         # (f+1)-th highest view they report, so adopting it never follows a lone liar.
-        views = sorted((view for view, _ in out.replies.values()), reverse=True)
+        views = sorted((view for view, _, _ in out.replies.values()), reverse=True)
         self.view = max(self.view, views[self._config.weak - 1])
         self._outstanding = None
         self._stats["completed"] += 1
         latency_s = now - out.submitted_at
         if out.retransmits == 0:  # Karn: a retransmitted request's latency is ambiguous
             self._latency.observe(latency_s)
-        return [Completed(out.timestamp, reply.result, latency_s)]
+        return [Completed(out.timestamp, reply.result, latency_s, reply.agreed_us)]
 
     @property
     def retransmit_timeout_s(self) -> float:

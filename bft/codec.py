@@ -425,6 +425,9 @@ def _read_message(
         raise malformed(tag_pos, f"{known.__name__} not allowed here (expected {allowed})")
     readers = _WIRE_FIELDS[cls]
     if count != 1 + len(readers):
+        if cls is m.Reply and count - 1 == len(readers) - 1:
+            raise malformed(start, "Reply has 7 fields, got 6: the format before agreed_us "
+                                   "(the sender runs an older version)")
         raise malformed(start, f"{cls.__name__} has {len(readers)} fields, got {count - 1}")
     values = []
     for reader in readers:

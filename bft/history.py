@@ -25,11 +25,14 @@ Optional fields (issue 22; `bft check` uses them when present, older files lack 
 * `result`: on ok/fail lines of KV ops, the store's result kind (`ok`, `not_found`,
   `value`, `granted`, `cas_failed`, `stale_token`, `locked`, `error`): it tells a
   delete that removed a key from one that found none;
-* on a granted lock: `expiry_us` (the lease's end in agreed time) and `agreed_us`, the
-  agreed batch time the lock executed at (`expiry_us - ttl_ms * 1000`); on a `locked`
+* `agreed_us` on every ok/fail line: the agreed batch time (microseconds) the op executed
+  at, as f+1 matching replies report it (`bft.messages.Reply.agreed_us`); equal for ops
+  of one batch, non-decreasing in execution order;
+* on a granted lock: `expiry_us` (the lease's end in agreed time); its `agreed_us` is
+  also `expiry_us - ttl_ms * 1000` (a lease ends at batch time + ttl), which is what a
+  history written without the reply's time records; on a `locked`
   failure: `holder` and `expiry_us` of the lease that was in the way; on `cas_failed`:
-  `current`, the value the cas found (null: absent). Replies carry no
-  batch time, so other ops have no `agreed_us`.
+  `current`, the value the cas found (null: absent).
 
 Values are text: UTF-8 when they decode, else `"hex:..."`. Knossos, Elle and
 Porcupine read this shape once mapped to their register/lock models.
@@ -172,8 +175,13 @@ class History:
         self._open[process] = entry
         return entry
 
-    def complete(self, process: int, result: bytes, time_ns: int) -> dict[str, Any] | None:
-        """Record the agreed `result` of `process`'s open operation (None if none is open)."""
+    def complete(self, process: int, result: bytes, time_ns: int,
+                 agreed_us: int | None = None) -> dict[str, Any] | None:
+        """Record the agreed `result` of `process`'s open operation (None if none is open),
+        executed at agreed time `agreed_us` (from the replies; None: not known).
+
+        Raises ValueError if a lock grant's lease end says another agreed time than
+        `agreed_us` (the replicas computed both: a disagreement is a bug, not input)."""
         inv = self._open.pop(process, None)
         if inv is None:
             return None
@@ -185,6 +193,10 @@ class History:
         if "fence" in inv:
             entry["fence"] = inv["fence"]
         entry.update(result_details(inv["f"], inv["value"], result))
+        if agreed_us is not None:
+            if entry.setdefault("agreed_us", agreed_us) != agreed_us:
+                raise ValueError(f"process {process}: lock grant at agreed time "
+                                 f"{entry['agreed_us']} but the replies say {agreed_us}")
         return self._add(entry)
 
     def info(self, process: int, time_ns: int, error: str = "timeout") -> dict[str, Any] | None:
@@ -268,5 +280,7 @@ async def call_recorded(client: _Caller, op: bytes, history: History, *, process
     except ClientError:
         history.info(process, clock_ns(), "timeout")
         return None
-    history.complete(process, result, clock_ns())
+    # the agreed time of the call's batch (`ClusterClient.last_agreed_us`; a caller without
+    # one records none)
+    history.complete(process, result, clock_ns(), getattr(client, "last_agreed_us", None))
     return result

@@ -20,8 +20,8 @@ Unsigned carriers hold signed parts plus data authenticated by a digest:
 Paper names (OSDI'99 section 4): REQUEST<o, t, c> is `Request(op, timestamp,
 client)`; PRE-PREPARE<v, n, d> is `PrePrepare(view, seq, digest)`;
 PREPARE/COMMIT<v, n, d, i>; REPLY<v, t, c, i, r>, extended by the digest d of
-the request it answers, is `Reply(view, timestamp, client, replica, request,
-result)`; CHECKPOINT<n, d, i>; VIEW-CHANGE<v+1, n, C, P, i>; NEW-VIEW<v+1, V, O>.
+the request it answers and the agreed time it executed at, is `Reply(view, timestamp,
+client, replica, request, result, agreed_us)`; CHECKPOINT<n, d, i>; VIEW-CHANGE<v+1, n, C, P, i>; NEW-VIEW<v+1, V, O>.
 
 Field annotations use the `Annotated` kinds below; the codec reads them to
 check every field's type, length and range when decoding untrusted bytes.
@@ -124,6 +124,13 @@ class Reply:
     different requests can share (c, t) (two processes using one client id); the
     digest tells the client which one was executed, so it never accepts the result
     of an operation it did not send (PROTOCOL.md "Requests and replies").
+
+    `agreed_us` is the agreed time (microseconds) the request's batch executed at: the
+    time the application saw, max(batch_time, the time of the batch before it), the same
+    on every correct replica (PROTOCOL.md "Execution"). The client matches f+1 replies on
+    it too, so one liar cannot fake it; histories record it (issue 22). It is the last
+    field on the wire: a reply of the older 6-field format is refused by the codec. Its
+    default 0 is for hand-built test replies only: replicas always set it.
     """
 
     TAG: ClassVar[int] = 5
@@ -133,6 +140,7 @@ class Reply:
     replica: U64
     request: Digest
     result: Op
+    agreed_us: U64 = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ from bft.client import (
     Failed,
     SendAll,
     SendTo,
+    is_old_reply_untrusted,
     peek_reply_untrusted,
 )
 from bft.clock import Interval
@@ -968,8 +969,10 @@ class ClientMux:
     def _route_untrusted(self, payload: bytes, now: float) -> None:
         claim = peek_reply_untrusted(payload)
         if claim is None:
-            # every well-formed reply has the shape the peek reads: this is none
-            self._drops["not_a_reply"] += 1
+            # every well-formed reply has the shape the peek reads: this is none (a reply of
+            # the format before agreed_us, from a node of an older version, is named)
+            self._drops["old_reply_format" if is_old_reply_untrusted(payload)
+                        else "not_a_reply"] += 1
             return
         owner = self._clients.get(claim[0])
         if owner is None:
@@ -1047,6 +1050,9 @@ class ClusterClient:
         self._introduced = False
         self._encoded: tuple[Signed, bytes] | None = None
         self._done: Completed | Failed | None = None
+        #: The agreed time (microseconds) the last completed call's batch executed at, as
+        #: f+1 matching replies report it (`Completed.agreed_us`); None before the first.
+        self.last_agreed_us: int | None = None
         self._waiter: Any = None  # the task parked in `call` (shared socket)
         self._mux.attach(self)
 
@@ -1137,6 +1143,7 @@ class ClusterClient:
             raise ClientError(
                 f"no f+1 = {self.config.f + 1} matching replies within {timeout_s} s ({done.reason})")
         assert done is not None
+        self.last_agreed_us = done.agreed_us
         return done.result
 
 

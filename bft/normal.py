@@ -47,7 +47,8 @@ from bft.walrecords import REC_CERT, REC_PROPOSAL, REC_SENT
 
 # The messages and effects made for every batch, made without the frozen dataclasses'
 # per-field __setattr__ (codec.fast_constructor: the same objects, about twice as fast)
-_new_reply: Callable[[int, int, int, int, bytes, bytes], Reply] = codec.fast_constructor(Reply)
+_new_reply: Callable[[int, int, int, int, bytes, bytes, int], Reply] = codec.fast_constructor(
+    Reply)
 _new_prepare: Callable[[int, int, bytes, int], Prepare] = codec.fast_constructor(Prepare)
 _new_commit: Callable[[int, int, bytes, int], Commit] = codec.fast_constructor(Commit)
 _new_prepared_cert: Callable[[Any, Any], PreparedCert] = codec.fast_constructor(PreparedCert)
@@ -129,7 +130,7 @@ class NormalCase(ReplicaState):
                 # the cached reply answers the executed one, never this one
                 self._drop("conflicting_request")
             else:
-                self._send_reply(req.client, req.timestamp, last[2], last[1])
+                self._send_reply(req.client, req.timestamp, last[2], last[1], last[3])
                 self.counters["reply_resent"] += 1
             return
         if req.timestamp > self._request_time_bound():
@@ -171,8 +172,9 @@ class NormalCase(ReplicaState):
         low = max(self._wall.earliest_us - skew_us, self.last_batch_time)
         return low + self._timestamp_window_us()
 
-    def _send_reply(self, client: int, timestamp: int, request: bytes, result: bytes) -> None:
-        reply = _new_reply(self.view, timestamp, client, self.id, request, result)
+    def _send_reply(self, client: int, timestamp: int, request: bytes, result: bytes,
+                    agreed_us: int) -> None:
+        reply = _new_reply(self.view, timestamp, client, self.id, request, result, agreed_us)
         sealed = self.reply_auth.seal(reply) if self.reply_auth is not None else None
         self._out.append(_new_reply_effect(client, sealed if sealed is not None
                                            else self._sign(reply)))
@@ -653,9 +655,9 @@ class NormalCase(ReplicaState):
                               client=r.client, timestamp=r.timestamp,
                               max_clock_skew_us=max_clock_skew_us)
             result = self.app.execute(r.op, ctx)
-            self.client_table[r.client] = (r.timestamp, result, digest)
+            self.client_table[r.client] = (r.timestamp, result, digest, batch_time_us)
             results.append(result)
-            self._send_reply(r.client, r.timestamp, digest, result)
+            self._send_reply(r.client, r.timestamp, digest, result, batch_time_us)
         if batch.requests:
             self.last_batch_time = max(self.last_batch_time, batch.batch_time)
         self.last_executed = seq
@@ -693,28 +695,37 @@ class NormalCase(ReplicaState):
                 if hit is not None and hit[0] is entry:
                     out.append(hit[1])
                     continue
-                t, r, d = entry
+                t, r, d, at = entry
                 if not (type(c) is int and type(t) is int and 0 <= c < _U64_END
-                        and 0 <= t < _U64_END and type(r) is bytes and type(d) is bytes):
+                        and 0 <= t < _U64_END and type(r) is bytes and type(d) is bytes
+                        and type(at) is int and 0 <= at < _U64_END):
                     break
-                data = b"".join((b"\x84", uint(c), uint(t), head(len(r)), r, head(len(d)), d))
+                data = b"".join((b"\x85", uint(c), uint(t), head(len(r)), r, head(len(d)), d,
+                                 uint(at)))
                 written[c] = (entry, data)
                 out.append(data)
             else:
                 out.append(uint(last_bt))
                 return b"".join(out)
-        return cbor2.dumps([app_snapshot, [[c, t, r, d] for c, (t, r, d) in table], last_bt],
+        return cbor2.dumps([app_snapshot, [[c, *entry] for c, entry in table], last_bt],
                            canonical=True)
 
     def _restore(self, snapshot: bytes) -> None:
         try:
             app_snap, table, last_bt = cbor2.loads(snapshot)
             client_table = {}
-            for c, t, r, d in table:
+            for entry in table:
+                if isinstance(entry, list) and len(entry) == 4:
+                    # a snapshot written before replies carried the agreed time (issue 22):
+                    # the cached reply's time is unknown, 0, the same on every replica that
+                    # restores this snapshot, so an upgraded state directory still starts
+                    entry = [*entry, 0]
+                c, t, r, d, at = entry  # at: the agreed time of the cached reply
                 if (type(c) is not int or type(t) is not int or not isinstance(r, bytes)
-                        or not isinstance(d, bytes) or len(d) != DIGEST_SIZE):
+                        or not isinstance(d, bytes) or len(d) != DIGEST_SIZE
+                        or type(at) is not int or at < 0):
                     raise ValueError("bad client table")
-                client_table[c] = (t, r, d)
+                client_table[c] = (t, r, d, at)
             if type(last_bt) is not int:
                 raise ValueError("bad batch time")
         except (ValueError, TypeError, cbor2.CBORDecodeError) as e:

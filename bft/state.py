@@ -106,9 +106,10 @@ class ReplicaState:
         self.last_batch_time = 0
         self.next_seq = 1  # primary: next sequence number to assign
         self.batches: dict[bytes, Batch] = {NULL_DIGEST: NULL_BATCH}
-        # exactly-once: client -> (timestamp, result, request digest) of its last executed
-        # request; the cached reply is resent only to that very request (same digest)
-        self.client_table: dict[int, tuple[int, bytes, bytes]] = {}
+        # exactly-once: client -> (timestamp, result, request digest, agreed_us) of its last
+        # executed request; the cached reply (with the agreed time it executed at) is resent
+        # only to that very request (same digest)
+        self.client_table: dict[int, tuple[int, bytes, bytes, int]] = {}
         # requests known but not executed: (client, t) -> Signed request
         self.pending: collections.OrderedDict[tuple[int, int], Signed[Request]] = collections.OrderedDict()
         self.assigned: dict[tuple[int, int], int] = {}  # (client, t) -> seq, in the log above h
@@ -166,7 +167,7 @@ class ReplicaState:
         self._out: list[Effect] = []
         self._digest_memo: dict[int, tuple[Batch, bytes]] = {}
         # client -> (its client_table entry, that entry as written in _snapshot)
-        self._table_entries: dict[int, tuple[tuple[int, bytes, bytes], bytes]] = {}
+        self._table_entries: dict[int, tuple[tuple[int, bytes, bytes, int], bytes]] = {}
         self._pending_since: dict[tuple[int, int], float] = {}  # request -> first seen
         self._forwarded: set[tuple[int, int]] = set()  # requests forwarded to the primary
         # peer -> (last_executed, stable_seq) of its previous STATUS and how many STATUSes in

@@ -335,7 +335,7 @@ def test_peek_reads_heads_with_the_strict_reader() -> None:
     body = codec.encode(reply)
     good = codec.encode(MacReply(body=body, mac=b"\x02" * 32, statement=reply))
     assert peek_reply_untrusted(good) == (3, 5, 1, b"\x07" * 32)
-    assert body[:3] == b"\x87\x05\x00"  # [TAG, view=0, timestamp=5, ...
+    assert body[:3] == b"\x88\x05\x00"  # [TAG, view=0, timestamp=5, ... (8 items)
     wide_body = body[:3] + b"\x18\x05" + body[4:]  # timestamp 5 written in two bytes
     wide = codec.encode(MacReply(body=wide_body, mac=b"\x02" * 32, statement=reply))
     with pytest.raises(MalformedMessage, match="non-canonical"):

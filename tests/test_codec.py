@@ -378,7 +378,7 @@ def test_op_size_limit() -> None:
     assert_malformed(
         encode(m.Request(op=b"four", timestamp=1, client=1)), "op of", small, statement=True
     )
-    result = raw([m.Reply.TAG, 0, 1, 1, 0, DIGEST, b"four"])
+    result = raw([m.Reply.TAG, 0, 1, 1, 0, DIGEST, b"four", 0])  # ..., result, agreed_us
     assert_malformed(result, "op of", small, statement=True)
 
 

@@ -308,7 +308,7 @@ def test_a_replayed_old_request_does_not_move_the_reply_address(
     node.client_addrs.clear()
     node.client_latest.clear()
     assert node.core is not None
-    node.core.client_table[0] = (t0 + 1_000_001, b"", b"")
+    node.core.client_table[0] = (t0 + 1_000_001, b"", b"", 0)
     step(attacker, request_payload(keys, 0, t0 + 1_000_000))
     step(attacker, captured)
     assert node.client_addrs == {}

@@ -72,17 +72,17 @@ def test_digest_snapshot_is_the_cbor2_encoding() -> None:
     replica = _replica()
 
     def reference() -> bytes:
-        table = sorted((c, t, r, d) for c, (t, r, d) in replica.client_table.items())
+        table = sorted((c, t, r, d, at) for c, (t, r, d, at) in replica.client_table.items())
         return cbor2.dumps([replica.app.snapshot(), [list(x) for x in table],
                             replica.last_batch_time], canonical=True)
 
     for step in range(300):
         client = rng.choice(EDGE_INTS[:6])
         replica.client_table[client] = (rng.choice(EDGE_INTS), b"r" * rng.choice(EDGE_LENGTHS[:6]),
-                                        bytes(32))
+                                        bytes(32), rng.choice(EDGE_INTS))
         replica.last_batch_time = rng.choice(EDGE_INTS)
         assert replica._snapshot() == reference(), step
-    replica.client_table[5] = (-1, b"", bytes(32))  # never from a decoded request: cbor2 writes it
+    replica.client_table[5] = (-1, b"", bytes(32), 0)  # never from a decoded request: cbor2 writes it
     assert replica._snapshot() == reference()
 
 

@@ -37,6 +37,10 @@ def test_bft_up_writes_a_history_under_a_scenario(tmp_path):
     # holds with one lying backup: `bft check` finds it linearizable
     assert len(oks) >= 10 and {"get", "put"} <= {e["f"] for e in oks}
     assert main(["check", str(history)]) == 0
+    # every completion records the agreed batch time f+1 replies gave (issue 22 item 1; failed
+    # before replies carried it: KeyError on agreed_us)
+    assert all(type(e["agreed_us"]) is int and e["agreed_us"] > 0
+               for e in lines if e["type"] in ("ok", "fail"))
     # every invoke is followed by exactly one completion of the same process
     open_ops: dict[int, dict] = {}
     for e in lines:
