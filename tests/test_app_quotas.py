@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -189,3 +190,28 @@ def test_quotas_are_config_fields_with_checked_ranges() -> None:
         with pytest.raises(ConfigError) as err:
             ClusterConfig.from_dict({**base, "quotas": {key: value}})
         assert "quotas." in str(err.value)
+
+
+def test_the_simulated_replicas_and_the_checkers_model_use_the_configs_quotas() -> None:
+    from adversary.sim import SimConfig, Simulation
+
+    sim = Simulation(SimConfig(seed=3, clients=2, requests=40, cluster_overrides={
+        "max_keys_per_client": 2, "max_bytes_per_client": 64}))
+    result = sim.run(60)
+    assert result.safety_ok and result.liveness_ok  # linearizable against a quota'd model
+    for app in sim.apps:
+        assert app is not None and app.limits.max_keys_per_client == 2
+        errors = app.statistics()["errors"]
+        assert errors.get("client_key_quota", 0) + errors.get("client_byte_quota", 0) > 0
+
+
+def test_a_node_stores_with_its_configs_quotas(tmp_path: Path) -> None:
+    from bft.crypto import Ed25519Keys
+    from bft.node import Node
+
+    keys = Ed25519Keys(4, 1, seed=11)
+    config = ClusterConfig.local(4, max_keys_per_client=3, max_bytes_per_client=100)
+    node = Node(config, 1, signer=keys.signer("replica", 1), verifier=keys.verifier(),
+                state_dir=tmp_path, fsync="never")
+    assert isinstance(node.app, KVStore)
+    assert (node.app.limits.max_keys_per_client, node.app.limits.max_bytes_per_client) == (3, 100)
