@@ -503,7 +503,7 @@ class _ReplicaIO(EffectIO):
         self.before: Any = None
         self.after: Any = None
         self._silent = bool(sim.cfg.silent)  # any silence rule at all?
-        self._on_sent = sim.checkers.on_sent
+        self._on_sent = sim.checkers.conduct.on_sent  # on every message: one call, not two
 
     def conduct(self, effect: Any) -> None:
         self._on_sent(self.i, effect.message, self.before, self.after)

@@ -90,9 +90,11 @@ def test_the_budget_counts_each_fault_while_it_lasts():
 
 def test_drawn_scenarios_keep_the_budget_and_start_faults_in_the_active_window():
     """Every drawn scenario has at most f faulty replicas at any time, each fault starts
-    inside the estimated active window (or at 0, in force from the first request), and the
-    scenario survives its TOML round trip (the next test plants a generator bug that
-    overspends and shows the check catching it)."""
+    inside the estimated active window (or at 0, in force from the first request), the
+    simulator accepts it (at 04930f8 a replica could draw both a crash and a crash-at
+    rule, refused at run time: this fails there), and the scenario survives its TOML round
+    trip (the next test plants a generator bug that overspends and shows the check catching
+    it)."""
     print(f"seed={SEED}")
     behaviours, kinds = set(), set()
     for index in range(300):
@@ -103,6 +105,8 @@ def test_drawn_scenarios_keep_the_budget_and_start_faults_in_the_active_window()
                                                 tuple(scenario.sim["think_ms"]))
         for _what, start, _end in explore.fault_windows(scenario):
             assert start == 0.0 or lo <= start <= hi, (index, scenario.to_toml())
+        config = scenario.sim_config()  # the simulator accepts it (one crash rule a replica)
+        config.validate(config.build_cluster())
         again = parse_scenario(tomllib.loads(scenario.to_toml()))
         assert again.rules == scenario.rules and again.network == scenario.network
         assert dict(again.sim) == dict(scenario.sim)
