@@ -64,9 +64,20 @@ Snapshot: canonical CBOR of `["kv2", [[key, value, owner]...], [[name, token,
 holder, expiry_us]...]]`, both lists sorted by key / name; `digest() =
 sha256(snapshot())`. The owners are in it, so the per-client accounting (a
 function of the owners and sizes) is part of the digest, and `restore` recounts
-it. `restore` accepts exactly that form (and rejects anything else, a client
-over its quota included, with ValueError), so `restore(snapshot())` reproduces
-the digest.
+it. `restore` accepts exactly that form (and rejects anything else with
+ValueError), so `restore(snapshot())` reproduces the digest. A client over its
+quota is accepted (the quota was lowered in the config): it keeps its keys and
+is refused growth until it is under again.
+
+Upgrade from "kv1" (the format before quotas: `["kv1", [[key, value]...],
+locks]`): `restore` also accepts a kv1 snapshot, as strictly. Its keys are owned
+by nobody (owner `null` in kv2) and charged to no client: who wrote them is
+not recorded, and charging them to anyone would refuse writes of a client for
+data it may never have written. They still count against the global caps,
+exactly as before the upgrade. A key owned by nobody is taken over by its next
+writer, who is charged for it like for another client's key; a delete frees it.
+The conversion is a function of the kv1 bytes alone, so every replica that
+restores the same kv1 state reaches the same kv2 state and digest.
 """
 
 from __future__ import annotations
@@ -87,7 +98,9 @@ MAX_TOKEN_SEQ = (2**63 - 1) // TOKEN_INDEX_SPAN - 1
 #: Integers in ops, results and snapshots are in [0, U64_LIMIT) (as in the codec).
 U64_LIMIT = 2**63
 
-SNAPSHOT_VERSION = "kv2"  # kv1 (issue 20 and before) had no owners
+SNAPSHOT_VERSION = "kv2"
+#: The format before per-client quotas (issue 20 and before): no owners. Still restored.
+SNAPSHOT_VERSION_KV1 = "kv1"
 # A snapshot's array head (three items) and its version text, as cbor2 writes them
 _SNAPSHOT_HEAD = b"\x83" + bytes((0x60 | len(SNAPSHOT_VERSION),)) + SNAPSHOT_VERSION.encode()
 
@@ -699,7 +712,8 @@ class KVStore:
     def __init__(self, limits: KVLimits = DEFAULT_KV_LIMITS) -> None:
         self.limits = limits
         self._data: dict[str, bytes] = {}
-        self._owner: dict[str, int] = {}  # key -> the client that last wrote it
+        # key -> the client that last wrote it; no entry for a key owned by nobody (kv1's)
+        self._owner: dict[str, int] = {}
         # client -> [keys owned, their key and value bytes]; no entry for a client owning none
         self._usage: dict[int, list[int]] = {}
         self._locks: dict[str, LockInfo] = {}
@@ -731,7 +745,7 @@ class KVStore:
             try:
                 self._snapshot_cache = self._encode_snapshot()
             except (TypeError, ValueError, UnicodeEncodeError):  # not the usual types
-                data = [[k, self._data[k], self._owner[k]] for k in sorted(self._data)]
+                data = [[k, self._data[k], self._owner.get(k)] for k in sorted(self._data)]
                 locks = [
                     [name, info.token, info.holder, info.expiry_us]
                     for name, info in sorted(self._locks.items())
@@ -750,8 +764,9 @@ class KVStore:
             if type(k) is not str or type(v) is not bytes:
                 raise TypeError("not a str key and bytes value")
             kb = k.encode()
+            o = owner.get(k)
             out += (b"\x83", _cbor_head(0x60, len(kb)), kb, _cbor_head(0x40, len(v)), v,
-                    _cbor_uint(owner[k]))
+                    b"\xf6" if o is None else _cbor_uint(o))
         locks = self._locks
         out.append(_cbor_head(0x80, len(locks)))
         for name in sorted(locks):
@@ -771,12 +786,19 @@ class KVStore:
         """Replace the state with `snapshot`'s; ValueError (state unchanged) if it is not valid.
 
         Valid means: exactly the bytes `snapshot()` would produce for some state
-        within `self.limits` (canonical, sorted, no duplicates, sizes in range).
+        within `self.limits` (canonical, sorted, no duplicates, sizes in range; the
+        per-client quotas excepted, see the module docstring), or exactly the bytes
+        the released code's kv1 `snapshot()` produced for one (its keys then owned by
+        nobody).
         """
         limits = self.limits
         obj = _loads_strict(snapshot, limits.max_snapshot_bytes, max_depth=4)
-        if type(obj) is not list or len(obj) != 3 or obj[0] != SNAPSHOT_VERSION:
-            raise ValueError(f"snapshot: not a {SNAPSHOT_VERSION} snapshot")
+        if (type(obj) is not list or len(obj) != 3
+                or obj[0] not in (SNAPSHOT_VERSION, SNAPSHOT_VERSION_KV1)):
+            raise ValueError(f"snapshot: not a {SNAPSHOT_VERSION} (or "
+                             f"{SNAPSHOT_VERSION_KV1}) snapshot")
+        kv1 = obj[0] == SNAPSHOT_VERSION_KV1
+        entry_len = 2 if kv1 else 3
         raw_data, raw_locks = obj[1], obj[2]
         if type(raw_data) is not list or type(raw_locks) is not list:
             raise ValueError("snapshot: bad layout")
@@ -788,10 +810,12 @@ class KVStore:
         state_bytes = 0
         previous: str | None = None
         for entry in raw_data:
-            if type(entry) is not list or len(entry) != 3:
+            if type(entry) is not list or len(entry) != entry_len:
                 raise ValueError("snapshot: bad key entry")
-            k, v, owner = entry
-            if type(k) is not str or type(v) is not bytes or not _is_u64(owner):
+            k, v = entry[0], entry[1]
+            owner = None if kv1 else entry[2]
+            if (type(k) is not str or type(v) is not bytes
+                    or not (owner is None or _is_u64(owner))):
                 raise ValueError("snapshot: bad key entry types")
             if _utf8_len(k) > limits.max_key_bytes or len(v) > limits.max_value_bytes:
                 raise ValueError("snapshot: key or value over the limits")
@@ -799,17 +823,17 @@ class KVStore:
                 raise ValueError("snapshot: keys not strictly sorted")
             previous = k
             data[k] = v
-            owners[k] = owner
             size = _utf8_len(k) + len(v)
             state_bytes += size
-            used = usage.setdefault(owner, [0, 0])
-            used[0] += 1
-            used[1] += size
+            if owner is not None:
+                owners[k] = owner
+                used = usage.setdefault(owner, [0, 0])
+                used[0] += 1
+                used[1] += size
         if state_bytes > limits.max_state_bytes:
             raise ValueError("snapshot: state over max_state_bytes")
-        if any(keys > limits.max_keys_per_client or size > limits.max_bytes_per_client
-               for keys, size in usage.values()):
-            raise ValueError("snapshot: a client over its quota")
+        # A client over its quota is not refused: a lowered quota must not make a node
+        # refuse its own state (the client only cannot grow until it is under again).
         locks: dict[str, LockInfo] = {}
         previous = None
         for entry in raw_locks:
@@ -824,13 +848,18 @@ class KVStore:
                 raise ValueError("snapshot: locks not strictly sorted")
             previous = name
             locks[name] = LockInfo(token, holder, expiry_us)
+        if kv1 and _dumps([SNAPSHOT_VERSION_KV1, [[k, data[k]] for k in data],
+                           [[n, i.token, i.holder, i.expiry_us] for n, i in locks.items()]]
+                          ) != snapshot:  # (dicts keep the sorted order checked above)
+            raise InvariantViolation("restored kv1 snapshot does not re-encode to itself")
         self._data = data
         self._owner = owners
         self._usage = usage
         self._locks = locks
         self._state_bytes = state_bytes
         self._snapshot_cache = None
-        if self.snapshot() != snapshot:  # invariant: the checks above accept only canonical forms
+        if not kv1 and self.snapshot() != snapshot:
+            # invariant: the checks above accept only canonical forms
             raise InvariantViolation("restored snapshot does not re-encode to itself")
 
     # -- read-only views (tests, CLI, dashboard) -------------------------
@@ -840,7 +869,8 @@ class KVStore:
         return self._data.get(key)
 
     def owner(self, key: str) -> int | None:
-        """The client whose quota `key` counts against (its last writer), or None."""
+        """The client whose quota `key` counts against (its last writer), or None (no such
+        key, or one restored from a kv1 snapshot and not written since: owned by nobody)."""
         return self._owner.get(key)
 
     def client_usage(self, client: int) -> tuple[int, int]:
@@ -905,20 +935,23 @@ class KVStore:
         # The writer's quota first (its own doing), then the global caps.
         used = self._usage.get(client)
         used_keys, used_bytes = (0, 0) if used is None else used
-        if old is not None and self._owner[key] == client:
+        owner = self._owner.get(key)  # None: a new key, or one owned by nobody (kv1's)
+        if old is not None and owner == client:
             new_keys, new_bytes = used_keys, used_bytes + len(value) - len(old)
         else:  # a new key, or another client's key taken over by this write
             new_keys, new_bytes = used_keys + 1, used_bytes + key_len + len(value)
-        if new_keys > limits.max_keys_per_client:
+        # Over a quota is refused only when the write grows it: a client left over a lowered
+        # quota may still overwrite (not grow) and delete its keys.
+        if new_keys > limits.max_keys_per_client and new_keys > used_keys:
             return Result("error", reason="client_key_quota")
-        if new_bytes > limits.max_bytes_per_client:
+        if new_bytes > limits.max_bytes_per_client and new_bytes > used_bytes:
             return Result("error", reason="client_byte_quota")
         if old is None and len(self._data) >= limits.max_keys:
             return Result("error", reason="too_many_keys")
         if self._state_bytes + grow > limits.max_state_bytes:
             return Result("error", reason="store_full")
-        if old is not None and self._owner[key] != client:
-            self._uncharge(self._owner[key], key_len + len(old))
+        if old is not None and owner is not None and owner != client:
+            self._uncharge(owner, key_len + len(old))
         if used is None:
             self._usage[client] = [new_keys, new_bytes]
         else:
@@ -940,7 +973,9 @@ class KVStore:
     def _remove(self, key: str) -> None:
         value = self._data.pop(key)
         size = _utf8_len(key) + len(value)
-        self._uncharge(self._owner.pop(key), size)
+        owner = self._owner.pop(key, None)
+        if owner is not None:
+            self._uncharge(owner, size)
         self._state_bytes -= size
         self._snapshot_cache = None
 
