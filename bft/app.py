@@ -99,6 +99,10 @@ MAX_TOKEN_SEQ = (2**63 - 1) // TOKEN_INDEX_SPAN - 1
 U64_LIMIT = 2**63
 
 SNAPSHOT_VERSION = "kv2"
+#: A snapshot up to this size is kept (cached) until the next change; a bigger one is not:
+#: its bytes would be a second full copy of the state beside the replica's (own_snapshots,
+#: stable_snapshot), and a replica asks for it once per checkpoint.
+SNAPSHOT_CACHE_MAX_BYTES = 1 << 20
 #: The format before per-client quotas (issue 20 and before): no owners. Still restored.
 SNAPSHOT_VERSION_KV1 = "kv1"
 # A snapshot's array head (three items) and its version text, as cbor2 writes them
@@ -507,6 +511,9 @@ def _parse_op(data: bytes, limits: KVLimits) -> Op:
 #: Parsed ops remembered by their bytes (see _parse_op_memo): each op is executed by every
 #: replica and by the checkers' model, and parsing is a pure function of the bytes and limits.
 OP_MEMO_SIZE = 4096
+#: Only ops up to this size are remembered: a remembered op pins its bytes and its parsed
+#: value, and 4096 big puts would pin ~256 MiB, values overwritten long ago included.
+OP_MEMO_MAX_OP_BYTES = 1024
 _op_memo: dict[bytes, tuple[KVLimits, Op | str]] = {}
 
 
@@ -521,7 +528,7 @@ def _parse_op_memo(data: bytes, limits: KVLimits) -> Op:
             parsed = _parse_op(data, limits)
         except _BadOp as exc:
             parsed = exc.reason
-        if type(data) is bytes:  # bytes only: a key must not change
+        if type(data) is bytes and len(data) <= OP_MEMO_MAX_OP_BYTES:  # bytes: a key must not change
             if len(_op_memo) >= OP_MEMO_SIZE:
                 _op_memo.clear()  # (cheaper than evicting one by one)
             _op_memo[data] = (limits, parsed)
@@ -740,18 +747,23 @@ class KVStore:
         return result.encode()
 
     def snapshot(self) -> bytes:
-        """Canonical CBOR of the sorted state (cached until the next change)."""
-        if self._snapshot_cache is None:
-            try:
-                self._snapshot_cache = self._encode_snapshot()
-            except (TypeError, ValueError, UnicodeEncodeError):  # not the usual types
-                data = [[k, self._data[k], self._owner.get(k)] for k in sorted(self._data)]
-                locks = [
-                    [name, info.token, info.holder, info.expiry_us]
-                    for name, info in sorted(self._locks.items())
-                ]
-                self._snapshot_cache = _dumps([SNAPSHOT_VERSION, data, locks])
-        return self._snapshot_cache
+        """Canonical CBOR of the sorted state (cached until the next change, when at most
+        SNAPSHOT_CACHE_MAX_BYTES)."""
+        cached = self._snapshot_cache
+        if cached is not None:
+            return cached
+        try:
+            out = self._encode_snapshot()
+        except (TypeError, ValueError, UnicodeEncodeError):  # not the usual types
+            data = [[k, self._data[k], self._owner.get(k)] for k in sorted(self._data)]
+            locks = [
+                [name, info.token, info.holder, info.expiry_us]
+                for name, info in sorted(self._locks.items())
+            ]
+            out = _dumps([SNAPSHOT_VERSION, data, locks])
+        if len(out) <= SNAPSHOT_CACHE_MAX_BYTES:
+            self._snapshot_cache = out
+        return out
 
     def _encode_snapshot(self) -> bytes:
         """`_dumps([SNAPSHOT_VERSION, data, locks])` as `snapshot` builds it, written directly
