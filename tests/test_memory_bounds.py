@@ -103,3 +103,57 @@ def test_write_snapshot_makes_no_copy_of_the_snapshot_or_the_carried_records(
             tracemalloc.stop()
         assert storage.load_snapshot() == (1, data) and storage.records() == records
     assert peak < 2**20, f"write_snapshot allocated {peak} bytes at its peak"
+
+
+def test_the_verifier_pins_no_big_request() -> None:
+    """The signature cache remembers a big statement by its key only, and the identity memo
+    does not hold big messages: a node's verifier kept every recent request's op (up to
+    64 MiB of them) and 4096 whole messages (up to 256 MiB). A verified body decoded again
+    is still a cache hit; a different statement paired with it is still refused. Failed
+    before the fix: the cache held all 200 requests' statements (6.5 MB of ops)."""
+    from bft import codec
+    from bft.crypto import Ed25519Keys
+    from bft.messages import Request, Signed
+
+    print(f"seed={SEED}")
+    rng = random.Random(SEED)
+    keys = Ed25519Keys(4, 2, seed=SEED)
+    verifier = keys.verifier()
+    signer = keys.signer("client", 1)
+    limits = codec.DEFAULT_LIMITS
+    big = [signer.sign(Request(ops.put(f"k{i}", rng.randbytes(32 * 1024)), i + 1, 1))
+           for i in range(200)]
+    for signed in big:
+        assert verifier.verify(codec.decode_untrusted(codec.encode(signed), limits))
+    pinned = sum(len(entry[0].op) for entry in verifier._cache.values()
+                 if entry[0] is not None and isinstance(entry[0], Request))
+    pinned += sum(len(s.body) for s, _ in verifier._passed.values())
+    assert pinned <= 4096 * 8, pinned
+    verified = verifier.statistics()["verified"]
+    again = codec.decode_untrusted(codec.encode(big[7]), limits)
+    for _ in range(2):  # a hit, and again: not remembered by identity either
+        assert verifier.verify(again) and verifier.statistics()["verified"] == verified
+    assert all(s is not again for s, _ in verifier._passed.values())
+    forged = Signed(big[7].body, big[7].signature, big[8].statement)
+    assert not verifier.verify(forged)
+    assert verifier.statistics()["failed_body_mismatch"] == 1
+
+
+def test_the_batch_digest_memo_keeps_only_the_logs_batches() -> None:
+    """The replica's batch-digest memo holds references to batches (1024 of any size: up to
+    GiBs of big batches after they left the log). After a stable checkpoint it keeps only
+    batches the log still holds, as `batches` does (OSDI'99 4.3: garbage collection).
+    Failed before the fix: the memo held every batch since the start."""
+    from bft.state import NULL_DIGEST
+
+    print(f"seed={SEED}")
+    rng = random.Random(SEED)
+    net = Net(checkpoint_interval=4, log_window=8)
+    for i in range(42):  # seqs 1..42: stable at 40, 41 and 42 above it
+        net.request(1, ops.put(f"k{i}", rng.randbytes(1024)))
+        net.deliver()
+    for r in net.replicas:
+        assert r is not None and r.stable_seq == 40 and r.last_executed == 42
+        live = {NULL_DIGEST} | {d for s in r.log.slots.values() for d in (s.digest, s.decided)}
+        held = [digest for _, digest in r._digest_memo.values()]
+        assert held and set(held) <= live, (len(held), len(live))
