@@ -37,6 +37,7 @@ import trio
 from bft.app import Ops, decode_result
 from bft.bench import BenchError, TelemetryListener, local_config, monitored_cluster
 from bft.config import load_keyring
+from bft.launcher import LaunchError
 
 
 def proc_memory_kib(pid: int) -> dict[str, int]:
@@ -60,35 +61,34 @@ async def run(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     out: dict[str, Any] = {}
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(listener.run)
-            await cluster.start()
-            pids = cluster.pids()
-            clients = [ClusterClient(config, c, signer=keyring.signer("client", c),
-                                     verifier=keyring.verifier()) for c in (0, 1)]
-            for i in range(200):
-                await clients[1].call(Ops.put(f"warm{i % 10}", b"w"), timeout_s=30)
-            await trio.sleep(1.0)
-            before = {i: proc_memory_kib(pid) for i, pid in pids.items()}
-            stored = puts = 0
-            t0 = time.monotonic()
-            while stored < args.bytes:
-                value = rng.randbytes(min(args.value_bytes, args.bytes - stored))
-                result = decode_result(await clients[0].call(Ops.put(f"m{puts}", value),
-                                                             timeout_s=30))
-                if result.kind != "ok":
-                    raise BenchError(f"put {puts} of client 0: {result}")
-                stored += len(value)
-                puts += 1
-            store_s = time.monotonic() - t0
-            for i in range(args.flush_ops):
-                await clients[1].call(Ops.put(f"t{i % 10}", b"t"), timeout_s=30)
-            await trio.sleep(1.0)
-            after = {i: proc_memory_kib(pid) for i, pid in pids.items()}
-            for c in clients:
-                c.close()
-            await cluster.stop_all()
-            nursery.cancel_scope.cancel()
+        await cluster.start()
+        pids = cluster.pids()
+        clients = [ClusterClient(config, c, signer=keyring.signer("client", c),
+                                 verifier=keyring.verifier()) for c in (0, 1)]
+        for i in range(200):
+            await clients[1].call(Ops.put(f"warm{i % 10}", b"w"), timeout_s=30)
+        await trio.sleep(1.0)
+        before = {i: proc_memory_kib(pid) for i, pid in pids.items()}
+        stored = puts = 0
+        t0 = time.monotonic()
+        while stored < args.bytes:
+            value = rng.randbytes(min(args.value_bytes, args.bytes - stored))
+            result = decode_result(await clients[0].call(Ops.put(f"m{puts}", value),
+                                                         timeout_s=30))
+            if result.kind != "ok":
+                raise BenchError(f"put {puts} of client 0: {result}")
+            stored += len(value)
+            puts += 1
+        store_s = time.monotonic() - t0
+        for i in range(args.flush_ops):
+            await clients[1].call(Ops.put(f"t{i % 10}", b"t"), timeout_s=30)
+        await trio.sleep(1.0)
+        after = {i: proc_memory_kib(pid) for i, pid in pids.items()}
+        for c in clients:
+            c.close()
+        await cluster.stop_all()
+    except LaunchError as exc:
+        raise BenchError(str(exc)) from None
     finally:
         cluster.cleanup()
         listener.close()
