@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,11 @@ def node_extensions(args: argparse.Namespace, config: Any, node_id: int) -> list
     from adversary.scenario import Scenario, load_scenario
 
     scenario = load_scenario(args.scenario) if args.scenario is not None else Scenario()
+    if args.scenario is not None and not scenario.rules_for(node_id) and not scenario.network:
+        targets = sorted({r.node for r in scenario.rules})
+        print(f"bft node: {args.scenario} has no rule for node {node_id} (it targets node"
+              f"{'s' if len(targets) != 1 else ''} {', '.join(map(str, targets)) or 'none'}): "
+              f"node {node_id} runs honestly", file=sys.stderr, flush=True)
     return [AdversaryExtension(scenario, seed=args.adversary_seed,
                                crash=not args.adversary_restarted)]
 

@@ -14,6 +14,9 @@ Fixtures:
 * `bft_local_cluster`: `bft_local_cluster(n=4, scenario=None, app=None)
   -> LocalCluster`, real node processes over loopback UDP (use inside a
   Trio test: `async with cluster.running(): ...`), killed after the test.
+  `await cluster.run_load(workload="mixed", ops=100)` drives it with a
+  bft.workload (mixed, puts, noop, app) and returns the recorded history
+  (judge it with `bft.lincheck.check(parse_history(history.lines()))`).
 
 Checkers to assert on: `assert_safe`, `assert_live`, `assert_ok`,
 `assert_evidence_against`, `assert_same_state`. Scenario building:

@@ -192,7 +192,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--nodes", type=positive_int, default=None, metavar="N",
                       help="number of replicas of a local cluster (default 4)")
-    size.add_argument("--config", default=None, metavar="FILE",
+    size.add_argument("--config", default=None, metavar="CONFIG",
                       help="cluster config (TOML) to simulate instead of a local cluster")
     parser.add_argument("--seed", type=non_negative_int, default=None, metavar="S",
                         help="random seed (a random one is chosen and printed if omitted)")
@@ -203,11 +203,15 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keys", type=positive_int, default=None, metavar="K",
                         help="distinct keys the workload uses (default 3)")
     parser.add_argument("--drop", type=probability, default=0.0, metavar="P",
-                        help="probability that a message is lost")
+                        help="probability that a message is lost (default 0)")
     parser.add_argument("--duplicate", type=probability, default=0.0, metavar="P",
-                        help="probability that a message is delivered twice")
+                        help="probability that a message is delivered twice (default 0)")
     parser.add_argument("--reorder", type=probability, default=0.0, metavar="P",
-                        help="probability that a message gets an extra random delay")
+                        help="probability that a message gets an extra random delay (default 0)")
+    parser.add_argument("--think-ms", type=delay_range, default=None, metavar="LO:HI",
+                        help="each client waits this long (milliseconds, drawn) between its "
+                        "requests, so that a few requests span the faults' times (default 0: "
+                        "back to back, a default run lasts a few tens of ms)")
     parser.add_argument("--delay-ms", type=delay_range, default=(1.0, 5.0), metavar="LO:HI",
                         help="one-way delay range in milliseconds (default 1:5)")
     parser.add_argument("--partition", type=partition_spec, action="append", default=[],
@@ -362,6 +366,8 @@ def build_sim_config(args: argparse.Namespace) -> SimConfig:
     for key in ("think_ms", "delay_ms"):
         if key in sim:
             extra[key] = tuple(sim[key])
+    if args.think_ms is not None:  # the flag wins over the scenario's [sim] think_ms
+        extra["think_ms"] = tuple(args.think_ms)
     if "drain_s" in sim:
         extra["drain_s"] = sim["drain_s"]
     if tuple(args.delay_ms) != (1.0, 5.0) or "delay_ms" not in extra:  # an explicit flag wins
@@ -430,8 +436,11 @@ def run_sim_command(args: argparse.Namespace) -> int:
             print(f"bft sim: cannot write --history {args.history}: {exc}", file=sys.stderr)
             return 2
     problems = story.problems() if story is not None else []
+    exceed = faults_exceed_f(result)
     if args.json:
         out = result.to_dict()
+        if exceed:
+            out["faults_exceed_f"] = exceed
         if story is not None:
             out["fencing"] = {"ok": not problems, "problems": problems}
         print(json.dumps(out, sort_keys=True))
@@ -449,6 +458,18 @@ def _story(simulation: Simulation) -> Any:
         if story is not None:
             return story
     return None
+
+
+def faults_exceed_f(result: Any) -> str:
+    """A sentence when more replicas are Byzantine than f allows (the checks may then fail
+    by design, as the checkers' teeth tests want), else ''."""
+    byzantine = sorted(result.byzantine)
+    if len(byzantine) <= result.f:
+        return ""
+    return (f"{len(byzantine)} Byzantine replica{'s' if len(byzantine) != 1 else ''} "
+            f"({', '.join(str(i) for i in byzantine)}) but {result.nodes} replicas tolerate "
+            f"only f = {result.f} (n >= 3f+1): safety and liveness are not promised, so a "
+            "violation below is no bug")
 
 
 def format_summary(result: Any) -> str:
@@ -483,6 +504,9 @@ def format_summary(result: Any) -> str:
     faults = result.network.get("faults") or {}
     if faults:
         lines.append("  network faults: " + ", ".join(f"{k} {v}" for k, v in faults.items()))
+    exceed = faults_exceed_f(result)
+    if exceed:
+        lines.append(f"  faults exceed f: {exceed}")
     for violation in result.violations:
         lines.append(f"  violation: {violation}")
     lines.append(f"  result: {'PASS' if result.ok else 'FAIL'}")

@@ -445,7 +445,30 @@ class TelemetryListener:
 # --------------------------------------------------------------------------
 
 
+def workload_op(workload: str, keys: int) -> str:
+    """The `op` of a load spec that runs the bft.workload `workload` (mixed, puts, noop)."""
+    return f"workload={workload},keys={keys}"
+
+
 def _make_op(kind: str, size: int) -> Callable[[int, int], bytes]:
+    if kind.startswith("workload="):  # a bft.workload per client, seeded by its id
+        import random
+
+        from bft.workload import make_workload
+
+        fields = dict(item.split("=", 1) for item in kind.split(","))
+        prefix = f"b{os.getpid()}-"  # fresh keys per worker process and run
+        made: dict[int, Any] = {}
+
+        def next_op(client: int, i: int) -> bytes:
+            if client not in made:
+                made[client] = make_workload(fields["workload"], client, random.Random(client),
+                                             keys=int(fields["keys"]), prefix=prefix,
+                                             op_size=size)
+            return made[client].next_op()  # type: ignore[no-any-return]
+
+        next_op.workloads = made  # type: ignore[attr-defined]  # (the worker's observe)
+        return next_op
     if kind == "noop":
         data = b"\x00" * size
         return lambda client, i: data
@@ -516,9 +539,14 @@ async def _worker(spec: dict[str, Any]) -> None:
             i += 1
             t0 = time.monotonic()
             try:
-                await client.call(op, timeout_s=spec["timeout_s"])
+                result = await client.call(op, timeout_s=spec["timeout_s"])
             except ClientError:
                 errors[0] += 1
+                result = None
+            workload = getattr(op_for, "workloads", {}).get(client.id)
+            if workload is not None:
+                workload.observe(result)
+            if result is None:
                 continue
             t1 = time.monotonic()
             if i == 1:
@@ -938,6 +966,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--op", choices=["noop", "put"], default="noop",
                         help="noop: an opaque op the store rejects unchanged (default); "
                         "put: write values of --op-size bytes")
+    parser.add_argument("--workload", choices=["mixed", "puts", "noop"], default=None,
+                        help="instead of --op, a bft.workload: mixed = get/put/cas/delete/"
+                        "lock/unlock and fenced writes over --keys contended keys; puts = "
+                        "puts to 1,000 keys; noop = as --op noop")
+    parser.add_argument("--keys", type=int, default=4, metavar="K",
+                        help="--workload mixed: how many contended keys (default 4)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write the results as JSON")
     parser.add_argument("--attach", action="store_true",
@@ -949,10 +983,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         "(needs matplotlib)")
     parser.add_argument("--client-procs", type=int, default=None, metavar="P",
                         help="load worker processes (default: 1 below 8 clients, else 2)")
-    parser.add_argument("--state-dir", type=Path, default=None,
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                         help="state directory (own cluster: default a temporary one, removed "
                         "after a successful run; --attach: the cluster's)")
-    parser.add_argument("--key-dir", type=Path, default=None,
+    parser.add_argument("--key-dir", type=Path, default=None, metavar="DIR",
                         help="--attach: the key directory (default as for `bft client`)")
     parser.add_argument("--fsync", choices=["always", "never"], default=None,
                         help="own cluster: WAL fsync policy (default: the config file's "
@@ -1036,6 +1070,7 @@ async def run_benchmark(config_path: Path, *, counts: Sequence[int], warmup_s: f
     telemetry: TelemetryListener | None = None
     cluster: LocalCluster | None = None
     summaries: dict[int, dict[str, Any]] = {}
+    agree_line: str | None = None  # digest agreement at the stop (own cluster only)
     ok = False
     try:
         async with trio.open_nursery() as nursery:
@@ -1088,7 +1123,15 @@ async def run_benchmark(config_path: Path, *, counts: Sequence[int], warmup_s: f
                     f"batch {_fmt(run['batch_size']['mean'], '.1f')}, "
                     f"view changes {run['view_changes']}, errors {run['errors']}")
             if cluster is not None:
+                # the load stopped: let every node execute the same seq, then compare there
+                try:
+                    await cluster.barrier(timeout_s=STOP_TIMEOUT_S)
+                except LaunchError as exc:
+                    say(f"nodes did not converge before stopping: {exc}")
                 summaries = await cluster.stop_all()
+                agree_line = launcher.digest_agreement(summaries,
+                                                       [nd.id for nd in run_config.nodes])[1]
+                say(agree_line)
             if telemetry is not None:
                 telemetry.close()
             ok = True
@@ -1103,6 +1146,7 @@ async def run_benchmark(config_path: Path, *, counts: Sequence[int], warmup_s: f
             say(f"node logs kept in {own_state}")
     digests = {s.get("state_digest") for s in summaries.values()}
     common = {
+        "stop_agreement": agree_line,
         "config": str(config_path),
         "cluster": config.name,
         "n": config.n,
@@ -1181,6 +1225,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
             raise BenchError("--duration must be > 0 and --warmup >= 0")
         if args.op_size < 0:
             raise BenchError("--op-size must be >= 0")
+        if args.keys < 1:
+            raise BenchError("--keys must be >= 1")
         if not Path(args.config).exists():
             raise BenchError(f"config file not found: {args.config}")
         result = trio.run(_command_runner(args, counts))
@@ -1213,7 +1259,8 @@ def _command_runner(args: argparse.Namespace, counts: Sequence[int]) -> Callable
     async def go() -> dict[str, Any]:
         return await run_benchmark(
             args.config, counts=counts, warmup_s=args.warmup, duration_s=args.duration,
-            op=args.op, op_size=args.op_size, attach=args.attach, state_dir=args.state_dir,
+            op=args.op if args.workload is None else workload_op(args.workload, args.keys),
+            op_size=args.op_size, attach=args.attach, state_dir=args.state_dir,
             key_dir=args.key_dir, fsync=args.fsync, client_procs=args.client_procs,
             progress=not args.quiet)
 

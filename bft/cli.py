@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bft.cliutil import CliError, key_dir, load_config, state_dir
+from bft.cliutil import CliError, key_dir, load_config, load_factory, load_keys, state_dir
 from bft.config import (
     ClusterConfig,
     DuplicateKeyError,
@@ -37,6 +37,7 @@ from bft.config import (
 from bft.crypto import generate_private_key, public_key_bytes, save_private_key, save_public_key
 from bft.errors import ClientIdInUse, ConfigError
 from bft.plugins import LoadedPlugins, load_plugins
+from bft.workload import DEFAULT_KEYS, WORKLOADS
 from transport.udp import TransportError
 
 __all__ = ["EXPECTED_ERRORS", "CliError", "build_parser", "main"]
@@ -57,31 +58,63 @@ EXIT_USAGE = 2
 def _add_keygen_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "keygen",
-        help="create Ed25519 keys for every node, client and the admin",
+        help="create Ed25519 keys for the nodes, clients and admin of a config",
         description="Create an Ed25519 key pair for every node, client and the admin of a "
-        "cluster: <kind>-<id>.key (mode 0600) and <kind>-<id>.pub in the key "
-        "directory. Identities whose public key is written in the config are "
-        "skipped. Existing keys are never replaced without --force.",
+        "cluster (or, with --only, for the identities named): <kind>-<id>.key (mode 0600) "
+        "and <kind>-<id>.pub in the key directory, and print each public key. Identities "
+        "whose public key is written in the config are skipped. Existing keys are never "
+        "replaced without --force. The key directory is chosen as in every command: "
+        "--key-dir, else the config's key_dir, else DIR/keys of --state-dir DIR, else "
+        "state/<cluster name>/keys.",
     )
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
+    parser.add_argument("--state-dir", metavar="DIR", type=Path, default=None,
+                        help="state directory whose keys/ to write (default: "
+                        "state/<cluster name>)")
     parser.add_argument(
         "--key-dir",
         metavar="DIR",
         type=Path,
         default=None,
         help="where to write the keys (default: the config's key_dir, "
-        "else state/<cluster name>/keys)",
+        "else DIR/keys of the state directory)",
     )
+    parser.add_argument("--only", metavar="NAMES", default=None,
+                        help="only these identities, separated by commas: replica-N, "
+                        "client-N or admin (the multi-host way: each host makes its own "
+                        "key and prints the public key line for the config)")
     parser.add_argument("--force", action="store_true", help="replace existing key files")
     parser.set_defaults(handler=cmd_keygen)
 
 
+def _only_identities(config: ClusterConfig, only: str) -> list[tuple[str, int]]:
+    by_name = {key_file_stem(*identity): identity for identity in identities(config)}
+    chosen = []
+    for name in (part.strip() for part in only.split(",")):
+        if name not in by_name:
+            examples = ", ".join(list(by_name)[:3])
+            raise CliError(f"--only: no identity {name!r} in the config (names are "
+                           f"replica-N, client-N and admin, e.g. {examples}, admin)")
+        chosen.append(by_name[name])
+    return list(dict.fromkeys(chosen))
+
+
+def _config_line(config: ClusterConfig, kind: str, id: int, public_hex: str) -> str:
+    if kind == "replica":
+        return f'under [[nodes]] id = {id}: public_key = "{public_hex}"'
+    if kind == "client":
+        return (f'as [[clients]] id = {id}, public_key = "{public_hex}" (or copy client-{id}'
+                '.pub to the key directory of every node)')
+    return f'under [admin]: public_key = "{public_hex}"'
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
-    """Generate and save the cluster's keys; print the public keys."""
-    config = ClusterConfig.load(args.config)
-    key_dir = resolve_key_dir(config, args.key_dir)
+    """Generate and save the cluster's keys (or those of --only); print the public keys."""
+    config = _load_config(args.config)
+    key_dir = _key_dir(config, args.state_dir, args.key_dir)
+    chosen = _only_identities(config, args.only) if args.only else identities(config)
     todo = []
-    for identity in identities(config):
+    for identity in chosen:
         if inline_public_key(config, identity) is not None:
             print(f"{key_file_stem(*identity):<12} public key given in the config: skipped")
         else:
@@ -102,13 +135,19 @@ def cmd_keygen(args: argparse.Namespace) -> int:
                 f"keys already exist in {key_dir}: {shown} (use --force to replace them)"
             )
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lines = []
     for kind, id in todo:
         key = generate_private_key()
         stem = key_file_stem(kind, id)
         save_private_key(key_dir / f"{stem}.key", key, force=args.force)
         save_public_key(key_dir / f"{stem}.pub", key, force=args.force)
-        print(f"{stem:<12} {public_key_bytes(key).hex()}")
-    print(f"wrote {len(todo)} key pairs to {key_dir}")
+        public_hex = public_key_bytes(key).hex()
+        print(f"{stem:<12} {public_hex}")
+        lines.append(f"  {stem}: {_config_line(config, kind, id, public_hex)}")
+    print(f"wrote {len(todo)} key pair{'s' if len(todo) != 1 else ''} to {key_dir}")
+    if args.only and lines:
+        print("for the config of every host:")
+        print("\n".join(lines))
     return 0
 
 
@@ -135,9 +174,14 @@ def _add_config_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help="key directory to look in (default: the config's key_dir, "
-        "else state/<cluster name>/keys)",
+        "else DIR/keys of the state directory)",
     )
+    check.add_argument("--state-dir", metavar="DIR", type=Path, default=None,
+                       help="state directory (default: state/<cluster name>)")
     check.set_defaults(handler=cmd_config_check)
+    from bft.opscli import add_config_new_parser
+
+    add_config_new_parser(actions)
 
 
 def _describe_ids(ids: Sequence[int]) -> str:
@@ -158,6 +202,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for node in config.nodes:
         label = "nodes" if node.id == 0 else ""
         key = "  (public key inline)" if node.public_key is not None else ""
+        if node.listen is not None:
+            key += f"  (listens on {format_address(*node.listen)})"
         print(f"  {label:<12} {node.id:>3}  {node}{key}")
     print(f"  clients      {_describe_ids([c.id for c in config.clients])}")
     monitor = format_address(*config.monitor) if config.monitor else "none"
@@ -174,7 +220,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     )
     print(f"  storage      fsync {config.fsync}")
     try:
-        keyring = load_keyring(config, args.key_dir)
+        keyring = load_keys(config, args.state_dir, args.key_dir)
     except DuplicateKeyError:
         raise  # a broken config, not keys yet to generate
     except ConfigError as exc:
@@ -218,11 +264,13 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
         "and JSON-lines log live in the state directory; keys are read from the key "
         "directory (run `bft keygen CONFIG` first). Stops cleanly on SIGINT/SIGTERM.")
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
-    parser.add_argument("--id", type=int, required=True, help="this node's id in the config")
-    parser.add_argument("--state-dir", type=Path, default=None,
+    parser.add_argument("--id", type=int, required=True, metavar="N",
+                        help="this node's id in the config")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                         help="state directory (default: state/<cluster name>)")
-    parser.add_argument("--key-dir", type=Path, default=None,
-                        help="key directory (default: the config's key_dir, else STATE_DIR/keys)")
+    parser.add_argument("--key-dir", type=Path, default=None, metavar="DIR",
+                        help="key directory (default: the config's key_dir, else DIR/keys "
+                        "of the state directory)")
     parser.add_argument("--fsync", choices=["always", "never"], default=None,
                         help="WAL fsync policy (default: the config's, normally always)")
     parser.add_argument("--events", action="store_true",
@@ -256,7 +304,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     config.node(args.id)  # a clear error for an id not in the config
     state_dir = _state_dir(config, args.state_dir)
-    keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
+    keyring = load_keys(config, args.state_dir, args.key_dir)
     app = load_factory(args.app)() if args.app else None
     # what plugins plug in (the adversary, with --scenario or --adversary); else nothing
     extensions = [ext for exts in _call_hooks(_active(), "node_extensions", args, config, args.id)
@@ -273,7 +321,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     def announce() -> None:
         core = node.core
         assert core is not None  # open() made it
-        print(f"node {args.id} listening on {me} (view {core.view}, "
+        where = (f"{format_address(*me.bind_address)}, advertised as {me}"
+                 if me.listen is not None else str(me))
+        print(f"node {args.id} listening on {where} (view {core.view}, "
               f"executed {core.last_executed})", flush=True)
         if args.ready_file is not None:
             from bft.launcher import write_ready_file
@@ -314,34 +364,50 @@ def _event_printer(node_id: int):  # type: ignore[no-untyped-def]
 
 
 def _add_client_parser(subparsers: argparse._SubParsersAction) -> None:
+    from bft.opscli import add_json_hex_options
+
     parser = subparsers.add_parser(
         "client", help="run one operation against a running cluster",
         description="Send one operation to the cluster and print the agreed result (f+1 "
-        "matching replies). Exits 1 when no agreed result arrives within --timeout. A client "
-        "id is used by one process at a time (a lock in the state directory): without --id "
-        "the client takes the first id of the config that no other process uses (`bft up "
-        "--load` takes the first free ones too); with --id N it fails at once (exit 2) if "
-        "another process uses N.",
-        epilog="operations: put KEY VALUE [--fence NAME:TOKEN] | get KEY | delete KEY "
-        "[--fence NAME:TOKEN] | cas KEY OLD NEW (OLD '-' for absent) | lock NAME --ttl S | "
-        "unlock NAME TOKEN")
+        "matching replies): a get's value, `ok` for a write, `granted token=T expires=TIME` "
+        "for a lock (times in UTC). Any other outcome exits non-zero with one line on "
+        "stderr (exit codes below). A client id is used by one process at a time (a lock "
+        "in the state directory): without --id the client takes the first id of the config "
+        "that no other process uses (`bft up --load` takes the first free ones too); with "
+        "--id N it fails at once (exit 2) if another process uses N.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="operations:\n  put KEY VALUE [--fence NAME:TOKEN] | get KEY | delete KEY "
+        "[--fence NAME:TOKEN]\n  cas KEY OLD NEW (OLD '-' for absent) | lock NAME --ttl S | "
+        "unlock NAME TOKEN\n\nexit codes:\n  0 ok   2 usage or config error   3 not found   "
+        "4 precondition failed (cas)\n  5 lock held by another client   6 stale fencing token"
+        "   7 refused by the cluster\n  8 unknown outcome (no f+1 matching replies in time; "
+        "a write may or may not\n    have been applied)")
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
-    parser.add_argument("--id", type=int, default=None,
+    parser.add_argument("--id", type=int, default=None, metavar="C",
                         help="client id (default: the first id of the config that no other "
                         "process using this state directory holds)")
-    parser.add_argument("--state-dir", type=Path, default=None)
-    parser.add_argument("--key-dir", type=Path, default=None)
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
-    parser.add_argument("--ttl", type=float, default=None, help="lease in seconds (lock)")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="state directory (default: state/<cluster name>)")
+    parser.add_argument("--key-dir", type=Path, default=None, metavar="DIR",
+                        help="key directory (default: the config's key_dir, else DIR/keys "
+                        "of --state-dir, else state/<cluster name>/keys)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                        help="seconds to wait for f+1 matching replies (default 10)")
+    parser.add_argument("--ttl", type=float, default=None, metavar="S",
+                        help="lease in seconds (lock)")
     parser.add_argument("--fence", default=None, metavar="NAME:TOKEN",
-                        help="fencing token for put/delete/cas")
-    parser.add_argument("op", choices=["put", "get", "delete", "cas", "lock", "unlock"])
-    parser.add_argument("args", nargs="*", help="the operation's arguments")
+                        help="fencing token for put/delete/cas: the lock NAME and the number "
+                        "its lock printed (granted token=TOKEN), e.g. printer:65537")
+    add_json_hex_options(parser)
+    parser.add_argument("op", choices=["put", "get", "delete", "cas", "lock", "unlock"],
+                        metavar="OP", help="put, get, delete, cas, lock or unlock")
+    parser.add_argument("args", nargs="*", metavar="ARGS", help="the operation's arguments")
     parser.set_defaults(handler=cmd_client)
 
 
 def _parse_client_op(args: argparse.Namespace) -> bytes:
     from bft.app import Ops
+    from bft.opscli import arg_bytes, arg_text
 
     a = args.args
     want = {"put": 2, "get": 1, "delete": 1, "cas": 3, "lock": 1, "unlock": 2}[args.op]
@@ -351,31 +417,42 @@ def _parse_client_op(args: argparse.Namespace) -> bytes:
     if args.fence is not None:
         name, _, token = args.fence.rpartition(":")
         if not name or not token.isdigit():
-            raise CliError(f"--fence must be NAME:TOKEN, got {args.fence!r}")
-        fence = (name, int(token))
+            raise CliError(f"--fence must be NAME:TOKEN with TOKEN the number a lock "
+                           f"printed (e.g. printer:65537), got {args.fence!r}")
+        if args.op not in ("put", "delete", "cas"):
+            raise CliError(f"--fence applies to put, delete and cas, not {args.op}")
+        fence = (arg_text(name, what="the --fence lock NAME"), int(token))
+    key = arg_text(a[0], what="KEY" if args.op not in ("lock", "unlock") else "NAME")
+
+    def value(text: str, what: str) -> bytes:
+        return arg_bytes(text, hex_input=args.hex, what=what)
+
     if args.op == "put":
-        return Ops.put(a[0], a[1].encode(), fence=fence)
+        return Ops.put(key, value(a[1], "VALUE"), fence=fence)
     if args.op == "get":
-        return Ops.get(a[0])
+        return Ops.get(key)
     if args.op == "delete":
-        return Ops.delete(a[0], fence=fence)
+        return Ops.delete(key, fence=fence)
     if args.op == "cas":
-        old = None if a[1] == "-" else a[1].encode()
-        return Ops.cas(a[0], old, a[2].encode(), fence=fence)
+        old = None if a[1] == "-" else value(a[1], "OLD")
+        return Ops.cas(key, old, value(a[2], "NEW"), fence=fence)
     if args.op == "lock":
-        if args.ttl is None or args.ttl <= 0:
-            raise CliError("lock needs --ttl SECONDS (> 0)")
-        return Ops.lock(a[0], int(args.ttl * 1000))
+        if args.ttl is None or not 0 < args.ttl < 10**9:
+            raise CliError("lock needs --ttl SECONDS (a number > 0)")
+        return Ops.lock(key, max(1, int(args.ttl * 1000)))
     if not a[1].isdigit():
-        raise CliError(f"unlock TOKEN must be a number, got {a[1]!r}")
-    return Ops.unlock(a[0], int(a[1]))
+        raise CliError(f"unlock TOKEN must be the number a lock printed, got {a[1]!r}")
+    return Ops.unlock(key, int(a[1]))
 
 
 def cmd_client(args: argparse.Namespace) -> int:
+    """One operation; exit status by outcome (bft/opscli.py CLIENT_EXIT_CODES)."""
     import trio
 
     from bft.app import decode_result
+    from bft.errors import MalformedMessage
     from bft.node import ClientError, ClusterClient, claim_client_id, claim_free_client_ids
+    from bft.opscli import describe_result, describe_unknown
 
     config = _load_config(args.config)
     op = _parse_client_op(args)
@@ -383,12 +460,15 @@ def cmd_client(args: argparse.Namespace) -> int:
     if args.id is not None and args.id not in ids:
         raise CliError(f"client id {args.id} is not in {args.config} "
                        f"(clients: {', '.join(str(c) for c in ids)})")
+    if not 0 < args.timeout < 10**6:
+        raise CliError(f"--timeout must be a number of seconds > 0, got {args.timeout:g}")
     state_dir = _state_dir(config, args.state_dir)
-    keyring = load_keyring(config, _key_dir(config, args.state_dir, args.key_dir))
+    keyring = load_keys(config, args.state_dir, args.key_dir)
     # this process's own client id for as long as it runs (ClientIdInUse: exit 2)
     claim = (claim_client_id(state_dir, args.id) if args.id is not None
              else claim_free_client_ids(state_dir, ids)[0])
     cid = claim.client_id
+    replies = [0]
 
     async def go() -> bytes:
         client = ClusterClient(config, cid, signer=keyring.signer("client", cid),
@@ -397,16 +477,32 @@ def cmd_client(args: argparse.Namespace) -> int:
         try:
             return await client.call(op, timeout_s=args.timeout)
         finally:
+            replies[0] = client.client.statistics()["replies_received"]
             client.close()
 
     try:
         with claim:
-            result = trio.run(go)
+            raw = trio.run(go)
+        outcome = describe_result(args.op, list(args.args), decode_result(raw),
+                                  hex_output=args.hex)
     except ClientError as exc:
-        print(f"bft: error: {exc}", file=sys.stderr)
-        return 1
-    print(decode_result(result))
-    return 0
+        outcome = describe_unknown(args.op, replies=replies[0], f=config.f,
+                                   timeout_s=args.timeout, detail=str(exc))
+    except MalformedMessage as exc:  # f+1 replicas agreed on something this client cannot read
+        raise CliError(f"the agreed result cannot be decoded: {exc}") from None
+    if args.json:
+        print(outcome.json_line(), flush=True)
+    else:
+        sys.stdout.flush()
+        binary = getattr(sys.stdout, "buffer", None)  # None: a text-only stream (redirected)
+        if binary is not None:
+            binary.write(outcome.stdout)
+            binary.flush()
+        else:
+            sys.stdout.write(outcome.stdout.decode("utf-8", errors="backslashreplace"))
+    if outcome.stderr:
+        print(f"bft: {outcome.stderr}", file=sys.stderr)
+    return outcome.code
 
 
 # --------------------------------------------------------------------------
@@ -423,8 +519,9 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
         "SIGTERM or after --duration. Each node's pid is written to "
         "STATE_DIR/node-N.pid, its output to STATE_DIR/node-N.runK.out.")
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="state directory (default: state/<cluster name>)")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="state directory (default: state/<cluster name>); keys in "
+                        "DIR/keys unless the config sets key_dir")
     parser.add_argument("--no-tui", action="store_true",
                         help="print events as lines instead of opening the dashboard (the "
                         "default when stdout is not a terminal)")
@@ -433,11 +530,24 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
                         "from the first client ids no other process uses (one per 50 ops/s)")
     parser.add_argument("--duration", type=float, default=None, metavar="S",
                         help="stop after this many seconds")
-    parser.add_argument("--fsync", choices=["always", "never"], default=None)
+    parser.add_argument("--fsync", choices=["always", "never"], default=None,
+                        help="WAL fsync policy of every node: always (durable before "
+                        "sending, the safe default of configs) or never (faster; survives "
+                        "process crashes, not power loss) (default: the config's)")
     _add_plugin_arguments(parser, "add_up_arguments")
     parser.add_argument("--history", type=Path, default=None, metavar="FILE",
                         help="with --load: write every client operation as Jepsen-shaped JSON "
-                        "lines (invoke/ok/fail/info) for an outside linearizability checker")
+                        "lines (invoke/ok/fail/info); check it with `bft check FILE`")
+    parser.add_argument("--workload", choices=WORKLOADS, default=None,
+                        help="with --load: what the clients send (default: mixed with "
+                        "--history, else puts): mixed = get/put/cas/delete/lock/unlock and "
+                        "fenced writes over --keys contended keys; puts = puts to 1,000 keys; "
+                        "noop = an op the store ignores; app = your --app's random_op")
+    parser.add_argument("--keys", type=int, default=DEFAULT_KEYS, metavar="K",
+                        help=f"mixed workload: how many contended keys (default {DEFAULT_KEYS})")
+    parser.add_argument("--app", default=None, metavar="MODULE:FACTORY",
+                        help="replicate your own StateMachine on every node (and, with "
+                        "--workload app, send its random_op)")
     parser.set_defaults(handler=cmd_up)
 
 
@@ -451,8 +561,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     if ensure_keys(config, key_dir):
         print(f"generated keys in {key_dir}", flush=True)
-    keyring = load_keyring(config, key_dir)  # clear error now rather than in every child
+    keyring = load_keys(config, args.state_dir)  # clear error now rather than in every child
     _call_hooks(_active(), "check_up", args, config)  # errors now, naming the field
+    _check_workload_args(args)
     global _UP_EXTRA
     _UP_EXTRA = {"args": args, "history": args.history}
     if not args.no_tui and sys.stdout.isatty() and config.monitor is not None:
@@ -466,6 +577,22 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 _UP_EXTRA: dict = {}  # options of `bft up` that reach the node commands and the load
+
+
+def _check_workload_args(args: argparse.Namespace) -> None:
+    """Clear errors for `bft up`'s workload options before anything starts."""
+    if args.workload is not None and args.load <= 0:
+        raise CliError("--workload needs --load OPS_PER_S")
+    if args.keys < 1:
+        raise CliError(f"--keys must be >= 1, got {args.keys}")
+    if args.workload == "app":
+        if args.app is None:
+            raise CliError("--workload app needs --app MODULE:FACTORY (the application whose "
+                           "random_op makes the ops)")
+        app = load_factory(args.app)()
+        if not callable(getattr(app, "random_op", None)):
+            raise CliError(f"--app {args.app}: {type(app).__name__} has no "
+                           "random_op(rng, client_id) method, which --workload app needs")
 
 
 def _plugin_node_args(restarted: bool = False) -> list[str]:
@@ -486,6 +613,9 @@ def _up_cluster(config_path: Path, config: ClusterConfig, state_dir: Path, key_d
     node_args = ["--events"]
     if fsync:
         node_args += ["--fsync", fsync]
+    up_args = _UP_EXTRA.get("args")
+    if getattr(up_args, "app", None):
+        node_args += ["--app", up_args.app]  # type: ignore[union-attr]
     return LocalCluster(config_path, config=config, state_dir=state_dir, key_dir=key_dir,
                         node_args=node_args)
 
@@ -545,6 +675,7 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
 
     cluster = _up_cluster(config_path, config, state_dir, key_dir, fsync)
     status = 0
+    converged = False
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         try:
             async with trio.open_nursery() as nursery:
@@ -562,6 +693,7 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
                 else:
                     await _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals,
                                          say)
+                    converged = await _converge(cluster, say)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -574,7 +706,35 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
                     f": view {summary.get('view')}, executed {summary.get('last_executed')}, "
                     f"state digest {str(summary.get('state_digest'))[:16]}"
                     if summary else ""))
+            if status == 0:
+                from bft.launcher import digest_agreement
+
+                agree, line = digest_agreement(summaries, [nd.id for nd in config.nodes])
+                say(line if agree or converged else f"{line} (the nodes had not converged)")
     return status
+
+
+#: How long `bft up` waits, once the load stopped, for every node to execute the same seq.
+CONVERGE_TIMEOUT_S = 10.0
+
+
+async def _converge(cluster, say) -> bool:  # type: ignore[no-untyped-def]
+    """Let every node execute everything ordered so far (one barrier read, bounded by
+    CONVERGE_TIMEOUT_S), so their stop summaries are at the same seq; False (and why) if
+    some node did not."""
+    from bft.launcher import LaunchError
+
+    running = sorted(i for i, proc in cluster.procs.items() if proc.running())
+    down = sorted(set(cluster.procs) - set(running))
+    try:
+        await cluster.barrier(running, timeout_s=CONVERGE_TIMEOUT_S)
+    except (LaunchError, OSError) as exc:
+        say(f"nodes did not converge before stopping: {exc}")
+        return False
+    if down:
+        say(f"nodes {down} are not running: the others converged")
+        return False
+    return True
 
 
 async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, say) -> None:  # type: ignore[no-untyped-def]
@@ -584,9 +744,18 @@ async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, 
 
     from bft.launcher import reap
 
+    load_scope, load_done = trio.CancelScope(), trio.Event()
+
+    async def load() -> None:
+        try:
+            with load_scope:
+                await _drive_load(cluster.config, cluster.state_dir, cluster.key_dir,
+                                  load_ops_per_s, say)
+        finally:
+            load_done.set()
+
     if load_ops_per_s > 0:
-        nursery.start_soon(_drive_load, cluster.config, cluster.state_dir, cluster.key_dir,
-                           load_ops_per_s, say)
+        nursery.start_soon(load)
     if _UP_EXTRA.get("args") is not None:
         # what plugins run beside the nodes (a scenario's SIGSTOP/SIGCONT and restarts)
         async def restart(node_id: int) -> None:
@@ -602,6 +771,10 @@ async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, 
             break
     if timer.cancelled_caught:
         say(f"duration of {duration_s:g} s reached: stopping the cluster")
+    if load_ops_per_s > 0:  # stop the load first (its history is written), then the nodes
+        load_scope.cancel()
+        with trio.move_on_after(CONVERGE_TIMEOUT_S):
+            await load_done.wait()
 
 
 async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops_per_s: float,
@@ -613,12 +786,18 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
     import trio
 
     from bft.history import History, call_recorded
-    from bft.app import Ops
     from bft.errors import ClientIdInUse
     from bft.node import ClientError, ClusterClient, claim_free_client_ids
 
+    from bft.workload import make_workload
+
     history_path = _UP_EXTRA.get("history")
     history = History() if history_path is not None else None
+    up_args = _UP_EXTRA.get("args")
+    kind = getattr(up_args, "workload", None) or ("mixed" if history is not None else "puts")
+    app = load_factory(up_args.app)() if kind == "app" else None  # type: ignore[union-attr]
+    # a fresh prefix for keys and locks: the history starts from absent keys and free locks
+    prefix = f"r{os.urandom(3).hex()}-"
     keyring = load_keyring(config, key_dir)
     # the first client ids no other process uses (a `bft client` started before holds
     # its id), held until the load stops
@@ -635,6 +814,10 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
     done: list[float] = []
     errors = [0]
     rng = random.Random(0)
+    workloads = {cid: make_workload(kind, cid, rng, keys=getattr(up_args, "keys", DEFAULT_KEYS),
+                                    prefix=prefix, app=app) for cid in clients}
+    say(f"[load] workload {kind}" + (f", keys and locks named {prefix}*" if kind in
+                                       ("mixed", "puts") else ""))
 
     async def one(cid: int) -> None:
         client = ClusterClient(config, cid, signer=keyring.signer("client", cid),
@@ -643,10 +826,11 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
         interval = len(clients) / ops_per_s
         next_at = trio.current_time()
         try:
+            workload = workloads[cid]
             while True:
-                key = f"k{rng.randrange(1000)}"
                 t0 = trio.current_time()
-                op = Ops.put(key, b"%d" % rng.randrange(10**6))
+                op = workload.next_op()
+                got: bytes | None = None
                 if history is not None:
                     got = await call_recorded(client, op, history, process=cid,
                                               clock_ns=_time.monotonic_ns, timeout_s=5)
@@ -656,10 +840,11 @@ async def _drive_load(config: ClusterConfig, state_dir: Path, key_dir: Path, ops
                         done.append(trio.current_time() - t0)
                 else:
                     try:
-                        await client.call(op, timeout_s=5)
+                        got = await client.call(op, timeout_s=5)
                         done.append(trio.current_time() - t0)
                     except ClientError:
                         errors[0] += 1
+                workload.observe(got)
                 next_at = max(next_at + interval, trio.current_time())
                 await trio.sleep_until(next_at)
         finally:
@@ -719,6 +904,65 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# bft check
+# --------------------------------------------------------------------------
+
+
+def _add_check_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check", help="check a history for linearizability (KV store and fenced locks)",
+        description="Read a JSON-lines history (what `bft up --history` and `bft sim "
+        "--history` write) and search for a linearization under the KV store and "
+        "lock-with-fencing-token model, key by key and lock by lock. Exit status: 0 "
+        "linearizable, 1 not (the key, the shortest failing window of operations and why "
+        "are printed), 2 malformed history (the line is named), 3 out of time.")
+    parser.add_argument("history", metavar="HISTORY.jsonl", type=Path,
+                        help="the history file")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="give up after this many seconds (exit 3; default 60)")
+    parser.add_argument("--max-clock-skew-ms", type=float, default=0.0, metavar="MS",
+                        help="the cluster's max_clock_skew: a lock goes to another client "
+                        "only once agreed time is past the lease by twice this (default 0: "
+                        "only past the lease)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the verdict as one JSON object")
+    parser.set_defaults(handler=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+    import time as _time
+
+    from bft.lincheck import HistoryError, check, format_verdict, parse_history
+
+    def malformed(message: str) -> int:
+        if args.json:
+            print(json.dumps({"verdict": "malformed", "message": message}))
+        else:
+            print(f"bft check: {args.history}: malformed history: {message}", file=sys.stderr)
+        return 2
+
+    if args.timeout <= 0 or args.max_clock_skew_ms < 0:
+        raise CliError("--timeout must be > 0 and --max-clock-skew-ms >= 0")
+    try:
+        text = args.history.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return malformed(f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+    try:
+        ops = parse_history(text.splitlines())
+    except HistoryError as exc:
+        return malformed(str(exc))
+    deadline_at = _time.monotonic() + args.timeout
+    verdict = check(ops, skew_us=int(args.max_clock_skew_ms * 1000),
+                    deadline=lambda: _time.monotonic() > deadline_at)
+    if args.json:
+        print(json.dumps(verdict.to_json(), sort_keys=True))
+    else:
+        print(format_verdict(verdict, str(args.history)))
+    return 0 if verdict.ok else 3 if verdict.ok is None else 1
+
+
+# --------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------
 
@@ -731,6 +975,16 @@ def _active() -> LoadedPlugins:
     return _PARSER_PLUGINS if _PARSER_PLUGINS is not None else plugins()
 
 
+def _version() -> str:
+    """The installed version of bft-udp (pyproject.toml), or "unknown" outside an install."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bft-udp")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser(loaded: LoadedPlugins | None = None) -> argparse.ArgumentParser:
     """The `bft` parser with every subcommand, the plugins' (`loaded`, default: the
     installed ones) included. A plugin that fails to add to it is left out and
@@ -741,11 +995,14 @@ def build_parser(loaded: LoadedPlugins | None = None) -> argparse.ArgumentParser
         prog="bft",
         description="A Byzantine-tolerant agreement network over UDP (PBFT).",
     )
+    parser.add_argument("--version", action="version", version=f"bft {_version()}",
+                        help="print the version of bft-udp and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_up_parser(subparsers)
     _add_node_parser(subparsers)
     _add_client_parser(subparsers)
     _add_bench_parser(subparsers)
+    _add_check_parser(subparsers)
     for plugin, add_commands in list(loaded.hooks("add_commands")):
         before = dict(subparsers.choices)
         try:
@@ -759,6 +1016,9 @@ def build_parser(loaded: LoadedPlugins | None = None) -> argparse.ArgumentParser
                            f"{type(exc).__name__}: {exc}; left out")
     _add_keygen_parser(subparsers)
     _add_config_parser(subparsers)
+    from bft.opscli import add_wal_parser
+
+    add_wal_parser(subparsers)
     return parser
 
 

@@ -10,11 +10,14 @@ key_dir = "keys"                 # optional, relative to this file
 
 [[nodes]]
 id = 0
-address = "127.0.0.1:7100"
+address = "127.0.0.1:7100"       # where peers, clients and the admin send to this node
+listen = "0.0.0.0:7100"          # optional: what the node binds (default: address)
 public_key = "hex..."            # optional: else key_dir/replica-0.pub
 
 [clients]
 count = 4                        # ids 0..3, or [[clients]] id = .., public_key = ..
+
+[admin]       public_key = "hex..."   # optional: else key_dir/admin.pub
 
 [telemetry]   monitor = "127.0.0.1:7199", metrics_port = 9100
 [batching]    max_requests, delay_s, max_in_flight
@@ -34,7 +37,7 @@ Unknown sections and keys are rejected, so a typo never passes silently.
 `ClusterConfig` validates itself on construction, whichever way it is built.
 
 Keys: `load_keyring()` gathers the public keys of every identity (inline in
-the config, else `replica-<i>.pub`, `client-<c>.pub`, `admin.pub` in the key
+the config: `[[nodes]]`/`[[clients]]` public_key, `[admin] public_key`; else `replica-<i>.pub`, `client-<c>.pub`, `admin.pub` in the key
 directory) and loads private keys (`replica-<i>.key`, ...) on demand.
 """
 
@@ -167,17 +170,27 @@ def format_address(host: str, port: int) -> str:
 
 @dataclass(frozen=True)
 class NodeAddress:
-    """Replica `id` listens for datagrams at (`host`, `port`); optional inline public key."""
+    """Replica `id` is reached at (`host`, `port`), its advertised address: peers, clients
+    and the admin send there, and its datagrams must arrive from there (peers check). It
+    binds `listen` when given (an address of its own interface, or 0.0.0.0 / ::, when the
+    advertised address is not on the interface: NAT, a cloud's public address), else the
+    advertised address. Optional inline public key."""
 
     id: int
     host: str
     port: int
     public_key: bytes | None = None
+    listen: tuple[str, int] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
-        """(host, port), as a socket wants it."""
+        """(host, port), as a socket wants it: where to send to this node."""
         return (self.host, self.port)
+
+    @property
+    def bind_address(self) -> tuple[str, int]:
+        """What this node's socket binds: `listen` if given, else the advertised address."""
+        return self.listen if self.listen is not None else (self.host, self.port)
 
     def __str__(self) -> str:
         return format_address(self.host, self.port)
@@ -233,7 +246,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     },
 }
 _LIMIT_KEYS = tuple(f.name for f in fields(Limits))
-_TOP_LEVEL = (*_SECTIONS, "nodes", "clients", "limits")
+_TOP_LEVEL = (*_SECTIONS, "nodes", "clients", "admin", "limits")
 
 #: ClusterConfig field -> its TOML path, used to name fields in errors.
 FIELD_PATHS: dict[str, str] = {
@@ -348,6 +361,9 @@ class ClusterConfig:
     limits: Limits = DEFAULT_LIMITS
     key_dir: Path | None = None
     source: Path | None = None
+    #: the admin's public key written in the config (`[admin] public_key`), else None
+    #: (then `<key dir>/admin.pub`)
+    admin_public_key: bytes | None = None
 
     # -- derived -------------------------------------------------------
 
@@ -477,6 +493,7 @@ class ClusterConfig:
                 fix=f"add nodes up to {3 * self.f + 1} or lower f to {(self.n - 1) // 3}",
             )
         self._check_clients()
+        _check_key(self.admin_public_key, self._file, "admin.public_key")
         self._check_distinct_keys()
         self._check_telemetry()
 
@@ -648,6 +665,7 @@ class ClusterConfig:
                 )
             seen_addresses[key] = node.id
             _check_key(node.public_key, self._file, f"{where}.public_key")
+            _check_listen(node, self._file, f"{where}.listen")
         for index, node in enumerate(self.nodes):
             if node.id >= len(self.nodes):
                 raise ConfigError(
@@ -820,6 +838,7 @@ class ClusterConfig:
         values["limits"] = _parse_limits(data.get("limits", {}), file)
         values["nodes"] = _parse_nodes(data.get("nodes"), file)
         values["clients"] = _parse_clients(data.get("clients"), file)
+        values["admin_public_key"] = _parse_admin(data.get("admin", {}), file)
         return cls(**values, source=Path(source) if source is not None else None)
 
     @classmethod
@@ -856,6 +875,39 @@ def _kv_limits(max_keys_per_client: int, max_bytes_per_client: int) -> KVLimits:
         return default
     return KVLimits(max_keys_per_client=max_keys_per_client,
                     max_bytes_per_client=max_bytes_per_client)
+
+
+def _ip_version(host: str) -> int | None:
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None  # a host name: its family is known once it is resolved
+
+
+def _check_listen(node: NodeAddress, file: str | None, field: str) -> None:
+    """`node.listen` is None or a (host, port) the node can bind: an IP address or host
+    name (0.0.0.0 and :: allowed: every interface) and a port in 1..65535, of the
+    advertised address's family when both are IP addresses."""
+    if node.listen is None:
+        return
+    fix = 'write it as "host:port": an address of this host\'s interface, or "0.0.0.0:PORT"'
+    listen = node.listen
+    if not isinstance(listen, tuple) or len(listen) != 2:
+        raise ConfigError(f"expected a (host, port) pair, got {_type_name(listen)}",
+                          file=file, field=field, fix=fix)
+    host, port = listen
+    problem = _host_problem(host)
+    if problem:
+        raise ConfigError(problem, file=file, field=field, fix=fix)
+    if not _is_int(port) or not 1 <= port <= 65535:
+        raise ConfigError(f"port {port!r} is not in 1..65535", file=file, field=field, fix=fix)
+    mine, advertised = _ip_version(host), _ip_version(node.host)
+    if mine is not None and advertised is not None and mine != advertised:
+        any_ = "[::]" if advertised == 6 else "0.0.0.0"
+        raise ConfigError(
+            f"listen is an IPv{mine} address but address is IPv{advertised}: the node could "
+            "not send to or hear from its peers", file=file, field=field,
+            fix=f'listen on an IPv{advertised} address, e.g. "{any_}:{port}"')
 
 
 def _check_key(key: Any, file: str | None, field: str) -> None:
@@ -935,6 +987,16 @@ def _parse_public_key(entry: Mapping[str, Any], file: str | None, where: str) ->
     return parse_public_key_hex(text, file=file, field=f"{where}.public_key")
 
 
+def _parse_admin(table: Any, file: str | None) -> bytes | None:
+    """`[admin] public_key = "hex"`: the admin's public key, or None if not given."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"expected a table, got {_type_name(table)}", file=file, field="admin",
+                          fix='write it as [admin] public_key = "..." (from `bft keygen '
+                          'CONFIG --only admin`)')
+    _reject_unknown(table, ("public_key",), file, where="admin")
+    return _parse_public_key(table, file, "admin")
+
+
 def _parse_nodes(nodes: Any, file: str | None) -> tuple[NodeAddress, ...]:
     if nodes is None:
         raise ConfigError(
@@ -960,7 +1022,7 @@ def _parse_nodes(nodes: Any, file: str | None) -> tuple[NodeAddress, ...]:
                 field=where,
                 fix="write each node as a [[nodes]] table",
             )
-        _reject_unknown(entry, ("id", "address", "public_key"), file, where=where)
+        _reject_unknown(entry, ("id", "address", "listen", "public_key"), file, where=where)
         for required in ("id", "address"):
             if required not in entry:
                 raise ConfigError(
@@ -976,7 +1038,10 @@ def _parse_nodes(nodes: Any, file: str | None) -> tuple[NodeAddress, ...]:
                 field=f"{where}.id",
             )
         host, port = parse_address(entry["address"], file=file, field=f"{where}.address")
-        result.append(NodeAddress(entry["id"], host, port, _parse_public_key(entry, file, where)))
+        listen = (parse_address(entry["listen"], file=file, field=f"{where}.listen")
+                  if "listen" in entry else None)
+        result.append(NodeAddress(entry["id"], host, port, _parse_public_key(entry, file, where),
+                                  listen=listen))
     return tuple(result)
 
 
@@ -1071,7 +1136,8 @@ def _inline_key(config: ClusterConfig, identity: Identity) -> tuple[bytes | None
         for index, entry in enumerate(config.clients):
             if entry.id == id:
                 return entry.public_key, f"clients[{index}].public_key"
-    return None, None
+        return None, None
+    return config.admin_public_key, "admin.public_key"
 
 
 def inline_public_key(config: ClusterConfig, identity: Identity) -> bytes | None:
@@ -1089,7 +1155,17 @@ class Keyring:
 
     def private_key(self, kind: str, id: int) -> Ed25519PrivateKey:
         """Load `<key_dir>/<kind>-<id>.key`; ConfigError if missing, corrupt, or not matching."""
-        path = self.key_dir / f"{key_file_stem(kind, id)}.key"
+        stem = key_file_stem(kind, id)
+        path = self.key_dir / f"{stem}.key"
+        if not path.exists():
+            public = self.key_dir / f"{stem}.pub"
+            made = (f"copy {stem}.key here from the host that made {stem}.pub, or make a new "
+                    f"pair with `bft keygen CONFIG --only {stem} --force --key-dir "
+                    f"{self.key_dir}` and give its public key to every host"
+                    if public.exists() else
+                    f"make it with `bft keygen CONFIG --only {stem} --key-dir {self.key_dir}`")
+            raise ConfigError(f"private key of {kind if kind == 'admin' else f'{kind} {id}'} "
+                              f"not found in {self.key_dir}", file=str(path), fix=made)
         key = load_private_key(path)
         expected = self.public_keys.get((kind, id))
         if expected is not None and public_key_bytes(key) != expected:

@@ -19,6 +19,18 @@ sends it and a completion when its outcome is known:
 * `time`: nanoseconds (the simulator's virtual time, or a monotonic clock);
   `index`: the line's position.
 
+Optional fields (issue 22; `bft check` uses them when present, older files lack them):
+
+* `fence`: `[lock, token]` on every line of a write that carried a fencing token;
+* `result`: on ok/fail lines of KV ops, the store's result kind (`ok`, `not_found`,
+  `value`, `granted`, `cas_failed`, `stale_token`, `locked`, `error`): it tells a
+  delete that removed a key from one that found none;
+* on a granted lock: `expiry_us` (the lease's end in agreed time) and `agreed_us`, the
+  agreed batch time the lock executed at (`expiry_us - ttl_ms * 1000`); on a `locked`
+  failure: `holder` and `expiry_us` of the lease that was in the way; on `cas_failed`:
+  `current`, the value the cas found (null: absent). Replies carry no
+  batch time, so other ops have no `agreed_us`.
+
 Values are text: UTF-8 when they decode, else `"hex:..."`. Knossos, Elle and
 Porcupine read this shape once mapped to their register/lock models.
 
@@ -79,6 +91,37 @@ def describe_op(op: bytes) -> tuple[str, str | None, Any]:
     return "op", None, op.hex()
 
 
+def op_fence(op: bytes) -> list[Any] | None:
+    """`[lock, token]` of the fence a KV write carries (None: no fence, or not a KV op)."""
+    try:
+        parsed = decode_op_untrusted(op)
+    except MalformedMessage:
+        return None
+    fence = getattr(parsed, "fence", None)
+    return None if fence is None else [fence.lock, fence.token]
+
+
+def result_details(f: str, invoked_value: Any, result: bytes) -> dict[str, Any]:
+    """The optional fields of a completion line (module docstring): the result kind, and for
+    lock grants and refusals the lease facts the reply carries."""
+    if f == "op":
+        return {}
+    try:
+        r = decode_result_untrusted(result)
+    except MalformedMessage:
+        return {}
+    out: dict[str, Any] = {"result": r.kind}
+    if f == "lock" and r.kind == "granted":
+        out["expiry_us"] = r.expiry_us
+        if isinstance(invoked_value, int) and r.expiry_us is not None:
+            out["agreed_us"] = r.expiry_us - invoked_value * 1000
+    elif f == "lock" and r.kind == "locked":
+        out["holder"], out["expiry_us"] = r.holder, r.expiry_us
+    elif r.kind == "cas_failed":
+        out["current"] = _text(r.value)
+    return out
+
+
 def describe_result(f: str, invoked_value: Any, result: bytes) -> tuple[str, Any, str | None]:
     """(type, value, error) of a completed operation: ok with the value observed, or fail."""
     if f == "op":
@@ -120,8 +163,12 @@ class History:
         if process in self._open:
             self.info(process, time_ns, "superseded")
         f, key, value = describe_op(op)
-        entry = self._add({"type": "invoke", "process": process, "f": f, "key": key,
-                           "value": value, "time": int(time_ns)})
+        fields = {"type": "invoke", "process": process, "f": f, "key": key, "value": value,
+                  "time": int(time_ns)}
+        fence = op_fence(op) if f in ("put", "delete", "cas") else None
+        if fence is not None:
+            fields["fence"] = fence
+        entry = self._add(fields)
         self._open[process] = entry
         return entry
 
@@ -135,6 +182,9 @@ class History:
                  "value": value, "time": int(time_ns)}
         if error is not None:
             entry["error"] = error
+        if "fence" in inv:
+            entry["fence"] = inv["fence"]
+        entry.update(result_details(inv["f"], inv["value"], result))
         return self._add(entry)
 
     def info(self, process: int, time_ns: int, error: str = "timeout") -> dict[str, Any] | None:
@@ -142,8 +192,11 @@ class History:
         inv = self._open.pop(process, None)
         if inv is None:
             return None
-        return self._add({"type": "info", "process": process, "f": inv["f"], "key": inv["key"],
-                          "value": inv["value"], "time": int(time_ns), "error": error})
+        entry = {"type": "info", "process": process, "f": inv["f"], "key": inv["key"],
+                 "value": inv["value"], "time": int(time_ns), "error": error}
+        if "fence" in inv:
+            entry["fence"] = inv["fence"]
+        return self._add(entry)
 
     def finish(self, time_ns: int) -> None:
         """Close every open operation as `info` (the run ended before its outcome was known)."""

@@ -106,6 +106,8 @@ def config_to_toml(config: ClusterConfig) -> str:
     out = ["[cluster]", *sections.pop("cluster"), ""]
     for node in config.nodes:
         out += ["[[nodes]]", f"id = {node.id}", f"address = {toml_value(str(node))}"]
+        if node.listen is not None:
+            out.append(f"listen = {toml_value(format_address(*node.listen))}")
         if node.public_key is not None:
             out.append(f'public_key = "{node.public_key.hex()}"')
         out.append("")
@@ -118,6 +120,8 @@ def config_to_toml(config: ClusterConfig) -> str:
             if c.public_key is not None:
                 out.append(f'public_key = "{c.public_key.hex()}"')
             out.append("")
+    if config.admin_public_key is not None:
+        out += ["[admin]", f'public_key = "{config.admin_public_key.hex()}"', ""]
     for section, lines in sections.items():
         out += [f"[{section}]", *lines, ""]
     out.append("[limits]")
@@ -231,6 +235,33 @@ def _tail(path: Path, limit: int = 3000) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def digest_agreement(summaries: dict[int, dict[str, Any]],
+                     node_ids: Sequence[int]) -> tuple[bool, str]:
+    """Compare the nodes' stop summaries at the same executed seq: (True, "digests agree
+    at seq N") when every node of `node_ids` stopped at the highest seq with one state
+    digest; else False and which node differs (another digest at that seq), is behind
+    (stopped at a lower seq: its digest cannot be compared) or left no summary."""
+    seqs: dict[int, int] = {i: s["last_executed"] for i, s in summaries.items()
+                            if isinstance(s.get("last_executed"), int)}
+    if not seqs:
+        return False, "no node left a stop summary to compare"
+    top = max(seqs.values())
+    at_top = {i: summaries[i].get("state_digest") for i in sorted(seqs) if seqs[i] == top}
+    counts: dict[Any, int] = {}
+    for d in at_top.values():
+        counts[d] = counts.get(d, 0) + 1
+    common = max(counts, key=lambda d: (counts[d], -min(i for i in at_top if at_top[i] == d)))
+    agree = [i for i in at_top if at_top[i] == common]
+    problems = [f"node {i} differs: digest {str(at_top[i])[:16]} at seq {top}, not "
+                f"{str(common)[:16]}" for i in at_top if at_top[i] != common]
+    problems += [f"node {i} is behind: stopped at seq {seqs[i]}" for i in sorted(seqs)
+                 if seqs[i] < top]
+    problems += [f"node {i} left no stop summary" for i in node_ids if i not in seqs]
+    if not problems:
+        return True, f"digests agree at seq {top} ({len(agree)} nodes)"
+    return False, (f"digests agree at seq {top} on nodes {agree} only; " + "; ".join(problems))
 
 
 @dataclass
@@ -531,6 +562,49 @@ class LocalCluster:
             raise LaunchError(f"replicas {missing} did not execute the barrier within "
                               f"{timeout_s:g} s (replied: {sorted(results)})")
         return results
+
+    # -- load
+
+    async def run_load(self, *, workload: str = "mixed", ops: int = 100,
+                       clients: Sequence[int] | None = None, keys: int = 4, seed: int = 0,
+                       prefix: str | None = None, app: Any = None, history: Any = None,
+                       timeout_s: float = 10.0) -> Any:
+        """Run `ops` operations of a `bft.workload` (mixed, puts, noop, app) from closed-loop
+        clients (default: every client id of the config but the highest, which `barrier`
+        uses), each recorded in `history` (a new `bft.history.History` if None), which is
+        returned: check it with `bft.lincheck`. An op whose client gives up is recorded as
+        info. `seed` seeds each client's workload (`random.Random(f"{seed}-{client}")`);
+        `prefix` names this load's keys and locks (default: fresh per call); `app` is the
+        application object for the app workload."""
+        import random
+
+        from bft.history import History, call_recorded
+        from bft.workload import make_workload
+
+        history = history if history is not None else History()
+        ids = list(clients) if clients is not None else sorted(
+            c.id for c in self.config.clients)[:-1] or [self.config.clients[0].id]
+        self._loads = getattr(self, "_loads", 0) + 1
+        prefix = prefix if prefix is not None else f"l{os.getpid()}.{self._loads}-"
+        left = [ops]
+
+        async def one(cid: int) -> None:
+            w = make_workload(workload, cid, random.Random(f"{seed}-{cid}"), keys=keys,
+                              prefix=prefix, app=app)
+            client = self.client(cid)
+            try:
+                while left[0] > 0:
+                    left[0] -= 1
+                    result = await call_recorded(client, w.next_op(), history, process=cid,
+                                                 clock_ns=time.monotonic_ns, timeout_s=timeout_s)
+                    w.observe(result)
+            finally:
+                client.close()
+
+        async with trio.open_nursery() as nursery:
+            for cid in ids:
+                nursery.start_soon(one, cid)
+        return history
 
     # -- logs
 

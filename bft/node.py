@@ -26,14 +26,17 @@ lets many of them share one socket and one receiving task.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import heapq
+import ipaddress
 import json
 import logging
 import math
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,7 +58,7 @@ from bft.client import (
     peek_reply_untrusted,
 )
 from bft.clock import Interval
-from bft.config import CLIENT_SENDER_BASE, ClusterConfig
+from bft.config import CLIENT_SENDER_BASE, ClusterConfig, format_address
 from bft.driver import EffectIO, EffectRunner
 from bft.effects import Event, Evidence, Executed
 from bft.errors import ClientIdInUse, MalformedMessage
@@ -70,7 +73,7 @@ from bft.telemetry import (
     is_control,
     is_telemetry,
 )
-from transport.udp import DatagramFilter, UdpEndpoint
+from transport.udp import DatagramFilter, TransportError, UdpEndpoint
 
 DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
 
@@ -375,9 +378,24 @@ class Node:
         """Bind the socket, open the WAL, recover the replica (raises clear errors)."""
         me = self.config.node(self.id)
         peers = {n.id: n.address for n in self.config.nodes if n.id != self.id}
-        self.endpoint = UdpEndpoint(self.id, me.host, me.port, peers=peers,
-                                    max_datagram_bytes=self.config.max_datagram_bytes,
-                                    max_message_bytes=self.config.limits.max_message_bytes)
+        # bind `listen` if the config gives one (the advertised address may not be on this
+        # host's interface: NAT, a cloud's public address); peers send to the advertised one
+        bind_host, bind_port = me.bind_address
+        try:
+            self.endpoint = UdpEndpoint(self.id, bind_host, bind_port, peers=peers,
+                                        max_datagram_bytes=self.config.max_datagram_bytes,
+                                        max_message_bytes=self.config.limits.max_message_bytes)
+        except TransportError as exc:
+            cause = exc.__cause__
+            if (me.listen is None and isinstance(cause, OSError)
+                    and cause.errno == errno.EADDRNOTAVAIL):
+                listen = format_address("::" if ":" in me.host else "0.0.0.0", me.port)
+                raise TransportError(
+                    f"{exc}; {me} is not an address of this host: if peers reach this node "
+                    f'there through a NAT (a cloud\'s public address), add listen = "{listen}" '
+                    f"(or this host's own address) to nodes[{self.id}] in the config; "
+                    f"otherwise run node {self.id} on the host that has {me.host}") from exc
+            raise
         self._replica_addr = {**self.endpoint.peers, self.id: self.endpoint.address}
         self.storage = WalStorage(self.state_dir / f"wal-{self.id}", fsync=self.fsync)  # type: ignore[arg-type]
         self.runner = EffectRunner(self.storage, _NodeIO(self))
@@ -403,12 +421,13 @@ class Node:
         self._pending = []
         if self.config.metrics_port is not None:
             try:
-                self.metrics = Metrics(self.id, self.config.metrics_port + self.id, me.host)
+                self.metrics = Metrics(self.id, self.config.metrics_port + self.id, bind_host)
             except ImportError:
                 self.log.warning("metrics disabled: prometheus-client is not installed "
                                  "(pip install 'bft-udp[metrics]')")
         self.log.info("node started", extra={"fields": {
-            "event": "start", "id": self.id, "address": f"{me.host}:{me.port}",
+            "event": "start", "id": self.id, "address": str(me),
+            "listen": format_address(*self.endpoint.address[:2]),
             "recovered_records": len(records), "snapshot_seq": snapshot[0] if snapshot else None,
             "view": self.replica.view, "last_executed": self.replica.last_executed}})
 
@@ -736,6 +755,28 @@ class ClientError(Exception):
     """A client operation did not complete (timeout, no f+1 matching replies)."""
 
 
+def _client_host(host: str) -> str:
+    """Where a client socket binds by default, given node 0's `host`: `host` itself if it
+    is an address of this machine (a socket can bind it), else the wildcard address
+    ("0.0.0.0" or "::") of its family, which sends to `host` from whatever address routes
+    there."""
+    try:
+        family = (socket.AF_INET6 if ipaddress.ip_address(host.split("%", 1)[0]).version == 6
+                  else socket.AF_INET)
+        sockaddr: Any = (host, 0)
+    except ValueError:  # a host name: the family it resolves to first, as a node's does
+        try:
+            family, _, _, _, sockaddr = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM)[0]
+        except (OSError, IndexError):
+            return host  # the endpoint names the host it cannot resolve
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind(sockaddr)
+        return host
+    except OSError:
+        return "::" if family == socket.AF_INET6 else "0.0.0.0"
+
+
 class ClientMux:
     """One UDP socket, and one task receiving on it, for many `ClusterClient`s.
 
@@ -765,7 +806,10 @@ class ClientMux:
                  sender_id: int = CLIENT_SENDER_BASE) -> None:
         self.config = config
         peers = {n.id: n.address for n in config.nodes}
-        self.endpoint = UdpEndpoint(sender_id, host or config.nodes[0].host, 0, peers=peers,
+        # by default node 0's host if it is an address of this machine (a local cluster),
+        # else the wildcard of its family: a client may run on any host, not only on node 0's
+        self.endpoint = UdpEndpoint(sender_id, host or _client_host(config.nodes[0].host), 0,
+                                    peers=peers,
                                     max_datagram_bytes=config.max_datagram_bytes,
                                     max_message_bytes=config.limits.max_message_bytes)
         self._clients: dict[int, ClusterClient] = {}

@@ -106,6 +106,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
@@ -787,3 +788,58 @@ class WalStorage:
         self._write_file(temp, pieces)
         os.replace(temp, path)
         self._fsync_directory()
+
+
+@dataclass(frozen=True)
+class WalScan:
+    """What a WAL directory holds, read without changing it (`scan_wal_directory`).
+
+    `snapshot`: (seq, data) of the snapshot file, or None; `snapshot_damage`: why the
+    snapshot file is unusable, or None. `segment`: the live segment's file name, or None;
+    `records`: its intact records in order; `damage`: None, or (reason, record index,
+    byte offset) of the first bad record or of a bad segment header (opening the WAL
+    keeps only the records before it). `leftovers`: other files opening would remove."""
+
+    snapshot: tuple[int, bytes] | None
+    snapshot_damage: str | None
+    segment: str | None
+    records: list[bytes]
+    damage: tuple[str, int, int] | None
+    leftovers: list[str]
+
+
+def scan_wal_directory(directory: str | os.PathLike[str], *,
+                       max_record_bytes: int = MAX_RECORD_BYTES) -> WalScan:
+    """Read a `WalStorage` directory and check every checksum, changing nothing (for
+    `bft wal inspect`); OSError if it cannot be read."""
+    path = Path(directory)
+    names = sorted(os.listdir(path))
+    segments = {index: name for name in names if (index := _segment_index(name)) is not None}
+    snapshot: tuple[int, bytes] | None = None
+    snapshot_damage = None
+    live = 0
+    if _SNAPSHOT_NAME in names:
+        try:
+            seq, live, data = _decode_snapshot((path / _SNAPSHOT_NAME).read_bytes())
+            snapshot = (seq, data)
+        except _Damaged as bad_snapshot:
+            snapshot_damage = str(bad_snapshot)
+    leftovers = [name for name in names if name.endswith(_TEMP_SUFFIX)
+                 or (name in segments.values() and name != segments.get(live))]
+    records: list[bytes] = []
+    damage: tuple[str, int, int] | None = None
+    segment = segments.get(live)
+    if segment is not None:
+        buf = (path / segment).read_bytes()
+        try:
+            _check_segment_header(buf, live)
+        except _Damaged as bad:
+            damage = (str(bad), 0, 0)
+        else:
+            records, offset, reason = _scan_records(buf, _SEGMENT_HEADER_BYTES,
+                                                    max_record_bytes)
+            if reason is not None:
+                damage = (reason, len(records), offset)
+    elif snapshot is not None or segments:
+        damage = ("missing segment", 0, 0)
+    return WalScan(snapshot, snapshot_damage, segment, records, damage, leftovers)

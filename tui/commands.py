@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bft.cliutil import CliError, key_dir, load_config
-from bft.config import ClusterConfig, format_address, load_keyring, parse_address
+from bft.cliutil import CliError, load_config, load_keys
+from bft.config import ClusterConfig, format_address, parse_address
 from bft.errors import ConfigError
 from bft.telemetry import (
     Action,
@@ -140,7 +140,7 @@ def _check_bindable(address: tuple[str, int]) -> None:
 def cmd_tui(args: argparse.Namespace) -> int:
     """Run the dashboard until the user quits."""
     config = load_config(args.config)
-    keyring = load_keyring(config, key_dir(config, args.state_dir, args.key_dir))
+    keyring = load_keys(config, args.state_dir, args.key_dir)
     listen = _listen_address(config, args.listen)
     try:
         admin = keyring.signer("admin", 0)
@@ -255,7 +255,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     if not 0 <= args.node < config.n:
         raise CliError(f"no node {args.node} in {args.config} (ids 0..{config.n - 1})")
     action = parse_action(args.action, list(args.args), config, args.node)
-    keyring = load_keyring(config, key_dir(config, args.state_dir, args.key_dir))
+    keyring = load_keys(config, args.state_dir, args.key_dir)
     signer = keyring.signer("admin", 0)
     cluster = control_cluster_id(config, keyring.verifier())
     sender = ControlSender(signer, cluster, max_datagram_bytes=config.max_datagram_bytes)
