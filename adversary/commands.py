@@ -7,8 +7,10 @@
   production replica, unwrapped, and refuses those commands (counted, logged);
 * `bft up --scenario FILE` checks the scenario before any node starts, passes it to
   every node, and carries out the launcher's part (SIGSTOP/SIGCONT pauses, restarts
-  after crash rules). Every node `bft up` starts gets `--adversary`, so its dashboard
-  and `bft ctl` can pause, cut and switch behaviours.
+  after crash rules) and its `[[attack]]` entries (a `bft attack` process each, at its
+  time). Every node `bft up` starts gets `--adversary`, so its dashboard
+  and `bft ctl` can pause, cut and switch behaviours;
+* `bft attack` sends one bounded attack at a local cluster (adversary/attack.py).
 """
 
 from __future__ import annotations
@@ -49,6 +51,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "arguments.")
     add_explore_arguments(parser)
     parser.set_defaults(handler=run_explore_command, explore_parser=parser)
+
+    from adversary.attack import add_attack_arguments, run_attack_command
+
+    parser = subparsers.add_parser(
+        "attack", help="send one bounded attack at a cluster on this machine (loopback only)",
+        description="Send datagrams of one KIND at the nodes of CONFIG, RATE a second for "
+        "DURATION seconds (bounded: at most 200000/s and 600 s), and print what was sent. "
+        "sigflood: STATUS and Requests in the replicas' and clients' names, signed with "
+        "random keys; control: forged admin commands with fresh seq numbers; fragments: "
+        "first fragments that never complete, from many ports; malformed: bad CRC, "
+        "truncated frames, bad CBOR; replay: acts once as a client (a key of the key "
+        "directory), then replays its request and the replies; status: STATUS claiming to "
+        "be behind and FETCH-STATE repeats in a replica's name. Refuses any node address "
+        "outside 127.0.0.0/8 and ::1. Watch the nodes' drop counters (the dashboard, "
+        "telemetry) to see what each attack costs them.")
+    add_attack_arguments(parser)
+    parser.set_defaults(handler=run_attack_command)
 
 
 # --------------------------------------------------------------------------
@@ -106,6 +125,14 @@ def check_up(args: argparse.Namespace, config: Any) -> None:
     scenario = load_scenario(args.scenario)
     scenario.check_nodes(config.n)
     check_real_processes(scenario)  # Twins, crash-at: simulator only
+    if scenario.attacks:
+        from adversary.attack import AttackRefused, loopback_targets
+        from bft.cliutil import CliError
+
+        try:
+            loopback_targets(config, None)
+        except AttackRefused as exc:
+            raise CliError(f"{args.scenario}: [[attack]]: {exc}") from None
 
 
 def up_node_arguments(args: argparse.Namespace, restarted: bool) -> list[str]:
@@ -125,8 +152,9 @@ def up_task(args: argparse.Namespace, config: Any) -> Any:
     from adversary.runtime import launcher_actions, run_launcher
     from adversary.scenario import load_scenario
 
-    actions = launcher_actions(load_scenario(args.scenario))
-    if not actions:
+    scenario = load_scenario(args.scenario)
+    actions = launcher_actions(scenario)
+    if not actions and not scenario.attacks:
         return None
 
     async def run(pid_of: Any, restart: Any, say: Any) -> None:
@@ -134,7 +162,44 @@ def up_task(args: argparse.Namespace, config: Any) -> Any:
             say(f"[scenario] restarting node {node_id}")
             await restart(node_id)
 
-        await run_launcher(actions, pid_of=pid_of, restart=restart_said,
-                           on_action=lambda a: say(f"[scenario] {a.action} node {a.node}"))
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            for k, spec in enumerate(scenario.attacks):
+                nursery.start_soon(run_attack_process, k, spec, args, say)
+            await run_launcher(actions, pid_of=pid_of, restart=restart_said,
+                               on_action=lambda a: say(f"[scenario] {a.action} node {a.node}"))
 
     return run
+
+
+async def run_attack_process(k: int, spec: Any, args: argparse.Namespace, say: Any) -> int:
+    """Run `[[attack]]` entry `k` as a `bft attack` process at its time (`spec.at_s` from
+    now), its output in STATE_DIR/attack-K.out and its summary said; killed (by its pid)
+    if it outlives its duration by 10 s. Its exit status."""
+    import trio
+
+    from adversary.attack import attack_command
+    from bft.cliutil import load_config, state_dir
+    from bft.launcher import reap, spawn
+
+    await trio.sleep(spec.at_s)
+    states = state_dir(load_config(args.config), getattr(args, "state_dir", None))
+    states.mkdir(parents=True, exist_ok=True)
+    out_path = states / f"attack-{k}.out"
+    say(f"[scenario] attack {spec.kind}: {spec.rate:g}/s for {spec.duration_s:g} s")
+    with open(out_path, "wb") as out:
+        proc = spawn(attack_command(spec, args.config, states), stdout=out)
+    try:
+        status = await reap(proc, spec.duration_s + 10.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = out_path.read_text(errors="replace").splitlines()
+    summary = [line for line in lines if not line.startswith("[attack")][-12:]
+    for line in summary:
+        say(f"[scenario] {line}")
+    if status != 0:
+        say(f"[scenario] attack {k} ({spec.kind}) exited with status {status}")
+    return status

@@ -32,6 +32,13 @@ kinds = ["commit"]         # request | pre_prepare | prepare | commit | reply | 
 to = [3]                   # receivers; `from`: senders (replica ids)
 views = [0, 0]             # rounds, not seconds (ByzzFuzz); `seqs = [LO, HI]` likewise
 
+[[attack]]                 # optional, real processes only (`bft up --scenario`): one
+kind = "sigflood"          # `bft attack` process per entry: sigflood | control | fragments |
+rate = 5000                # malformed | replay | status; datagrams/s (<= 200000)
+at = 2.0                   # seconds after the nodes are ready (default 0)
+duration = 5.0             # seconds (default 10, <= 600); also target, seed, sources,
+                           # as_replica (adversary/attack.py)
+
 [workload]                 # optional, simulator only
 kind = "fencing"           # random (default) | fencing (the fencing-token story)
 lease_ms = 1000
@@ -76,7 +83,7 @@ WORKLOADS = ("random", "fencing")
 _RULE_KEYS = ("node", "behaviour", "start", "stop", "params")
 _NET_KEYS = ("kind", "rate", "delay_ms", "jitter_ms", "groups", "start", "stop", "nodes",
              "kinds", "from", "to", "views", "seqs")
-_TOP_KEYS = ("description", "sim", "workload", "adversary", "network")
+_TOP_KEYS = ("description", "sim", "workload", "adversary", "network", "attack")
 #: Sections of a cluster config (left to bft.config when a scenario lives in one).
 _CLUSTER_SECTIONS = ("cluster", "nodes", "clients", "telemetry", "batching", "checkpoints",
                      "timeouts", "storage", "limits")
@@ -94,6 +101,9 @@ class Scenario:
     workload: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str | None = None
+    #: `[[attack]]` entries (adversary.attack.AttackSpec): `bft attack` processes that
+    #: `bft up --scenario` runs beside the nodes; the simulator has no sockets to attack
+    attacks: tuple[Any, ...] = ()
 
     def rules_for(self, node: int) -> tuple[BehaviourRule, ...]:
         """The behaviour rules of replica `node`."""
@@ -115,6 +125,8 @@ class Scenario:
                 if not 0 <= i < n:
                     raise ConfigError(f"replica {i} is not in 0..{n - 1}", file=self.source,
                                       field=f"network[{k}]")
+        for k, a in enumerate(self.attacks):
+            a.check_nodes(n, self.source, f"attack[{k}].")
 
     def with_rules(self, *rules: BehaviourRule) -> Scenario:
         """This scenario with more behaviour rules."""
@@ -183,6 +195,8 @@ class Scenario:
             out["adversary"] = rules
         if self.network:
             out["network"] = [r.to_dict() for r in self.network]
+        if self.attacks:
+            out["attack"] = [a.to_dict() for a in self.attacks]
         return out
 
     def to_toml(self) -> str:
@@ -195,7 +209,7 @@ class Scenario:
             if table in d:
                 lines += ["", f"[{table}]"]
                 lines += [f"{k} = {toml_value(v)}" for k, v in d[table].items()]
-        for array in ("adversary", "network"):
+        for array in ("adversary", "network", "attack"):
             for item in d.get(array, ()):
                 lines += ["", f"[[{array}]]"]
                 lines += [f"{k} = {toml_value(v)}" for k, v in item.items()]
@@ -344,7 +358,12 @@ def parse_scenario(data: Mapping[str, Any], source: str | Path | None = None) ->
             kinds=item.get("kinds"), senders=item.get("from"), receivers=item.get("to"),
             views=item.get("views"), seqs=item.get("seqs"), file=file, field=where))
 
-    scenario = Scenario(tuple(rules), tuple(network), sim, workload, description, file)
+    attacks: tuple[Any, ...] = ()
+    if "attack" in data:
+        from adversary.attack import parse_attacks
+
+        attacks = parse_attacks(data["attack"], file)
+    scenario = Scenario(tuple(rules), tuple(network), sim, workload, description, file, attacks)
     crashes = [r.node for r in scenario.rules if r.behaviour == "crash"]
     for node in crashes:
         if crashes.count(node) > 1:

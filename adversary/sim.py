@@ -78,6 +78,7 @@ Use: `Simulation(SimConfig(seed=1, nodes=4)).run(until_s=60.0) -> SimResult`.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import heapq
@@ -1400,8 +1401,21 @@ def _replica_type() -> type:
     return Replica
 
 
+def _readable(value: Any) -> str:
+    """A statement as text for JSON: like its repr, but bytes as hex (never `b'...'`)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        inner = ", ".join(f"{f.name}={_readable(getattr(value, f.name))}"
+                          for f in dataclasses.fields(value))
+        return f"{type(value).__name__}({inner})"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_readable(v) for v in value) + "]"
+    return repr(value)
+
+
 def _signed_dict(signed: Any) -> dict[str, Any]:
-    return {"statement": repr(getattr(signed, "statement", signed)),
+    return {"statement": _readable(getattr(signed, "statement", signed)),
             "body": signed.body.hex(), "signature": signed.signature.hex()}
 
 

@@ -76,6 +76,7 @@ from bft.config import (
     default_state_dir,
     load_keyring,
 )
+from bft.eventlines import log_ts
 from bft.errors import ConfigError
 from bft.launcher import LaunchError, config_to_toml, ensure_keys, reap, spawn
 from transport.udp import TransportError, free_udp_ports
@@ -343,6 +344,7 @@ class _NodeSeen:
     commits: int = 0
     requests: int = 0
     max_batch: int = 0
+    drops: dict[str, int] = field(default_factory=dict)  # the largest drop counters (snapshot)
 
 
 @dataclass
@@ -414,6 +416,7 @@ class TelemetryListener:
                     self.snapshots += 1
                     seen.view, seen.last_executed = msg.view, msg.last_executed
                     seen.in_view_change, seen.snapshot_at = msg.in_view_change, now
+                    seen.drops = dict(msg.drops)
                 elif isinstance(msg, CommitBatch):
                     seen.commits += len(msg.commits) + msg.more_commits
                     seen.requests += sum(c.size for c in msg.commits) + msg.more_requests
@@ -815,7 +818,8 @@ def _log_window_facts(log_dir: Path, n: int, wall_from: float, wall_to: float) -
                 e = json.loads(line)
             except ValueError:
                 continue
-            if not wall_from <= e.get("ts", 0) <= wall_to:
+            ts = log_ts(e.get("ts"))
+            if ts is None or not wall_from <= ts <= wall_to:
                 continue
             if e.get("event") == "executed" and e.get("requests"):
                 sizes.append(int(e["requests"]))

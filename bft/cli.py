@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -274,7 +275,11 @@ def _add_node_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fsync", choices=["always", "never"], default=None,
                         help="WAL fsync policy (default: the config's, normally always)")
     parser.add_argument("--events", action="store_true",
-                        help="also print one line per event on stdout")
+                        help="also print one line per event on stdout (UTC times, commits "
+                        "summed over 0.5 s)")
+    parser.add_argument("--event-format", choices=["text", "json"], default="text",
+                        help="with --events: readable lines (default) or one JSON object "
+                        "per line (what `bft up` reads; see bft/eventlines.py)")
     parser.add_argument("--ready-file", type=Path, default=None, metavar="FILE",
                         help="once bound, recovered and stoppable by SIGTERM, write FILE (JSON: "
                         "pid, id, address, view, last_executed; for launchers, see "
@@ -309,51 +314,86 @@ def cmd_node(args: argparse.Namespace) -> int:
     # what plugins plug in (the adversary, with --scenario or --adversary); else nothing
     extensions = [ext for exts in _call_hooks(_active(), "node_extensions", args, config, args.id)
                   for ext in exts]  # type: ignore[attr-defined]
+    events = _node_events(args.id, args.event_format) if args.events else None
+    if events is not None:
+        extensions.append(_event_ticker(events))
     node = Node(config, args.id, signer=keyring.signer("replica", args.id),
                 verifier=keyring.verifier(), state_dir=state_dir, fsync=args.fsync, app=app,
-                log_echo=False, on_effect=_event_printer(args.id) if args.events else None,
+                log_echo=False, on_effect=_event_printer(events) if events else None,
                 extensions=extensions)
     node.open()  # bind and recover before announcing: errors surface here
-    (state_dir / f"node-{args.id}.pid").write_text(f"{os.getpid()}\n")
+    from bft.lifecycle import pid_path, remove_pid_file, write_pid_file
+
+    write_pid_file(pid_path(state_dir, args.id))  # only once bound: `bft down` trusts it
     me = config.node(args.id)
     tune_gc()
 
     def announce() -> None:
         core = node.core
         assert core is not None  # open() made it
+        metrics = node.metrics.url if node.metrics is not None else None
         where = (f"{format_address(*me.bind_address)}, advertised as {me}"
                  if me.listen is not None else str(me))
-        print(f"node {args.id} listening on {where} (view {core.view}, "
-              f"executed {core.last_executed})", flush=True)
+        if events is None or args.event_format == "text":
+            print(f"node {args.id} listening on {where} (view {core.view}, "
+                  f"executed {core.last_executed})"
+                  + (f"; metrics on {metrics}" if metrics else ""), flush=True)
+        if events is not None and args.event_format == "json":
+            events.ready(time.time(), address=str(me), view=core.view,
+                         last_executed=core.last_executed, metrics=metrics)
         if args.ready_file is not None:
             from bft.launcher import write_ready_file
 
             write_ready_file(args.ready_file, id=args.id, address=str(me),
                              view=core.view, last_executed=core.last_executed)
 
-    trio.run(serve_until_signal, node, announce)
+    try:
+        trio.run(serve_until_signal, node, announce)
+    finally:
+        remove_pid_file(pid_path(state_dir, args.id))
+        if events is not None:
+            events.flush(time.time())
     return 0
 
 
-def _event_printer(node_id: int):  # type: ignore[no-untyped-def]
+def _node_events(node_id: int, fmt: str):  # type: ignore[no-untyped-def]
+    """`bft node --events`: a `bft.eventlines.NodeEvents` printing JSON lines, or (text)
+    readable lines through a one-node `ClusterLines`."""
+    from bft.eventlines import ClusterLines, NodeEvents
+
+    if fmt == "json":
+        return NodeEvents(node_id, lambda line: print(line, flush=True))
+    lines = ClusterLines(1, lambda line: print(line, flush=True), window_s=0.0,
+                         commit_every_s=0.0)
+    return NodeEvents(node_id, lambda line: lines.node_output(node_id, line, time.time()))
+
+
+def _event_ticker(events):  # type: ignore[no-untyped-def]
+    """A task beside the node's loop (a `bft.node.NodeExtension`): commits summed by
+    `NodeEvents` are shown even when no more come."""
+    import trio
+
+    from bft.node import NodeExtension
+
+    class EventTicker(NodeExtension):
+        async def run(self, node) -> None:  # type: ignore[no-untyped-def]
+            while True:
+                await trio.sleep(0.25)
+                events.tick(time.monotonic(), time.time())
+
+    return EventTicker()
+
+
+def _event_printer(events):  # type: ignore[no-untyped-def]
     from bft.effects import Event, Evidence, Executed
 
-    last = {"t": 0.0, "n": 0}
-
     def show(e: object) -> None:
-        import time as _time
-
         if isinstance(e, Executed):
-            last["n"] += len(e.batch.requests)
-            now = _time.monotonic()
-            if now - last["t"] >= 1.0:
-                print(f"commit seq={e.seq} view={e.view} requests={last['n']}", flush=True)
-                last["t"], last["n"] = now, 0
+            events.executed(e.seq, e.view, len(e.batch.requests), time.monotonic(), time.time())
         elif isinstance(e, Event):
-            fields = " ".join(f"{k}={v}" for k, v in e.fields.items())
-            print(f"{e.kind} {fields}", flush=True)
+            events.event(e.kind, e.fields, time.time())
         elif isinstance(e, Evidence):
-            print(f"evidence culprit={e.culprit} kind={e.kind}", flush=True)
+            events.event("evidence", {"culprit": e.culprit, "kind": e.kind}, time.time())
 
     return show
 
@@ -515,9 +555,11 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
         "up", help="start every node of a config as local processes",
         description="Start every node of CONFIG as its own process on this machine (keys are "
         "generated into the state directory on first start), optionally drive a "
-        "client load, and print events as lines. Stops every node on exit, Ctrl-C, "
-        "SIGTERM or after --duration. Each node's pid is written to "
-        "STATE_DIR/node-N.pid, its output to STATE_DIR/node-N.runK.out.")
+        "client load, and print events as lines (UTC times, one line per cluster event) or "
+        "show the dashboard. Stops every node on exit, Ctrl-C, SIGTERM (`bft down`) or "
+        "after --duration, and prints a stop summary. Refuses to start a config that runs "
+        "already. Each running node's pid is in STATE_DIR/node-N.pid (`bft status`, "
+        "`bft down`), its output in STATE_DIR/node-N.runK.out.")
     parser.add_argument("config", metavar="CONFIG", type=Path, help="cluster config (TOML)")
     parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
                         help="state directory (default: state/<cluster name>); keys in "
@@ -534,6 +576,12 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="WAL fsync policy of every node: always (durable before "
                         "sending, the safe default of configs) or never (faster; survives "
                         "process crashes, not power loss) (default: the config's)")
+    parser.add_argument("--restart-crashed", action="store_true",
+                        help="restart a node that exits by itself (a crash, `bft ctl ... "
+                        "crash`, SIGKILL from outside) after a backoff of 1 s, doubling per "
+                        "restart up to 30 s, at most --max-restarts times per node")
+    parser.add_argument("--max-restarts", type=int, default=5, metavar="N",
+                        help="with --restart-crashed: restarts per node (default: 5)")
     _add_plugin_arguments(parser, "add_up_arguments")
     parser.add_argument("--history", type=Path, default=None, metavar="FILE",
                         help="with --load: write every client operation as Jepsen-shaped JSON "
@@ -552,15 +600,32 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    import trio
-
     config = _load_config(args.config)
     state_dir = _state_dir(config, args.state_dir)
     key_dir = _key_dir(config, args.state_dir)
+    from bft.lifecycle import check_not_running, remove_pid_file, up_pid_path, write_pid_file
+
+    if not 0 <= args.max_restarts <= 1000:
+        raise CliError(f"--max-restarts must be in 0..1000, got {args.max_restarts}")
+    check_not_running(config, args.config, state_dir)  # before touching anything
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_pid_file(up_pid_path(state_dir))  # `bft down` stops this process first
+    try:
+        return _cmd_up(args, config, state_dir, key_dir)
+    finally:
+        remove_pid_file(up_pid_path(state_dir))
+
+
+def _cmd_up(args: argparse.Namespace, config: ClusterConfig, state_dir: Path,
+            key_dir: Path) -> int:
+    import trio
+
     from bft.launcher import ensure_keys
 
     if ensure_keys(config, key_dir):
-        print(f"generated keys in {key_dir}", flush=True)
+        from bft.eventlines import iso_utc
+
+        print(f"{iso_utc(time.time())} generated keys in {key_dir}", flush=True)
     keyring = load_keys(config, args.state_dir)  # clear error now rather than in every child
     _call_hooks(_active(), "check_up", args, config)  # errors now, naming the field
     _check_workload_args(args)
@@ -574,6 +639,16 @@ def cmd_up(args: argparse.Namespace) -> int:
                                       args.duration, args.fsync, dashboards[0])
     return trio.run(run_cluster, args.config, config, state_dir, key_dir, args.load,
                     args.duration, args.fsync)
+
+
+def _supervisor(cluster, say):  # type: ignore[no-untyped-def]
+    """Restarts of `bft up`'s nodes: r in the dashboard, and --restart-crashed."""
+    from bft.lifecycle import Supervisor
+
+    args = _UP_EXTRA.get("args")
+    return Supervisor(cluster, say, automatic=bool(getattr(args, "restart_crashed", False)),
+                      max_restarts=getattr(args, "max_restarts", 5),
+                      extra_args=lambda _i: _plugin_node_args(restarted=True))
 
 
 _UP_EXTRA: dict = {}  # options of `bft up` that reach the node commands and the load
@@ -610,7 +685,7 @@ def _up_cluster(config_path: Path, config: ClusterConfig, state_dir: Path, key_d
     plugins pass on is given at each spawn), its output in STATE_DIR/node-N.runK.out."""
     from bft.launcher import LocalCluster
 
-    node_args = ["--events"]
+    node_args = ["--events", "--event-format", "json"]
     if fsync:
         node_args += ["--fsync", fsync]
     up_args = _UP_EXTRA.get("args")
@@ -630,26 +705,38 @@ def _up_with_dashboard(config_path: Path, config: ClusterConfig, state_dir: Path
 
     import trio
 
+    import time
+
     cluster = _up_cluster(config_path, config, state_dir, key_dir, fsync)
-    out = None
+    out = open(state_dir / "up.log", "a", encoding="utf-8")  # noqa: SIM115
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
     try:
         for node in config.nodes:
             cluster.spawn(node.id, _plugin_node_args())
         if load_ops_per_s > 0:
-            out = open(state_dir / "up.log", "a", encoding="utf-8")  # noqa: SIM115
-
-            def say(line: str) -> None:
-                print(line, file=out, flush=True)
-
             threading.Thread(target=trio.run, daemon=True, args=(
                 _drive_load, config, state_dir, key_dir, load_ops_per_s, say)).start()
         # the terminal went away (tmux killed, ssh dropped): stop the nodes, then exit
         _signal.signal(_signal.SIGHUP, lambda *_: (cluster.terminate_all(), os._exit(129)))  # type: ignore[func-returns-value]
-        run_dashboard(duration_s)
+        supervisor = _supervisor(cluster, say)
+
+        def restart(node_id: int) -> str | None:
+            if cluster.pid_of(node_id) is not None:
+                return None  # it runs: r resumes it
+            line: str = supervisor.restart(node_id)
+            say(line)
+            return line
+
+        run_dashboard(duration_s, on_restart=restart,
+                      on_tick=lambda: supervisor.poll(time.monotonic()))
     finally:
         cluster.terminate_all()
-        if out is not None:
-            out.close()
+        out.close()
+        summaries = {i: s for i in cluster.procs if (s := cluster.stop_summary(i)) is not None}
+        _print_stop_summary(cluster, summaries, print)
     return 0
 
 
@@ -658,20 +745,36 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
                       fsync: str | None = None, out=None) -> int:  # type: ignore[no-untyped-def]
     """Run every node of `config` as a child process until a signal or `duration_s`.
 
-    Children are `bft node ... --events` processes of a `bft.launcher.LocalCluster`; their
-    output is printed with a `[node N]` prefix. On exit every child gets SIGTERM, then
-    SIGKILL after a bound, and each node's stop summary is printed. Returns 0, or 1 if a
-    node failed to start."""
+    Children are `bft node ... --events --event-format json` processes of a
+    `bft.launcher.LocalCluster`; their events are printed one line per cluster event with
+    UTC times (`bft.eventlines.ClusterLines`), anything else they print with a `[node N]`
+    prefix. On exit every child gets SIGTERM, then SIGKILL after a bound, and the stop
+    summary is printed (`bft.eventlines.stop_summary_lines`). Returns 0, or 1 if a node
+    failed to start."""
     import signal
 
     import trio
 
+    from bft.eventlines import ClusterLines
     from bft.launcher import LaunchError
 
     out = out or sys.stdout
+    lines = ClusterLines(config.n, lambda line: print(line, file=out, flush=True))
 
     def say(line: str) -> None:
-        print(line, file=out, flush=True)
+        lines.note(line, time.time())
+
+    def node_say(line: str) -> None:  # the launcher's "[node N] LINE"
+        head, sep, rest = line.partition("] ")
+        if sep and head.startswith("[node ") and head[6:].isdigit():
+            lines.node_output(int(head[6:]), rest, time.time())
+        else:
+            say(line)
+
+    async def tick() -> None:
+        while True:
+            lines.tick(time.time())
+            await trio.sleep(0.2)
 
     cluster = _up_cluster(config_path, config, state_dir, key_dir, fsync)
     status = 0
@@ -681,7 +784,8 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
             async with trio.open_nursery() as nursery:
                 for node in config.nodes:
                     cluster.spawn(node.id, _plugin_node_args())
-                nursery.start_soon(cluster.follow_output, say)
+                nursery.start_soon(cluster.follow_output, node_say)
+                nursery.start_soon(tick)
                 say(f"started {config.n} nodes of {config.name} (f={config.f}); state in "
                     f"{state_dir}; Ctrl-C stops the cluster")
                 try:
@@ -699,18 +803,15 @@ async def run_cluster(config_path: Path, config: ClusterConfig, state_dir: Path,
             with trio.CancelScope(shield=True):
                 summaries = await cluster.stop_all(strict=False)
             cluster.cleanup()
-            cluster.echo_output(say, final=True)
-            for node_id, proc in sorted(cluster.procs.items()):  # the latest incarnations
-                summary = summaries.get(node_id)
-                say(f"[node {node_id}] exited with status {proc.returncode}" + (
-                    f": view {summary.get('view')}, executed {summary.get('last_executed')}, "
-                    f"state digest {str(summary.get('state_digest'))[:16]}"
-                    if summary else ""))
+            cluster.echo_output(node_say, final=True)
+            lines.close(time.time())
             if status == 0:
                 from bft.launcher import digest_agreement
 
                 agree, line = digest_agreement(summaries, [nd.id for nd in config.nodes])
                 say(line if agree or converged else f"{line} (the nodes had not converged)")
+                lines.close(time.time())
+            _print_stop_summary(cluster, summaries, say)
     return status
 
 
@@ -737,6 +838,15 @@ async def _converge(cluster, say) -> bool:  # type: ignore[no-untyped-def]
     return True
 
 
+def _print_stop_summary(cluster, summaries, say) -> None:  # type: ignore[no-untyped-def]
+    """The stop summary of `bft up`: each node's latest incarnation, the digests' agreement."""
+    from bft.eventlines import stop_summary_lines
+
+    statuses = {i: p.returncode for i, p in sorted(cluster.procs.items())}
+    for line in stop_summary_lines(statuses, summaries):
+        say(line)
+
+
 async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, say) -> None:  # type: ignore[no-untyped-def]
     """`bft up` once every node is ready: the load, the scenario's launcher actions, until a
     signal or `duration_s`."""
@@ -756,9 +866,19 @@ async def _serve_cluster(cluster, nursery, load_ops_per_s, duration_s, signals, 
 
     if load_ops_per_s > 0:
         nursery.start_soon(load)
+    supervisor = _supervisor(cluster, say)
+
+    async def supervise() -> None:
+        while True:
+            supervisor.poll(trio.current_time())
+            await trio.sleep(0.1)
+
+    nursery.start_soon(supervise)
     if _UP_EXTRA.get("args") is not None:
         # what plugins run beside the nodes (a scenario's SIGSTOP/SIGCONT and restarts)
         async def restart(node_id: int) -> None:
+            if cluster.pid_of(node_id) in supervisor.restarted_pids:
+                return  # --restart-crashed was first
             await reap(cluster.procs[node_id].popen, cluster.stop_timeout_s)
             cluster.spawn(node_id, _plugin_node_args(restarted=True))
 
@@ -1003,6 +1123,9 @@ def build_parser(loaded: LoadedPlugins | None = None) -> argparse.ArgumentParser
     _add_client_parser(subparsers)
     _add_bench_parser(subparsers)
     _add_check_parser(subparsers)
+    from bft.lifecycle import add_lifecycle_parsers
+
+    add_lifecycle_parsers(subparsers)  # bft status, bft down
     for plugin, add_commands in list(loaded.hooks("add_commands")):
         before = dict(subparsers.choices)
         try:

@@ -61,6 +61,7 @@ from bft.clock import Interval
 from bft.config import CLIENT_SENDER_BASE, ClusterConfig, format_address
 from bft.driver import EffectIO, EffectRunner
 from bft.effects import Event, Evidence, Executed
+from bft.eventlines import iso_utc
 from bft.errors import ClientIdInUse, MalformedMessage
 from bft.messages import Fetch, FetchState, Request, Signed, StateChunk, Status
 from bft.replica import Replica
@@ -76,6 +77,9 @@ from bft.telemetry import (
 from transport.udp import DatagramFilter, TransportError, UdpEndpoint
 
 DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
+#: Datagrams from unknown sources the node takes from each batch it drains from its socket
+#: (the rest are dropped unread, `shed_unknown_source`): see `Node._fair_share`.
+UNKNOWN_PER_BATCH = 64
 
 
 # ---------------------------------------------------------------------- clocks
@@ -110,11 +114,12 @@ def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> tuple[int, int,
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg and any `extra={"fields": {...}}`."""
+    """One JSON object per line: ts (ISO-8601 UTC, microseconds), level, logger, msg and any
+    `extra={"fields": {...}}`."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": round(record.created, 6),
+            "ts": iso_utc(record.created, "microseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -154,23 +159,37 @@ class Metrics:
     """Prometheus metrics of one node, served on config.metrics_port + node id when the
     config names a metrics port and prometheus-client is installed (`pip install
     bft-udp[metrics]`). Counters: commits, executed requests, view changes, drops by reason,
-    signatures verified; a histogram of commit latency (pre-prepare accepted to executed)."""
+    signatures verified (`bft_signatures_verified_total`; the old gauge of that name without
+    `_total` is gone: a counter's name may not be reused); gauges: view, primary, executed seq,
+    stable checkpoint seq; a histogram of commit latency (pre-prepare accepted to executed).
+    `url` is where it is served."""
 
     def __init__(self, node_id: int, port: int, host: str = "127.0.0.1") -> None:
         import prometheus_client as pc
 
         self.registry = pc.CollectorRegistry()
         label = {"node": str(node_id)}
-        self.commits = pc.Counter("bft_commits", "Batches executed", registry=self.registry)
+        self.commits = pc.Counter("bft_commits", "Sequence numbers committed and executed "
+                                  "(one batch each, null batches included)",
+                                  registry=self.registry)
         self.requests = pc.Counter("bft_executed_requests", "Client requests executed",
                                    registry=self.registry)
         self.view_changes = pc.Counter("bft_view_changes", "View changes started",
                                        registry=self.registry)
         self.drops = pc.Counter("bft_drops", "Messages dropped, by reason", ["reason"],
                                 registry=self.registry)
-        self.verified = pc.Gauge("bft_signatures_verified", "Signatures verified (total)",
-                                 registry=self.registry)
+        self.verified_total = pc.Counter("bft_signatures_verified",
+                                         "Signatures verified", registry=self.registry)
         self.view = pc.Gauge("bft_view", "Current view", registry=self.registry)
+        self.primary = pc.Gauge("bft_primary", "Primary of the current view (node id)",
+                                registry=self.registry)
+        self.executed = pc.Gauge("bft_executed_seq", "Last executed sequence number",
+                                 registry=self.registry)
+        self.stable = pc.Gauge("bft_stable_checkpoint_seq",
+                               "Sequence number of the last stable checkpoint",
+                               registry=self.registry)
+        self._verified_seen = 0
+        self.url = f"http://{format_address(host, port)}/metrics"
         self.latency = pc.Histogram("bft_commit_latency_seconds",
                                     "Pre-prepare accepted to batch executed",
                                     buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5,
@@ -189,14 +208,20 @@ class Metrics:
         elif isinstance(e, Event) and e.kind == "view_change_start":
             self.view_changes.inc()
 
-    def refresh(self, drops: dict[str, int], verified: int, view: int) -> None:
+    def refresh(self, drops: dict[str, int], verified: int, view: int, primary: int = 0,
+                executed: int = 0, stable: int = 0) -> None:
         for reason, count in drops.items():
             delta = count - self._drops_seen[reason]
             if delta > 0:
                 self.drops.labels(reason=reason).inc(delta)
                 self._drops_seen[reason] = count
-        self.verified.set(verified)
+        if verified > self._verified_seen:
+            self.verified_total.inc(verified - self._verified_seen)
+            self._verified_seen = verified
         self.view.set(view)
+        self.primary.set(primary)
+        self.executed.set(executed)
+        self.stable.set(stable)
 
     def close(self) -> None:
         server = self.server[0] if isinstance(self.server, tuple) else None
@@ -370,6 +395,7 @@ class Node:
         self._peer_ids = tuple(n.id for n in config.nodes if n.id != node_id)
         self.metrics: Metrics | None = None
         self._metrics_due = 0.0
+        self.unknown_per_batch = UNKNOWN_PER_BATCH
         self._pending = list(extensions)  # plugged in by open()
 
     # -- lifecycle
@@ -501,6 +527,10 @@ class Node:
             now = trio.current_time()
             wall = self.clock()
             self.stats.received += len(batch)
+            if batch:
+                self.stats.batches += 1
+                if len(batch) > self.unknown_per_batch:
+                    batch = self._fair_share(batch)
             for rec in batch:
                 payload = rec.payload
                 if is_control(payload):
@@ -524,8 +554,47 @@ class Node:
                 self._metrics_due = now + 1.0
                 drops = dict(replica.drops)
                 drops.update(self.stats.drops)
+                core = self.core
+                assert core is not None
                 self.metrics.refresh(drops, self.verifier.statistics().get("verified", 0),
-                                     replica.view)
+                                     replica.view, core.primary(), core.last_executed,
+                                     core.stable_seq)
+
+    def _fair_share(self, batch: list[Any]) -> list[Any]:
+        """The messages of `batch` the node takes (issue 21, Aardvark's fair queuing, by
+        source): every message of a replica (its sender id, from its configured address),
+        every request from its client's verified address, every control command (the
+        ControlGate bounds their cost), and at most `unknown_per_batch` from anyone else
+        (another address, or a replica's or client's id from an address not theirs). The
+        rest are dropped before they cost a decode or a signature check, and counted
+        (`shed_unknown_source`). So a flood from unknown sources costs at most that share of
+        each batch in checks, and replicas and known clients are never shed."""
+        out = []
+        budget = self.unknown_per_batch
+        n = self._n
+        replica_addr = self._replica_addr
+        client_addrs = self.client_addrs
+        shed = 0
+        for rec in batch:
+            sender = rec.sender_id
+            if sender < n:
+                if replica_addr.get(sender) == rec.addr:
+                    out.append(rec)
+                    continue
+            elif sender >= CLIENT_SENDER_BASE and client_addrs.get(
+                    sender - CLIENT_SENDER_BASE) == rec.addr:
+                out.append(rec)
+                continue
+            if is_control(rec.payload):
+                out.append(rec)
+            elif budget > 0:
+                budget -= 1
+                out.append(rec)
+            else:
+                shed += 1
+        if shed:
+            self.stats.drops["shed_unknown_source"] += shed
+        return out
 
     def _step(self, rec: Any, now: float, wall: Interval) -> list[Any]:
         assert self.replica is not None

@@ -21,7 +21,7 @@ MAY_IMPORT = {
     "benchmarks": {"benchmarks", "bft", "transport", "adversary"},
 }
 #: the modules of bft/ that do I/O and may use the transport (the rest is the pure core)
-BFT_RUNTIME = {"bft.node", "bft.cli", "bft.bench", "bft.launcher", "bft.__main__"}
+BFT_RUNTIME = {"bft.node", "bft.cli", "bft.bench", "bft.launcher", "bft.lifecycle", "bft.__main__"}
 
 
 def module_name(path: Path) -> str:

@@ -219,8 +219,8 @@ def test_bft_up_fails_clearly_when_a_node_cannot_start(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=60, check=False)
     finally:
         blocker.close()
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert ("bft: error: node 1 exited with status 2 before it was ready: node 1 "
-            in out.stdout), out.stdout
-    assert str(tmp_path / "state" / "node-1.run1.out") in out.stdout
-    assert "[node 1] exited with status 2" in out.stdout
+    # refused before any node is spawned (issue 23 item 3), naming the node and address
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert (f"bft: error: address in use: node 1's 127.0.0.1:{config.node(1).port}"
+            in out.stderr), out.stderr
+    assert "started" not in out.stdout and not (tmp_path / "state" / "node-1.run1.out").exists()

@@ -74,5 +74,13 @@ async def test_prometheus_metrics_endpoint(tmp_path):
               if line and not line.startswith("#")}
     assert values["bft_commits_total"] >= 5
     assert values["bft_executed_requests_total"] >= 5
-    assert values["bft_signatures_verified"] > 0
+    assert values["bft_signatures_verified_total"] > 0  # issue 23 item 7: a counter's name
     assert values["bft_commit_latency_seconds_count"] >= 5
+    # issue 23 item 7: gauges of the executed seq, the stable checkpoint and the primary,
+    # and a help text that says what bft_commits_total counts (failed before: no gauges,
+    # "bft_signatures_verified" without _total, help "Batches executed")
+    assert values["bft_executed_seq"] >= 5
+    assert values["bft_stable_checkpoint_seq"] >= 0 and values["bft_primary"] == 0
+    assert "# HELP bft_commits_total Sequence numbers committed and executed" in text
+    assert nodes[1].metrics is not None
+    assert nodes[1].metrics.url == f"http://127.0.0.1:{base + 1}/metrics"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -396,3 +397,18 @@ def test_cli_inconsistent_arguments_are_usage_errors(argv: list[str],
         run_sim_command(parse(["--seed", "1", *argv]))
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_cli_json_evidence_is_hex_not_python_bytes(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 item 4: `bft sim --json` shows the evidence's statements with their digests
+    as hex, never Python bytes reprs (`b"..."`), so other tools can read them. Failed before
+    the fix: `"statement": "PrePrepare(view=0, seq=1, digest=b\\"\\xa3X...\\", replica=0)"`."""
+    run_sim_command(parse(["--seed", "2", "--requests", "3", "--byzantine", "0:equivocate",
+                           "--json"]))
+    out = json.loads(capsys.readouterr().out)
+    assert out["evidence"], "the equivocating primary left no evidence"
+    for proof in out["evidence"]:
+        for side in ("first", "second"):
+            statement = proof[side]["statement"]
+            assert "b'" not in statement and 'b"' not in statement, statement
+            assert re.search(r"digest=[0-9a-f]{64}\b", statement), statement

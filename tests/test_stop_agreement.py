@@ -49,7 +49,7 @@ def test_bft_up_reports_agreement_at_the_converged_seq(tmp_path):
          str(tmp_path / "state"), "--load", "100", "--duration", "3"],
         capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
-    executed = {int(m) for m in re.findall(r"exited with status 0: view \d+, executed (\d+)",
+    executed = {int(m) for m in re.findall(r"node \d: exit status 0, view \d+, executed (\d+)",
                                            out.stdout)}
     agreed = re.search(r"digests agree at seq (\d+) \(4 nodes\)", out.stdout)
     assert agreed is not None, out.stdout[-3000:]

@@ -7,7 +7,8 @@ UDP, `tui.net`), folds every verified message into a `ClusterModel`
 per second cost a few dictionary updates each. When telemetry stops, the
 timer keeps running and the silent nodes turn *down*.
 
-Keys act on the node selected in the table: p pause 5 s, r resume, b set the
+Keys act on the node selected in the table: p pause 5 s, r resume (or, when the
+dashboard runs under `bft up` (`on_restart`) and the node is down, restart it), b set the
 next adversary behaviour (cycling through `behaviours`), c clear it, x cut
 its links to every peer, h heal, k crash; `?` help, q quit (calling
 `on_quit` first, so `bft up` can stop its cluster). Control commands are
@@ -21,11 +22,14 @@ decoder only lets printable ASCII through.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -48,6 +52,7 @@ from bft.telemetry import (
 from tui.net import ControlSender, TelemetryReceiver, address_family, open_endpoint
 from tui.state import (
     COMMIT_HEADER,
+    COMPACT_COLUMNS,
     NODE_COLUMNS,
     ClusterModel,
     commit_line,
@@ -63,7 +68,7 @@ PAUSE_MS = 5000
 
 _COLUMN_WIDTHS = {
     "id": 3,
-    "address": 16,
+    "address": 15,
     "role": 7,
     "view": 5,
     "executed": 8,
@@ -72,15 +77,22 @@ _COLUMN_WIDTHS = {
     "in/s": 6,
     "out/s": 6,
     "drops": 6,
-    "lag": 5,
+    "expected": 8,
+    "lag(seq)": 8,
 }
+#: Narrower, for COMPACT_COLUMNS (80 columns: 9 columns of these widths plus padding fit).
+_COMPACT_WIDTHS = {**_COLUMN_WIDTHS, "id": 2, "view": 4, "executed": 8, "status": 14,
+                   "in/s": 5, "out/s": 5, "drops": 5}
+#: Below this terminal width the dashboard is compact: fewer, narrower columns, the
+#: commits/s sparkline left out (commits/s stays in the header), taller events.
+COMPACT_BELOW = 120
 _STATUS_STYLES = {"up": "green", "suspected": "yellow", "paused": "cyan", "down": "bold red"}
 
 HELP_TEXT = """\
 Keys (on the node selected in the table; arrows move the selection)
 
   p   pause the node for 5 s (it stops processing, then resumes with stale beliefs)
-  r   resume a paused node now
+  r   resume a paused node now; restart a down node (under bft up)
   b   switch on the next adversary behaviour: {behaviours}
   c   clear the behaviour (honest again)
   x   cut the node's links to every peer
@@ -118,16 +130,21 @@ class DashboardApp(App[None]):
     `feed` gives); `feed` is an optional async iterable of raw datagrams
     (bytes, checked like network input) or already decoded telemetry
     messages (trusted, for tests and replays). `clock` is the monotonic clock
-    the model uses (injectable for deterministic tests).
+    the model uses (injectable for deterministic tests). `on_restart(node)` (from `bft
+    up`) restarts a node whose process is gone and returns what it did as a line, or None
+    when the process runs (then r resumes it as usual); `on_tick()` runs on every redraw
+    (`bft up` supervises its nodes there, in the thread that started them).
+    `exit_on_sigterm`: SIGTERM quits as q does (`bft down` stops `bft up` so; the terminal
+    is restored and `on_quit` runs).
     """
 
     CSS_PATH = "app.tcss"
     TITLE = "bft dashboard"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS: ClassVar[list[Binding]] = [
-        Binding("p", "pause", "Pause 5s"),
+        Binding("p", "pause", "Pause"),
         Binding("r", "resume", "Resume"),
-        Binding("b", "behaviour", "Behaviour"),
+        Binding("b", "behaviour", "Byz"),
         Binding("c", "clear", "Clear"),
         Binding("x", "cut", "Cut"),
         Binding("h", "heal", "Heal"),
@@ -145,6 +162,9 @@ class DashboardApp(App[None]):
         feed: AsyncIterable[bytes | TelemetryMessage] | None = None,
         *,
         on_quit: Callable[[], None] | None = None,
+        on_restart: Callable[[int], str | None] | None = None,
+        on_tick: Callable[[], None] | None = None,
+        exit_on_sigterm: bool = False,
         clock: Callable[[], float] = time.monotonic,
         refresh_hz: float = 5.0,
         behaviours: Sequence[str] = DEFAULT_BEHAVIOURS,
@@ -156,6 +176,9 @@ class DashboardApp(App[None]):
         self.listen = listen
         self.feed = feed
         self.on_quit = on_quit
+        self.on_restart = on_restart
+        self.on_tick = on_tick
+        self.exit_on_sigterm = exit_on_sigterm
         self.clock = clock
         self.refresh_hz = refresh_hz
         self.behaviours = tuple(behaviours)
@@ -179,6 +202,8 @@ class DashboardApp(App[None]):
         self._drawn: tuple[Any, ...] = ()
         self._cells: dict[tuple[str, str], str] = {}
         self._widgets: dict[str, Any] = {}
+        self.compact: bool | None = None  # the layout chosen for the terminal's width
+        self._columns: tuple[str, ...] = NODE_COLUMNS
 
     # ------------------------------------------------------------------ layout
 
@@ -212,21 +237,46 @@ class DashboardApp(App[None]):
         ):
             self._widgets[name] = self.query_one(f"#{name}")
         table = self._widgets["nodes"]
-        for name in NODE_COLUMNS:
-            table.add_column(name, width=_COLUMN_WIDTHS[name], key=name)
-        for node in self.config.nodes:
-            table.add_row(*(Text("") for _ in NODE_COLUMNS), key=str(node.id))
+        self._layout_for(self.size.width)
         self.query_one("#commit-pane").border_title = "Commit log"
         self.query_one("#timeline").border_title = "View timeline"
         self.query_one("#evidence").border_title = "Evidence"
         self.query_one("#events").border_title = "Events"
         self.query_one("#rate").border_title = "Commits per second (last 60 s)"
         table.focus()
+        if self.exit_on_sigterm:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
         await self._open_network()
         if self.feed is not None:
             self.run_worker(self._consume_feed(self.feed), exclusive=False)
         self.set_interval(1 / self.refresh_hz, self.redraw)
         self.redraw()
+
+    def _layout_for(self, width: int) -> None:
+        """Choose the wide or the compact layout for a terminal `width` columns wide (the
+        node table is rebuilt when the choice changes; the selected row stays)."""
+        compact = width < COMPACT_BELOW
+        if compact == self.compact:
+            return
+        self.compact = compact
+        self.set_class(compact, "compact")
+        self._columns = COMPACT_COLUMNS if compact else NODE_COLUMNS
+        widths = _COMPACT_WIDTHS if compact else _COLUMN_WIDTHS
+        table: DataTable = self._widgets["nodes"]
+        row = table.cursor_coordinate.row if table.row_count else 0
+        table.clear(columns=True)
+        for name in self._columns:
+            table.add_column(name, width=widths[name], key=name)
+        for node in self.config.nodes:
+            table.add_row(*(Text("") for _ in self._columns), key=str(node.id))
+        table.move_cursor(row=row)
+        self._cells.clear()
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._widgets:
+            self._layout_for(event.size.width)
+            self.redraw()
 
     async def _open_network(self) -> None:
         if self.listen is None and self.sender is None:
@@ -278,12 +328,17 @@ class DashboardApp(App[None]):
         w = self._widgets
         if not w or not w["nodes"].is_mounted:
             return  # not mounted yet, or shutting down
+        self._layout_for(self.size.width)  # (a terminal's size may be known only now)
+        if self.on_tick is not None:
+            self.on_tick()
         now = self.clock()
         model = self.model
-        w["summary"].update(Text(summary_line(model.summary(now), self.config.name)))
+        w["summary"].update(
+            Text(summary_line(model.summary(now), self.config.name, bool(self.compact)))
+        )
         table: DataTable = w["nodes"]
         for row in model.node_rows(now):
-            for name, cell in zip(NODE_COLUMNS, node_cells(row)):
+            for name, cell in zip(self._columns, node_cells(row, self._columns)):
                 key = (str(row.id), name)
                 if self._cells.get(key) == cell:
                     continue
@@ -370,7 +425,19 @@ class DashboardApp(App[None]):
         self.send_action(Pause(PAUSE_MS))
 
     def action_resume(self) -> None:
-        self.send_action(Resume())
+        target = self.selected_node()
+        if target is not None and self.on_restart is not None and self._is_down(target):
+            line = self.on_restart(target)
+            if line is not None:
+                self.model.note(line)
+                self.notify(line)
+                self.redraw()
+                return
+        self.send_action(Resume(), target)
+
+    def _is_down(self, node_id: int) -> bool:
+        rows = [r for r in self.model.node_rows(self.clock()) if r.id == node_id]
+        return bool(rows) and rows[0].status == "down"
 
     def action_behaviour(self) -> None:
         target = self.selected_node()
@@ -408,6 +475,11 @@ class DashboardApp(App[None]):
                 )
             )
         )
+
+    def _on_sigterm(self) -> None:
+        if self.on_quit is not None:
+            self.on_quit()
+        self.exit()
 
     async def action_quit(self) -> None:
         if self.on_quit is not None:

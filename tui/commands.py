@@ -53,17 +53,19 @@ add_commands = add_tui_parsers  # the plugin hook
 
 def dashboard(config: ClusterConfig, keyring: Any, listen: tuple[str, int]) -> Any:
     """The plugin hook `bft up` calls: CliError now if `listen` cannot be bound, else a
-    function `run(duration_s)` that shows the dashboard until the user quits (q) or
-    `duration_s` passes (None: no limit)."""
+    function `run(duration_s, on_restart=None, on_tick=None)` that shows the dashboard until
+    the user quits (q) or `duration_s` passes (None: no limit); `on_restart` and `on_tick`
+    are the `DashboardApp` hooks (r restarts a down node; supervision on every redraw)."""
     _check_bindable(listen)
 
-    def run(duration_s: float | None) -> None:
+    def run(duration_s: float | None, on_restart: Any = None, on_tick: Any = None) -> None:
         import threading
 
         from tui.app import DashboardApp
 
         app = DashboardApp(config, keyring.verifier(), keyring.signer("admin", 0),
-                           listen=listen)
+                           listen=listen, on_restart=on_restart, on_tick=on_tick,
+                           exit_on_sigterm=True)
         if duration_s is not None:
             threading.Timer(duration_s, lambda: app.call_from_thread(app.exit)).start()
         app.run()

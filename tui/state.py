@@ -45,6 +45,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bft.eventlines import split_drops
 from bft.evidence import InvalidEvidence, check_evidence_untrusted
 from bft.telemetry import (
     CommitBatch,
@@ -71,9 +72,10 @@ class NodeRow:
     status: str
     msgs_in_s: float | None
     msgs_out_s: float | None
-    drops: int | None
-    lag: int | None
+    drops: int | None  # real drops (`bft.eventlines.split_drops`): losses, attacks
+    lag: int | None  # sequence numbers behind the cluster
     behaviour: str
+    drops_expected: int | None = None  # normal ones: late votes after a quorum, duplicates
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +459,7 @@ class ClusterModel:
             lag = None
             if executed is not None and node.executed is not None:
                 lag = max(0, executed - node.executed)
+            real, expected = split_drops(dict(s.drops), s.drops_total) if s else (None, None)
             rows.append(
                 NodeRow(
                     id=node.id,
@@ -468,9 +471,10 @@ class ClusterModel:
                     status=status,
                     msgs_in_s=rate_in,
                     msgs_out_s=rate_out,
-                    drops=s.drops_total if s else None,
+                    drops=real,
                     lag=lag,
                     behaviour=s.behaviour if s else "",
+                    drops_expected=expected,
                 )
             )
         return rows
@@ -533,23 +537,27 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def node_cells(row: NodeRow) -> tuple[str, ...]:
-    """The node table's cells for `row`, in `NODE_COLUMNS` order."""
-    return (
-        str(row.id),
-        row.address,
-        row.role,
-        _num(row.view),
-        _num(row.executed),
-        _num(row.stable),
-        row.status,
-        _rate(row.msgs_in_s),
-        _rate(row.msgs_out_s),
-        _num(row.drops),
-        _num(row.lag),
-    )
+def node_cells(row: NodeRow, columns: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The node table's cells for `row`, in the order of `columns` (default `NODE_COLUMNS`)."""
+    cells = {
+        "id": str(row.id),
+        "address": row.address,
+        "role": row.role,
+        "view": _num(row.view),
+        "executed": _num(row.executed),
+        "stable": _num(row.stable),
+        "status": row.status,
+        "in/s": _rate(row.msgs_in_s),
+        "out/s": _rate(row.msgs_out_s),
+        "drops": _num(row.drops),
+        "expected": _num(row.drops_expected),
+        "lag(seq)": _num(row.lag),
+    }
+    return tuple(cells[c] for c in (NODE_COLUMNS if columns is None else columns))
 
 
+#: The node table of a wide terminal. "drops" counts real drops (losses, bad input),
+#: "expected" the normal ones (late votes after a quorum, duplicates; bft.eventlines).
 NODE_COLUMNS = (
     "id",
     "address",
@@ -561,7 +569,20 @@ NODE_COLUMNS = (
     "in/s",
     "out/s",
     "drops",
-    "lag",
+    "expected",
+    "lag(seq)",
+)
+#: The node table of a narrow one (80 columns): the header line has the address-free rest.
+COMPACT_COLUMNS = (
+    "id",
+    "role",
+    "view",
+    "executed",
+    "status",
+    "in/s",
+    "out/s",
+    "drops",
+    "lag(seq)",
 )
 
 
@@ -606,8 +627,13 @@ def event_line(row: EventRow) -> str:
     return f"{who}: {row.kind} {row.text}".rstrip()
 
 
-def summary_line(s: Summary, name: str) -> str:
-    """The header line."""
+def summary_line(s: Summary, name: str, compact: bool = False) -> str:
+    """The header line (`compact`: for an 80-column terminal, commits/s first)."""
+    if compact:
+        return (
+            f"{name} n={s.n} f={s.f} up {s.up}/{s.n}  commits/s {s.commits_per_s}  "
+            f"view {_num(s.view)}  executed {_num(s.executed)}  stable {_num(s.stable)}"
+        )
     return (
         f"cluster {name}  n={s.n} f={s.f}  up {s.up}/{s.n}  view {_num(s.view)}  "
         f"executed {_num(s.executed)}  stable {_num(s.stable)}  "

@@ -512,9 +512,10 @@ def test_app_shows_table_commit_log_and_evidence() -> None:
             "200",
             "0",
             "0",
+            "0",
         ]
         assert cells(app, 1)[2] == "primary"
-        assert cells(app, 3)[4:] == ["15", "16", "up", "400", "200", "6", "5"]
+        assert cells(app, 3)[4:] == ["15", "16", "up", "400", "200", "6", "0", "5"]
         lines = app.query_one("#commits", Log).lines
         assert [line.split()[0] for line in lines] == ["17", "18", "19", "20", "21"]
         assert lines[0] == "      17 v1      2 22:13:20.017  put k17=v; get k17"
@@ -736,7 +737,7 @@ def test_other_terminal_sizes_render(size: tuple[int, int]) -> None:
         app.redraw()
         await pilot.pause()
         text = screen_text(app)
-        assert "cluster local-4" in text and "Commit log" in text
+        assert "local-4" in text and "n=4 f=1" in text and "Commit log" in text
 
     run_app(app, body, size=size)
 
