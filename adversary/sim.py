@@ -97,7 +97,7 @@ from bft.history import History
 from adversary.netfaults import FaultModel, MessageInfo, NetworkRule, corrupt_bytes, message_info
 from adversary.witness import EquivocationWitness
 from bft import codec
-from bft.app import KVStore, decode_result_untrusted, ops
+from bft.app import DEFAULT_KV_LIMITS, KVStore, decode_result_untrusted, ops
 from bft.client import (Client, ClientTimer, Completed, Failed, SendAll, SendTo,
                         peek_reply_untrusted)
 from bft.clock import Interval, SkewedClock
@@ -641,6 +641,11 @@ class Simulation:
 
             app_factory = config.app_factory
             model = lambda: (app_factory(), ExecContext)
+        elif self.cluster.kv_limits is not DEFAULT_KV_LIMITS:  # quotas configured: the model too
+            from bft.app import ExecContext
+
+            kv_limits = self.cluster.kv_limits
+            model = lambda: (KVStore(kv_limits), ExecContext)
         self.checkers = CheckerSuite(self.correct, self.verifier,
                                      liveness_bound_s=config.liveness_bound_s,
                                      faults_end_s=self.faults_end_s,
@@ -897,7 +902,9 @@ class Simulation:
         return _interval(center - u, center + u)
 
     def _new_app(self) -> Any:
-        return self.cfg.app_factory() if self.cfg.app_factory is not None else KVStore()
+        if self.cfg.app_factory is not None:
+            return self.cfg.app_factory()
+        return KVStore(self.cluster.kv_limits)
 
     def _build_node(self, i: int, recovered: Any) -> Any:
         cfg = self.cfg

@@ -52,10 +52,32 @@ Locks and fencing tokens:
   among those over by every correct clock (and fails with
   `error(too_many_locks)` if there is none).
 
-Snapshot: canonical CBOR of `["kv1", [[key, value]...], [[name, token, holder,
-expiry_us]...]]`, both lists sorted by key / name; `digest() =
-sha256(snapshot())`. `restore` accepts exactly that form (and rejects anything
-else with ValueError), so `restore(snapshot())` reproduces the digest.
+Per-client quotas (issue 21, item 6): every stored key is owned by the client
+that last wrote it (put or a successful cas), and its key and value bytes count
+against that client's quota: at most `KVLimits.max_keys_per_client` keys and
+`max_bytes_per_client` bytes per client id. A write that would take its writer
+over either gives `error(client_key_quota)` / `error(client_byte_quota)` and
+changes nothing, so one client cannot fill the global caps (`too_many_keys`,
+`store_full`) alone. A delete (by anyone) frees the owner's share.
+
+Snapshot: canonical CBOR of `["kv2", [[key, value, owner]...], [[name, token,
+holder, expiry_us]...]]`, both lists sorted by key / name; `digest() =
+sha256(snapshot())`. The owners are in it, so the per-client accounting (a
+function of the owners and sizes) is part of the digest, and `restore` recounts
+it. `restore` accepts exactly that form (and rejects anything else with
+ValueError), so `restore(snapshot())` reproduces the digest. A client over its
+quota is accepted (the quota was lowered in the config): it keeps its keys and
+is refused growth until it is under again.
+
+Upgrade from "kv1" (the format before quotas: `["kv1", [[key, value]...],
+locks]`): `restore` also accepts a kv1 snapshot, as strictly. Its keys are owned
+by nobody (owner `null` in kv2) and charged to no client: who wrote them is
+not recorded, and charging them to anyone would refuse writes of a client for
+data it may never have written. They still count against the global caps,
+exactly as before the upgrade. A key owned by nobody is taken over by its next
+writer, who is charged for it like for another client's key; a delete frees it.
+The conversion is a function of the kv1 bytes alone, so every replica that
+restores the same kv1 state reaches the same kv2 state and digest.
 """
 
 from __future__ import annotations
@@ -76,7 +98,13 @@ MAX_TOKEN_SEQ = (2**63 - 1) // TOKEN_INDEX_SPAN - 1
 #: Integers in ops, results and snapshots are in [0, U64_LIMIT) (as in the codec).
 U64_LIMIT = 2**63
 
-SNAPSHOT_VERSION = "kv1"
+SNAPSHOT_VERSION = "kv2"
+#: A snapshot up to this size is kept (cached) until the next change; a bigger one is not:
+#: its bytes would be a second full copy of the state beside the replica's (own_snapshots,
+#: stable_snapshot), and a replica asks for it once per checkpoint.
+SNAPSHOT_CACHE_MAX_BYTES = 1 << 20
+#: The format before per-client quotas (issue 20 and before): no owners. Still restored.
+SNAPSHOT_VERSION_KV1 = "kv1"
 # A snapshot's array head (three items) and its version text, as cbor2 writes them
 _SNAPSHOT_HEAD = b"\x83" + bytes((0x60 | len(SNAPSHOT_VERSION),)) + SNAPSHOT_VERSION.encode()
 
@@ -176,11 +204,15 @@ class KVLimits:
     max_locks: int = 10_000
     max_state_bytes: int = 64 * 1024 * 1024  # sum of key and value bytes
     max_ttl_ms: int = 24 * 3600 * 1000
+    # Per-client quotas (keys owned, and their key and value bytes): an eighth of the
+    # global caps, so one client cannot refuse every other client's writes.
+    max_keys_per_client: int = 12_500
+    max_bytes_per_client: int = 8 * 1024 * 1024
 
     @property
     def max_snapshot_bytes(self) -> int:
         """Upper bound on a valid snapshot's size (state plus per-entry CBOR overhead)."""
-        per_key = 32
+        per_key = 48  # entry head, key and value heads, owner id
         per_lock = self.max_name_bytes + 48
         return 64 + self.max_state_bytes + self.max_keys * per_key + self.max_locks * per_lock
 
@@ -479,6 +511,9 @@ def _parse_op(data: bytes, limits: KVLimits) -> Op:
 #: Parsed ops remembered by their bytes (see _parse_op_memo): each op is executed by every
 #: replica and by the checkers' model, and parsing is a pure function of the bytes and limits.
 OP_MEMO_SIZE = 4096
+#: Only ops up to this size are remembered: a remembered op pins its bytes and its parsed
+#: value, and 4096 big puts would pin ~256 MiB, values overwritten long ago included.
+OP_MEMO_MAX_OP_BYTES = 1024
 _op_memo: dict[bytes, tuple[KVLimits, Op | str]] = {}
 
 
@@ -493,7 +528,7 @@ def _parse_op_memo(data: bytes, limits: KVLimits) -> Op:
             parsed = _parse_op(data, limits)
         except _BadOp as exc:
             parsed = exc.reason
-        if type(data) is bytes:  # bytes only: a key must not change
+        if type(data) is bytes and len(data) <= OP_MEMO_MAX_OP_BYTES:  # bytes: a key must not change
             if len(_op_memo) >= OP_MEMO_SIZE:
                 _op_memo.clear()  # (cheaper than evicting one by one)
             _op_memo[data] = (limits, parsed)
@@ -684,6 +719,10 @@ class KVStore:
     def __init__(self, limits: KVLimits = DEFAULT_KV_LIMITS) -> None:
         self.limits = limits
         self._data: dict[str, bytes] = {}
+        # key -> the client that last wrote it; no entry for a key owned by nobody (kv1's)
+        self._owner: dict[str, int] = {}
+        # client -> [keys owned, their key and value bytes]; no entry for a client owning none
+        self._usage: dict[int, list[int]] = {}
         self._locks: dict[str, LockInfo] = {}
         self._state_bytes = 0  # sum of UTF-8 key bytes and value bytes
         self._snapshot_cache: bytes | None = None
@@ -708,31 +747,38 @@ class KVStore:
         return result.encode()
 
     def snapshot(self) -> bytes:
-        """Canonical CBOR of the sorted state (cached until the next change)."""
-        if self._snapshot_cache is None:
-            try:
-                self._snapshot_cache = self._encode_snapshot()
-            except (TypeError, ValueError, UnicodeEncodeError):  # not the usual types
-                data = [[k, self._data[k]] for k in sorted(self._data)]
-                locks = [
-                    [name, info.token, info.holder, info.expiry_us]
-                    for name, info in sorted(self._locks.items())
-                ]
-                self._snapshot_cache = _dumps([SNAPSHOT_VERSION, data, locks])
-        return self._snapshot_cache
+        """Canonical CBOR of the sorted state (cached until the next change, when at most
+        SNAPSHOT_CACHE_MAX_BYTES)."""
+        cached = self._snapshot_cache
+        if cached is not None:
+            return cached
+        try:
+            out = self._encode_snapshot()
+        except (TypeError, ValueError, UnicodeEncodeError):  # not the usual types
+            data = [[k, self._data[k], self._owner.get(k)] for k in sorted(self._data)]
+            locks = [
+                [name, info.token, info.holder, info.expiry_us]
+                for name, info in sorted(self._locks.items())
+            ]
+            out = _dumps([SNAPSHOT_VERSION, data, locks])
+        if len(out) <= SNAPSHOT_CACHE_MAX_BYTES:
+            self._snapshot_cache = out
+        return out
 
     def _encode_snapshot(self) -> bytes:
         """`_dumps([SNAPSHOT_VERSION, data, locks])` as `snapshot` builds it, written directly
         (the same bytes); TypeError or ValueError for a value of another type than a key's
         str, a value's bytes or a lock's u64s (snapshot then leaves it to cbor2)."""
-        data = self._data
+        data, owner = self._data, self._owner
         out = [_SNAPSHOT_HEAD, _cbor_head(0x80, len(data))]
         for k in sorted(data):
             v = data[k]
             if type(k) is not str or type(v) is not bytes:
                 raise TypeError("not a str key and bytes value")
             kb = k.encode()
-            out += (b"\x82", _cbor_head(0x60, len(kb)), kb, _cbor_head(0x40, len(v)), v)
+            o = owner.get(k)
+            out += (b"\x83", _cbor_head(0x60, len(kb)), kb, _cbor_head(0x40, len(v)), v,
+                    b"\xf6" if o is None else _cbor_uint(o))
         locks = self._locks
         out.append(_cbor_head(0x80, len(locks)))
         for name in sorted(locks):
@@ -752,25 +798,36 @@ class KVStore:
         """Replace the state with `snapshot`'s; ValueError (state unchanged) if it is not valid.
 
         Valid means: exactly the bytes `snapshot()` would produce for some state
-        within `self.limits` (canonical, sorted, no duplicates, sizes in range).
+        within `self.limits` (canonical, sorted, no duplicates, sizes in range; the
+        per-client quotas excepted, see the module docstring), or exactly the bytes
+        the released code's kv1 `snapshot()` produced for one (its keys then owned by
+        nobody).
         """
         limits = self.limits
         obj = _loads_strict(snapshot, limits.max_snapshot_bytes, max_depth=4)
-        if type(obj) is not list or len(obj) != 3 or obj[0] != SNAPSHOT_VERSION:
-            raise ValueError("snapshot: not a kv1 snapshot")
+        if (type(obj) is not list or len(obj) != 3
+                or obj[0] not in (SNAPSHOT_VERSION, SNAPSHOT_VERSION_KV1)):
+            raise ValueError(f"snapshot: not a {SNAPSHOT_VERSION} (or "
+                             f"{SNAPSHOT_VERSION_KV1}) snapshot")
+        kv1 = obj[0] == SNAPSHOT_VERSION_KV1
+        entry_len = 2 if kv1 else 3
         raw_data, raw_locks = obj[1], obj[2]
         if type(raw_data) is not list or type(raw_locks) is not list:
             raise ValueError("snapshot: bad layout")
         if len(raw_data) > limits.max_keys or len(raw_locks) > limits.max_locks:
             raise ValueError("snapshot: too many entries")
         data: dict[str, bytes] = {}
+        owners: dict[str, int] = {}
+        usage: dict[int, list[int]] = {}
         state_bytes = 0
         previous: str | None = None
         for entry in raw_data:
-            if type(entry) is not list or len(entry) != 2:
+            if type(entry) is not list or len(entry) != entry_len:
                 raise ValueError("snapshot: bad key entry")
-            k, v = entry
-            if type(k) is not str or type(v) is not bytes:
+            k, v = entry[0], entry[1]
+            owner = None if kv1 else entry[2]
+            if (type(k) is not str or type(v) is not bytes
+                    or not (owner is None or _is_u64(owner))):
                 raise ValueError("snapshot: bad key entry types")
             if _utf8_len(k) > limits.max_key_bytes or len(v) > limits.max_value_bytes:
                 raise ValueError("snapshot: key or value over the limits")
@@ -778,9 +835,17 @@ class KVStore:
                 raise ValueError("snapshot: keys not strictly sorted")
             previous = k
             data[k] = v
-            state_bytes += _utf8_len(k) + len(v)
+            size = _utf8_len(k) + len(v)
+            state_bytes += size
+            if owner is not None:
+                owners[k] = owner
+                used = usage.setdefault(owner, [0, 0])
+                used[0] += 1
+                used[1] += size
         if state_bytes > limits.max_state_bytes:
             raise ValueError("snapshot: state over max_state_bytes")
+        # A client over its quota is not refused: a lowered quota must not make a node
+        # refuse its own state (the client only cannot grow until it is under again).
         locks: dict[str, LockInfo] = {}
         previous = None
         for entry in raw_locks:
@@ -795,11 +860,18 @@ class KVStore:
                 raise ValueError("snapshot: locks not strictly sorted")
             previous = name
             locks[name] = LockInfo(token, holder, expiry_us)
+        if kv1 and _dumps([SNAPSHOT_VERSION_KV1, [[k, data[k]] for k in data],
+                           [[n, i.token, i.holder, i.expiry_us] for n, i in locks.items()]]
+                          ) != snapshot:  # (dicts keep the sorted order checked above)
+            raise InvariantViolation("restored kv1 snapshot does not re-encode to itself")
         self._data = data
+        self._owner = owners
+        self._usage = usage
         self._locks = locks
         self._state_bytes = state_bytes
         self._snapshot_cache = None
-        if self.snapshot() != snapshot:  # invariant: the checks above accept only canonical forms
+        if not kv1 and self.snapshot() != snapshot:
+            # invariant: the checks above accept only canonical forms
             raise InvariantViolation("restored snapshot does not re-encode to itself")
 
     # -- read-only views (tests, CLI, dashboard) -------------------------
@@ -807,6 +879,16 @@ class KVStore:
     def value(self, key: str) -> bytes | None:
         """The value stored under `key`, or None."""
         return self._data.get(key)
+
+    def owner(self, key: str) -> int | None:
+        """The client whose quota `key` counts against (its last writer), or None (no such
+        key, or one restored from a kv1 snapshot and not written since: owned by nobody)."""
+        return self._owner.get(key)
+
+    def client_usage(self, client: int) -> tuple[int, int]:
+        """(keys, key and value bytes) that count against `client`'s quota."""
+        used = self._usage.get(client)
+        return (0, 0) if used is None else (used[0], used[1])
 
     def lock_info(self, name: str) -> LockInfo | None:
         """The lock's current grant (possibly with an expired lease), or None if free."""
@@ -837,7 +919,7 @@ class KVStore:
         if op.fence is not None and not self._fence_ok(op.fence):
             return STALE_TOKEN
         if isinstance(op, Put):
-            return self._set(op.key, op.value)
+            return self._set(op.key, op.value, ctx.client)
         if isinstance(op, Delete):
             if op.key not in self._data:
                 return NOT_FOUND
@@ -847,30 +929,66 @@ class KVStore:
             current = self._data.get(op.key)
             if current != op.expected:
                 return Result("cas_failed", value=current)
-            return self._set(op.key, op.new)
+            return self._set(op.key, op.new, ctx.client)
         raise InvariantViolation(f"unhandled op {op!r}")
 
     def _fence_ok(self, fence: Fence) -> bool:
         info = self._locks.get(fence.lock)
         return info is not None and info.token == fence.token
 
-    def _set(self, key: str, value: bytes) -> Result:
+    def _set(self, key: str, value: bytes, client: int) -> Result:
+        """Store `value` under `key` for `client`, who then owns it (and is charged for it)."""
+        limits = self.limits
         old = self._data.get(key)
+        key_len = _utf8_len(key)
         grow = len(value) - (0 if old is None else len(old))
         if old is None:
-            grow += _utf8_len(key)
-            if len(self._data) >= self.limits.max_keys:
-                return Result("error", reason="too_many_keys")
-        if self._state_bytes + grow > self.limits.max_state_bytes:
+            grow += key_len
+        # The writer's quota first (its own doing), then the global caps.
+        used = self._usage.get(client)
+        used_keys, used_bytes = (0, 0) if used is None else used
+        owner = self._owner.get(key)  # None: a new key, or one owned by nobody (kv1's)
+        if old is not None and owner == client:
+            new_keys, new_bytes = used_keys, used_bytes + len(value) - len(old)
+        else:  # a new key, or another client's key taken over by this write
+            new_keys, new_bytes = used_keys + 1, used_bytes + key_len + len(value)
+        # Over a quota is refused only when the write grows it: a client left over a lowered
+        # quota may still overwrite (not grow) and delete its keys.
+        if new_keys > limits.max_keys_per_client and new_keys > used_keys:
+            return Result("error", reason="client_key_quota")
+        if new_bytes > limits.max_bytes_per_client and new_bytes > used_bytes:
+            return Result("error", reason="client_byte_quota")
+        if old is None and len(self._data) >= limits.max_keys:
+            return Result("error", reason="too_many_keys")
+        if self._state_bytes + grow > limits.max_state_bytes:
             return Result("error", reason="store_full")
+        if old is not None and owner is not None and owner != client:
+            self._uncharge(owner, key_len + len(old))
+        if used is None:
+            self._usage[client] = [new_keys, new_bytes]
+        else:
+            used[0], used[1] = new_keys, new_bytes
         self._data[key] = value
+        self._owner[key] = client
         self._state_bytes += grow
         self._snapshot_cache = None
         return OK
 
+    def _uncharge(self, client: int, size: int) -> None:
+        """Take one key of `size` bytes off `client`'s usage."""
+        used = self._usage[client]
+        used[0] -= 1
+        used[1] -= size
+        if not used[0]:
+            del self._usage[client]
+
     def _remove(self, key: str) -> None:
         value = self._data.pop(key)
-        self._state_bytes -= _utf8_len(key) + len(value)
+        size = _utf8_len(key) + len(value)
+        owner = self._owner.pop(key, None)
+        if owner is not None:
+            self._uncharge(owner, size)
+        self._state_bytes -= size
         self._snapshot_cache = None
 
     def _lock(self, op: Lock, ctx: ExecContext) -> Result:

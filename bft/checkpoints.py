@@ -97,6 +97,8 @@ class Checkpoints(ReplicaState):
         live = {s.digest for s in self.log.slots.values() if s.digest} | {
             s.decided for s in self.log.slots.values() if s.decided}
         self.batches = {d: b for d, b in self.batches.items() if d in live or d == NULL_DIGEST}
+        # (the digest memo holds batches too: only those the log still holds stay pinned)
+        self._digest_memo = {k: v for k, v in self._digest_memo.items() if v[1] in live}
         if self.transfer_target and self.transfer_target[0] <= seq:
             self.transfer_target = None
         if self.transfer is not None and self.transfer.seq <= seq:

@@ -30,6 +30,7 @@ count = 4                        # ids 0..3, or [[clients]] id = .., public_key 
               state_answer_interval_s
 [storage]     fsync = "always" | "never"
 [limits]      max_message_bytes, max_op_bytes, max_text_chars, max_items, max_depth
+[quotas]      max_keys_per_client, max_bytes_per_client
 ```
 
 Every check raises `ConfigError` naming the file, the field (as its TOML
@@ -45,6 +46,7 @@ directory) and loads private keys (`replica-<i>.key`, ...) on demand.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import math
 import re
@@ -56,7 +58,7 @@ from typing import Any, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bft.app import TOKEN_INDEX_SPAN
+from bft.app import DEFAULT_KV_LIMITS, TOKEN_INDEX_SPAN, KVLimits
 from bft.codec import DEFAULT_LIMITS, Limits
 from bft.crypto import (
     Identity,
@@ -245,6 +247,10 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "state_answer_interval_s": "state_answer_interval_s",
     },
     "storage": {"fsync": "fsync"},
+    "quotas": {
+        "max_keys_per_client": "max_keys_per_client",
+        "max_bytes_per_client": "max_bytes_per_client",
+    },
 }
 _LIMIT_KEYS = tuple(f.name for f in fields(Limits))
 _TOP_LEVEL = (*_SECTIONS, "nodes", "clients", "admin", "limits")
@@ -262,6 +268,8 @@ _INT_FIELDS = (
     "checkpoint_interval",
     "log_window",
     "max_datagram_bytes",
+    "max_keys_per_client",
+    "max_bytes_per_client",
 )
 _FLOAT_FIELDS = (
     "batch_delay_s",
@@ -366,6 +374,11 @@ class ClusterConfig:
     max_throughput_fraction: float = 0.8
     throughput_raise: float = 0.01
     max_datagram_bytes: int = 1400
+    # Per-client quotas on the replicated store (issue 21, item 6; bft.app.KVLimits): the
+    # keys a client id owns (last wrote) and their key and value bytes. The store's global
+    # caps (100,000 keys, 64 MiB) stay; these keep one client from filling them alone.
+    max_keys_per_client: int = DEFAULT_KV_LIMITS.max_keys_per_client
+    max_bytes_per_client: int = DEFAULT_KV_LIMITS.max_bytes_per_client
     fsync: str = "always"
     limits: Limits = DEFAULT_LIMITS
     key_dir: Path | None = None
@@ -375,6 +388,14 @@ class ClusterConfig:
     admin_public_key: bytes | None = None
 
     # -- derived -------------------------------------------------------
+
+    @property
+    def kv_limits(self) -> KVLimits:
+        """The store's limits with this config's per-client quotas (every replica the same).
+
+        One shared object per quota pair: the store's op memo keys on the limits' identity.
+        """
+        return _kv_limits(self.max_keys_per_client, self.max_bytes_per_client)
 
     @property
     def n(self) -> int:
@@ -592,6 +613,8 @@ class ClusterConfig:
         self._range("max_throughput_fraction", self.min_throughput_fraction, 0.95)
         self._range("throughput_raise", 0, 0.1)
         self._range("max_datagram_bytes", 512, _MAX_UDP_PAYLOAD)
+        self._range("max_keys_per_client", 1, DEFAULT_KV_LIMITS.max_keys)
+        self._range("max_bytes_per_client", 1, DEFAULT_KV_LIMITS.max_state_bytes)
         self._check_message_size()
 
     @property
@@ -869,6 +892,16 @@ class ClusterConfig:
         }
         values.update(overrides)
         return cls(**values)
+
+
+@functools.lru_cache(maxsize=16)
+def _kv_limits(max_keys_per_client: int, max_bytes_per_client: int) -> KVLimits:
+    default = DEFAULT_KV_LIMITS
+    if (max_keys_per_client, max_bytes_per_client) == (
+            default.max_keys_per_client, default.max_bytes_per_client):
+        return default
+    return KVLimits(max_keys_per_client=max_keys_per_client,
+                    max_bytes_per_client=max_bytes_per_client)
 
 
 def _ip_version(host: str) -> int | None:

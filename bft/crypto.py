@@ -426,6 +426,11 @@ class _BaseSigner:
 
 #: Objects that verified lately, remembered by identity (see _CachingVerifier._passed).
 PASSED_MEMO_SIZE = 4096
+#: A verified statement whose body is bigger than this is remembered by its cache key only
+#: (a hit then needs the strict decoder's word that it came from exactly that body), and the
+#: object is not remembered by identity: big requests would pin up to 64 MiB in the cache
+#: and 4096 whole messages in the identity memo (issue 21, item 6: memory per stored byte).
+CACHED_STATEMENT_MAX_BYTES = 4096
 
 #: Statements with no Signed inside them (verify_deep checks just the one signature).
 _FLAT_STATEMENTS = frozenset({Prepare, Commit, PrePrepare, Checkpoint, Status, Request, Reply,
@@ -451,14 +456,16 @@ class _CachingVerifier:
     The cache maps (SHA-256 of body, signature) to the statement that was
     found to match the body, so a message is verified once however often it
     arrives, and a cached signature cannot vouch for a different statement.
-    It holds at most `cache_entries` entries and about `cache_bytes` bytes of
-    bodies; the least recently used go first.
+    For a body over CACHED_STATEMENT_MAX_BYTES it maps to None: a hit then needs
+    `Signed.checked` to say the statement was decoded from (or encoded to)
+    exactly that body. It holds at most `cache_entries` entries and about
+    `cache_bytes` bytes of bodies; the least recently used go first.
     """
 
     def __init__(self, *, cache_entries: int = 65536, cache_bytes: int = 64 * 1024 * 1024) -> None:
         if cache_entries < 0 or cache_bytes < 0:
             raise ValueError("cache bounds must be non-negative")
-        self._cache: OrderedDict[bytes, tuple[Statement, int]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[Statement | None, int]] = OrderedDict()
         self._cache_entries = cache_entries
         self._cache_bytes = cache_bytes
         self._cached_bytes = 0
@@ -524,10 +531,14 @@ class _CachingVerifier:
             return self._fail("bad_signature", signed)
         key = hashlib.sha256(body).digest() + signature
         cached = self._cache.get(key)
-        if cached is not None and (cached[0] is statement or cached[0] == statement):
+        if cached is not None and (
+                cached[0] is statement or cached[0] == statement
+                or (cached[0] is None and (checked := signed.checked) is not None
+                    and checked[0] is body and checked[1] is statement)):
             self._cache.move_to_end(key)
             self._stats["cache_hits"] += 1
-            self._passed_now(signed, key)
+            if cached[0] is not None:  # (a big one is not remembered by identity)
+                self._passed_now(signed, key)
             return True
         identity = signer_of(statement)
         if (
@@ -554,8 +565,11 @@ class _CachingVerifier:
         if len(signature) != SIGNATURE_SIZE or not self._check(identity, domain + body, signature):
             return self._fail("bad_signature", signed)
         self._stats["verified"] += 1
-        self._remember(key, statement, len(body))
-        self._passed_now(signed, key)
+        if len(body) <= CACHED_STATEMENT_MAX_BYTES:
+            self._remember(key, statement, len(body))
+            self._passed_now(signed, key)
+        else:
+            self._remember(key, None, len(key))
         return True
 
     def _passed_now(self, signed: Signed[Statement], key: bytes) -> None:
@@ -565,7 +579,7 @@ class _CachingVerifier:
             passed.clear()  # (cheaper than evicting one by one)
         passed[id(signed)] = (signed, key)  # holds the object: its id is not reused meanwhile
 
-    def _remember(self, key: bytes, statement: Statement, size: int) -> None:
+    def _remember(self, key: bytes, statement: Statement | None, size: int) -> None:
         if size > self._cache_bytes or self._cache_entries == 0:
             return
         old = self._cache.pop(key, None)

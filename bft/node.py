@@ -353,7 +353,7 @@ class Node:
         self.signer = signer
         self.verifier = verifier
         self.state_dir = Path(state_dir)
-        self.app = app if app is not None else KVStore()
+        self.app = app if app is not None else KVStore(config.kv_limits)
         self.fsync = fsync or config.fsync
         self.clock = clock or read_interval_clock
         self.on_effect = on_effect

@@ -105,7 +105,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self, runtime_checkable
@@ -365,9 +365,16 @@ def _check_segment_header(buf: bytes, index: int) -> None:
         raise _Damaged("segment index does not match its file name")
 
 
-def _encode_snapshot(seq: int, segment: int, data: bytes) -> bytes:
+def _snapshot_pieces(seq: int, segment: int, data: bytes) -> tuple[bytes, bytes, bytes]:
+    """The snapshot file's bytes in three pieces (header, data, crc): the data is not copied."""
     header = _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, _VERSION, 0, seq, segment, len(data))
-    return header + data + _U32.pack(crc32c.crc32c(data, crc32c.crc32c(header)))
+    return header, data, _U32.pack(crc32c.crc32c(data, crc32c.crc32c(header)))
+
+
+def _record_pieces(payload: bytes) -> tuple[bytes, bytes]:
+    """`_encode_record(payload)` in two pieces (header, payload): the payload is not copied."""
+    length_bytes = _U32.pack(len(payload))
+    return length_bytes + _U32.pack(_record_crc(length_bytes, payload)), payload
 
 
 def _decode_snapshot(buf: bytes) -> tuple[int, int, bytes]:
@@ -404,6 +411,28 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+_PIECE_BUFFER_BYTES = 64 * 1024
+
+
+def _write_pieces(fd: int, pieces: Iterable[bytes]) -> None:
+    """Write the concatenation of `pieces` without building it: small pieces are gathered
+    into a buffer of at most _PIECE_BUFFER_BYTES, big ones written as they are."""
+    buffer = bytearray()
+    for piece in pieces:
+        if len(piece) >= _PIECE_BUFFER_BYTES:
+            if buffer:
+                _write_all(fd, buffer)
+                buffer.clear()
+            _write_all(fd, piece)
+            continue
+        buffer += piece
+        if len(buffer) >= _PIECE_BUFFER_BYTES:
+            _write_all(fd, buffer)
+            buffer.clear()
+    if buffer:
+        _write_all(fd, buffer)
 
 
 class WalStorage:
@@ -524,14 +553,18 @@ class WalStorage:
         carried = [_checked_record(record, self._max_record_bytes) for record in carry_over]
         old_segment = self._segment
         new_segment = old_segment + 1
-        # 1. The next segment, holding the carried records: durable, not yet live.
-        segment_bytes = _segment_header(new_segment) + b"".join(map(_encode_record, carried))
-        self._write_file_atomically(self._segment_path(new_segment), segment_bytes)
+        # 1. The next segment, holding the carried records: durable, not yet live. (Written
+        # piece by piece, as the snapshot below: no copy of the records or of the state.)
+        segment = [_segment_header(new_segment)]
+        for record in carried:
+            segment.extend(_record_pieces(record))
+        segment_bytes = sum(map(len, segment))
+        self._write_file_atomically(self._segment_path(new_segment), segment)
         self._counters["segments_created"] += 1
         self._hook("segment_written")
         # 2. The snapshot naming it, in a temp file.
         temp = self._directory / (_SNAPSHOT_NAME + _TEMP_SUFFIX)
-        self._write_file(temp, _encode_snapshot(seq, new_segment, data))
+        self._write_file(temp, _snapshot_pieces(seq, new_segment, data))
         self._hook("snapshot_temp_written")
         # 3. Commit point: the rename.
         os.replace(temp, self._directory / _SNAPSHOT_NAME)
@@ -541,7 +574,7 @@ class WalStorage:
             os.close(old_fd)
         self._pending.clear()
         self._segment = new_segment
-        self._segment_bytes = len(segment_bytes)
+        self._segment_bytes = segment_bytes
         self._record_count = len(carried)
         self._snapshot_seq = seq
         self._fd = self._open_for_append(new_segment)
@@ -680,7 +713,7 @@ class WalStorage:
 
     def _create_empty_segment(self, index: int) -> None:
         header = _segment_header(index)
-        self._write_file_atomically(self._segment_path(index), header)
+        self._write_file_atomically(self._segment_path(index), (header,))
         self._counters["segments_created"] += 1
         self._record_count = 0
         self._segment_bytes = len(header)
@@ -738,19 +771,21 @@ class WalStorage:
             finally:
                 os.close(fd)
 
-    def _write_file(self, path: Path, data: bytes) -> None:
-        """Create or replace `path` with `data`, fsynced (not atomic: the caller renames)."""
+    def _write_file(self, path: Path, pieces: Iterable[bytes]) -> None:
+        """Create or replace `path` with the concatenation of `pieces`, fsynced (not atomic:
+        the caller renames)."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _write_all(fd, data)
+            _write_pieces(fd, pieces)
             self._fsync_fd(fd)
         finally:
             os.close(fd)
 
-    def _write_file_atomically(self, path: Path, data: bytes) -> None:
-        """Replace `path` by a file holding `data`: temp file, fsync, rename, fsync directory."""
+    def _write_file_atomically(self, path: Path, pieces: Iterable[bytes]) -> None:
+        """Replace `path` by a file holding the concatenation of `pieces`: temp file, fsync,
+        rename, fsync directory."""
         temp = path.with_name(path.name + _TEMP_SUFFIX)
-        self._write_file(temp, data)
+        self._write_file(temp, pieces)
         os.replace(temp, path)
         self._fsync_directory()
 

@@ -95,10 +95,11 @@ def test_kv_snapshot_and_results_are_the_cbor2_encoding() -> None:
         for _ in range(rng.randrange(8)):
             key = "".join(rng.choice(alphabet) for _ in range(rng.choice((0, 1, 7, 30))))
             store._data[key] = b"v" * rng.choice(EDGE_LENGTHS[:6])
+            store._owner[key] = rng.choice(EDGE_INTS)
         for _ in range(rng.randrange(3)):
             store._locks[f"L{rng.randrange(9)}"] = LockInfo(
                 rng.choice(EDGE_INTS), rng.choice(EDGE_INTS), rng.choice(EDGE_INTS))
-        data = [[k, store._data[k]] for k in sorted(store._data)]
+        data = [[k, store._data[k], store._owner[k]] for k in sorted(store._data)]
         locks = [[n, i.token, i.holder, i.expiry_us] for n, i in sorted(store._locks.items())]
         assert store.snapshot() == cbor2.dumps([kv.SNAPSHOT_VERSION, data, locks],
                                                canonical=True)
