@@ -339,7 +339,7 @@ def test_fast_constructors_make_the_same_objects() -> None:
     batch = Batch(7, ())
     reply = Reply(0, 5, 1, 0, bytes(32), b"ok")
     cases = [
-        (Reply, (0, 5, 1, 0, bytes(32), b"ok")), (Prepare, (0, 1, bytes(32), 1)),
+        (Reply, (0, 5, 1, 0, bytes(32), b"ok", 9)), (Prepare, (0, 1, bytes(32), 1)),
         (Commit, (0, 1, bytes(32), 1)), (PreparedCert, (pp, (prepare,))),
         (Proposal, (pp, batch)), (MacReply, (b"body", bytes(32), reply, None)),
         (effects.Persist, (b"record",)), (effects.Broadcast, (prepare,)),
