@@ -320,9 +320,10 @@ class LocalCluster(launcher.LocalCluster):
     that had to be killed has none) instead of raising."""
 
     def __init__(self, config_path: Path, config: ClusterConfig, state_dir: Path,
-                 key_dir: Path, *, fsync: str | None = None) -> None:
+                 key_dir: Path, *, fsync: str | None = None, app: str | None = None) -> None:
         super().__init__(config_path, config=config, state_dir=state_dir, key_dir=key_dir,
-                         node_args=["--fsync", fsync] if fsync else [],
+                         node_args=(["--fsync", fsync] if fsync else [])
+                         + (["--app", app] if app else []),
                          start_timeout_s=START_TIMEOUT_S, stop_timeout_s=STOP_TIMEOUT_S)
         self.fsync = fsync
 
@@ -448,9 +449,10 @@ class TelemetryListener:
 # --------------------------------------------------------------------------
 
 
-def workload_op(workload: str, keys: int) -> str:
-    """The `op` of a load spec that runs the bft.workload `workload` (mixed, puts, noop)."""
-    return f"workload={workload},keys={keys}"
+def workload_op(workload: str, keys: int, app: str | None = None) -> str:
+    """The `op` of a load spec that runs the bft.workload `workload` (mixed, puts, noop, or
+    app: the `random_op` of the application MODULE:FACTORY `app`)."""
+    return f"workload={workload},keys={keys}" + (f",app={app}" if app else "")
 
 
 def _make_op(kind: str, size: int) -> Callable[[int, int], bytes]:
@@ -462,12 +464,17 @@ def _make_op(kind: str, size: int) -> Callable[[int, int], bytes]:
         fields = dict(item.split("=", 1) for item in kind.split(","))
         prefix = f"b{os.getpid()}-"  # fresh keys per worker process and run
         made: dict[int, Any] = {}
+        app = None
+        if fields.get("app"):  # the user's StateMachine, for its random_op
+            from bft.cliutil import load_factory
+
+            app = load_factory(fields["app"])()
 
         def next_op(client: int, i: int) -> bytes:
             if client not in made:
                 made[client] = make_workload(fields["workload"], client, random.Random(client),
                                              keys=int(fields["keys"]), prefix=prefix,
-                                             op_size=size)
+                                             op_size=size, app=app)
             return made[client].next_op()  # type: ignore[no-any-return]
 
         next_op.workloads = made  # type: ignore[attr-defined]  # (the worker's observe)
@@ -970,10 +977,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--op", choices=["noop", "put"], default="noop",
                         help="noop: an opaque op the store rejects unchanged (default); "
                         "put: write values of --op-size bytes")
-    parser.add_argument("--workload", choices=["mixed", "puts", "noop"], default=None,
+    parser.add_argument("--workload", choices=["mixed", "puts", "noop", "app"], default=None,
                         help="instead of --op, a bft.workload: mixed = get/put/cas/delete/"
                         "lock/unlock and fenced writes over --keys contended keys; puts = "
-                        "puts to 1,000 keys; noop = as --op noop")
+                        "puts to 1,000 keys; noop = as --op noop; app = the random_op of "
+                        "--app's application")
+    parser.add_argument("--app", default=None, metavar="MODULE:FACTORY",
+                        help="with --workload app: the application every node runs (its own "
+                        "cluster only) and whose random_op the clients send")
     parser.add_argument("--keys", type=int, default=4, metavar="K",
                         help="--workload mixed: how many contended keys (default 4)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
@@ -1053,7 +1064,8 @@ async def run_benchmark(config_path: Path, *, counts: Sequence[int], warmup_s: f
                         attach: bool = False, state_dir: Path | None = None,
                         key_dir: Path | None = None, fsync: str | None = None,
                         client_procs: int | None = None, progress: bool = True,
-                        say: Callable[[str], None] = print) -> dict[str, Any]:
+                        say: Callable[[str], None] = print,
+                        app: str | None = None) -> dict[str, Any]:
     """Measure each client count of `counts` against one cluster; the results as a dict
     with `runs` (one `measure()` result per count) and the facts common to them."""
     config = ClusterConfig.load(config_path)
@@ -1107,7 +1119,7 @@ async def run_benchmark(config_path: Path, *, counts: Sequence[int], warmup_s: f
                 nursery.start_soon(telemetry.run)
             if not attach:
                 cluster = LocalCluster(run_config_path, run_config, state_dir, key_dir,
-                                       fsync=fsync)
+                                       fsync=fsync, app=app)
                 await cluster.start()
                 node_pids: Callable[[], dict[int, int]] = cluster.pids
             else:
@@ -1231,6 +1243,15 @@ def run_bench_command(args: argparse.Namespace) -> int:
             raise BenchError("--op-size must be >= 0")
         if args.keys < 1:
             raise BenchError("--keys must be >= 1")
+        if (args.workload == "app") != (args.app is not None):
+            raise BenchError("--workload app and --app MODULE:FACTORY go together")
+        if args.app is not None:
+            from bft.cliutil import load_factory
+
+            load_factory(args.app)  # a clear error now, not in every worker
+            if args.attach:
+                raise BenchError("--app needs the benchmark's own cluster (not --attach): the "
+                                 "nodes must run the application")
         if not Path(args.config).exists():
             raise BenchError(f"config file not found: {args.config}")
         result = trio.run(_command_runner(args, counts))
@@ -1263,10 +1284,11 @@ def _command_runner(args: argparse.Namespace, counts: Sequence[int]) -> Callable
     async def go() -> dict[str, Any]:
         return await run_benchmark(
             args.config, counts=counts, warmup_s=args.warmup, duration_s=args.duration,
-            op=args.op if args.workload is None else workload_op(args.workload, args.keys),
+            op=args.op if args.workload is None else workload_op(args.workload, args.keys,
+                                                                 args.app),
             op_size=args.op_size, attach=args.attach, state_dir=args.state_dir,
             key_dir=args.key_dir, fsync=args.fsync, client_procs=args.client_procs,
-            progress=not args.quiet)
+            progress=not args.quiet, app=args.app)
 
     return go
 
