@@ -80,6 +80,9 @@ DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
 #: Datagrams from unknown sources the node takes from each batch it drains from its socket
 #: (the rest are dropped unread, `shed_unknown_source`): see `Node._fair_share`.
 UNKNOWN_PER_BATCH = 64
+#: Requests from one client id (at its verified address) the node takes from each batch it
+#: drains (the rest are dropped unread, `shed_client_share`): see `Node._fair_share`.
+CLIENT_PER_BATCH = 8
 
 
 # ---------------------------------------------------------------------- clocks
@@ -396,6 +399,7 @@ class Node:
         self.metrics: Metrics | None = None
         self._metrics_due = 0.0
         self.unknown_per_batch = UNKNOWN_PER_BATCH
+        self.client_per_batch = CLIENT_PER_BATCH
         self._pending = list(extensions)  # plugged in by open()
 
     # -- lifecycle
@@ -529,7 +533,7 @@ class Node:
             self.stats.received += len(batch)
             if batch:
                 self.stats.batches += 1
-                if len(batch) > self.unknown_per_batch:
+                if len(batch) > self.client_per_batch:
                     batch = self._fair_share(batch)
             for rec in batch:
                 payload = rec.payload
@@ -563,18 +567,24 @@ class Node:
     def _fair_share(self, batch: list[Any]) -> list[Any]:
         """The messages of `batch` the node takes (issue 21, Aardvark's fair queuing, by
         source): every message of a replica (its sender id, from its configured address),
-        every request from its client's verified address, every control command (the
-        ControlGate bounds their cost), and at most `unknown_per_batch` from anyone else
-        (another address, or a replica's or client's id from an address not theirs). The
-        rest are dropped before they cost a decode or a signature check, and counted
-        (`shed_unknown_source`). So a flood from unknown sources costs at most that share of
-        each batch in checks, and replicas and known clients are never shed."""
+        every control command (the ControlGate bounds their cost), at most
+        `client_per_batch` requests of each client id from its verified address, and at
+        most `unknown_per_batch` from anyone else (another address, or a replica's or
+        client's id from an address not theirs). The rest are dropped before they cost a
+        decode or a signature check, and counted (`shed_client_share`,
+        `shed_unknown_source`). So a flood from unknown sources, or from a client with a
+        valid key, costs at most its share of each batch in checks, and replicas are never
+        shed. Replica messages, commands and unknown sources keep their order and come
+        first; the known clients' requests follow round-robin by client id (each client's
+        in its own order), so no client waits behind another's burst."""
         out = []
         budget = self.unknown_per_batch
+        cap = self.client_per_batch
         n = self._n
         replica_addr = self._replica_addr
         client_addrs = self.client_addrs
-        shed = 0
+        by_client: dict[int, list[Any]] = {}
+        shed = shed_client = 0
         for rec in batch:
             sender = rec.sender_id
             if sender < n:
@@ -583,7 +593,13 @@ class Node:
                     continue
             elif sender >= CLIENT_SENDER_BASE and client_addrs.get(
                     sender - CLIENT_SENDER_BASE) == rec.addr:
-                out.append(rec)
+                queue = by_client.get(sender)
+                if queue is None:
+                    by_client[sender] = [rec]
+                elif len(queue) < cap:
+                    queue.append(rec)
+                else:
+                    shed_client += 1
                 continue
             if is_control(rec.payload):
                 out.append(rec)
@@ -592,8 +608,16 @@ class Node:
                 out.append(rec)
             else:
                 shed += 1
+        if len(by_client) == 1:
+            out.extend(next(iter(by_client.values())))
+        elif by_client:
+            queues = list(by_client.values())
+            for k in range(max(len(q) for q in queues)):
+                out.extend(q[k] for q in queues if k < len(q))
         if shed:
             self.stats.drops["shed_unknown_source"] += shed
+        if shed_client:
+            self.stats.drops["shed_client_share"] += shed_client
         return out
 
     def _step(self, rec: Any, now: float, wall: Interval) -> list[Any]:
