@@ -662,8 +662,20 @@ class Node:
             # primary) comes from that replica's address: it says nothing of the client's.
             req = msg.statement
             client = req.client
-            executed = self.core.client_table.get(client) if self.core is not None else None
-            if (req.timestamp > self.client_latest.get(client, -1)
+            core = self.core
+            executed = core.client_table.get(client) if core is not None else None
+            latest = self.client_latest.get(client, -1)
+            if (not from_replica and core is not None and req.timestamp > latest
+                    and (client, latest) in core.pending
+                    and (executed is None or executed[0] < latest)):
+                # One outstanding request per client (issue 21, Aardvark 4.2): a correct
+                # client sends t+1 only after t completed. While its freshest verified
+                # request is still pending here, a newer one would only queue behind it:
+                # dropped before any check (a batch that carries it is checked as ever,
+                # and the primary takes it once it has proposed the earlier one).
+                self.stats.drops["client_outstanding"] += 1
+                return []
+            if (req.timestamp > latest
                     and (executed is None or req.timestamp >= executed[0])
                     and rec.addr not in self._peer_of_addr
                     and rec.sender_id == CLIENT_SENDER_BASE + client
