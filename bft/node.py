@@ -574,16 +574,17 @@ class Node:
         decode or a signature check, and counted (`shed_client_share`,
         `shed_unknown_source`). So a flood from unknown sources, or from a client with a
         valid key, costs at most its share of each batch in checks, and replicas are never
-        shed. Replica messages, commands and unknown sources keep their order and come
-        first; the known clients' requests follow round-robin by client id (each client's
-        in its own order), so no client waits behind another's burst."""
+        shed. What is taken keeps its order in the batch: the whole batch is handled in one
+        pass, so every client gets its places whatever the order (round-robin would take
+        the same set); moving the requests after the replicas' messages made the primary's
+        batches smaller (benchmarks/RESULTS.md, "What the defences cost")."""
         out = []
         budget = self.unknown_per_batch
         cap = self.client_per_batch
         n = self._n
         replica_addr = self._replica_addr
         client_addrs = self.client_addrs
-        by_client: dict[int, list[Any]] = {}
+        taken: dict[int, int] = {}
         shed = shed_client = 0
         for rec in batch:
             sender = rec.sender_id
@@ -593,11 +594,10 @@ class Node:
                     continue
             elif sender >= CLIENT_SENDER_BASE and client_addrs.get(
                     sender - CLIENT_SENDER_BASE) == rec.addr:
-                queue = by_client.get(sender)
-                if queue is None:
-                    by_client[sender] = [rec]
-                elif len(queue) < cap:
-                    queue.append(rec)
+                k = taken.get(sender, 0)
+                if k < cap:
+                    taken[sender] = k + 1
+                    out.append(rec)
                 else:
                     shed_client += 1
                 continue
@@ -608,12 +608,6 @@ class Node:
                 out.append(rec)
             else:
                 shed += 1
-        if len(by_client) == 1:
-            out.extend(next(iter(by_client.values())))
-        elif by_client:
-            queues = list(by_client.values())
-            for k in range(max(len(q) for q in queues)):
-                out.extend(q[k] for q in queues if k < len(q))
         if shed:
             self.stats.drops["shed_unknown_source"] += shed
         if shed_client:

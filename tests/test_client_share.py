@@ -6,8 +6,9 @@ A faulty client WITH a valid key, sending from its own verified address, passes 
 source check of `Node._fair_share`: before this change each of its requests was taken,
 decoded, verified (a fresh number costs an Ed25519 check) and queued by the replica, as
 many as the socket held. Now each client id gets at most `Node.client_per_batch` requests
-in each batch the node drains, taken round-robin across client ids; the rest are dropped
-unread and counted (`shed_client_share`). Replica messages keep their reserved share.
+in each batch the node drains (in the batch's order: the batch is handled in one pass, so
+round-robin would take the same set); the rest are dropped unread and counted
+(`shed_client_share`). Replica messages keep their reserved share.
 
 Over loopback UDP, counted (not timed): node 1's socket is filled before it runs with
 1,200 valid, freshly numbered requests from client 2 (its real key, its verified
