@@ -28,6 +28,12 @@ datagrams sent by kind. Kinds:
   the replica's configured address when this process can bind it (the replica is not
   running: the attacker plays the faulty replica), else from a port of its own, where
   the nodes drop them before any signature check.
+* `clientflood`: a faulty client WITH a valid key: a free client id whose private key
+  the key directory has (claimed for the attack's duration, as `bft client` does) sends
+  validly signed read requests from one port, each to every targeted node: three of
+  four freshly numbered, the fourth a retransmission of the one before. Each fresh one
+  passes every check; nodes take at most their per-client share of each batch
+  (`shed_client_share`, bft/node.py `Node._fair_share`).
 
 Safety of the tool itself: it attacks only loopback addresses (127.0.0.0/8 and ::1):
 a node address of the config that is anything else is refused with an error before
@@ -67,7 +73,7 @@ __all__ = ["DEFAULT_DURATION_S", "DEFAULT_RATE", "KINDS", "MAX_DURATION_S", "MAX
            "MAX_SOURCES", "AttackRefused", "AttackSpec", "AttackSummary", "add_attack_arguments",
            "loopback_targets", "make_spec", "run_attack", "run_attack_command"]
 
-KINDS = ("sigflood", "control", "fragments", "malformed", "replay", "status")
+KINDS = ("sigflood", "control", "fragments", "malformed", "replay", "status", "clientflood")
 #: Datagrams per second at most (one process reaches less than this on loopback).
 MAX_RATE = 200_000.0
 DEFAULT_RATE = 1000.0
@@ -300,6 +306,9 @@ class _Maker:
     def make(self, i: int, node: int) -> tuple[str, bytes, int]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the maker holds (after the attack)."""
+
 
 def _forged(statement: Any, signature: bytes) -> bytes:
     """The encoded Signed of `statement` carrying `signature` (made by another key)."""
@@ -467,6 +476,57 @@ class _Replay(_Maker):
         return "request_replayed", self.frame(CLIENT_SENDER_BASE + self.client, self.request), 0
 
 
+class _ClientFlood(_Maker):
+    """Validly signed requests of one client id whose key the key directory has: request k
+    goes to every targeted node in turn (as a client sends it); three of four are fresh,
+    the fourth repeats the one before (a retransmission)."""
+
+    def __init__(self, spec: AttackSpec, config: ClusterConfig, rng: random.Random,
+                 keyring: Any, state_dir: Path | None, targets: int, notes: list[str]) -> None:
+        from bft.app import Ops
+        from bft.errors import ClientIdInUse
+        from bft.node import claim_free_client_ids
+
+        super().__init__(spec, config, rng)
+        if keyring is None:
+            raise AttackRefused("the clientflood attack signs as a client: it needs the "
+                                "config's keys (pass --state-dir or --key-dir)")
+        usable = []
+        for c in config.clients:
+            try:
+                keyring.private_key("client", c.id)
+            except (ConfigError, OSError):
+                continue
+            usable.append(c.id)
+        if not usable:
+            raise AttackRefused(f"the clientflood attack signs as a client: no client's "
+                                f"private key in {keyring.key_dir}")
+        try:
+            self.claim = claim_free_client_ids(state_dir, usable)[0]
+        except ClientIdInUse as exc:
+            raise AttackRefused(f"the clientflood attack signs as a client: {exc}") from None
+        self.client = self.claim.client_id
+        self.signer = keyring.signer("client", self.client)
+        self.op = Ops.get("bft-attack-clientflood")
+        self.targets = max(1, targets)
+        self.number = -1
+        self.payload = b""
+        notes.append(f"flooding as client {self.client}")
+
+    def make(self, i: int, node: int) -> tuple[str, bytes, int]:
+        k = i // self.targets
+        label = "request_retransmitted" if k % 4 == 3 else "request_fresh"
+        if k != self.number:
+            self.number = k
+            if label == "request_fresh":
+                self.payload = codec.encode(self.signer.sign(Request(
+                    self.op, self.claim.first_timestamp + k, self.client)))
+        return label, self.frame(CLIENT_SENDER_BASE + self.client, self.payload), 0
+
+    def close(self) -> None:
+        self.claim.release()
+
+
 async def _capture_as_client(config: ClusterConfig, keyring: Any, state_dir: Path | None,
                              notes: list[str], timeout_s: float = 10.0
                              ) -> tuple[bytes, dict[int, bytes], int, list[tuple[int, bytes]]]:
@@ -594,13 +654,19 @@ async def run_attack(spec: AttackSpec, config: ClusterConfig, *, keyring: Any = 
         maker = _Malformed(spec, config, rng)
     elif spec.kind == "status":
         maker = _Status(spec, config, rng, keyring, summary.notes)
+    elif spec.kind == "clientflood":
+        maker = _ClientFlood(spec, config, rng, keyring, state_dir, len(targets), summary.notes)
     else:
         captured = await _capture_as_client(config, keyring, state_dir, summary.notes)
         maker = _Replay(spec, config, rng, *captured)
     family = targets[0][1]
     host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-    socks = _open_sockets(family, spec.source_count() if spec.kind == "fragments" else 1, host,
-                          maker.bind_addresses)
+    try:
+        socks = _open_sockets(family, spec.source_count() if spec.kind == "fragments" else 1,
+                              host, maker.bind_addresses)
+    except BaseException:
+        maker.close()
+        raise
     if maker.bind_addresses is not None:
         summary.notes.append(f"sent from replica {spec.as_replica}'s own address")
     cap = spec.max_datagrams
@@ -643,6 +709,7 @@ async def run_attack(spec: AttackSpec, config: ClusterConfig, *, keyring: Any = 
         summary.elapsed_s = trio.current_time() - start
         for s in socks:
             s.close()
+        maker.close()
     return summary
 
 
@@ -698,8 +765,8 @@ def run_attack_command(args: argparse.Namespace) -> int:
     try:
         keyring = load_keyring(config, key_dir(config, args.state_dir, args.key_dir))
     except ConfigError as exc:
-        if spec.kind == "replay":
-            raise CliError(f"the replay attack acts as a client once and needs the cluster's "
+        if spec.kind in ("replay", "clientflood"):
+            raise CliError(f"the {spec.kind} attack signs as a client and needs the cluster's "
                            f"keys (--state-dir, --key-dir): {exc}") from None
         keyring = None
 

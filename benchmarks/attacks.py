@@ -14,7 +14,8 @@ load workers, `--op put`), then measures, one after the other, in the same run:
 * for each kind: one `bft attack CONFIG --kind KIND --rate RATE` process (the attacker at
   its full rate: the rate defaults to the tool's maximum, every node a target in turn),
   started `--settle` seconds before a window of `--window` seconds and stopped at its end,
-  then `--gap` seconds without attack;
+  then `--gap` seconds without attack (`clientflood` signs as a client id of its own,
+  whose key the cluster's key directory has);
 * the baseline again (the machine is shared: its load changes during a run).
 
 For each window: honest throughput (completions / window) and its ratio to the first
@@ -158,7 +159,8 @@ async def read_back(config: Any, keys: Path, state: Path, client_ids: list[int],
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="bft-attacks-"))
     listener = TelemetryListener("127.0.0.1", 0, None)
-    config = local_config(4, name="attacks", clients=args.clients + 1)
+    # the load's clients, one for `clientflood` to claim, and the spare that reads back
+    config = local_config(4, name="attacks", clients=args.clients + 2)
     path, config, state, keys, cluster = monitored_cluster(root, config, listener)
     ids = [c.id for c in config.clients]
     load = LoadRun(path, keys, state, ids[:args.clients], processes=args.client_procs,

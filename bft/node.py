@@ -81,6 +81,9 @@ DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
 #: Datagrams from unknown sources the node takes from each batch it drains from its socket
 #: (the rest are dropped unread, `shed_unknown_source`): see `Node._fair_share`.
 UNKNOWN_PER_BATCH = 64
+#: Requests from one client id (at its verified address) the node takes from each batch it
+#: drains (the rest are dropped unread, `shed_client_share`): see `Node._fair_share`.
+CLIENT_PER_BATCH = 8
 
 
 # ---------------------------------------------------------------------- clocks
@@ -397,6 +400,7 @@ class Node:
         self.metrics: Metrics | None = None
         self._metrics_due = 0.0
         self.unknown_per_batch = UNKNOWN_PER_BATCH
+        self.client_per_batch = CLIENT_PER_BATCH
         self._pending = list(extensions)  # plugged in by open()
 
     # -- lifecycle
@@ -530,7 +534,7 @@ class Node:
             self.stats.received += len(batch)
             if batch:
                 self.stats.batches += 1
-                if len(batch) > self.unknown_per_batch:
+                if len(batch) > self.client_per_batch:
                     batch = self._fair_share(batch)
             for rec in batch:
                 payload = rec.payload
@@ -564,18 +568,25 @@ class Node:
     def _fair_share(self, batch: list[Any]) -> list[Any]:
         """The messages of `batch` the node takes (issue 21, Aardvark's fair queuing, by
         source): every message of a replica (its sender id, from its configured address),
-        every request from its client's verified address, every control command (the
-        ControlGate bounds their cost), and at most `unknown_per_batch` from anyone else
-        (another address, or a replica's or client's id from an address not theirs). The
-        rest are dropped before they cost a decode or a signature check, and counted
-        (`shed_unknown_source`). So a flood from unknown sources costs at most that share of
-        each batch in checks, and replicas and known clients are never shed."""
+        every control command (the ControlGate bounds their cost), at most
+        `client_per_batch` requests of each client id from its verified address, and at
+        most `unknown_per_batch` from anyone else (another address, or a replica's or
+        client's id from an address not theirs). The rest are dropped before they cost a
+        decode or a signature check, and counted (`shed_client_share`,
+        `shed_unknown_source`). So a flood from unknown sources, or from a client with a
+        valid key, costs at most its share of each batch in checks, and replicas are never
+        shed. What is taken keeps its order in the batch: the whole batch is handled in one
+        pass, so every client gets its places whatever the order (round-robin would take
+        the same set); moving the requests after the replicas' messages made the primary's
+        batches smaller (benchmarks/RESULTS.md, "What the defences cost")."""
         out = []
         budget = self.unknown_per_batch
+        cap = self.client_per_batch
         n = self._n
         replica_addr = self._replica_addr
         client_addrs = self.client_addrs
-        shed = 0
+        taken: dict[int, int] = {}
+        shed = shed_client = 0
         for rec in batch:
             sender = rec.sender_id
             if sender < n:
@@ -584,7 +595,12 @@ class Node:
                     continue
             elif sender >= CLIENT_SENDER_BASE and client_addrs.get(
                     sender - CLIENT_SENDER_BASE) == rec.addr:
-                out.append(rec)
+                k = taken.get(sender, 0)
+                if k < cap:
+                    taken[sender] = k + 1
+                    out.append(rec)
+                else:
+                    shed_client += 1
                 continue
             if is_control(rec.payload):
                 out.append(rec)
@@ -595,6 +611,8 @@ class Node:
                 shed += 1
         if shed:
             self.stats.drops["shed_unknown_source"] += shed
+        if shed_client:
+            self.stats.drops["shed_client_share"] += shed_client
         return out
 
     def _step(self, rec: Any, now: float, wall: Interval) -> list[Any]:
@@ -639,8 +657,20 @@ class Node:
             # primary) comes from that replica's address: it says nothing of the client's.
             req = msg.statement
             client = req.client
-            executed = self.core.client_table.get(client) if self.core is not None else None
-            if (req.timestamp > self.client_latest.get(client, -1)
+            core = self.core
+            executed = core.client_table.get(client) if core is not None else None
+            latest = self.client_latest.get(client, -1)
+            if (not from_replica and core is not None and req.timestamp > latest
+                    and (client, latest) in core.pending
+                    and (executed is None or executed[0] < latest)):
+                # One outstanding request per client (issue 21, Aardvark 4.2): a correct
+                # client sends t+1 only after t completed. While its freshest verified
+                # request is still pending here, a newer one would only queue behind it:
+                # dropped before any check (a batch that carries it is checked as ever,
+                # and the primary takes it once it has proposed the earlier one).
+                self.stats.drops["client_outstanding"] += 1
+                return []
+            if (req.timestamp > latest
                     and (executed is None or req.timestamp >= executed[0])
                     and rec.addr not in self._peer_of_addr
                     and rec.sender_id == CLIENT_SENDER_BASE + client

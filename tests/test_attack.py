@@ -178,6 +178,30 @@ async def test_replay_replays_a_captured_request_and_replies(tmp_path: Path) -> 
 
 
 @pytest.mark.udp
+async def test_clientflood_sends_valid_requests_of_one_client(tmp_path: Path) -> None:
+    """A faulty client with a valid key (issue 21, per-client fair queuing): its fresh
+    requests pass every check and reach the replica; its retransmissions cost no check.
+    Failed before the fix: "clientflood" was not a kind (ConfigError: unknown attack kind)."""
+    summary, rise, checks, node = await attack_cluster(tmp_path, spec("clientflood"))
+    sent = summary.sent
+    assert set(sent) == {"request_fresh", "request_retransmitted"}
+    assert 0 < sum(sent.values()) <= 200  # rate x duration at most
+    assert summary.notes and summary.notes[0].startswith("flooding as client ")
+    assert node.core is not None
+    client = int(summary.notes[0].split()[-1])
+    # the fresh ones reached the replica as that client's (its number went past the first)
+    entry = node.core.client_table.get(client)
+    took = node.client_latest.get(client, -1)
+    assert took > 0 or entry is not None
+    # each fresh request is checked at most twice (when it comes, and in the primary's
+    # batch that orders it); a retransmission costs none (a few checks are the honest
+    # replicas' STATUS, pre-prepares and votes)
+    assert checks <= 2 * sent["request_fresh"] + 100
+    # nothing forged here: no drop that means a failed or skipped check
+    assert rise["replica_address_mismatch"] == rise["replica_message_from_outsider"] == 0
+
+
+@pytest.mark.udp
 async def test_status_from_an_outsider_port_is_dropped_unchecked(tmp_path: Path) -> None:
     summary, rise, checks, _ = await attack_cluster(tmp_path, spec("status"))
     assert set(summary.sent) == {"status_behind", "fetch_state_repeat"}
@@ -262,7 +286,8 @@ async def test_an_attack_keeps_to_rate_times_duration(autojump_clock: Any) -> No
     finally:
         for sink in sinks:
             sink.close()
-    assert set(KINDS) == {"sigflood", "control", "fragments", "malformed", "status", "replay"}
+    assert set(KINDS) == {"sigflood", "control", "fragments", "malformed", "status", "replay",
+                          "clientflood"}
 
 
 # --------------------------------------------------------------------------

@@ -121,7 +121,10 @@ async def test_replica_and_known_client_traffic_is_processed_under_a_flood(
           f"passed={verifier.passed}")
     # every replica message and every request of the known client was checked and taken
     assert verifier.passed.get(("replica", 0)) == genuine_status
-    assert verifier.passed.get(("client", 0)) == client_requests
+    # (the first is checked and pending at this backup; the later ones would queue behind
+    # it: dropped unchecked, `client_outstanding`, tests/test_client_share.py)
+    assert verifier.passed.get(("client", 0)) == 1
+    assert node.stats.drops["client_outstanding"] == client_requests - 1
     # the forged requests cost at most the unknown share of each batch
     assert verifier.failed <= node.unknown_per_batch * batches
     assert verifier.failed + shed == 1500
