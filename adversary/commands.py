@@ -90,6 +90,9 @@ def _add_nemesis_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--converge-timeout", type=float, default=60.0, metavar="S",
                         help="how long to wait at the end for every node to catch up "
                         "(default 60)")
+    parser.add_argument("--check-timeout", type=float, default=300.0, metavar="S",
+                        help="how long the linearizability check may search (default 300; "
+                        "out of time fails the verdict)")
     parser.add_argument("--json", action="store_true", help="print the verdict as one JSON "
                         "object (the progress lines go to stderr)")
     parser.set_defaults(handler=run_nemesis_command)
@@ -106,12 +109,13 @@ def run_nemesis_command(args: argparse.Namespace) -> int:
     if args.state_dir is not None and args.state_dir.exists() and any(args.state_dir.iterdir()):
         raise CliError(f"--state-dir {args.state_dir} is not empty: nemesis starts a fresh "
                        "cluster (give a new directory, or none for a temporary one)")
-    if not args.converge_timeout > 0:
-        raise CliError("--converge-timeout must be > 0")
+    if not (args.converge_timeout > 0 and args.check_timeout > 0):
+        raise CliError("--converge-timeout and --check-timeout must be > 0")
     opts = NemesisOptions(args.config, [k.strip() for k in args.faults.split(",") if k.strip()],
                           args.interval, args.duration, seed=args.seed, beyond_f=args.beyond_f,
                           history_path=args.history, state_dir=args.state_dir,
-                          converge_timeout_s=args.converge_timeout)
+                          converge_timeout_s=args.converge_timeout,
+                          check_timeout_s=args.check_timeout)
     out = sys.stderr if args.json else sys.stdout
 
     def say(line: str) -> None:

@@ -65,7 +65,8 @@ from bft.telemetry import (
 from transport.frame import MAX_MESSAGE_ID, encode_frames
 
 __all__ = ["FAULT_KINDS", "Fault", "NemesisOptions", "format_report", "injection_problems", "judge",
-           "make_schedule", "op_counts", "report_json", "run_nemesis", "schedule_problems"]
+           "make_schedule", "op_counts", "report_json", "run_nemesis", "schedule_problems",
+           "self_exits"]
 
 FAULT_KINDS = ("kill", "pause", "partition", "clock", "restart")
 #: The sender id of admin control frames (as the dashboard and `bft ctl` send them).
@@ -73,7 +74,7 @@ ADMIN_FRAME_SENDER_ID = 2**32 - 1
 #: Clock offsets drawn for a `clock` fault, whole seconds (either sign).
 CLOCK_OFFSET_S = (2, 8)
 CONVERGE_TIMEOUT_S = 60.0
-CHECK_TIMEOUT_S = 120.0
+CHECK_TIMEOUT_S = 300.0
 OP_TIMEOUT_S = 5.0
 
 
@@ -175,6 +176,13 @@ def injection_problems(injected: Sequence[dict[str, Any]], scheduled: int) -> li
         out.append(f"{len(late)} faults landed after the load stopped "
                    f"({', '.join(x['kind'] for x in late)})")
     return out
+
+
+def self_exits(procs: Sequence[tuple[int, int, int | None]], signalled: set[int]) -> list[str]:
+    """Node processes, (node id, pid, exit status or None while it runs), that exited
+    although nobody signalled them: a crash of the node itself, never a fault injected."""
+    return [f"node {node} (pid {pid}) exited by itself with status {status}"
+            for node, pid, status in procs if status is not None and pid not in signalled]
 
 
 # --------------------------------------------------------------------------
@@ -354,6 +362,8 @@ class _Run:
     async def heal_all(self) -> None:
         """Undo whatever may still be in effect: every fault of every kind, on every node."""
         c = self.cluster
+        self.problems += self_exits([(p.node_id, p.pid, p.returncode) for p in c.all_procs],
+                                    c.signalled)
         for nd in c.config.nodes:
             if c.pid_of(nd.id) is None:
                 await self.start_node(nd.id)

@@ -26,6 +26,7 @@ from adversary.nemesis import (
     judge,
     make_schedule,
     schedule_problems,
+    self_exits,
 )
 from bft.cli import main
 from bft.launcher import config_to_toml, digest_agreement, throwaway_config
@@ -147,12 +148,27 @@ def test_verdict_fails_when_not_converged_or_a_fault_went_wrong():
     assert injection_problems([{"kind": "kill", "during_load": True}], 1) == []
 
 
+def test_a_node_that_exits_by_itself_is_a_problem_a_signalled_one_is_not():
+    """A node crashing on its own under the faults is a finding, not a fault injected: the
+    verdict names it (healing would otherwise restart it unseen). Failed before the fix:
+    ImportError (no self_exits): heal_all restarted any node that was down, and the verdict
+    held."""
+    procs = [(0, 100, None), (1, 101, -9), (1, 105, 0), (2, 102, 1), (3, 103, -15)]
+    found = self_exits(procs, signalled={101, 103})
+    assert found == ["node 1 (pid 105) exited by itself with status 0",
+                     "node 2 (pid 102) exited by itself with status 1"]
+    report = judge(lincheck=_lin_ok(), digests=(True, ""), converged=(True, ""), problems=found)
+    assert report["ok"] is False and "node 2" in report["checks"]["faults"]["detail"]
+    assert self_exits(procs[:2], signalled={101}) == []
+
+
 def test_bad_arguments_exit_2_before_any_node_starts(tmp_path, capsys):
     cfg = _config(tmp_path)
     cases = [
         (["--faults", "kill,bogus"], "distinct kinds"),
         (["--interval", "10", "--duration", "30"], "fewer than the 5 fault kinds"),
         (["--converge-timeout", "0"], "--converge-timeout"),
+        (["--check-timeout", "-1"], "--check-timeout"),
     ]
     for extra, message in cases:
         assert main(["nemesis", str(cfg), *extra]) == 2
