@@ -76,6 +76,8 @@ CLOCK_OFFSET_S = (2, 8)
 CONVERGE_TIMEOUT_S = 60.0
 CHECK_TIMEOUT_S = 300.0
 OP_TIMEOUT_S = 5.0
+#: How long a fault still in progress when the load stops may take to finish.
+FINISH_FAULT_TIMEOUT_S = 60.0
 
 
 # --------------------------------------------------------------------------
@@ -317,7 +319,10 @@ class _Run:
         elif fault.kind == "restart":
             for i in nodes:
                 if c.pid_of(i) is not None:
-                    await c.kill(i, signal.SIGTERM)
+                    status = await c.kill(i, signal.SIGTERM)
+                    if status != 0:  # it had to be killed, or failed on its way out
+                        self.problems.append(f"node {i} did not stop cleanly on SIGTERM "
+                                             f"(status {status}): {c.procs[i].describe()}"[:2000])
                 await self.start_node(i)
         elif fault.kind == "pause":
             for i in nodes:
@@ -348,12 +353,12 @@ class _Run:
         for fault in schedule:
             await trio.sleep_until(self.t0 + fault.at_s)
             at = self.t()
-            await self.inject(fault)
             in_load = at < self.load_end - self.t0
             self.injected.append({"kind": fault.kind, "nodes": list(fault.nodes),
                                   "at_s": round(at, 3), "during_load": in_load})
             self.say(f"[nemesis] t={at:6.1f}s fault {len(self.injected)}/{len(schedule)}: "
                      f"{fault.describe()}" + ("" if in_load else " (after the load)"))
+            await self.inject(fault)
             await trio.sleep_until(self.t0 + fault.heal_s)
             await self.undo(fault)
             self.say(f"[nemesis] t={self.t():6.1f}s healed {fault.kind} "
@@ -432,8 +437,11 @@ async def run_nemesis(opts: NemesisOptions, say: Callable[[str], None]) -> dict[
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_progress, run, history, max(5.0, min(30.0, opts.interval_s)))
 
+            faults_done = trio.Event()
+
             async def faults() -> None:
                 await run.play(schedule)
+                faults_done.set()
 
             nursery.start_soon(faults)
             with trio.move_on_after(opts.duration_s):
@@ -441,7 +449,11 @@ async def run_nemesis(opts: NemesisOptions, say: Callable[[str], None]) -> dict[
                                        keys=opts.keys, history=history,
                                        timeout_s=opts.op_timeout_s)
             history.finish(time.monotonic_ns())
-            say(f"[nemesis] t={run.t():6.1f}s load stopped; healing every node")
+            say(f"[nemesis] t={run.t():6.1f}s load stopped")
+            # a fault still being injected or undone (a slow restart) finishes first
+            with trio.move_on_after(FINISH_FAULT_TIMEOUT_S):
+                await faults_done.wait()
+            say(f"[nemesis] t={run.t():6.1f}s healing every node")
             nursery.cancel_scope.cancel()
         await run.heal_all()
         running = sorted(cluster.pids())
@@ -489,8 +501,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"nemesis {'PASS' if report['ok'] else 'FAIL'}: "
              f"operations ok {ops['ok']} fail {ops['fail']} info {ops['info']}; "
              f"faults {sum(faults.values())} ("
-             + ", ".join(f"{k} {v}" for k, v in sorted(faults.items()))
-             + f"; {report['faults_during_load']} during the load); "
+             + "".join(f"{k} {v}, " for k, v in sorted(faults.items()))
+             + f"{report['faults_during_load']} during the load); "
              f"view changes {report['view_changes']}; "
              f"state transfers {report['state_transfers']}"]
     for name, c in report["checks"].items():
