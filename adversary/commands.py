@@ -1,6 +1,8 @@
 """The adversary's part of the `bft` command line (a `bft.plugins` plugin, pyproject.toml).
 
 * `bft sim` and `bft explore` (adversary/simcli.py, adversary/explore.py);
+* `bft nemesis` (adversary/nemesis.py): a seeded fault schedule on a real local cluster
+  under a recorded load, then one verdict (linearizable, converged, one digest);
 * `bft node --scenario FILE` plays a scenario's rules for that node (and its network
   faults); `bft node --adversary` obeys the admin's pause, cut and behaviour commands
   (the dashboard's keys, `bft ctl`) without rules. Without either, `bft node` runs the
@@ -51,6 +53,84 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "arguments.")
     add_explore_arguments(parser)
     parser.set_defaults(handler=run_explore_command, explore_parser=parser)
+    _add_nemesis_parser(subparsers)
+
+
+def _add_nemesis_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "nemesis", help="inject seeded faults into a real local cluster under a checked load",
+        description="Start every node of CONFIG here (a fresh state directory), run a mixed "
+        "workload recording every operation, and meanwhile inject a seeded schedule of "
+        "faults on the real processes: kill (SIGKILL, restart from the WAL later), restart "
+        "(clean stop and start), pause (SIGSTOP/SIGCONT), partition (admin-signed cut/heal) "
+        "and clock (the node's clock off by 2-8 s). One fault per --interval, at most f "
+        "nodes at a time. Then heal everything, wait until every node executed the same "
+        "seq, compare the state digests there and check the history for linearizability. "
+        "Exits 0 when every check holds, 1 when one fails, 2 for bad arguments or config.",
+        epilog="example: bft nemesis configs/local-4.toml --faults "
+        "kill,pause,partition,clock,restart --interval 10 --duration 600 --seed 1")
+    parser.add_argument("config", metavar="CONFIG", type=Path,
+                        help="cluster config (TOML); loopback addresses only")
+    parser.add_argument("--faults", default="kill,pause,partition,clock,restart",
+                        metavar="KINDS", help="fault kinds separated by commas, from kill, "
+                        "pause, partition, clock, restart (default: all)")
+    parser.add_argument("--interval", type=float, default=10.0, metavar="S",
+                        help="one fault per interval of S seconds (default 10)")
+    parser.add_argument("--duration", type=float, default=60.0, metavar="S",
+                        help="how long the load runs with faults (default 60); must hold an "
+                        "interval per fault kind")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the schedule and the "
+                        "workload (default 0); the same seed draws the same schedule")
+    parser.add_argument("--beyond-f", action="store_true",
+                        help="fault f+1 nodes at a time (liveness may be lost; safety and "
+                        "the checks must still hold)")
+    parser.add_argument("--history", type=Path, default=None, metavar="FILE",
+                        help="also write the history (JSON lines) here, for `bft check`")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="the nodes' state directory (default: a fresh temporary one, "
+                        "removed afterwards)")
+    parser.add_argument("--converge-timeout", type=float, default=60.0, metavar="S",
+                        help="how long to wait at the end for every node to catch up "
+                        "(default 60)")
+    parser.add_argument("--check-timeout", type=float, default=300.0, metavar="S",
+                        help="how long the linearizability check may search (default 300; "
+                        "out of time fails the verdict)")
+    parser.add_argument("--json", action="store_true", help="print the verdict as one JSON "
+                        "object (the progress lines go to stderr)")
+    parser.set_defaults(handler=run_nemesis_command)
+
+
+def run_nemesis_command(args: argparse.Namespace) -> int:
+    """`bft nemesis`: 0 when every check holds, 1 when one fails, 2 for bad arguments."""
+    import trio
+
+    from adversary.nemesis import NemesisOptions, format_report, report_json, run_nemesis
+    from bft.cliutil import CliError, load_config
+
+    load_config(args.config)  # CliError / ConfigError now, naming the file or field
+    if args.state_dir is not None and args.state_dir.exists() and any(args.state_dir.iterdir()):
+        raise CliError(f"--state-dir {args.state_dir} is not empty: nemesis starts a fresh "
+                       "cluster (give a new directory, or none for a temporary one)")
+    if not (args.converge_timeout > 0 and args.check_timeout > 0):
+        raise CliError("--converge-timeout and --check-timeout must be > 0")
+    opts = NemesisOptions(args.config, [k.strip() for k in args.faults.split(",") if k.strip()],
+                          args.interval, args.duration, seed=args.seed, beyond_f=args.beyond_f,
+                          history_path=args.history, state_dir=args.state_dir,
+                          converge_timeout_s=args.converge_timeout,
+                          check_timeout_s=args.check_timeout)
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    from bft.launcher import LaunchError
+
+    try:
+        report = trio.run(run_nemesis, opts, say)
+    except (ValueError, LaunchError) as exc:  # arguments; a node that cannot start at all
+        raise CliError(str(exc)) from None
+    print(report_json(report) if args.json else format_report(report), flush=True)
+    return 0 if report["ok"] else 1
 
     from adversary.attack import add_attack_arguments, run_attack_command
 
