@@ -55,6 +55,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_explore_command, explore_parser=parser)
     _add_nemesis_parser(subparsers)
 
+    from adversary.attack import add_attack_arguments, run_attack_command
+
+    parser = subparsers.add_parser(
+        "attack", help="send one bounded attack at a cluster on this machine (loopback only)",
+        description="Send datagrams of one KIND at the nodes of CONFIG, RATE a second for "
+        "DURATION seconds (bounded: at most 200000/s and 600 s), and print what was sent. "
+        "sigflood: STATUS and Requests in the replicas' and clients' names, signed with "
+        "random keys; control: forged admin commands with fresh seq numbers; fragments: "
+        "first fragments that never complete, from many ports; malformed: bad CRC, "
+        "truncated frames, bad CBOR; replay: acts once as a client (a key of the key "
+        "directory), then replays its request and the replies; status: STATUS claiming to "
+        "be behind and FETCH-STATE repeats in a replica's name. Refuses any node address "
+        "outside 127.0.0.0/8 and ::1. Watch the nodes' drop counters (the dashboard, "
+        "telemetry) to see what each attack costs them.")
+    add_attack_arguments(parser)
+    parser.set_defaults(handler=run_attack_command)
+
 
 def _add_nemesis_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -132,22 +149,6 @@ def run_nemesis_command(args: argparse.Namespace) -> int:
     print(report_json(report) if args.json else format_report(report), flush=True)
     return 0 if report["ok"] else 1
 
-    from adversary.attack import add_attack_arguments, run_attack_command
-
-    parser = subparsers.add_parser(
-        "attack", help="send one bounded attack at a cluster on this machine (loopback only)",
-        description="Send datagrams of one KIND at the nodes of CONFIG, RATE a second for "
-        "DURATION seconds (bounded: at most 200000/s and 600 s), and print what was sent. "
-        "sigflood: STATUS and Requests in the replicas' and clients' names, signed with "
-        "random keys; control: forged admin commands with fresh seq numbers; fragments: "
-        "first fragments that never complete, from many ports; malformed: bad CRC, "
-        "truncated frames, bad CBOR; replay: acts once as a client (a key of the key "
-        "directory), then replays its request and the replies; status: STATUS claiming to "
-        "be behind and FETCH-STATE repeats in a replica's name. Refuses any node address "
-        "outside 127.0.0.0/8 and ::1. Watch the nodes' drop counters (the dashboard, "
-        "telemetry) to see what each attack costs them.")
-    add_attack_arguments(parser)
-    parser.set_defaults(handler=run_attack_command)
 
 
 # --------------------------------------------------------------------------

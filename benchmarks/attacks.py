@@ -205,6 +205,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 except (OSError, ValueError):
                     attacks[kind] = {"error": (root / f"attack-{kind}.out").read_text()[-500:]}
                 w["attacker_exit"] = status
+                if kind != CPU_CONTROL and (status != 0 or "error" in attacks[kind]):
+                    # a window without its attack measures nothing: say so, fail the run
+                    print(f"attack {kind} FAILED (exit {status}): "
+                          f"{attacks[kind].get('error', '')}", file=sys.stderr)
                 w["nodes_alive"] = sum(1 for p in cluster.procs.values() if p.running)
                 windows.append(w)
                 await trio.sleep(args.gap)
@@ -240,7 +244,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "node_cpu_s": w["node_cpu_s"], "views_entered": w["views_entered"],
             "attack_sent": a.get("total"),
             "attack_rate": (round(a["total"] / a["elapsed_s"]) if a.get("elapsed_s") else None),
-            "drops": w["drops"], "loadavg": w["loadavg"]})
+            "drops": w["drops"], "loadavg": w["loadavg"],
+            "attacker_failed": (w["name"] in attacks and w["name"] != CPU_CONTROL
+                                and (w.get("attacker_exit") != 0 or "error" in a))})
     digests = {s.get("last_executed"): set() for s in summaries.values()}
     for s in summaries.values():
         digests[s.get("last_executed")].add(s.get("state_digest"))
@@ -296,6 +302,10 @@ def main() -> int:
           f"{report['rss_hwm_mb']}")
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    failed = [r["window"] for r in report["rows"] if r.get("attacker_failed")]
+    if failed:
+        print(f"attacks that did not run (their windows measure nothing): {failed}")
+        return 1
     return 0
 
 
