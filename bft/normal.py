@@ -287,6 +287,8 @@ class NormalCase(ReplicaState):
         if pp.view != self.view:
             return self._drop("wrong_view")
         if self.in_view_change:
+            if digest_ok and pp.replica != self.id and self._hold_for_view(proposal):
+                return
             return self._drop("in_view_change")
         if pp.replica == self.id:
             return self._drop("own_message")
@@ -318,6 +320,48 @@ class NormalCase(ReplicaState):
         if problem:
             return self._drop(problem)
         self._accept_pre_prepare(slot, pp_signed, batch, fresh=True)
+
+    def _hold_for_view(self, proposal: Proposal) -> bool:
+        """Keep a proposal of the view we are changing to, with the clock reading it arrived
+        at, until its NEW-VIEW comes (`_accept_held_proposals`). The new primary proposes
+        once it enters the view, while the backups still wait for its NEW-VIEW; a round
+        longer than max_clock_skew_s made every later copy too old for rule 6, and no
+        backup prepared it (tests/test_viewchange_contention.py). Bounded: the first
+        proposal per seq above h, at most max_in_flight of them (a correct primary has no
+        more in flight before the backups' votes let it execute)."""
+        pp: PrePrepare = proposal.pre_prepare.statement
+        held = self._held_proposals
+        if pp.seq <= self.log.low or pp.seq in held:
+            return False
+        if len(held) >= self.config.max_in_flight:
+            self._drop("held_proposals_full")
+            return False
+        held[pp.seq] = (proposal, self._wall)
+        self.counters["proposal_held_for_view"] += 1
+        return True
+
+    def _accept_held_proposals(self) -> None:
+        """On entering a view: the proposals of its primary that came during the view change
+        go through every acceptance rule now, except that rule 6 reads the clock as it was
+        when each arrived. That is the check a proposal arriving in the view gets, at the
+        moment this replica saw it: a batch_time it accepts was within max_clock_skew of its
+        clock then, so a faulty primary can stamp no further from a correct clock than
+        before (agreed time may trail real time by the view change's length, as with a
+        late-committed batch: leases then end later in real time, never earlier). Judged
+        against the NEW-VIEW's arrival instead, a proposal that came before a slow NEW-VIEW
+        would fail rule 6 again; monotonicity (rule 6's second half) is checked now, after
+        the NEW-VIEW's re-proposals."""
+        held, self._held_proposals = self._held_proposals, {}
+        now_wall = self._wall
+        for seq in sorted(held):
+            proposal, wall = held[seq]
+            if proposal.pre_prepare.statement.view != self.view or self.in_view_change:
+                continue
+            self._wall = wall
+            try:
+                self._on_proposal(proposal)
+            finally:
+                self._wall = now_wall
 
     def _check_deferred(self, slot: Slot) -> None:
         proposal = slot.deferred

@@ -34,6 +34,7 @@ from bft.messages import (
     Checkpoint,
     NewView,
     PrePrepare,
+    Proposal,
     Request,
     Signed,
     Statement,
@@ -153,6 +154,9 @@ class ReplicaState:
         # of life that extends the progress timer (see _primary_alive_until)
         self._primary_ordered_at: float | None = None
         self._entering_view = False  # see _enter_view
+        # seq -> (a proposal of the view we are changing to, the clock reading it came at):
+        # judged once its NEW-VIEW comes (NormalCase._hold_for_view)
+        self._held_proposals: dict[int, tuple[Proposal, Interval]] = {}
         self.new_view_deadline: float | None = None
         self.batch_deadline: float | None = None
         self.status_deadline: float = 0.0
@@ -196,6 +200,7 @@ class ReplicaState:
         # bft/normal.py
         def _accept_pre_prepare(self, slot: Slot, pp_signed: Signed[PrePrepare],
                                 batch: Batch | None, fresh: bool) -> None: ...
+        def _accept_held_proposals(self) -> None: ...
         def _arm_progress(self) -> None: ...
         def _execute_ready(self) -> None: ...
         def _has_outstanding_work(self) -> bool: ...

@@ -190,6 +190,8 @@ class ViewChanges(ReplicaState):
         if not self.in_view_change:
             self.vc_started_at = self._now
         self._vc_sent_at = self._now
+        if new_view != self.view:
+            self._held_proposals = {}  # those of a view we no longer change to
         self.view = new_view
         self.in_view_change = True
         self.perf.leave_view(self._now)
@@ -307,6 +309,8 @@ class ViewChanges(ReplicaState):
             self._entering_view = False
         if self.is_primary:
             self._try_propose(force=True)
+        else:
+            self._accept_held_proposals()
         if self._has_outstanding_work():
             self._arm_progress()
         self._execute_ready()

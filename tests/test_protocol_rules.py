@@ -83,7 +83,12 @@ def test_rule_2_in_view_v_from_primary_v_and_not_in_a_view_change():
     for j in (2, 3):  # f+1 VIEW-CHANGEs: backup 1 joins the view change to view 2
         deliver(net, net.keys.signer("replica", j).sign(ViewChange(2, 0, b"\0" * 32, (), (), j)))
     assert net.replicas[1].in_view_change and net.replicas[1].view == 2
-    refused(net, proposal(net, view=2, signer=2, replica=2), "in_view_change")
+    # not prepared in the view change: held until view 2's NEW-VIEW comes, then judged by
+    # every rule (tests/test_held_proposals.py); one of another view is refused outright
+    held = net.replicas[1].counters["proposal_held_for_view"]
+    assert not prepares(deliver(net, proposal(net, view=2, signer=2, replica=2)))
+    assert net.replicas[1].counters["proposal_held_for_view"] == held + 1
+    refused(net, proposal(net, view=1, signer=1, replica=1), "wrong_view")
 
 
 @pytest.mark.parametrize("seq", [0, 129, 1_000])

@@ -46,3 +46,30 @@ def test_a_slow_view_change_round_does_not_cascade_4_5() -> None:
     assert {view for _, _, view, _ in starts} == {1}
     assert result.final_view == 1
     assert result.completed_requests > 500  # 249 completed before the crash
+
+
+def test_a_view_change_round_longer_than_the_clock_skew_makes_progress_4_4() -> None:
+    """PROTOCOL.md Normal case rule 6 (batch_time within max_clock_skew of the backup's
+    clock) with the view-change liveness argument (OSDI'99 4.4, 4.5.2): the primary crashes
+    at 3 s and every VIEW-CHANGE and NEW-VIEW takes 1.2 s to arrive, longer than
+    max_clock_skew_s (1 s). The new primary proposes as soon as it enters view 1, while the
+    backups still wait for its NEW-VIEW. A backup in the view change for view 1 keeps those
+    proposals (bounded: one per seq in its window) with the clock reading at which they
+    arrived, and judges them by that reading once it enters the view (option (a) of the
+    bug report; the time check is the one rule 6 makes, at the time the proposal reached
+    this replica, so a faulty primary can stamp a batch no further from a correct clock
+    than before; see NormalCase._on_proposal).
+
+    Failed before the fix: the backups dropped the proposals (in_view_change); the copies
+    loss recovery resent after the NEW-VIEW were more than 1 s old (batch_time_too_far_
+    behind), deferred until f+1 backups prepared them, which none did: no request completed
+    after the crash and the cluster went on to views 2 and 3."""
+    print(f"seed={SEED}")
+    result, log = _run(1200.0)
+    starts = [(round(t, 2), i, f["view"], f["cause"]) for t, i, kind, f in log.events
+              if kind == "view_change_start"]
+    print(f"completed={result.completed_requests} final_view={result.final_view} {starts}")
+    assert result.safety_ok, result.violations
+    assert {view for _, _, view, _ in starts} == {1}
+    assert result.final_view == 1
+    assert result.completed_requests > 500  # 249 completed before the crash

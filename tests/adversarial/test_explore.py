@@ -345,7 +345,10 @@ TEETH = {
     "QuorumOf2f": (("late",), 2, 900, ("agreement", "invariant", "linearizability",
                                         "state_digest")),
     "DecidedSlotTakesAnother": (("late",), 2, 350, ("invariant", "agreement")),
-    "NewViewSlotsWithoutView": (("primary",), 4, 600, ("liveness", "conduct", "evidence")),
+    # 1d: seed 4 found it at run 396 until backups held the new primary's proposals through
+    # the view change (tests/test_held_proposals.py): that liveness failure was mostly the
+    # stall that fix removed; now seeds 1, 3, 4 find it at runs 835, 528, 958, seed 2 not in 1000
+    "NewViewSlotsWithoutView": (("primary",), 3, 1600, ("liveness", "conduct", "evidence")),
     "PreparesInViewChange": (("late",), 4, 1000, ("conduct", "agreement", "invariant",
                                                   "state_digest", "linearizability")),
 }
