@@ -427,7 +427,9 @@ class SimResult:
     with the public keys can check them); `behaviours` the adversary rules
     (node, behaviour, window, params, judged); `witness` the evidence
     witness's data, and `evidence_ok` whether every equivocation that reached
-    a correct replica left a proof (its misses are also in `violations`).
+    a correct replica left a proof (its misses are also in `violations`);
+    `retransmissions` what loss recovery resent (client retransmissions and
+    broadcasts, replicas' resends answering STATUS).
     """
 
     seed: int
@@ -461,6 +463,7 @@ class SimResult:
     behaviours: tuple[dict[str, Any], ...] = ()
     witness: dict[str, Any] = field(default_factory=dict)
     evidence_ok: bool = True
+    retransmissions: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -1404,7 +1407,21 @@ class Simulation:
             behaviours=tuple(r.to_dict() for r in cfg.adversary),
             witness=witness,
             evidence_ok=not witness.get("missed", 0),
+            retransmissions=self._retransmissions(live),
         )
+
+    def _retransmissions(self, live: Any) -> dict[str, int]:
+        """What loss recovery resent: the clients' retransmissions and broadcasts, and the
+        messages live replicas resent to peers that said (STATUS) they lacked them."""
+        stats = [c.statistics() for c in self.clients]
+        resent = 0
+        for i in live:
+            counters = getattr(self.nodes[i], "counters", None)
+            if hasattr(counters, "get"):
+                resent += int(counters.get("status_resends", 0))
+        return {"client_retransmits": sum(int(s["retransmits"]) for s in stats),
+                "client_broadcasts": sum(int(s.get("broadcasts", 0)) for s in stats),
+                "replica_status_resends": resent}
 
 
 def _interval_builder() -> Callable[[int, int], Interval]:

@@ -442,13 +442,24 @@ def run_sim_command(args: argparse.Namespace) -> int:
         if exceed:
             out["faults_exceed_f"] = exceed
         if story is not None:
-            out["fencing"] = {"ok": not problems, "problems": problems}
+            out["fencing"] = {"ok": not problems, "problems": problems,
+                              "holder_token": story.holder_token,
+                              "successor_token": story.successor_token,
+                              "stale_write": story.stale_write}
         print(json.dumps(out, sort_keys=True))
     else:
         print(format_summary(result))
         if story is not None:
-            print(f"  fencing story: {'ok' if not problems else 'FAILED: ' + '; '.join(problems)}")
+            print(f"  fencing story: {_story_line(story, problems)}")
     return 0 if result.ok and not problems else 1
+
+
+def _story_line(story: Any, problems: list[str]) -> str:
+    """What the fencing story showed: the stale write refused, or where it went wrong."""
+    if problems:
+        return "FAILED: " + "; ".join(problems)
+    return (f"ok: client 0's write with its old token {story.holder_token} refused: "
+            f"{story.stale_write}; client 1 wrote with token {story.successor_token}")
 
 
 def _story(simulation: Simulation) -> Any:

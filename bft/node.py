@@ -709,9 +709,11 @@ class Node:
     async def _obey(self, cmd: Any, now: float) -> None:
         action = cmd.action
         self.log.warning("control", extra={"fields": {"event": "control", "action": cmd.describe()}})
+        obeyed = Event("control", {"action": cmd.describe()})
+        if self.on_effect is not None:  # `bft node --events` (and so `bft up`) print it
+            self.on_effect(obeyed)
         if self.telemetry is not None:
-            self._telemetry_out.extend(self.telemetry.observe(
-                Event("control", {"action": cmd.describe()}), now))
+            self._telemetry_out.extend(self.telemetry.observe(obeyed, now))
         if isinstance(action, Crash):
             self.log.warning("crash", extra={"fields": {"event": "crash"}})
             for h in self.log.handlers:
