@@ -1534,6 +1534,7 @@ class ByzantineNode:
     def tick(self, now: float, wall: Any = None) -> list[Any]:
         if not (self.rules or self.behaviours or self.live or self.backlog):
             self._last_now = now
+            self._last_timer = self._inner_deadline = None  # (as `_step` does for a tick)
             return self._pass_through(self.inner.tick(now, wall), now)
         return self._step(now, wall, lambda w: self.inner.tick(now, w), None, tick=True)
 
@@ -1602,6 +1603,14 @@ class ByzantineNode:
     def _step(self, now: float, wall: Any, call: Callable[[Any], list[Any]], message: Any, *,
               tick: bool = False) -> list[Any]:
         self._last_now = now
+        if tick:
+            # the driver's deadline was consumed by this tick (bft/driver.py's timer
+            # contract): the next one is announced again even when it equals the one passed
+            # on before. Else an early tick (bft/node.py's tick_soon, on an admin's Heal or
+            # Clear) with nothing due left the node with no timer at all: no STATUS, no
+            # transfer retry, never ticked again in an idle cluster (issue 22's catch-up bug,
+            # tests/test_catchup_regressions.py)
+            self._last_timer = None
         self._check_crash(now)
         behaviours = self._all()
         raw: list[Any] = []
@@ -1631,6 +1640,8 @@ class ByzantineNode:
             if message is not None:
                 for b in behaviours:
                     b.observe(message, now)
+            if tick:
+                self._inner_deadline = None  # ticked: the replica announces its next one
             raw.extend(call(w))
         return self._finish(raw, now, behaviours)
 
@@ -1803,6 +1814,7 @@ class TwinsNode:
         return self.receive_from(None, message, now, wall)
 
     def tick(self, now: float, wall: Any = None) -> list[Any]:
+        self._last_timer = None  # the driver's deadline is consumed: announce the next again
         out = self._route(0, self.twins[0].tick(now, wall))
         out += self._route(1, self.twins[1].tick(now, wall))
         return self._timer(out)
