@@ -270,7 +270,16 @@ class AttackNet(Net):
                 self.votes_sent.add(msg)
                 # newly signed: the replica was in view s.view, not in a view change, before
                 # or after this step (PROTOCOL.md: prepare and commit are steps of view v only)
-                if (s.view, False) not in views:
+                r = self.replicas[i]
+                nv = r.new_view_msg.statement if r is not None and r.new_view_msg else None
+                # entered s.view in this very step: it was changing to s.view before and
+                # holds s.view's NEW-VIEW now (set only on entering the view), so it was in
+                # s.view when it signed, even if it left it again before the step ended (a
+                # proposal held through the view change that proves the new primary
+                # equivocated makes it leave at once: PROTOCOL.md 4.5.2 and evidence)
+                entered = (views[0] == (s.view, True) and nv is not None
+                           and nv.view == s.view)
+                if (s.view, False) not in views and not entered:
                     self.violation("vote_outside_view", i, f"replica {i} signed {describe(msg)}"
                                    f" while (view, in view change) was {views[0]} before the "
                                    f"step and {views[1]} after it")
@@ -1353,3 +1362,24 @@ def test_state_transfer_completes_whatever_one_replica_sends(lies: list) -> None
     assert not net.violations, net.violations[0].text
     assert t.last_executed >= net.replicas[0].stable_seq, (
         f"replica 2 executed {t.last_executed}; drops {dict(t.drops)}")
+
+
+def test_a_vote_signed_on_entering_a_view_left_in_the_same_step_is_in_that_view():
+    """The checker's rule "prepare and commit are steps of view v only" counts a view the
+    replica entered during the step. The draws of the property run that showed it (a CI run
+    of test_no_peer_input_breaks_a_correct_replica, 2026-12-07): faulty replica 1, the next
+    primary, sends T a proposal for view 1 while T is still changing to view 1; T holds it
+    (bft/normal.py `_hold_for_view`), enters view 1 on the NEW-VIEW, signs the PREPARE of
+    the NEW-VIEW's seq 1, then judges the held proposal: another digest for (1, 1) signed by
+    the same primary, proof of equivocation, and T leaves view 1 for view 2 within the
+    same delivery. Correct conduct; it failed before as vote_outside_view ((1, True) before
+    the step, (2, True) after)."""
+    setup = Setup(k=2, requests=0, view_change=False, lag=1, lag_kind="batches",
+                  catch_up=False, role="next", faulty_silent=False, stuck=True)
+    net = fresh(setup, Replica)
+    draws = iter(["inject", "proposal", 1, 0, Batch(0, ()), 0,
+                  bytes.fromhex("9a58feee192b92c50a6899cefce80fee1c4c7a5f863743cb10706d6ffd731367"),
+                  1])
+    attack(net, setup.faulty, lambda *args, **kw: next(draws), 1, GENERAL)
+    print("\n".join(net.trace[-20:]))
+    check(net)
