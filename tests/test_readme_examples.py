@@ -191,6 +191,12 @@ EXAMPLES: dict[str, tuple[str, Any, str]] = {
         ("sim", _sim_history, "a history that `bft check` finds linearizable"),
     "python -m pytest tests/adversarial -q":
         ("covered", None, "the suite itself runs tests/adversarial"),
+    "bft nemesis configs/local-4.toml --faults kill,pause,partition,clock,restart "
+    "--interval 10 --duration 600 --seed 1 --history run.jsonl":
+        ("covered", None, "tests/test_nemesis.py::"
+         "test_real_run_passes_with_every_fault_kind_inside_the_load (the same faults on "
+         "free ports, --interval 3 --duration 20: PASS, every kind inside the load); the "
+         "600 s run itself is in benchmarks/RESULTS.md"),
     # --- campaigns (bounds substituted: a test cannot run 500 runs or 600 s)
     "bft explore --runs 500 --seed 1":
         ("explore", _explore_ok, "--runs 500 -> --runs 4; no violation"),
