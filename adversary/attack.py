@@ -484,27 +484,10 @@ class _ClientFlood(_Maker):
     def __init__(self, spec: AttackSpec, config: ClusterConfig, rng: random.Random,
                  keyring: Any, state_dir: Path | None, targets: int, notes: list[str]) -> None:
         from bft.app import Ops
-        from bft.errors import ClientIdInUse
-        from bft.node import claim_free_client_ids
 
         super().__init__(spec, config, rng)
-        if keyring is None:
-            raise AttackRefused("the clientflood attack signs as a client: it needs the "
-                                "config's keys (pass --state-dir or --key-dir)")
-        usable = []
-        for c in config.clients:
-            try:
-                keyring.private_key("client", c.id)
-            except (ConfigError, OSError):
-                continue
-            usable.append(c.id)
-        if not usable:
-            raise AttackRefused(f"the clientflood attack signs as a client: no client's "
-                                f"private key in {keyring.key_dir}")
-        try:
-            self.claim = claim_free_client_ids(state_dir, usable)[0]
-        except ClientIdInUse as exc:
-            raise AttackRefused(f"the clientflood attack signs as a client: {exc}") from None
+        self.claim = _claim_keyed_client(config, keyring, state_dir,
+                                         "the clientflood attack signs as a client")
         self.client = self.claim.client_id
         self.signer = keyring.signer("client", self.client)
         self.op = Ops.get("bft-attack-clientflood")
@@ -527,21 +510,17 @@ class _ClientFlood(_Maker):
         self.claim.release()
 
 
-async def _capture_as_client(config: ClusterConfig, keyring: Any, state_dir: Path | None,
-                             notes: list[str], timeout_s: float = 10.0
-                             ) -> tuple[bytes, dict[int, bytes], int, list[tuple[int, bytes]]]:
-    """Act as a legitimate client once (a free client id whose key the key directory
-    has): sign one read request, send it to every replica, and keep the replies until
-    f+1 replicas answered. Returns (the request's payload, {replica: the datagram sent to
-    it}, client id, [(replica, reply payload)])."""
-    from bft.app import Ops
+def _claim_keyed_client(config: ClusterConfig, keyring: Any, state_dir: Path | None,
+                        why: str) -> Any:
+    """Claim a free client id whose private key the key directory holds (the replay and
+    clientflood attacks sign as a legitimate client); AttackRefused, starting with `why`,
+    when there are no keys, no such client or every such id is in use."""
     from bft.errors import ClientIdInUse
     from bft.node import claim_free_client_ids
-    from transport.frame import FrameError, decode_frame_untrusted
 
     if keyring is None:
-        raise AttackRefused("the replay attack acts as a client once: it needs the config's "
-                            "keys (pass --state-dir or --key-dir)")
+        raise AttackRefused(f"{why}: it needs the config's keys (pass --state-dir or "
+                            "--key-dir)")
     usable = []
     for c in config.clients:
         try:
@@ -550,12 +529,25 @@ async def _capture_as_client(config: ClusterConfig, keyring: Any, state_dir: Pat
             continue
         usable.append(c.id)
     if not usable:
-        raise AttackRefused(f"the replay attack acts as a client once: no client's private key "
-                            f"in {keyring.key_dir}")
+        raise AttackRefused(f"{why}: no client's private key in {keyring.key_dir}")
     try:
-        claim = claim_free_client_ids(state_dir, usable)[0]
+        return claim_free_client_ids(state_dir, usable)[0]
     except ClientIdInUse as exc:
-        raise AttackRefused(f"the replay attack acts as a client once: {exc}") from None
+        raise AttackRefused(f"{why}: {exc}") from None
+
+
+async def _capture_as_client(config: ClusterConfig, keyring: Any, state_dir: Path | None,
+                             notes: list[str], timeout_s: float = 10.0
+                             ) -> tuple[bytes, dict[int, bytes], int, list[tuple[int, bytes]]]:
+    """Act as a legitimate client once (a free client id whose key the key directory
+    has): sign one read request, send it to every replica, and keep the replies until
+    f+1 replicas answered. Returns (the request's payload, {replica: the datagram sent to
+    it}, client id, [(replica, reply payload)])."""
+    from bft.app import Ops
+    from transport.frame import FrameError, decode_frame_untrusted
+
+    claim = _claim_keyed_client(config, keyring, state_dir,
+                                "the replay attack acts as a client once")
     with claim:
         cid = claim.client_id
         signed = keyring.signer("client", cid).sign(
