@@ -14,8 +14,9 @@ datagrams sent by kind. Kinds:
   Ed25519 check that fails.
 * `control`: admin control commands (pause) with fresh seq numbers, signed with a
   random key: every cheap check passes, the signature does not.
-* `fragments`: first fragments of messages that never complete, from `--sources`
-  source ports (default 200): they fill the reassembly budget of strangers.
+* `fragments`: first fragments of messages that never complete (each starts as a
+  signed Request, so that it passes a node's kernel filter), from `--sources` source
+  ports (default 200): they fill the reassembly budget of strangers.
 * `malformed`: corrupt frames (bad CRC32C, truncated, bad magic) and frames whose
   payload is not a message (random bytes, a message cut short).
 * `replay`: acts as a legitimate client once, with a client key of the config's key
@@ -376,12 +377,18 @@ class _Control(_Maker):
 
 class _Fragments(_Maker):
     """The first of two fragments of messages that never complete, from many ports, each
-    port with a sender id of its own (a stranger's)."""
+    port with a sender id of its own (a stranger's). Each message starts as a signed
+    Request does (a forged one, its op two datagrams long), so that its first fragment
+    passes what a node's kernel filter checks of a stranger's message (bft/node.py
+    `stranger_program`)."""
 
     def __init__(self, spec: AttackSpec, config: ClusterConfig, rng: random.Random) -> None:
         super().__init__(spec, config, rng)
         chunk = self.max_datagram - 27
-        self.payload = rng.randbytes(2 * chunk)
+        c = self.client_ids[0]
+        request = Request(rng.randbytes(2 * chunk), 1, c)
+        self.payload = _forged(request, _random_signer(rng, "client", c).sign(
+            Request(b"", 1, c)).signature)
         self.sources = spec.source_count()
 
     def make(self, i: int, node: int) -> tuple[str, bytes, int]:

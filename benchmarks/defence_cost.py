@@ -15,7 +15,10 @@ in turn, `--rounds` times, for each variant:
 * `new`: this worktree's `bft`;
 * `new, no fair share`: this worktree's `bft` with `Node._fair_share` replaced by the
   identity (through a `sitecustomize` module on PYTHONPATH, inherited by the nodes the
-  bench spawns), to tell what the per-source and per-client shares cost from the rest.
+  bench spawns), to tell what the per-source and per-client shares cost from the rest;
+* `new, no kernel steering`: this worktree's `bft` with `Node.kernel_steering` off (the
+  same way): one socket for everyone, no kernel filter, to tell what the reuseport
+  steering, the strangers' filter and rate cost.
 
 Alternating the variants round by round spreads the shared machine's load changes over all
 of them. Each line prints the variant, throughput, p50/p99 latency, the nodes' CPU
@@ -40,7 +43,13 @@ from transport.udp import free_udp_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_FAIR_SHARE = ("import bft.node\n"
-                 "bft.node.Node._fair_share = lambda self, batch: batch\n")
+                 "bft.node.Node._fair_share = lambda self, batch, now: batch\n")
+NO_STEERING = ("import bft.node\n"
+               "_init = bft.node.Node.__init__\n"
+               "def _no_steering(self, *args, **kwargs):\n"
+               "    _init(self, *args, **kwargs)\n"
+               "    self.kernel_steering = False\n"
+               "bft.node.Node.__init__ = _no_steering\n")
 
 
 def config_copy(root: Path, out: Path) -> Path:
@@ -92,12 +101,17 @@ def main() -> int:
     patch_dir = work / "no-fair-share"
     patch_dir.mkdir()
     (patch_dir / "sitecustomize.py").write_text(NO_FAIR_SHARE)
+    no_steering_dir = work / "no-steering"
+    no_steering_dir.mkdir()
+    (no_steering_dir / "sitecustomize.py").write_text(NO_STEERING)
     base_env = dict(os.environ)
     base_env.pop("PYTHONPATH", None)
     variants = [
         ("old", str(old_python), old_python.parent.parent.parent, base_env),
         ("new", sys.executable, ROOT, base_env),
         ("new, no fair share", sys.executable, ROOT, dict(base_env, PYTHONPATH=str(patch_dir))),
+        ("new, no kernel steering", sys.executable, ROOT,
+         dict(base_env, PYTHONPATH=str(no_steering_dir))),
     ]
     print(f"load average at start: {os.getloadavg()}; work dir {work}", file=sys.stderr)
     runs: list[dict[str, Any]] = []

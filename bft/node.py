@@ -68,6 +68,7 @@ from bft.messages import Fetch, FetchState, Request, Signed, StateChunk, Status
 from bft.replica import Replica
 from bft.storage import WalStorage, votes_may_be_lost
 from bft.telemetry import (
+    CONTROL_MAGIC,
     ControlGate,
     Crash,
     TelemetryAggregator,
@@ -75,6 +76,8 @@ from bft.telemetry import (
     is_control,
     is_telemetry,
 )
+from transport import bpf
+from transport.frame import HEADER_BYTES, MAGIC, OVERHEAD_BYTES, VERSION
 from transport.udp import DatagramFilter, TransportError, UdpEndpoint
 
 DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
@@ -84,6 +87,104 @@ UNKNOWN_PER_BATCH = 64
 #: Requests from one client id (at its verified address) the node takes from each batch it
 #: drains (the rest are dropped unread, `shed_client_share`): see `Node._fair_share`.
 CLIENT_PER_BATCH = 8
+#: How often at most the node re-steers its trusted sources when a client's verified
+#: address changed (each change installs a new kernel program).
+TRUSTED_UPDATE_INTERVAL_S = 0.05
+#: A client whose requests were shed (more than its share of a batch: a correct client has
+#: one request outstanding) is a stranger for this long: its datagrams go to the strangers'
+#: socket, where the kernel drops what is beyond the strangers' rate.
+CLIENT_DEMOTION_S = 10.0
+#: Requests a second one client may send a node from its verified address before it is
+#: demoted the same way. A correct client has one request outstanding, so it sends about
+#: one per completed request (and a retransmission per timeout): far fewer than this on
+#: any cluster whose latency is above 1 ms.
+CLIENT_MAX_REQUESTS_PER_S = 1000
+
+
+# ------------------------------------------------------- what strangers may send
+
+#: In a socket filter on a UDP socket the datagram starts after the UDP header.
+_UDP = 8
+_SENDER = _UDP + 3
+_INDEX = _UDP + 15
+_MESSAGE = _UDP + HEADER_BYTES
+
+
+def _array_head(items: int) -> int:
+    assert items < 24
+    return 0x80 + items
+
+
+#: `[20, body, signature]`: the first two bytes of every encoded Signed.
+SIGNED_PREFIX = (_array_head(3) << 8) | Signed.TAG
+#: The first two bytes of an encoded Request: `[1, op, timestamp, client]`.
+REQUEST_PREFIX = (_array_head(4) << 8) | Request.TAG
+
+
+def stranger_program(replicas: int) -> list[bpf.Insn]:
+    """The socket filter for the strangers' socket of a node of a cluster of `replicas`:
+    what a stranger may send a node (issue 21).
+
+    A node's strangers are every source outside its trusted set (the configured replicas,
+    the monitor, clients at their verified addresses: transport/udp.py steers those to a
+    socket of their own). From a stranger the node takes only two things (`Node._step`,
+    `Node.accept_control`): a client's signed Request, and a control command.
+    Everything else is dropped there after it has cost a receive, a checksum and a decode.
+    `stranger_program` drops it in the kernel instead, by bytes at fixed offsets:
+
+    * a frame shorter than a header and checksum, or not our magic and version
+      (transport/frame.py);
+    * a frame whose sender id is a replica's (below n): a replica's frames come from its
+      configured address, which is trusted, so from anywhere else they are forgeries
+      (the node counts them as `replica_address_mismatch`);
+    * the first fragment of a message that is neither a control command (`BFTC`,
+      bft/telemetry.py) nor a `Signed` Request: `[20, body, signature]` (0x83 0x14),
+      `body` a byte string whose first bytes are `[1, ...]` (0x84 0x01), the Request's
+      array head and tag (bft/codec.py). Later fragments carry no header of the message
+      and pass: their first fragment decides whether the message can ever complete.
+
+    What passes is still checked in full by the node (this only drops early what the
+    node would drop later), and the strangers' socket is read only up to a budget per
+    pass, so what passes costs a bounded share. A pure function: tests run the program in the kernel
+    (tests/test_kernel_steering.py).
+    """
+    asm = bpf.Asm()
+    asm.op(bpf.LD_W_LEN)
+    asm.op(bpf.JGE_K, _UDP + OVERHEAD_BYTES, jf="drop")
+    asm.op(bpf.LD_H_ABS, _UDP)
+    asm.op(bpf.JEQ_K, int.from_bytes(MAGIC, "big"), jf="drop")
+    asm.op(bpf.LD_B_ABS, _UDP + 2)
+    asm.op(bpf.JEQ_K, VERSION, jf="drop")
+    asm.op(bpf.LD_W_ABS, _SENDER)
+    asm.op(bpf.JGE_K, replicas, jf="drop")
+    asm.op(bpf.LD_H_ABS, _INDEX)
+    asm.op(bpf.JEQ_K, 0, jf="accept")  # a later fragment
+    asm.op(bpf.LD_W_ABS, _MESSAGE)
+    asm.op(bpf.JEQ_K, int.from_bytes(CONTROL_MAGIC, "big"), jt="accept")
+    asm.op(bpf.LD_H_ABS, _MESSAGE)
+    asm.op(bpf.JEQ_K, SIGNED_PREFIX, jf="drop")
+    # the body's byte-string head: 0x40-0x57 (length in the head), 0x58/0x59/0x5a (a
+    # length of 1, 2 or 4 bytes after it); the statement starts after the head
+    asm.op(bpf.LD_B_ABS, _MESSAGE + 2)
+    asm.op(bpf.JGT_K, 0x57, jt="long")
+    asm.op(bpf.JGE_K, 0x40, jf="drop")
+    asm.op(bpf.LD_H_ABS, _MESSAGE + 3)
+    asm.op(bpf.JA, jt="tag")
+    asm.label("long")
+    for head, skip in ((0x58, 1), (0x59, 2)):
+        asm.op(bpf.JEQ_K, head, jf=f"not{head}")
+        asm.op(bpf.LD_H_ABS, _MESSAGE + 3 + skip)
+        asm.op(bpf.JA, jt="tag")
+        asm.label(f"not{head}")
+    asm.op(bpf.JEQ_K, 0x5A, jf="drop")
+    asm.op(bpf.LD_H_ABS, _MESSAGE + 3 + 4)
+    asm.label("tag")
+    asm.op(bpf.JEQ_K, REQUEST_PREFIX, jf="drop")
+    asm.label("accept")
+    asm.ret(bpf.ACCEPT)
+    asm.label("drop")
+    asm.ret(bpf.DROP)
+    return asm.assemble()
 
 
 # ---------------------------------------------------------------------- clocks
@@ -399,7 +500,16 @@ class Node:
         self._peer_ids = tuple(n.id for n in config.nodes if n.id != node_id)
         self.metrics: Metrics | None = None
         self._metrics_due = 0.0
-        self.unknown_per_batch = UNKNOWN_PER_BATCH
+        self.unknown_per_batch = config.stranger_budget
+        #: steer trusted sources and strangers apart in the kernel (issue 21; see
+        #: transport/udp.py): set False before open() to keep one socket for everyone
+        self.kernel_steering = True
+        self._trusted_dirty = False
+        self._trusted_due = 0.0
+        self._demoted: dict[int, float] = {}  # client id -> until (trio time)
+        self._demoted_next = math.inf  # the first demotion to end
+        self._client_requests: dict[int, int] = {}  # this second's, by client id
+        self._client_second = 0.0  # (when the count restarts)
         self.client_per_batch = CLIENT_PER_BATCH
         self._pending = list(extensions)  # plugged in by open()
 
@@ -413,9 +523,14 @@ class Node:
         # host's interface: NAT, a cloud's public address); peers send to the advertised one
         bind_host, bind_port = me.bind_address
         try:
-            self.endpoint = UdpEndpoint(self.id, bind_host, bind_port, peers=peers,
-                                        max_datagram_bytes=self.config.max_datagram_bytes,
-                                        max_message_bytes=self.config.limits.max_message_bytes)
+            self.endpoint = UdpEndpoint(
+                self.id, bind_host, bind_port, peers=peers,
+                max_datagram_bytes=self.config.max_datagram_bytes,
+                max_message_bytes=self.config.limits.max_message_bytes,
+                trusted_sources=() if self.kernel_steering else None,
+                stranger_filter=stranger_program(self._n),
+                stranger_budget=self.unknown_per_batch,
+                stranger_rate=self.config.stranger_rate)
         except TransportError as exc:
             cause = exc.__cause__
             if (me.listen is None and isinstance(cause, OSError)
@@ -428,6 +543,13 @@ class Node:
                     f"otherwise run node {self.id} on the host that has {me.host}") from exc
             raise
         self._replica_addr = {**self.endpoint.peers, self.id: self.endpoint.address}
+        if self.endpoint.steering == "on":
+            self._set_trusted_sources()
+        elif self.kernel_steering:
+            self.log.warning("strangers are not steered apart in the kernel: every datagram "
+                             "is read and sorted in Python", extra={"fields": {
+                                 "event": "kernel_steering_off",
+                                 "why": self.endpoint.steering}})
         self.storage = WalStorage(self.state_dir / f"wal-{self.id}", fsync=self.fsync)  # type: ignore[arg-type]
         self.runner = EffectRunner(self.storage, _NodeIO(self))
         if self.storage.recovered:
@@ -535,7 +657,7 @@ class Node:
             if batch:
                 self.stats.batches += 1
                 if len(batch) > self.client_per_batch:
-                    batch = self._fair_share(batch)
+                    batch = self._fair_share(batch, now)
             for rec in batch:
                 payload = rec.payload
                 if is_control(payload):
@@ -547,6 +669,14 @@ class Node:
                     self.stats.drops["telemetry_to_node"] += 1
                     continue
                 effects.extend(self._step(rec, now, wall))
+            if now >= self._demoted_next:
+                self._trusted_dirty = True
+            if now >= self._client_second:
+                self._client_requests.clear()
+                self._client_second = now + 1.0
+            if self._trusted_dirty and now >= self._trusted_due:
+                self._set_trusted_sources(now)
+                self._trusted_due = now + TRUSTED_UPDATE_INTERVAL_S
             if runner.take_due(now):  # the timer contract (bft/driver.py)
                 effects.extend(replica.tick(now, wall))
             if effects:
@@ -565,7 +695,26 @@ class Node:
                                      replica.view, core.primary(), core.last_executed,
                                      core.stable_seq)
 
-    def _fair_share(self, batch: list[Any]) -> list[Any]:
+    def _set_trusted_sources(self, now: float = -math.inf) -> None:
+        """Steer the replicas, the monitor and the clients' verified addresses (the most
+        recently verified first, as many as one program holds) to the trusted socket."""
+        assert self.endpoint is not None
+        self._trusted_dirty = False
+        self._demoted = {c: t for c, t in self._demoted.items() if t > now}
+        self._demoted_next = min(self._demoted.values(), default=math.inf)
+        sources = [a for i, a in self._replica_addr.items() if i != self.id]
+        if self.config.monitor is not None:
+            sources.append(self.config.monitor)
+        sources.extend(a for c, a in reversed(list(self.client_addrs.items()))
+                       if c not in self._demoted)
+        try:
+            self.endpoint.set_trusted_sources(sources)
+        except (OSError, ValueError) as exc:  # the old program stays
+            self.stats.drops["trusted_update_refused"] += 1
+            self.log.warning("trusted sources not updated", extra={"fields": {
+                "event": "trusted_update_refused", "why": str(exc)}})
+
+    def _fair_share(self, batch: list[Any], now: float) -> list[Any]:
         """The messages of `batch` the node takes (issue 21, Aardvark's fair queuing, by
         source): every message of a replica (its sender id, from its configured address),
         every control command (the ControlGate bounds their cost), at most
@@ -578,7 +727,9 @@ class Node:
         shed. What is taken keeps its order in the batch: the whole batch is handled in one
         pass, so every client gets its places whatever the order (round-robin would take
         the same set); moving the requests after the replicas' messages made the primary's
-        batches smaller (benchmarks/RESULTS.md, "What the defences cost")."""
+        batches smaller (benchmarks/RESULTS.md, "What the defences cost"). A client that
+        had requests shed is no longer trusted for `CLIENT_DEMOTION_S` (the kernel steers
+        it with the strangers, see `_set_trusted_sources`)."""
         out = []
         budget = self.unknown_per_batch
         cap = self.client_per_batch
@@ -601,6 +752,10 @@ class Node:
                     out.append(rec)
                 else:
                     shed_client += 1
+                    if k == cap:
+                        taken[sender] = k + 1
+                        self._demoted[sender - CLIENT_SENDER_BASE] = now + CLIENT_DEMOTION_S
+                        self._trusted_dirty = True
                 continue
             if is_control(rec.payload):
                 out.append(rec)
@@ -657,6 +812,12 @@ class Node:
             # primary) comes from that replica's address: it says nothing of the client's.
             req = msg.statement
             client = req.client
+            if not from_replica and self.client_addrs.get(client) == rec.addr:
+                count = self._client_requests.get(client, 0) + 1
+                self._client_requests[client] = count
+                if count == CLIENT_MAX_REQUESTS_PER_S:  # no correct client sends that many
+                    self._demoted[client] = now + CLIENT_DEMOTION_S
+                    self._trusted_dirty = True
             core = self.core
             executed = core.client_table.get(client) if core is not None else None
             latest = self.client_latest.get(client, -1)
@@ -677,7 +838,10 @@ class Node:
                     and req.timestamp <= wall.earliest_us + self._fresh_ahead_us
                     and self.verifier.verify(msg)):
                 self.client_latest[client] = req.timestamp
-                self.client_addrs[client] = rec.addr
+                if self.client_addrs.get(client) != rec.addr:
+                    self.client_addrs.pop(client, None)  # (the newest last: see above)
+                    self.client_addrs[client] = rec.addr
+                    self._trusted_dirty = True
         self.stats.steps += 1
         return self.replica.receive(msg, now, wall)
 

@@ -68,6 +68,7 @@ async def test_a_flooding_client_with_a_valid_key_is_capped_per_batch(tmp_path: 
             # every client is known: its verified address is this socket's
             node.client_addrs[c] = s.getsockname()
             node.client_latest[c] = 0
+        node._set_trusted_sources()  # (what the node does when it verifies their requests)
         mid = rng.getrandbits(40)
         base_us = 1_700_000_000_000_000
 

@@ -42,6 +42,27 @@ datagram that does not fit in the queue is dropped and counted in
 `statistics()["send_errors"]["send_queue_full"]`. So a burst costs one scheduler
 pass (or none) instead of one per message.
 
+Trusted sources and strangers (issue 21). Given `trusted_sources` (Linux), the
+endpoint binds two sockets to its one address as a reuseport group, and a classic BPF
+program (transport/bpf.py) steers every datagram from a trusted `(host, port)` to the
+first and everything else to the second, the strangers' socket, which may carry a
+socket filter of the caller's (`stranger_filter`) that drops in the kernel what no
+stranger may send. A drain reads the trusted socket as before (up to `max_batch`) and
+then at most `stranger_budget` datagrams of the strangers' socket, whose buffer is small
+(`stranger_buffer_bytes`), and no more than `stranger_rate` a second in the long run (a
+token bucket of `stranger_budget` tokens: while it is empty a receiver waits on the
+trusted socket alone, until a token is due). What strangers send beyond that is dropped
+by the kernel without costing this process anything (counted as
+`stranger_kernel_drop`). So a flood from strangers costs the receiver a bounded number of
+reads a second, whatever each costs above, and cannot fill the buffer the trusted
+sources' datagrams wait in. `set_trusted_sources` changes the
+set (a client's new verified address). The trusted socket is bound first without
+SO_REUSEPORT, so that the port it gets is one no other socket holds, and only then
+opened to the second; a process of the same user that binds the port with SO_REUSEPORT
+could still join the group (it could as well read the node's memory). Where the kernel
+refuses any of this the endpoint keeps one socket, as without `trusted_sources`, and
+says why in `statistics()["steering"]`.
+
 Fault injection: `send_filter` and `recv_filter` see every datagram (after
 framing on send, before decoding on receive) as `filter(datagram, addr)` and
 return the datagrams to pass on now, as `(datagram, addr)` pairs: none to drop,
@@ -57,6 +78,7 @@ import errno
 import ipaddress
 import re
 import secrets
+import select
 import socket
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -64,6 +86,7 @@ from typing import Any, NamedTuple, Self
 
 import trio
 
+from transport import bpf
 from transport.frame import (
     DEFAULT_MAX_MESSAGE_BYTES,
     FRAME_DROP_REASONS,
@@ -85,15 +108,25 @@ DEFAULT_MAX_DATAGRAM_BYTES = 1400
 MAX_UDP_PAYLOAD_BYTES = 65507
 DEFAULT_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1024
+#: Datagrams from strangers (sources outside the trusted set) read per pass, and the
+#: receive buffer they queue in: see "Trusted sources and strangers" above.
+DEFAULT_STRANGER_BUDGET = 64
+DEFAULT_STRANGER_BUFFER_BYTES = 256 * 1024
+#: Datagrams a second from strangers, at most, in the long run (bursts of up to
+#: `stranger_budget`).
+DEFAULT_STRANGER_RATE = 500.0
 #: Bytes of datagrams `send_nowait` may keep for `flush()` while the kernel's send
 #: buffer is full (one largest message by default).
 DEFAULT_MAX_SEND_QUEUE_BYTES = 4 * 1024 * 1024
 
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0)
 
-#: Every receive drop reason of the endpoint (frame, size and reassembly reasons).
+#: Every receive drop reason of the endpoint (frame, size and reassembly reasons, and
+#: `stranger_kernel_drop`: strangers' datagrams the kernel dropped, by the admission
+#: filter or because their socket's buffer was full).
 RECEIVE_DROP_REASONS = tuple(
-    dict.fromkeys(("oversize",) + FRAME_DROP_REASONS + REASSEMBLY_DROP_REASONS)
+    dict.fromkeys(("oversize",) + FRAME_DROP_REASONS + REASSEMBLY_DROP_REASONS
+                  + ("stranger_kernel_drop",))
 )
 
 
@@ -188,6 +221,11 @@ class UdpEndpoint:
         first_message_id: int | None = None,
         send_filter: DatagramFilter | None = None,
         recv_filter: DatagramFilter | None = None,
+        trusted_sources: Iterable[tuple[str, int]] | None = None,
+        stranger_filter: Iterable[bpf.Insn] | None = None,
+        stranger_budget: int = DEFAULT_STRANGER_BUDGET,
+        stranger_rate: float = DEFAULT_STRANGER_RATE,
+        stranger_buffer_bytes: int = DEFAULT_STRANGER_BUFFER_BYTES,
     ) -> None:
         """Bind a UDP socket to `host` (an IP address, or a host name resolved now)
         and `port` (0 picks a free port).
@@ -199,7 +237,10 @@ class UdpEndpoint:
         for `flush()` while the kernel's send buffer is full (0: keep none, drop
         and count them). The message-id counter starts at
         `first_message_id`, by default a random 48-bit number, so that a restarted
-        sender's ids are not taken for recent duplicates.
+        sender's ids are not taken for recent duplicates. `trusted_sources`,
+        `stranger_filter`, `stranger_budget`, `stranger_rate` and
+        `stranger_buffer_bytes`: see "Trusted
+        sources and strangers" in the module's text (None: one socket for everyone).
         """
         if not 0 <= sender_id <= MAX_SENDER_ID:
             raise TransportError(f"sender_id {sender_id} is not a u32")
@@ -212,6 +253,10 @@ class UdpEndpoint:
             raise TransportError("max_batch must be >= 1")
         if max_send_queue_bytes < 0:
             raise TransportError("max_send_queue_bytes must be >= 0")
+        if stranger_budget < 1:
+            raise TransportError("stranger_budget must be >= 1")
+        if not stranger_rate > 0:
+            raise TransportError("stranger_rate must be > 0")
         self.sender_id = sender_id
         self.max_datagram_bytes = max_datagram_bytes
         self.max_message_bytes = max_message_bytes
@@ -248,6 +293,20 @@ class UdpEndpoint:
         self.sndbuf_bytes = self._set_buffer(socket.SO_SNDBUF, socket_buffer_bytes)
         self.address: Address = _normal_address(family, sock.getsockname())
         self._closed = False
+        self.stranger_budget = stranger_budget
+        self.stranger_rate = float(stranger_rate)
+        self._tokens = float(stranger_budget)  # the strangers' token bucket
+        self._tokens_at: float | None = None  # (trio time of the last refill)
+        self._strangers: socket.socket | None = None
+        self._epoll: Any = None
+        self._wait_on: Any = sock  # what a receiver waits on: the socket, or an epoll of both
+        self._trusted: frozenset[Address] = frozenset()
+        self._steered = False  # a steering program is attached (until then: by hash)
+        self._stranger_datagrams = 0
+        self._stranger_kernel_drops = 0  # (as last read: kept after close)
+        self.steering = "off"  # "on", "off" (not asked for) or why the kernel refused
+        if trusted_sources is not None:
+            self._split(trusted_sources, stranger_filter, stranger_buffer_bytes)
 
         self._pending: deque[Received] = deque()
         self._send_queue: deque[tuple[bytes, Address]] = deque()
@@ -262,6 +321,71 @@ class UdpEndpoint:
         self._received_datagrams = 0
         self._received_bytes = 0
         self._received_messages = 0
+
+    def _split(self, trusted: Iterable[tuple[str, int]], admit: Iterable[bpf.Insn] | None,
+               buffer_bytes: int) -> None:
+        """Open the strangers' socket beside the trusted one (see the module's text)."""
+        sock = self._sock
+        strangers = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            strangers.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            strangers.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if admit is not None:  # before it can receive anything
+                bpf.attach(strangers, bpf.SO_ATTACH_FILTER, list(admit))
+            strangers.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+            strangers.bind(sock.getsockname())
+            self._strangers = strangers
+            self.set_trusted_sources(trusted)
+            epoll = select.epoll()
+            epoll.register(sock.fileno(), select.EPOLLIN)
+            epoll.register(strangers.fileno(), select.EPOLLIN)
+        except (OSError, ValueError, AttributeError) as exc:
+            self._strangers = None
+            strangers.close()
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+            except OSError:
+                pass
+            self.steering = f"refused by the kernel: {exc}"
+            return
+        self._epoll = epoll
+        self._wait_on = epoll.fileno()
+        self.steering = "on"
+
+    def set_trusted_sources(self, sources: Iterable[tuple[str, int]]) -> int:
+        """Steer datagrams from `sources` (numeric `(host, port)` of the endpoint's family;
+        others are ignored) to the trusted socket from now on, everything else to the
+        strangers'. At most `bpf.max_trusted_sources(family)` are kept (the first ones
+        given). Returns how many are trusted; 0 (and no change) without a strangers'
+        socket. OSError if the kernel refuses the program (the old one stays)."""
+        strangers = self._strangers
+        if strangers is None:
+            return 0
+        keep: dict[Address, None] = {}
+        limit = bpf.max_trusted_sources(self.family)
+        for addr in sources:
+            try:
+                ip = ipaddress.ip_address(str(addr[0]).split("%", 1)[0])
+            except ValueError:
+                continue
+            if (ip.version == 6) != (self.family == socket.AF_INET6):
+                continue
+            keep[(addr[0], int(addr[1]))] = None
+            if len(keep) >= limit:
+                break
+        trusted = frozenset(keep)
+        if trusted != self._trusted or not self._steered:
+            bpf.attach(self._sock, bpf.SO_ATTACH_REUSEPORT_CBPF,
+                       bpf.steering_program(trusted, self.family))
+            self._trusted = trusted
+            self._steered = True
+        return len(trusted)
+
+    @property
+    def trusted_sources(self) -> frozenset[Address]:
+        """The sources steered to the trusted socket (empty without a strangers' socket)."""
+        return self._trusted
 
     def _set_buffer(self, option: int, size: int) -> int:
         """Ask for `size` bytes; return what the kernel reports it granted (Linux caps
@@ -310,9 +434,14 @@ class UdpEndpoint:
         self._send_queue.clear()
         self._send_queue_bytes = 0
         try:
-            trio.lowlevel.notify_closing(self._sock)
+            trio.lowlevel.notify_closing(self._wait_on)
         except RuntimeError:
             pass  # closed outside a Trio run: nobody can be waiting on it
+        if self._epoll is not None:
+            self._epoll.close()
+        if self._strangers is not None:
+            self._stranger_kernel_drops = bpf.kernel_drops(self._strangers)
+            self._strangers.close()
         self._sock.close()
 
     def __enter__(self) -> Self:
@@ -548,7 +677,13 @@ class UdpEndpoint:
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("the UDP endpoint is closed")
-            await trio.lowlevel.wait_readable(self._sock)
+            if self._strangers is not None and self._refill(trio.current_time()) + 1e-9 < 1:
+                # no stranger may be read yet: wait for the trusted socket, or the token
+                wait = max((1 - self._tokens) / self.stranger_rate, 1e-6)
+                with trio.move_on_at(trio.current_time() + wait):
+                    await trio.lowlevel.wait_readable(self._sock)
+            else:
+                await trio.lowlevel.wait_readable(self._wait_on)
             batch = self._drain()
             if batch:
                 return batch
@@ -573,18 +708,39 @@ class UdpEndpoint:
         return await self.receive()
 
     def _drain(self) -> list[Received]:
-        """Read datagrams until the socket would block (or max_batch); return the
-        messages they complete. Never raises for anything received."""
+        """Read datagrams until the socket would block (or max_batch), then at most
+        `stranger_budget` of the strangers' socket; return the messages they complete.
+        Never raises for anything received."""
         out: list[Received] = []
         if self._closed:
             return out
-        recvfrom = self._sock.recvfrom
-        bufsize = self.max_datagram_bytes + 1  # one more byte reveals a truncated datagram
         now = trio.current_time()
+        self._read(self._sock, self.max_batch, now, out)
+        if self._strangers is not None:
+            allowed = int(self._refill(now) + 1e-9)
+            if allowed:
+                read = self._read(self._strangers, allowed, now, out)
+                self._tokens -= read
+                self._stranger_datagrams += read
+        self._received_messages += len(out)
+        return out
+
+    def _refill(self, now: float) -> float:
+        """The strangers' tokens now (at most `stranger_budget`)."""
+        if self._tokens_at is not None and now > self._tokens_at:
+            self._tokens = min(float(self.stranger_budget),
+                               self._tokens + (now - self._tokens_at) * self.stranger_rate)
+        self._tokens_at = now
+        return self._tokens
+
+    def _read(self, sock: socket.socket, limit: int, now: float, out: list[Received]) -> int:
+        """Read up to `limit` datagrams of `sock` into `out`; the number read."""
+        recvfrom = sock.recvfrom
+        bufsize = self.max_datagram_bytes + 1  # one more byte reveals a truncated datagram
         recv_filter = self.recv_filter
         datagrams = 0
         received_bytes = 0
-        for _ in range(self.max_batch):
+        for _ in range(limit):
             try:
                 data, addr = recvfrom(bufsize)
             except BlockingIOError:
@@ -607,8 +763,7 @@ class UdpEndpoint:
                     self._accept(data_out, addr_out, now, out)
         self._received_datagrams += datagrams
         self._received_bytes += received_bytes
-        self._received_messages += len(out)
-        return out
+        return datagrams
 
     def _accept(self, data: bytes, addr: Address, now: float, out: list[Received]) -> None:
         if len(data) > self.max_datagram_bytes:
@@ -653,6 +808,9 @@ class UdpEndpoint:
         drops = {reason: self._drops[reason] for reason in RECEIVE_DROP_REASONS}
         for reason, count in reassembly["drops"].items():
             drops[reason] += count
+        if self._strangers is not None and not self._closed:
+            self._stranger_kernel_drops = bpf.kernel_drops(self._strangers)
+        drops["stranger_kernel_drop"] = self._stranger_kernel_drops
         return {
             "address": self.address,
             "sent_messages": self._sent_messages,
@@ -669,6 +827,9 @@ class UdpEndpoint:
             "send_queue_bytes": self._send_queue_bytes,
             "rcvbuf_bytes": self.rcvbuf_bytes,
             "sndbuf_bytes": self.sndbuf_bytes,
+            "steering": self.steering,
+            "trusted_sources": len(self._trusted),
+            "stranger_datagrams": self._stranger_datagrams,
             "reassembly": {k: v for k, v in reassembly.items() if k != "drops"},
         }
 
