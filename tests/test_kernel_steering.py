@@ -444,3 +444,17 @@ async def test_a_flooding_client_is_demoted_to_a_stranger_for_a_while(
     finally:
         honest.close()
         flooder.close()
+
+
+def test_the_config_bounds_the_strangers_share(tmp_path: Path) -> None:
+    from bft.errors import ConfigError
+
+    for key, bad in (("stranger_budget", 0), ("stranger_rate", 0), ("stranger_rate", 10**7)):
+        with pytest.raises(ConfigError, match=f"network.{key}"):
+            ClusterConfig.local(N, **{key: bad})
+    text = (Path(__file__).resolve().parents[1] / "configs" / "local-4.toml").read_text()
+    path = tmp_path / "c.toml"
+    path.write_text(text.replace("# stranger_budget = 64", "stranger_budget = 32")
+                    .replace("# stranger_rate = 500", "stranger_rate = 250"))
+    config = ClusterConfig.load(path)
+    assert (config.stranger_budget, config.stranger_rate) == (32, 250)
