@@ -266,14 +266,14 @@ class NormalCase(ReplicaState):
         self._check_prepared(slot)
 
     def _ordered_numbers(self, seq: int) -> dict[int, int]:
-        """Per client, the highest request number assigned to a seq below `seq` and not yet
-        executed here. A request of that client numbered below it, proposed at `seq`, could
-        never execute (at its turn the client's last executed number is above it, 4.1), and
-        the backups that already executed the newer one refuse its batch (rule 5): a correct
-        primary, whose execution may trail theirs, must not propose it. A correct client has
-        one request outstanding, so only a faulty one's older requests are left out.
-        (At most max_in_flight batches are assigned and not executed: a few lookups per
-        request proposed.)"""
+        """Per client, the highest request number assigned to a seq below `seq` (`assigned`:
+        ordered in the log; executed requests leave it). A request of that client numbered
+        below it, proposed at `seq`, could never execute (at its turn the client's last
+        executed number is above it, 4.1), and the backups that already executed the newer
+        one refuse its batch (rule 5): a correct primary, whose execution may trail theirs,
+        must not propose it. A correct client has one request outstanding, so only a faulty
+        one's older requests are left out. (At most max_in_flight batches are assigned and
+        not executed: a few lookups per request proposed.)"""
         ordered: dict[int, int] = {}
         for (client, t), s in self.assigned.items():
             if s < seq and t > ordered.get(client, -1):
