@@ -7,8 +7,11 @@ given, and a faulty client must not be able to start view changes).
 Found from the clientflood attack's node logs: the progress timer fired at every backup
 with seq s missing its pre-prepare (every backup had dropped it as
 `batch_request_executed`) and s+1..s+7 decided behind it. The flooding client's requests
-can reach the primary out of order (a backup forwards to the primary an older one it
-holds, as loss recovery has it; a datagram that waited in a socket): the primary, whose execution trails the backups', had already
+reach the primary out of order (in one attack run, 90 numbered below one the primary had
+already ordered came straight from the client, 1 forwarded by a backup; probably because,
+once the client is demoted (bft/node.py, CLIENT_DEMOTION_S), its newer datagrams come
+through the strangers' socket while older ones still wait in the trusted socket's
+backlog). The primary, whose execution trails the backups', had already
 ordered (c, t2) at seq s-k but not executed it, took (c, t1 < t2) as new and proposed it
 at seq s. A backup that had executed s-k refuses the whole batch under rule 5 (t1 is not
 above c's last executed number), so s never prepares, nothing after it executes, the
