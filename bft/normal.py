@@ -224,6 +224,7 @@ class NormalCase(ReplicaState):
         time_bound = batch_time + self._timestamp_window_us()
         reqs: list[Signed[Request]] = []
         size = 0
+        ordered = self._ordered_numbers(self.next_seq)
         while self.pending and len(reqs) < self.config.batch_max_requests:
             key, signed = self.pending.popitem(last=False)
             if key in self.assigned or self._stale(key):
@@ -231,6 +232,13 @@ class NormalCase(ReplicaState):
             if key[1] > time_bound:  # the backups would refuse the batch (_batch_problem)
                 self._drop("request_too_far_ahead")
                 continue
+            if key[1] < ordered.get(key[0], -1):
+                # a newer request of its client is ordered before it: it would never execute,
+                # and a backup that executed the newer one refuses the batch (rule 5), so
+                # nothing after it would execute either (issue 21, clientflood)
+                self._drop("request_superseded")
+                continue
+            ordered[key[0]] = key[1]
             size += len(signed.body) + 80
             if reqs and size > self.limits.max_message_bytes // 2:
                 self.pending[key] = signed
@@ -256,6 +264,21 @@ class NormalCase(ReplicaState):
         self._out.append(_new_broadcast(proposal))
         self.counters["proposed"] += 1
         self._check_prepared(slot)
+
+    def _ordered_numbers(self, seq: int) -> dict[int, int]:
+        """Per client, the highest request number assigned to a seq below `seq` (`assigned`:
+        ordered in the log; executed requests leave it). A request of that client numbered
+        below it, proposed at `seq`, could never execute (at its turn the client's last
+        executed number is above it, 4.1), and the backups that already executed the newer
+        one refuse its batch (rule 5): a correct primary, whose execution may trail theirs,
+        must not propose it. A correct client has one request outstanding, so only a faulty
+        one's older requests are left out. (At most max_in_flight batches are assigned and
+        not executed: a few lookups per request proposed.)"""
+        ordered: dict[int, int] = {}
+        for (client, t), s in self.assigned.items():
+            if s < seq and t > ordered.get(client, -1):
+                ordered[client] = t
+        return ordered
 
     # ------------------------------------------------------------------ backup (4.2)
 
