@@ -35,7 +35,10 @@ little during the view so that a primary cannot stay just above the bar. The rul
   (`grace_s` after the view began; windows of the grace period are measured, not judged)
   and rises by `throughput_raise` per judged window up to `max_throughput_fraction`
   (Aardvark raises it until the primary fails; capped here so that a correct primary under
-  a steady load is never replaced).
+  a steady load, on machines whose capacity is steady too, is never replaced: the rule
+  cannot tell a slow primary from a machine that slowed down, and an attack that takes CPU
+  from every node, or a load spike on the host, can cost a view change, 5-95 ms each in
+  benchmarks/RESULTS.md "Attacks with the kernel steering strangers apart").
 * The heartbeat half of Aardvark's rule (a primary must issue pre-prepares while requests
   wait) is the progress timer's: a backup whose pending work saw no fresh pre-prepare for
   a timer T changes views (bft/replica.py `_primary_alive_until`).

@@ -105,6 +105,8 @@ async def test_start_waits_for_readiness_and_stop_collects_summaries(tmp_path: P
     summaries[3] = alone
     assert len({s["state_digest"] for s in summaries.values()}) == 1
     assert all(s["event"] == "stop" and s["last_executed"] >= 1 for s in summaries.values())
+    # every spawned node sorted its traffic in the kernel (issue 21: transport/udp.py)
+    assert all(s["transport"]["steering"] == "on" for s in summaries.values())
     assert all(p.returncode == 0 for p in cluster.all_procs)
     assert all(dead(pid) for pid in pids)
     assert "listening on" in cluster.output(0)  # the human line is still printed
