@@ -81,9 +81,6 @@ from transport.frame import HEADER_BYTES, MAGIC, OVERHEAD_BYTES, VERSION
 from transport.udp import DatagramFilter, TransportError, UdpEndpoint
 
 DEFAULT_CLOCK_UNCERTAINTY_US = 5_000
-#: Datagrams from unknown sources the node takes from each batch it drains from its socket
-#: (the rest are dropped unread, `shed_unknown_source`): see `Node._fair_share`.
-UNKNOWN_PER_BATCH = 64
 #: Requests from one client id (at its verified address) the node takes from each batch it
 #: drains (the rest are dropped unread, `shed_client_share`): see `Node._fair_share`.
 CLIENT_PER_BATCH = 8
@@ -714,6 +711,11 @@ class Node:
             self.log.warning("trusted sources not updated", extra={"fields": {
                 "event": "trusted_update_refused", "why": str(exc)}})
 
+    def _demote(self, client: int, now: float) -> None:
+        """Steer `client` with the strangers for `CLIENT_DEMOTION_S` (from the next re-steer)."""
+        self._demoted[client] = now + CLIENT_DEMOTION_S
+        self._trusted_dirty = True
+
     def _fair_share(self, batch: list[Any], now: float) -> list[Any]:
         """The messages of `batch` the node takes (issue 21, Aardvark's fair queuing, by
         source): every message of a replica (its sender id, from its configured address),
@@ -754,8 +756,7 @@ class Node:
                     shed_client += 1
                     if k == cap:
                         taken[sender] = k + 1
-                        self._demoted[sender - CLIENT_SENDER_BASE] = now + CLIENT_DEMOTION_S
-                        self._trusted_dirty = True
+                        self._demote(sender - CLIENT_SENDER_BASE, now)
                 continue
             if is_control(rec.payload):
                 out.append(rec)
@@ -816,8 +817,7 @@ class Node:
                 count = self._client_requests.get(client, 0) + 1
                 self._client_requests[client] = count
                 if count == CLIENT_MAX_REQUESTS_PER_S:  # no correct client sends that many
-                    self._demoted[client] = now + CLIENT_DEMOTION_S
-                    self._trusted_dirty = True
+                    self._demote(client, now)
             core = self.core
             executed = core.client_table.get(client) if core is not None else None
             latest = self.client_latest.get(client, -1)

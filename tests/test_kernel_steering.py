@@ -37,7 +37,7 @@ from bft.node import Node, stranger_program
 from bft.telemetry import ControlCommand, Pause, encode_signed
 from transport import bpf
 from transport.frame import encode_frames
-from transport.udp import UdpEndpoint, free_udp_ports
+from transport.udp import TransportError, UdpEndpoint, free_udp_ports
 
 SEED = 2171
 pytestmark = pytest.mark.udp
@@ -77,13 +77,15 @@ def request(op_bytes: int) -> bytes:
     return codec.encode(KEYS.signer("client", 1).sign(Request(b"o" * op_bytes, 7, 1)))
 
 
-def admitted(datagrams: list[bytes]) -> list[bool]:
-    """Which of `datagrams` a socket with the strangers' filter receives (one at a time)."""
+def admitted(datagrams: list[bytes], program: list[bpf.Insn] | None = None) -> list[bool]:
+    """Which of `datagrams` a socket with the strangers' filter (or `program`) receives,
+    one at a time."""
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        bpf.attach(rx, bpf.SO_ATTACH_FILTER, stranger_program(N))
+        bpf.attach(rx, bpf.SO_ATTACH_FILTER,
+                   stranger_program(N) if program is None else program)
         rx.bind(("127.0.0.1", 0))
         rx.setblocking(False)
         out = []
@@ -145,17 +147,7 @@ def test_a_filter_with_a_planted_offset_bug_fails_the_check() -> None:
     off_by_one = [(c, jt, jf, k + 1 if c in (bpf.LD_H_ABS, bpf.LD_W_ABS, bpf.LD_B_ABS)
                    and k >= 8 + 23 else k) for c, jt, jf, k in program]
     assert off_by_one != program
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        bpf.attach(rx, bpf.SO_ATTACH_FILTER, off_by_one)
-        rx.bind(("127.0.0.1", 0))
-        rx.setblocking(False)
-        tx.sendto(ADMITTED["request, short op (body head 0x58)"], rx.getsockname())
-        assert drain(rx) == []
-    finally:
-        rx.close()
-        tx.close()
+    assert admitted([ADMITTED["request, short op (body head 0x58)"]], off_by_one) == [False]
 
 
 def test_every_message_type_but_request_is_refused_by_its_first_bytes() -> None:
@@ -327,7 +319,7 @@ def test_steering_programs_fit_the_kernel_limit() -> None:
 async def test_ipv6_steering() -> None:
     try:
         a = UdpEndpoint(1, "::1", 0)
-    except Exception as exc:  # (a host without IPv6 on loopback)
+    except TransportError as exc:  # a bind error: no IPv6 on loopback here
         pytest.skip(f"no ::1: {exc}")
     b = UdpEndpoint(2, "::1", 0)
     node = UdpEndpoint(0, "::1", 0, trusted_sources=[a.address], stranger_budget=1,
