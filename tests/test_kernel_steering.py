@@ -450,3 +450,26 @@ def test_the_config_bounds_the_strangers_share(tmp_path: Path) -> None:
                     .replace("# stranger_rate = 500", "stranger_rate = 250"))
     config = ClusterConfig.load(path)
     assert (config.stranger_budget, config.stranger_rate) == (32, 250)
+
+
+@linux_only
+async def test_with_no_trusted_source_every_source_is_a_stranger() -> None:
+    """An empty trusted set still installs a program: without one the kernel spreads a
+    reuseport group's datagrams by a hash of their addresses, and about half of the
+    strangers would land on the trusted socket, read without a budget. 16 sources, one
+    datagram each, budget 1: every drain takes one. Failed before the fix (a set equal to
+    the initial empty one attached nothing: one drain took several)."""
+    sources = [UdpEndpoint(1 + i, "127.0.0.1", 0) for i in range(16)]
+    node = UdpEndpoint(0, "127.0.0.1", 0, trusted_sources=[], stranger_budget=1,
+                       stranger_rate=1e9)
+    try:
+        for e in sources:
+            e.send_to_nowait(node.address, b"x")
+        await settle()
+        drains = []
+        while batch := node.receive_nowait():
+            drains.append(len(batch))
+        assert drains == [1] * 16
+    finally:
+        for e in (*sources, node):
+            e.close()
